@@ -1,0 +1,57 @@
+# podwall: every set-up step lives here, so a fresh machine (root, Debian, Go) needs nothing else.
+SHELL := /bin/bash
+GO ?= go
+CLANG ?= clang-14
+# CFLAGS for the BPF objects, pinned here once; gen.go passes them to bpf2go.
+export BPF_CLANG := $(CLANG)
+export BPF_CFLAGS := -O2 -g -Wall -Werror -Wno-unused-function
+APT_PACKAGES := clang-14 llvm-14 bpftool libbpf-dev iproute2 iputils-ping iperf3 ethtool
+FUZZTIME ?= 30s
+
+.PHONY: all deps bpffs build generate check-generate lint test unit fuzz bench demo clean
+
+all: build
+
+# deps installs what the build and the tests need; it does nothing when all is there.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+bpffs:
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+build:
+	$(GO) build -o bin/podwall ./cmd/podwall
+
+generate: deps
+	$(GO) generate ./...
+
+# check-generate fails when the committed bpf2go output is not what the sources build.
+check-generate: generate
+	@if [ -n "$$(git status --porcelain -- '*_bpfel.go' '*_bpfel.o')" ]; then \
+		git status --porcelain -- '*_bpfel.go' '*_bpfel.o'; \
+		echo "generated BPF files are stale: run make generate and commit them"; exit 1; fi
+
+lint:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
+
+unit:
+	$(GO) test -count=1 ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./compiler
+
+test: deps bpffs check-generate lint unit fuzz
+
+bench: deps bpffs
+	@echo "bench: nothing to measure yet"
+
+demo: deps bpffs build
+	@echo "demo: not built yet (issue 4)"; exit 1
+
+clean:
+	rm -rf bin

@@ -1,0 +1,205 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The contract between the data path and the Go side: every struct stored in a map or sent
+ * through the ring buffer is defined here once. Go uses the types bpf2go generates from them
+ * (policy*, loader.*); nothing in Go mirrors them by hand.
+ */
+#ifndef PODWALL_H
+#define PODWALL_H
+
+/* A policy has at most MAX_RULES rules: each rule is one bit of a vector of VEC_WORDS u64. */
+#define MAX_RULES 1024
+#define VEC_WORDS (MAX_RULES / 64)
+
+/* Address families as stored in keys (not AF_*: one byte, and 0 is never valid). */
+#define FAM_V4 4
+#define FAM_V6 6
+
+/* Protocol classes: the index of a policy's per-protocol rule masks. A packet of IPv4 with
+ * protocol 58, or of IPv6 with next header 1, is of class OTHER: icmp is IPv4-only and icmpv6
+ * is IPv6-only (SPEC 3). */
+#define PC_TCP 0
+#define PC_UDP 1
+#define PC_ICMP 2 /* ICMP for IPv4, ICMPv6 for IPv6 */
+#define PC_OTHER 3
+#define PC_MAX 4
+
+/* Port directions in port_key.dir. */
+#define DIR_SRC 0 /* "from ports": the remote side's port */
+#define DIR_DST 1 /* "to ports": the pod's port */
+
+/* Reserved identities. Pod identities are allocated from ID_FIRST_POD up. */
+#define ID_WORLD 0 /* any source the agent does not know: no labels */
+#define ID_HOST 1  /* the node's own addresses */
+#define ID_FIRST_POD 256
+
+/* endpoint.mode */
+#define MODE_ENFORCE 0 /* judge with endpoint.policy */
+#define MODE_OPEN 1    /* accept everything (open namespaces, --default-policy=allow) */
+#define MODE_ISOLATE 2 /* only replies, the node, and neighbour discovery (SPEC 3.1-3.3) */
+
+/* endpoint.flags */
+#define EP_ALLOW_HOST 1 /* SPEC 3.2: traffic from the node passes */
+
+/* policy.flags: which fields at least one rule constrains; a field no rule constrains needs
+ * no lookup (its vector is the wildcard mask). */
+#define PF_IDENT 1
+#define PF_CIDR 2
+#define PF_SPORT 4
+#define PF_DPORT 8
+#define PF_ICMP 16
+
+/* icmp_key.code when a rule states a type but no code. */
+#define ICMP_ANY_CODE 0xffff
+
+/* An IP address of either family: IPv4 in the first 4 bytes, the rest zero. */
+struct ip_addr {
+	__u8 family; /* FAM_V4 or FAM_V6 */
+	__u8 pad[3];
+	__u8 addr[16];
+};
+
+/* endpoints: key the ifindex of the pod's host-side interface. */
+struct endpoint {
+	__u32 policy;     /* policy id, with mode MODE_ENFORCE */
+	__u32 generation; /* bumped by the agent whenever what judges this pod changes */
+	__u8 mode;
+	__u8 flags;
+	__u8 pad[2];
+};
+
+/* policies: key the policy id. Rule bit i is rule i of the compiled policy. */
+struct policy {
+	/* Rules that can match a packet of this family (v4, v6) and protocol class: the protocol,
+	 * the address family of its cidrs, and its folded "to" clause (the pod's own labels and
+	 * address) all allow it. */
+	__u64 proto[2][PC_MAX][VEC_WORDS];
+	/* Per field, the rules that do not constrain it: the vector when a lookup misses. */
+	__u64 wild_ident[VEC_WORDS];
+	__u64 wild_cidr[VEC_WORDS];
+	__u64 wild_sport[VEC_WORDS];
+	__u64 wild_dport[VEC_WORDS];
+	__u64 wild_icmp[VEC_WORDS];
+	/* The deny rules: a packet matched by any of them is dropped, whatever else matches. */
+	__u64 deny[VEC_WORDS];
+	__u32 flags; /* PF_* */
+	__u32 nrules;
+};
+
+/* A vector of rule bits: the value of every per-field classifier map. */
+struct rule_vec {
+	__u64 bits[VEC_WORDS];
+};
+
+/* pol_ident: the rules of a policy whose "from label" tag the identity has, plus the rules
+ * with no "from label". */
+struct ident_key {
+	__u32 policy;
+	__u32 identity;
+};
+
+/* pol_cidr (LPM trie): prefixlen counts the bits after itself, so it is 64 + the CIDR's
+ * length. Values hold the rules whose "from cidr" contains the prefix, plus the rules with no
+ * "from cidr". */
+struct cidr_key {
+	__u32 prefixlen;
+	__u32 policy;
+	struct ip_addr ip;
+};
+
+/* pol_port (LPM trie): prefixlen is 64 + the port prefix length (0-16); port is big endian.
+ * Values hold the rules whose ports of that protocol and direction hold the port, plus the
+ * rules that state no ports for that direction. */
+struct port_key {
+	__u32 prefixlen;
+	__u32 policy;
+	__u8 proto_class; /* PC_TCP or PC_UDP */
+	__u8 dir;         /* DIR_SRC or DIR_DST */
+	__u16 port;       /* network byte order */
+};
+
+/* pol_icmp: exact type and code, or code ICMP_ANY_CODE for the rules that state only the
+ * type. Values hold the matching rules plus the rules that state no type. */
+struct icmp_key {
+	__u32 policy;
+	__u8 family;
+	__u8 type;
+	__u16 code;
+};
+
+/* conntrack (LRU hash): oriented from the pod, whichever side opened it. */
+struct ct_key {
+	struct ip_addr pod;
+	struct ip_addr remote;
+	__u16 pod_port;    /* ICMP echo: the identifier; network byte order */
+	__u16 remote_port; /* ICMP echo: 0 */
+	__u8 proto;        /* IP protocol number */
+	__u8 pad[3];
+};
+
+/* ct_entry.flags */
+#define CT_OUT 1 /* the pod opened it: the other side's packets are replies (SPEC 3.1) */
+#define CT_IN 2  /* opened from outside and allowed under ct_entry.generation */
+
+struct ct_entry {
+	__u64 last_seen; /* bpf_ktime_get_ns */
+	__u32 generation;
+	__u8 flags;
+	__u8 pad[3];
+};
+
+/* frags (LRU hash): the verdict of a datagram's first fragment, for the ones that follow. */
+struct frag_key {
+	struct ip_addr src;
+	struct ip_addr dst;
+	__u32 id;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct frag_entry {
+	__u8 verdict; /* VERDICT_* */
+	__u8 pad[7];
+};
+
+/* Why a packet got its verdict: event.reason and the index of the stats map. */
+enum reason {
+	REASON_NOT_ENDPOINT = 0, /* not a pod of ours: passed on untouched */
+	REASON_OPEN,
+	REASON_REPLY,       /* SPEC 3.1: a connection the pod opened */
+	REASON_ESTABLISHED, /* an inbound flow allowed under the current generation */
+	REASON_ICMP_ERROR,  /* SPEC 3.1: an ICMP error about a tracked flow */
+	REASON_HOST,        /* SPEC 3.2 */
+	REASON_ND,          /* SPEC 3.3 */
+	REASON_FRAGMENT,    /* the verdict of the first fragment */
+	REASON_ALLOW_RULE,
+	REASON_DENY_RULE,
+	REASON_NO_RULE, /* no allow rule matched */
+	REASON_ISOLATED,
+	REASON_NO_POLICY, /* the endpoint's policy is missing: fail closed */
+	REASON_MALFORMED, /* headers that cannot be parsed: fail closed */
+	REASON_CT_FULL,   /* a conntrack or fragment update failed (the packet still passes) */
+	REASON_MAX,
+};
+
+#define VERDICT_PASS 1
+#define VERDICT_DROP 2
+
+/* events (ring buffer): drops and the first packet of each newly allowed inbound flow. */
+struct event {
+	__u64 timestamp;
+	__u32 ifindex;
+	__u32 policy;
+	__u32 rule; /* index of the deciding rule when reason is ALLOW_RULE or DENY_RULE */
+	__u32 identity;
+	struct ip_addr src;
+	struct ip_addr dst;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 verdict;
+	__u8 reason;
+	__u8 pad;
+};
+
+#endif
