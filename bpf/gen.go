@@ -1,0 +1,6 @@
+// Package bpf holds podwall's data path: the C programs, the header that defines every map key
+// and value once, and the Go bindings bpf2go generates from them (committed, so building the
+// Go code needs no clang).
+package bpf
+
+//go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags "${BPF_CFLAGS}" -target bpfel -type endpoint -type policy -type rule_vec -type ip_addr -type ident_key -type cidr_key -type port_key -type icmp_key -type ct_key -type ct_entry -type frag_key -type frag_entry -type event Podwall podwall.c -- -I.
