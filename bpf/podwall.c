@@ -1,3 +1,5 @@
+//go:build ignore
+
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* podwall's data path: the verdict on packets going to a pod (tc/tcx egress of the pod's
  * host-side interface) and the record of connections the pod opens (tc/tcx ingress). */
