@@ -1,0 +1,193 @@
+package compiler
+
+import (
+	"net/netip"
+
+	"github.com/podwall/podwall/bpf"
+)
+
+// IP protocol numbers the data path tells apart.
+const (
+	protoICMP   = 1
+	protoTCP    = 6
+	protoUDP    = 17
+	protoICMPv6 = 58
+)
+
+// FragKind says where a packet stands in its datagram.
+type FragKind uint8
+
+const (
+	FragNone  FragKind = iota // not a fragment
+	FragFirst                 // offset 0, more fragments follow: it carries the L4 header
+	FragLater                 // offset > 0: no L4 header
+)
+
+// Packet is what the data path reads of a packet going to a pod. Ports are used with TCP and
+// UDP, ICMPType and ICMPCode with ICMP and ICMPv6, neither in a FragLater packet.
+type Packet struct {
+	Src, Dst           netip.Addr
+	Proto              uint8
+	SrcPort, DstPort   uint16
+	ICMPType, ICMPCode uint8
+	Fragment           FragKind
+}
+
+// Verdict is the data path's answer for a packet.
+type Verdict struct {
+	Pass   bool
+	Reason Reason
+	// Rule is the bit of the deciding rule (Policy.Rules[Rule] says which rule it is), -1
+	// when no rule decided.
+	Rule int
+	// Identity is the source's identity, once the algorithm looked it up.
+	Identity uint32
+	// Policy is the endpoint's policy id.
+	Policy uint32
+}
+
+// Evaluate is what to_pod answers from the maps of s for a packet to the endpoint at
+// ifindex that opens a new flow: no conntrack entry, no fragment seen before (steps 1-5 and
+// 8-10 of docs/ARCHITECTURE.md). Src and Dst must be of one family.
+func Evaluate(s *State, ifindex uint32, p Packet) Verdict {
+	v := Verdict{Rule: -1}
+	ep, ok := s.Endpoints[ifindex]
+	if !ok {
+		return Verdict{Pass: true, Reason: ReasonNotEndpoint, Rule: -1}
+	}
+	v.Policy = ep.Policy
+	switch {
+	case !p.Src.IsValid() || p.Src.Is4() != p.Dst.Is4():
+		if ep.Mode == ModeOpen {
+			return pass(v, ReasonOpen)
+		}
+		return drop(v, ReasonMalformed)
+	case ep.Mode == ModeOpen:
+		return pass(v, ReasonOpen)
+	}
+	fi := famIdx(p.Src)
+	l4 := p.Fragment != FragLater
+	if l4 && fi == famIdxV6 && p.Proto == protoICMPv6 && p.ICMPType >= 133 && p.ICMPType <= 137 {
+		return pass(v, ReasonND)
+	}
+	v.Identity = s.IPCache[addrKey(p.Src)]
+	if v.Identity == IDHost && ep.Flags&EPAllowHost != 0 {
+		return pass(v, ReasonHost)
+	}
+	if ep.Mode == ModeIsolate {
+		return drop(v, ReasonIsolated)
+	}
+	pol, ok := s.Policies[ep.Policy]
+	if !ok {
+		return drop(v, ReasonNoPolicy)
+	}
+
+	rec := &pol.Record
+	class := packetClass(fi, p.Proto)
+	r := vec(rec.Proto[fi][class])
+	if rec.Flags&PFIdent != 0 {
+		r = r.and(lookupOr(pol.Ident, bpf.PodwallIdentKey{Policy: ep.Policy, Identity: v.Identity}, rec.WildIdent))
+	}
+	if rec.Flags&PFCIDR != 0 {
+		r = r.and(pol.lookupCIDR(ep.Policy, p.Src))
+	}
+	ports := l4 && (class == ClassTCP || class == ClassUDP)
+	if rec.Flags&PFSport != 0 {
+		sport := vec(rec.WildSport)
+		if ports {
+			sport = pol.lookupPort(ep.Policy, uint8(class), DirSrc, p.SrcPort, sport)
+		}
+		r = r.and(sport)
+	}
+	if rec.Flags&PFDport != 0 {
+		dport := vec(rec.WildDport)
+		if ports {
+			dport = pol.lookupPort(ep.Policy, uint8(class), DirDst, p.DstPort, dport)
+		}
+		r = r.and(dport)
+	}
+	if rec.Flags&PFICMP != 0 {
+		icmp := vec(rec.WildIcmp)
+		if l4 && class == ClassICMP {
+			fam := uint8(FamV4)
+			if fi == famIdxV6 {
+				fam = FamV6
+			}
+			k := bpf.PodwallIcmpKey{Policy: ep.Policy, Family: fam, Type: p.ICMPType, Code: uint16(p.ICMPCode)}
+			anyCode := k
+			anyCode.Code = ICMPAnyCode
+			icmp = lookupOr(pol.ICMP, k, lookupOr(pol.ICMP, anyCode, icmp))
+		}
+		r = r.and(icmp)
+	}
+
+	if deny := r.and(rec.Deny); !deny.isZero() {
+		v.Rule = deny.lowest()
+		return drop(v, ReasonDenyRule)
+	}
+	if !r.isZero() {
+		v.Rule = r.lowest()
+		return pass(v, ReasonAllowRule)
+	}
+	return drop(v, ReasonNoRule)
+}
+
+func pass(v Verdict, r Reason) Verdict {
+	v.Pass, v.Reason = true, r
+	return v
+}
+
+func drop(v Verdict, r Reason) Verdict {
+	v.Pass, v.Reason = false, r
+	return v
+}
+
+// packetClass is the protocol class of a packet: icmp counts only in IPv4 and icmpv6 only
+// in IPv6.
+func packetClass(fi int, proto uint8) int {
+	switch {
+	case proto == protoTCP:
+		return ClassTCP
+	case proto == protoUDP:
+		return ClassUDP
+	case proto == protoICMP && fi == famIdxV4, proto == protoICMPv6 && fi == famIdxV6:
+		return ClassICMP
+	}
+	return ClassOther
+}
+
+func lookupOr[K comparable](m map[K]bpf.PodwallRuleVec, k K, miss vec) vec {
+	if v, ok := m[k]; ok {
+		return v.Bits
+	}
+	return miss
+}
+
+// lookupCIDR is the longest-prefix lookup of pol_cidr, done as the trie would: the longest
+// stored prefix that holds the address, else wild_cidr.
+func (p *Policy) lookupCIDR(policy uint32, a netip.Addr) vec {
+	for bits := a.BitLen(); bits >= 0; bits-- {
+		pfx, _ := a.Prefix(bits)
+		if v, ok := p.CIDR[cidrKey(policy, pfx)]; ok {
+			return v.Bits
+		}
+	}
+	return p.Record.WildCidr
+}
+
+// lookupPort is the longest-prefix lookup of pol_port, miss when nothing holds the port.
+func (p *Policy) lookupPort(policy uint32, class, dir uint8, port uint16, miss vec) vec {
+	for bits := 16; bits >= 0; bits-- {
+		k := bpf.PodwallPortKey{
+			Prefixlen:  portKeyBits + uint32(bits),
+			Policy:     policy,
+			ProtoClass: class,
+			Dir:        dir,
+			Port:       netPort(uint16(uint32(port) >> (16 - bits) << (16 - bits))),
+		}
+		if v, ok := p.Port[k]; ok {
+			return v.Bits
+		}
+	}
+	return miss
+}

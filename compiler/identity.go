@@ -1,0 +1,70 @@
+package compiler
+
+import (
+	"math"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/podwall/podwall/bpf"
+)
+
+// identityTags are the tags of a pod's identity: its namespace tag, then one tag per label
+// sorted by label key. The pod tag is left out on purpose: no rule can name it, and with it
+// every pod would be an identity of its own.
+func identityTags(ns string, labels map[string]string) []string {
+	keys := make([]string, 0, len(labels))
+	for k := range labels {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	tags := make([]string, 0, 1+len(keys))
+	tags = append(tags, NamespaceTag(ns))
+	for _, k := range keys {
+		tags = append(tags, LabelTag(ns, Label{Key: k, Value: labels[k]}))
+	}
+	return tags
+}
+
+// identityKey is a tag set as one string: tags never hold a comma.
+func identityKey(tags []string) string { return strings.Join(tags, ",") }
+
+// identityHash is where an identity is placed before probing: a hash of its tags in
+// [IDFirstPod, 2^32), so a restarted agent finds the same numbers.
+func identityHash(key string) uint32 {
+	return IDFirstPod + uint32(fnv64(key)%(math.MaxUint32+1-IDFirstPod))
+}
+
+// allocateIdentities numbers the distinct tag sets. Keys are taken in sorted order and a
+// taken number moves to the next free one, so the result depends only on the set of keys.
+func allocateIdentities(keys []string) map[string]uint32 {
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
+	ids := make(map[string]uint32, len(keys))
+	taken := make(map[uint32]bool, len(keys))
+	for _, k := range keys {
+		id := identityHash(k)
+		for taken[id] {
+			id++
+			if id == 0 {
+				id = IDFirstPod
+			}
+		}
+		taken[id] = true
+		ids[k] = id
+	}
+	return ids
+}
+
+// addrKey is an address as the data path stores it. An IPv4-mapped IPv6 address stays IPv6:
+// that is how it arrives in an IPv6 header.
+func addrKey(a netip.Addr) bpf.PodwallIpAddr {
+	k := bpf.PodwallIpAddr{Family: FamV6, Addr: a.As16()}
+	if a.Is4() {
+		k.Family = FamV4
+		k.Addr = [16]byte{}
+		a4 := a.As4()
+		copy(k.Addr[:], a4[:])
+	}
+	return k
+}
