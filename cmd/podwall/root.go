@@ -23,6 +23,7 @@ func newRoot(d deps) *cobra.Command {
 	root.SetIn(d.stdin)
 	root.SetOut(d.stdout)
 	root.SetErr(d.stderr)
+	root.AddCommand(newPolicyCmd(d), newTagsCmd(d))
 	return root
 }
 
