@@ -65,11 +65,11 @@ func FormatRule(r Rule) string {
 }
 
 func formatClause(b *strings.Builder, keyword string, c Clause) {
-	if c.Ports == nil && c.Label == nil && c.CIDR == nil {
+	if len(c.Ports) == 0 && c.Label == nil && c.CIDR == nil {
 		return
 	}
 	b.WriteString(" " + keyword)
-	if c.Ports != nil {
+	if len(c.Ports) > 0 {
 		ports := make([]string, len(c.Ports))
 		for i, pr := range c.Ports {
 			ports[i] = pr.String()

@@ -115,9 +115,8 @@ const (
 )
 
 const (
-	portMax = 65535
-	// Type 255 is not accepted (SPEC 2); the data path keys "any code" apart, not "any type".
-	icmpTypeMax = 254
+	portMax     = 65535
+	icmpTypeMax = 254 // SPEC 2: iptables, which Calico compiled rules to, reads type 255 as "any"
 	icmpCodeMax = 255
 )
 
