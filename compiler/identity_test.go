@@ -1,0 +1,88 @@
+package compiler
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/podwall/podwall/bpf"
+)
+
+func TestIdentityTags(t *testing.T) {
+	require.Equal(t,
+		[]string{"namespace_my-ns", "my-ns_app.kubernetes.io_name_web", "my-ns_tier_front__end"},
+		identityTags("my-ns", map[string]string{"tier": "front_end", "app.kubernetes.io/name": "web"}))
+	require.Equal(t, []string{"namespace_prod"}, identityTags("prod", nil))
+}
+
+// collidingNamespaces finds two namespaces whose identities (no labels) hash to one number.
+func collidingNamespaces(t *testing.T) (string, string) {
+	seen := map[uint32]string{}
+	for i := range 2_000_000 {
+		ns := fmt.Sprintf("ns-%d", i)
+		h := identityHash(identityKey(identityTags(ns, nil)))
+		if other, ok := seen[h]; ok {
+			return other, ns
+		}
+		seen[h] = ns
+	}
+	t.Fatal("no identity hash collision found")
+	return "", ""
+}
+
+func TestAllocateIdentities(t *testing.T) {
+	a, b := collidingNamespaces(t)
+	ka, kb := identityKey(identityTags(a, nil)), identityKey(identityTags(b, nil))
+	h := identityHash(ka)
+	require.Equal(t, h, identityHash(kb))
+	first, second := min(ka, kb), max(ka, kb)
+
+	// The key that sorts first keeps the hash, the other probes to the next free number,
+	// whatever order they come in.
+	for _, keys := range [][]string{{ka, kb}, {kb, ka}, {kb, ka, kb}} {
+		ids := allocateIdentities(keys)
+		require.Equal(t, map[string]uint32{first: h, second: h + 1}, ids)
+	}
+	ids := allocateIdentities([]string{"namespace_x"})
+	require.GreaterOrEqual(t, ids["namespace_x"], uint32(IDFirstPod))
+}
+
+// A pod's identity depends on its namespace and labels only: not on its name, its
+// addresses, the order of the pods, or unrelated pods.
+func TestIdentitiesStable(t *testing.T) {
+	pod := func(ns, name, ip string, labels map[string]string) Pod {
+		return Pod{Namespace: ns, Name: name, Labels: labels, IPs: []netip.Addr{netip.MustParseAddr(ip)}}
+	}
+	web := map[string]string{"app": "web"}
+	in := Input{Pods: []Pod{
+		pod("prod", "web-1", "10.0.0.1", web),
+		pod("prod", "web-2", "10.0.0.2", web),
+		pod("prod", "db", "10.0.0.3", map[string]string{"app": "db"}),
+		pod("dev", "web-1", "10.0.1.1", web),
+	}}
+	s := Compile(in)
+	id := func(s *State, ip string) uint32 { return s.IPCache[addrKey(netip.MustParseAddr(ip))] }
+	require.Equal(t, id(s, "10.0.0.1"), id(s, "10.0.0.2"))
+	require.NotEqual(t, id(s, "10.0.0.1"), id(s, "10.0.0.3"))
+	require.NotEqual(t, id(s, "10.0.0.1"), id(s, "10.0.1.1"))
+	require.Len(t, s.Identities, 3)
+	require.Equal(t, []string{"namespace_prod", "prod_app_web"}, s.Identities[id(s, "10.0.0.1")])
+
+	in2 := Input{Pods: []Pod{
+		pod("other", "x", "10.9.0.1", map[string]string{"a": "b"}),
+		pod("dev", "web-9", "10.0.1.9", web),
+		pod("prod", "web-7", "10.0.0.7", web),
+	}}
+	s2 := Compile(in2)
+	require.Equal(t, id(s, "10.0.0.1"), id(s2, "10.0.0.7"))
+	require.Equal(t, id(s, "10.0.1.1"), id(s2, "10.0.1.9"))
+}
+
+func TestAddrKey(t *testing.T) {
+	require.Equal(t, bpf.PodwallIpAddr{Family: FamV4, Addr: [16]byte{10, 0, 0, 1}}, addrKey(netip.MustParseAddr("10.0.0.1")))
+	require.Equal(t, bpf.PodwallIpAddr{Family: FamV6, Addr: [16]byte{0xfd, 0, 15: 1}}, addrKey(netip.MustParseAddr("fd00::1")))
+	require.Equal(t, bpf.PodwallIpAddr{Family: FamV6, Addr: [16]byte{10: 0xff, 11: 0xff, 12: 10, 15: 1}},
+		addrKey(netip.MustParseAddr("::ffff:10.0.0.1")), "a mapped address is IPv6 on the wire")
+}
