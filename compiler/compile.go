@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/fnv"
-	"net/netip"
 	"slices"
 
 	"github.com/podwall/podwall/bpf"
@@ -101,7 +100,7 @@ func (c *compilation) identities(pods []*Pod) {
 		pk := podKey{p.Namespace, p.Name}
 		tags := identityTags(p.Namespace, p.Labels)
 		c.podTags[pk] = tags
-		if len(p.IPs) == 0 {
+		if len(usableAddrs(p.IPs)) == 0 {
 			continue
 		}
 		k := identityKey(tags)
@@ -131,8 +130,8 @@ func (c *compilation) identities(pods []*Pod) {
 // An address claimed twice goes to the node, else to the first pod by namespace and name.
 func (c *compilation) ipcache(pods []*Pod) {
 	owner := map[bpf.PodwallIpAddr]string{}
-	for _, a := range c.in.HostIPs {
-		k := addrKey(a.Unmap())
+	for _, a := range usableAddrs(c.in.HostIPs) {
+		k := addrKey(a)
 		c.state.IPCache[k] = IDHost
 		owner[k] = "the node"
 	}
@@ -143,14 +142,14 @@ func (c *compilation) ipcache(pods []*Pod) {
 		pk := podKey{p.Namespace, p.Name}
 		id := c.podIDs[pk]
 		name := "pod " + p.Namespace + "/" + p.Name
-		for _, a := range p.IPs {
-			k := addrKey(a.Unmap())
+		for _, a := range usableAddrs(p.IPs) {
+			k := addrKey(a)
 			switch o, ok := owner[k]; {
 			case !ok:
 				c.state.IPCache[k] = id
 				owner[k] = name
 			case o != name:
-				c.problem(pk, ProblemAddressConflict, fmt.Errorf("%s is also %s's: %w", a.Unmap(), o, ErrAddressConflict))
+				c.problem(pk, ProblemAddressConflict, fmt.Errorf("%s is also %s's: %w", a, o, ErrAddressConflict))
 			}
 		}
 	}
@@ -247,11 +246,7 @@ func (c *compilation) endpoint(ep Endpoint) (uint8, *folded, bool) {
 		}
 		rules = podRules(pod.Namespace, parsed)
 	}
-	ips := make([]netip.Addr, len(pod.IPs))
-	for i, a := range pod.IPs {
-		ips[i] = a.Unmap()
-	}
-	f := fold(rules, c.podTags[k], ips)
+	f := fold(rules, c.podTags[k], usableAddrs(pod.IPs))
 	return ModeEnforce, &f, true
 }
 

@@ -101,7 +101,7 @@ type icmpEntry struct {
 	rules       vec
 }
 
-// fam is the index of an address family in policy.proto.
+// The first index of policy.proto: the address family.
 const (
 	famIdxV4 = 0
 	famIdxV6 = 1

@@ -56,6 +56,18 @@ func allocateIdentities(keys []string) map[string]uint32 {
 	return ids
 }
 
+// usableAddrs drops invalid addresses and unmaps IPv4-mapped ones: a pod or node address
+// given as ::ffff:a.b.c.d (net.IP's 16-byte form) is used as IPv4, as the pod's stack uses it.
+func usableAddrs(ips []netip.Addr) []netip.Addr {
+	out := make([]netip.Addr, 0, len(ips))
+	for _, a := range ips {
+		if a.IsValid() {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
 // addrKey is an address as the data path stores it. An IPv4-mapped IPv6 address stays IPv6:
 // that is how it arrives in an IPv6 header.
 func addrKey(a netip.Addr) bpf.PodwallIpAddr {

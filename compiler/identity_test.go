@@ -86,3 +86,21 @@ func TestAddrKey(t *testing.T) {
 	require.Equal(t, bpf.PodwallIpAddr{Family: FamV6, Addr: [16]byte{10: 0xff, 11: 0xff, 12: 10, 15: 1}},
 		addrKey(netip.MustParseAddr("::ffff:10.0.0.1")), "a mapped address is IPv6 on the wire")
 }
+
+// Addresses in net.IP's 16-byte form are used as IPv4; invalid ones are left out.
+func TestAddressForms(t *testing.T) {
+	s := Compile(Input{
+		Pods: []Pod{{Namespace: "a", Name: "p", IPs: []netip.Addr{netip.MustParseAddr("::ffff:10.0.0.1"), {}},
+			Annotations: annotated("allow to cidr 10.0.0.0/8")}},
+		Endpoints: []Endpoint{{Ifindex: 1, Namespace: "a", Name: "p"}},
+		HostIPs:   []netip.Addr{netip.MustParseAddr("::ffff:192.168.0.1"), {}},
+	})
+	id := s.IPCache[addrKey(netip.MustParseAddr("10.0.0.1"))]
+	require.Contains(t, s.Identities, id)
+	require.Equal(t, map[bpf.PodwallIpAddr]uint32{
+		addrKey(netip.MustParseAddr("10.0.0.1")):    id,
+		addrKey(netip.MustParseAddr("192.168.0.1")): IDHost,
+	}, s.IPCache)
+	v := Evaluate(s, 1, Packet{Src: netip.MustParseAddr("10.9.0.1"), Dst: netip.MustParseAddr("10.0.0.1"), Proto: protoUDP})
+	require.Equal(t, ReasonAllowRule, v.Reason, "to cidr folds against the unmapped address")
+}
