@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +17,7 @@ import (
 )
 
 var (
-	diffSeed      = flag.Uint64("diff.seed", 0, "seed of TestDifferential; 0 picks one from the clock")
+	diffSeed      = flag.Uint64("diff.seed", 0, "seed of TestDifferential; 0 reads PODWALL_DIFF_SEED, else picks one from the clock")
 	diffScenarios = flag.Int("diff.scenarios", 400, "clusters TestDifferential generates")
 	diffPackets   = flag.Int("diff.packets", 300, "packets TestDifferential judges per cluster")
 )
@@ -23,13 +25,18 @@ var (
 // TestDifferential holds Evaluate, which reads the compiled maps as the data path does,
 // against a direct reading of SPEC.md on the rules as generated: random clusters, random
 // rules and random packets must get the same verdict, reason and deciding rule from both.
-// Replay a failure with -diff.seed.
+// Replay a failure with -diff.seed or PODWALL_DIFF_SEED.
 func TestDifferential(t *testing.T) {
 	seed := *diffSeed
+	if env := os.Getenv("PODWALL_DIFF_SEED"); seed == 0 && env != "" {
+		var err error
+		seed, err = strconv.ParseUint(env, 10, 64)
+		require.NoError(t, err, "PODWALL_DIFF_SEED")
+	}
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
 	}
-	t.Logf("seed %d (replay with go test ./compiler -run TestDifferential -diff.seed=%d)", seed, seed)
+	t.Logf("seed %d (replay with -diff.seed=%d or PODWALL_DIFF_SEED=%d)", seed, seed, seed)
 	rng := rand.New(rand.NewPCG(seed, 0))
 	judged := 0
 	for n := range *diffScenarios {
