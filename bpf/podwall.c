@@ -7,12 +7,13 @@
 #include "headers/bpf_helpers.h"
 #include "headers/bpf_endian.h"
 #include "podwall.h"
+#include "parse.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-#define TC_ACT_UNSPEC -1
-#define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
+
+#define NSEC_PER_SEC 1000000000ULL
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -96,14 +97,541 @@ struct {
 	__type(value, struct event);
 } events SEC(".maps");
 
-SEC("tc")
-int to_pod(struct __sk_buff *skb)
+/* Set by the agent before load (ebpf.CollectionSpec.Variables). */
+/* How long a conntrack entry lives without packets, per protocol (ICMP: both families). */
+volatile const __u64 ct_timeout_tcp_ns = 2 * 3600 * NSEC_PER_SEC;
+volatile const __u64 ct_timeout_udp_ns = 120 * NSEC_PER_SEC;
+volatile const __u64 ct_timeout_icmp_ns = 30 * NSEC_PER_SEC;
+/* Events: on average at most events_per_sec drops and as many newly allowed flows, in bursts of
+ * at most events_burst each; 0 sends none. */
+volatile const __u32 events_per_sec = 1000;
+volatile const __u32 events_burst = 1000;
+
+/* The rate limit of events (GCRA): per kind (drops, allowed flows), the theoretical arrival
+ * time of the next event. Shared by all CPUs without a lock: a race lets one extra event
+ * through. A flood of drops only reads it, so its cache line is not bounced. */
+static __u64 event_tat[2];
+
+/* Everything the verdict on one packet is made of, and what events report. */
+struct judge {
+	struct pkt p;
+	__u32 policy;
+	__u32 generation;
+	__u32 identity;
+	__u32 rule;
+	__u8 mode;
+	__u8 ep_flags;
+	__u8 frag_verdict; /* REASON_FRAGMENT: the verdict of the first fragment */
+	__u8 new_flow;     /* an inbound flow was just allowed by a rule */
+};
+
+static __always_inline void count(__u32 reason)
 {
+	__u64 *n = bpf_map_lookup_elem(&stats, &reason);
+
+	if (n)
+		*n += 1;
+}
+
+static __always_inline __u64 ct_timeout(__u8 proto)
+{
+	if (proto == IPPROTO_TCP)
+		return ct_timeout_tcp_ns;
+	if (proto == IPPROTO_UDP)
+		return ct_timeout_udp_ns;
+	return ct_timeout_icmp_ns;
+}
+
+/* Signed: another CPU may have stored a last_seen a little after this CPU read now. */
+static __always_inline bool ct_live(const struct ct_entry *e, __u8 proto, __u64 now)
+{
+	return (__s64)(now - e->last_seen) <= (__s64)ct_timeout(proto);
+}
+
+static __always_inline void ct_refresh(struct ct_entry *e, __u64 now)
+{
+	/* At most once a second: a store per packet would bounce the entry between CPUs. */
+	if ((__s64)(now - e->last_seen) >= (__s64)NSEC_PER_SEC)
+		e->last_seen = now;
+}
+
+/* ct_tuple fills k with the packet's flow oriented from the pod, which is the destination
+ * when pod_is_dst, else the source. It is false for packets conntrack does not follow:
+ * non-first fragments, ICMP other than echo, protocols other than TCP and UDP. */
+static __always_inline bool ct_tuple(const struct pkt *p, const bool pod_is_dst,
+				     struct ct_key *k)
+{
+	if (p->frag == FRAG_LATER)
+		return false;
+	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
+		k->pod_port = pod_is_dst ? p->dport : p->sport;
+		k->remote_port = pod_is_dst ? p->sport : p->dport;
+	} else if (is_echo_request(p) || is_echo_reply(p)) {
+		k->pod_port = p->echo_id;
+		k->remote_port = 0;
+	} else {
+		return false;
+	}
+	k->pod = pod_is_dst ? p->dst : p->src;
+	k->remote = pod_is_dst ? p->src : p->dst;
+	k->proto = p->proto;
+	return true;
+}
+
+/* ct_passes: the entry lets the flow's packets reach the pod (step 6). */
+static __always_inline int ct_passes(const struct ct_entry *e, __u8 proto, __u32 generation,
+				     __u64 now)
+{
+	if (!ct_live(e, proto, now))
+		return 0;
+	if (e->flags & CT_OUT)
+		return REASON_REPLY;
+	if ((e->flags & CT_IN) && e->generation == generation)
+		return REASON_ESTABLISHED;
+	return 0;
+}
+
+/* track_in records an inbound flow that just passed, under the endpoint's generation. e is the
+ * flow's entry if step 6 looked it up. A live entry keeps its CT_OUT bit; an expired one is a
+ * flow that ended, so it starts over. */
+static __always_inline void track_in(struct judge *c, const struct ct_key *k, struct ct_entry *e)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_entry fresh = {
+		.last_seen = now,
+		.generation = c->generation,
+		.flags = CT_IN,
+	};
+
+	if (e) {
+		if (ct_live(e, k->proto, now))
+			e->flags |= CT_IN;
+		else
+			e->flags = CT_IN;
+		e->generation = c->generation;
+		e->last_seen = now;
+		return;
+	}
+	if (bpf_map_update_elem(&conntrack, k, &fresh, BPF_ANY))
+		count(REASON_CT_FULL);
+}
+
+static __always_inline bool is_icmp_error(const struct pkt *p)
+{
+	__u8 t = p->icmp_type;
+
+	if (!is_icmp(p) || p->frag == FRAG_LATER)
+		return false;
+	if (p->src.family == FAM_V4)
+		return t == 3 || t == 4 || t == 5 || t == 11 || t == 12;
+	return t >= 1 && t <= 4;
+}
+
+/* icmp_error_passes: the ICMP error quotes a packet of a flow that step 6 would pass (step 7).
+ *
+ * This, classify and finish are global functions, like the parsers: the verifier checks each
+ * once instead of once per state of its caller, and each has a stack frame of its own (the
+ * 512 bytes of BPF stack are for the whole call chain). */
+__noinline int icmp_error_passes(struct __sk_buff *skb, const struct judge *c)
+{
+	struct pkt in = {};
+	struct ct_key k = {};
+	struct ct_entry *e;
+
+	if (!skb || !c)
+		return 0;
+	/* The quoted packet is the pod's: its source is the pod. */
+	if (parse_quoted(skb, c->p.l4_off + 8, c->p.src.family, &in) != PARSE_OK ||
+	    !ct_tuple(&in, false, &k))
+		return false;
+	e = bpf_map_lookup_elem(&conntrack, &k);
+	return e && ct_passes(e, k.proto, c->generation, bpf_ktime_get_ns()) != 0;
+}
+
+static __always_inline __u8 proto_class(const struct pkt *p)
+{
+	if (p->proto == IPPROTO_TCP)
+		return PC_TCP;
+	if (p->proto == IPPROTO_UDP)
+		return PC_UDP;
+	if (is_icmp(p))
+		return PC_ICMP;
+	return PC_OTHER;
+}
+
+static __always_inline void and_vec(__u64 *r, const __u64 *v)
+{
+#pragma unroll
+	for (int i = 0; i < VEC_WORDS; i++)
+		r[i] &= v[i];
+}
+
+/* lowest_bit returns the index of the lowest bit set in both a and b, or -1 when none is.
+ * clang-14 crashes on __builtin_ctzll for BPF; popcount of the bits below the lowest set bit
+ * is the same number. */
+static __always_inline int lowest_bit(const __u64 *a, const __u64 *b)
+{
+	__u64 w = 0;
+	int base = 0;
+
+#pragma unroll
+	for (int i = 0; i < VEC_WORDS; i++) {
+		w = a[i] & b[i];
+		if (w) {
+			base = i * 64;
+			break;
+		}
+	}
+	if (!w)
+		return -1;
+	return base + __builtin_popcountll((w & -w) - 1);
+}
+
+/* and_lookup ands r with the vector of key in map, or with wild when the key is missing. Each
+ * branch does its own AND so that the verifier sees the same state after both and prunes. */
+static __always_inline void and_lookup(__u64 *r, void *map, const void *key, const __u64 *wild)
+{
+	struct rule_vec *m = bpf_map_lookup_elem(map, key);
+
+	if (m)
+		and_vec(r, m->bits);
+	else
+		and_vec(r, wild);
+}
+
+static __always_inline void and_port(__u64 *r, const struct judge *c, __u8 class, __u8 dir,
+				     __be16 port, const __u64 *wild)
+{
+	struct port_key k = {
+		.prefixlen = 48 + 16,
+		.policy = c->policy,
+		.proto_class = class,
+		.dir = dir,
+		.port = port,
+	};
+
+	and_lookup(r, &pol_port, &k, wild);
+}
+
+/* classify is step 10: R = proto[fam][class] & ident & cidr & sport & dport & icmp, then deny
+ * before allow, the deciding rule being the lowest set bit (c->rule). */
+__noinline int classify(const struct policy *pol, struct judge *c)
+{
+	const struct pkt *p;
+	bool v6, has_l4, has_ports;
+	__u64 r[VEC_WORDS];
+	__u8 class;
+	int res;
+
+	if (!pol || !c)
+		return REASON_NO_POLICY;
+	p = &c->p;
+	v6 = p->src.family == FAM_V6;
+	class = proto_class(p);
+	has_l4 = p->frag != FRAG_LATER;
+	has_ports = has_l4 && (class == PC_TCP || class == PC_UDP);
+	/* Keeps r an array in memory: split into 16 registers, it spills several times over. */
+	asm volatile("" : : "r"(r) : "memory");
+
+	__builtin_memcpy(r, pol->proto[v6][class], sizeof(r));
+	if (pol->flags & PF_IDENT) {
+		struct ident_key k = { .policy = c->policy, .identity = c->identity };
+
+		and_lookup(r, &pol_ident, &k, pol->wild_ident);
+	}
+	if (pol->flags & PF_CIDR) {
+		struct cidr_key k = {
+			.prefixlen = 64 + (v6 ? 128 : 32),
+			.policy = c->policy,
+			.ip = p->src,
+		};
+
+		and_lookup(r, &pol_cidr, &k, pol->wild_cidr);
+	}
+	if (pol->flags & PF_SPORT) {
+		if (has_ports)
+			and_port(r, c, class, DIR_SRC, p->sport, pol->wild_sport);
+		else
+			and_vec(r, pol->wild_sport);
+	}
+	if (pol->flags & PF_DPORT) {
+		if (has_ports)
+			and_port(r, c, class, DIR_DST, p->dport, pol->wild_dport);
+		else
+			and_vec(r, pol->wild_dport);
+	}
+	if (pol->flags & PF_ICMP) {
+		struct icmp_key k = {
+			.policy = c->policy,
+			.family = p->src.family,
+			.type = p->icmp_type,
+			.code = p->icmp_code,
+		};
+		struct rule_vec *m = NULL;
+
+		if (has_l4 && class == PC_ICMP)
+			m = bpf_map_lookup_elem(&pol_icmp, &k);
+		if (m) {
+			and_vec(r, m->bits);
+		} else if (has_l4 && class == PC_ICMP) {
+			k.code = ICMP_ANY_CODE;
+			and_lookup(r, &pol_icmp, &k, pol->wild_icmp);
+		} else {
+			and_vec(r, pol->wild_icmp);
+		}
+	}
+
+	res = lowest_bit(r, pol->deny);
+	if (res >= 0) {
+		c->rule = res;
+		return REASON_DENY_RULE;
+	}
+	res = lowest_bit(r, r);
+	if (res >= 0) {
+		c->rule = res;
+		return REASON_ALLOW_RULE;
+	}
+	return REASON_NO_RULE;
+}
+
+static __always_inline bool drops(enum reason reason)
+{
+	return reason == REASON_DENY_RULE || reason == REASON_NO_RULE ||
+	       reason == REASON_ISOLATED || reason == REASON_NO_POLICY ||
+	       reason == REASON_MALFORMED;
+}
+
+/* event_allowed is the rate limit: a generic cell rate algorithm per kind of event. */
+static __always_inline bool event_allowed(__u32 kind, __u64 now)
+{
+	__u64 interval, tat;
+
+	if (!events_per_sec)
+		return false;
+	interval = NSEC_PER_SEC / events_per_sec;
+	tat = event_tat[kind & 1];
+	if ((__s64)(tat - now) < 0)
+		tat = now;
+	if (tat - now >= interval * events_burst)
+		return false;
+	event_tat[kind & 1] = tat + interval;
+	return true;
+}
+
+static __always_inline void send_event(struct __sk_buff *skb, const struct judge *c,
+				       enum reason reason, __u8 verdict)
+{
+	const struct pkt *p = &c->p;
+	__u64 now = bpf_ktime_get_ns();
+	struct event *ev;
+
+	if (!event_allowed(verdict == VERDICT_PASS, now))
+		return;
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count(REASON_EVENT_LOST);
+		return;
+	}
+	ev->timestamp = now;
+	ev->ifindex = skb->ifindex;
+	ev->policy = c->policy;
+	ev->rule = c->rule;
+	ev->identity = c->identity;
+	ev->src = p->src;
+	ev->dst = p->dst;
+	if (is_icmp(p)) {
+		ev->sport = *(__u16 *)&p->icmp_type;
+		ev->dport = p->echo_id;
+	} else {
+		ev->sport = p->sport;
+		ev->dport = p->dport;
+	}
+	ev->proto = p->proto;
+	ev->verdict = verdict;
+	ev->reason = reason;
+	ev->pad = 0;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* finish ends every verdict of to_pod: it counts the reason, records a first fragment's
+ * verdict for the fragments that follow (step 11), sends the event, and returns the action. */
+__noinline int finish(struct __sk_buff *skb, const struct judge *c, enum reason reason)
+{
+	__u8 verdict = drops(reason) ? VERDICT_DROP : VERDICT_PASS;
+
+	if (!skb || !c)
+		/* Never: c is the caller's stack. The verifier wants the test; fail closed. */
+		return TC_ACT_SHOT;
+
+	if (reason == REASON_FRAGMENT)
+		verdict = c->frag_verdict;
+	count(reason);
+	if (c->p.frag == FRAG_FIRST) {
+		struct frag_key k = {
+			.src = c->p.src,
+			.dst = c->p.dst,
+			.id = c->p.frag_id,
+			.proto = c->p.frag_proto,
+		};
+		struct frag_entry f = { .verdict = verdict };
+
+		if (bpf_map_update_elem(&frags, &k, &f, BPF_ANY))
+			count(REASON_CT_FULL);
+	}
+	if (verdict == VERDICT_DROP || c->new_flow)
+		send_event(skb, c, reason, verdict);
+	if (verdict == VERDICT_DROP)
+		/* The policy refuses the packet; reason says why: a deny rule, no allow rule,
+		 * an isolated pod, a missing policy (fail closed), unparsable headers (fail
+		 * closed), or the drop of the datagram's first fragment. */
+		return TC_ACT_SHOT;
 	return TCX_NEXT;
 }
 
+/* to_pod decides whether a packet may reach the pod: the algorithm of docs/ARCHITECTURE.md,
+ * whose step numbers the comments use. */
+SEC("tc")
+int to_pod(struct __sk_buff *skb)
+{
+	struct judge c = {};
+	struct ct_key k = {};
+	struct ct_entry *e = NULL;
+	struct endpoint *ep;
+	struct policy *pol;
+	__u32 ifindex = skb->ifindex, *id;
+	bool tracked, trackable;
+	int res;
+
+	/* 1 */
+	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	if (!ep)
+		return finish(skb, &c, REASON_NOT_ENDPOINT);
+	c.policy = ep->policy;
+	c.generation = ep->generation;
+	c.mode = ep->mode;
+	c.ep_flags = ep->flags;
+
+	/* 2 */
+	res = parse_frame(skb, &c.p);
+	if (res == PARSE_NOT_IP)
+		return finish(skb, &c, REASON_NOT_IP);
+	if (res != PARSE_OK)
+		return finish(skb, &c, c.mode == MODE_OPEN ? REASON_OPEN : REASON_MALFORMED);
+	tracked = ct_tuple(&c.p, true, &k);
+	/* An inbound echo reply answers the pod's request: it never opens a flow. */
+	trackable = tracked && !is_echo_reply(&c.p);
+
+	/* 3 */
+	if (c.mode == MODE_OPEN) {
+		if (trackable)
+			track_in(&c, &k, bpf_map_lookup_elem(&conntrack, &k));
+		return finish(skb, &c, REASON_OPEN);
+	}
+
+	/* 4 */
+	if (c.p.src.family == FAM_V6 && is_icmp(&c.p) && c.p.frag != FRAG_LATER &&
+	    c.p.icmp_type >= 133 && c.p.icmp_type <= 137)
+		return finish(skb, &c, REASON_ND);
+
+	/* 5 */
+	if (c.p.frag == FRAG_LATER) {
+		struct frag_key fk = {
+			.src = c.p.src,
+			.dst = c.p.dst,
+			.id = c.p.frag_id,
+			.proto = c.p.frag_proto,
+		};
+		struct frag_entry *f = bpf_map_lookup_elem(&frags, &fk);
+
+		if (f) {
+			c.frag_verdict = f->verdict == VERDICT_DROP ? VERDICT_DROP : VERDICT_PASS;
+			return finish(skb, &c, REASON_FRAGMENT);
+		}
+	}
+
+	/* 6 */
+	if (tracked) {
+		e = bpf_map_lookup_elem(&conntrack, &k);
+		if (e) {
+			__u64 now = bpf_ktime_get_ns();
+
+			res = ct_passes(e, k.proto, c.generation, now);
+			if (res) {
+				ct_refresh(e, now);
+				return finish(skb, &c, res);
+			}
+		}
+	}
+
+	/* 7 */
+	if (is_icmp_error(&c.p) && icmp_error_passes(skb, &c))
+		return finish(skb, &c, REASON_ICMP_ERROR);
+
+	/* 8 */
+	id = bpf_map_lookup_elem(&ipcache, &c.p.src);
+	c.identity = id ? *id : ID_WORLD;
+	if (c.identity == ID_HOST && (c.ep_flags & EP_ALLOW_HOST)) {
+		if (trackable)
+			track_in(&c, &k, e);
+		return finish(skb, &c, REASON_HOST);
+	}
+
+	/* 9 */
+	if (c.mode == MODE_ISOLATE)
+		return finish(skb, &c, REASON_ISOLATED);
+	pol = bpf_map_lookup_elem(&policies, &c.policy);
+	if (!pol)
+		return finish(skb, &c, REASON_NO_POLICY);
+
+	/* 10 */
+	res = classify(pol, &c);
+	if (res == REASON_ALLOW_RULE && trackable) {
+		track_in(&c, &k, e);
+		c.new_flow = 1;
+	}
+	return finish(skb, &c, res);
+}
+
+/* from_pod records the flows the pod opens, so that their replies pass; it never drops. */
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
+	struct pkt p = {};
+	struct ct_key k = {};
+	struct ct_entry *e;
+	__u64 now;
+	bool opens;
+
+	if (parse_frame(skb, &p) != PARSE_OK || !ct_tuple(&p, false, &k))
+		return TCX_NEXT;
+	/* A packet that opens a flow: a TCP SYN without ACK, any UDP, an echo request. A TCP
+	 * packet mid-stream opens nothing, so an evicted inbound flow is judged again rather
+	 * than turned into one of the pod's. */
+	if (p.proto == IPPROTO_TCP)
+		opens = (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	else
+		opens = p.proto == IPPROTO_UDP || is_echo_request(&p);
+
+	now = bpf_ktime_get_ns();
+	e = bpf_map_lookup_elem(&conntrack, &k);
+	if (e) {
+		/* The pod answering an inbound flow does not make it the pod's own; only an
+		 * opening packet on an expired entry starts a new flow of the pod. */
+		if (opens && !ct_live(e, k.proto, now)) {
+			e->flags = CT_OUT;
+			e->last_seen = now;
+		} else {
+			ct_refresh(e, now);
+		}
+		return TCX_NEXT;
+	}
+	if (opens) {
+		struct ct_entry fresh = { .last_seen = now, .flags = CT_OUT };
+		long err = bpf_map_update_elem(&conntrack, &k, &fresh, BPF_NOEXIST);
+
+		/* -EEXIST: another CPU recorded the flow first. */
+		if (err && err != -17)
+			count(REASON_CT_FULL);
+	}
 	return TCX_NEXT;
 }

@@ -107,7 +107,8 @@ struct cidr_key {
 	struct ip_addr ip;
 };
 
-/* pol_port (LPM trie): prefixlen is 64 + the port prefix length (0-16); port is big endian.
+/* pol_port (LPM trie): prefixlen is 48 + the port prefix length (0-16): policy, proto_class
+ * and dir are 48 bits; port is big endian.
  * Values hold the rules whose ports of that protocol and direction hold the port, plus the
  * rules that state no ports for that direction. */
 struct port_key {
@@ -152,8 +153,8 @@ struct ct_entry {
 struct frag_key {
 	struct ip_addr src;
 	struct ip_addr dst;
-	__u32 id;
-	__u8 proto;
+	__u32 id;    /* the IP identification, host byte order (16 bits for IPv4) */
+	__u8 proto;  /* IPv4 protocol; IPv6: the next header field of the fragment header */
 	__u8 pad[3];
 };
 
@@ -179,6 +180,8 @@ enum reason {
 	REASON_NO_POLICY, /* the endpoint's policy is missing: fail closed */
 	REASON_MALFORMED, /* headers that cannot be parsed: fail closed */
 	REASON_CT_FULL,   /* a conntrack or fragment update failed (the packet still passes) */
+	REASON_NOT_IP,    /* not IPv4 or IPv6 (ARP, ...): passed on untouched */
+	REASON_EVENT_LOST, /* an event was not sent: the ring buffer was full (not a verdict) */
 	REASON_MAX,
 };
 
@@ -194,8 +197,8 @@ struct event {
 	__u32 identity;
 	struct ip_addr src;
 	struct ip_addr dst;
-	__u16 sport;
-	__u16 dport;
+	__u16 sport; /* network byte order; ICMP(v6): the type and code bytes */
+	__u16 dport; /* network byte order; ICMP(v6) echo: the identifier */
 	__u8 proto;
 	__u8 verdict;
 	__u8 reason;

@@ -122,6 +122,29 @@ type PodwallPortKey struct {
 	Port       uint16
 }
 
+type PodwallReason uint32
+
+const (
+	PodwallReasonREASON_NOT_ENDPOINT PodwallReason = 0
+	PodwallReasonREASON_OPEN         PodwallReason = 1
+	PodwallReasonREASON_REPLY        PodwallReason = 2
+	PodwallReasonREASON_ESTABLISHED  PodwallReason = 3
+	PodwallReasonREASON_ICMP_ERROR   PodwallReason = 4
+	PodwallReasonREASON_HOST         PodwallReason = 5
+	PodwallReasonREASON_ND           PodwallReason = 6
+	PodwallReasonREASON_FRAGMENT     PodwallReason = 7
+	PodwallReasonREASON_ALLOW_RULE   PodwallReason = 8
+	PodwallReasonREASON_DENY_RULE    PodwallReason = 9
+	PodwallReasonREASON_NO_RULE      PodwallReason = 10
+	PodwallReasonREASON_ISOLATED     PodwallReason = 11
+	PodwallReasonREASON_NO_POLICY    PodwallReason = 12
+	PodwallReasonREASON_MALFORMED    PodwallReason = 13
+	PodwallReasonREASON_CT_FULL      PodwallReason = 14
+	PodwallReasonREASON_NOT_IP       PodwallReason = 15
+	PodwallReasonREASON_EVENT_LOST   PodwallReason = 16
+	PodwallReasonREASON_MAX          PodwallReason = 17
+)
+
 type PodwallRuleVec struct {
 	_    structs.HostLayout
 	Bits [16]uint64
@@ -131,19 +154,24 @@ type PodwallRuleVec struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	PodwallMapConntrack = "conntrack"
-	PodwallMapEndpoints = "endpoints"
-	PodwallMapEvents    = "events"
-	PodwallMapFrags     = "frags"
-	PodwallMapIpcache   = "ipcache"
-	PodwallMapPolCidr   = "pol_cidr"
-	PodwallMapPolIcmp   = "pol_icmp"
-	PodwallMapPolIdent  = "pol_ident"
-	PodwallMapPolPort   = "pol_port"
-	PodwallMapPolicies  = "policies"
-	PodwallMapStats     = "stats"
-	PodwallProgFromPod  = "from_pod"
-	PodwallProgToPod    = "to_pod"
+	PodwallMapConntrack       = "conntrack"
+	PodwallMapEndpoints       = "endpoints"
+	PodwallMapEvents          = "events"
+	PodwallMapFrags           = "frags"
+	PodwallMapIpcache         = "ipcache"
+	PodwallMapPolCidr         = "pol_cidr"
+	PodwallMapPolIcmp         = "pol_icmp"
+	PodwallMapPolIdent        = "pol_ident"
+	PodwallMapPolPort         = "pol_port"
+	PodwallMapPolicies        = "policies"
+	PodwallMapStats           = "stats"
+	PodwallProgFromPod        = "from_pod"
+	PodwallProgToPod          = "to_pod"
+	PodwallVarCtTimeoutIcmpNs = "ct_timeout_icmp_ns"
+	PodwallVarCtTimeoutTcpNs  = "ct_timeout_tcp_ns"
+	PodwallVarCtTimeoutUdpNs  = "ct_timeout_udp_ns"
+	PodwallVarEventsBurst     = "events_burst"
+	PodwallVarEventsPerSec    = "events_per_sec"
 )
 
 // LoadPodwall returns the embedded CollectionSpec for Podwall.
@@ -213,6 +241,11 @@ type PodwallMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PodwallVariableSpecs struct {
+	CtTimeoutIcmpNs *ebpf.VariableSpec `ebpf:"ct_timeout_icmp_ns"`
+	CtTimeoutTcpNs  *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
+	CtTimeoutUdpNs  *ebpf.VariableSpec `ebpf:"ct_timeout_udp_ns"`
+	EventsBurst     *ebpf.VariableSpec `ebpf:"events_burst"`
+	EventsPerSec    *ebpf.VariableSpec `ebpf:"events_per_sec"`
 }
 
 // PodwallObjects contains all objects after they have been loaded into the kernel.
@@ -268,6 +301,11 @@ func (m *PodwallMaps) Close() error {
 //
 // It can be passed to LoadPodwallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PodwallVariables struct {
+	CtTimeoutIcmpNs *ebpf.Variable `ebpf:"ct_timeout_icmp_ns"`
+	CtTimeoutTcpNs  *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
+	CtTimeoutUdpNs  *ebpf.Variable `ebpf:"ct_timeout_udp_ns"`
+	EventsBurst     *ebpf.Variable `ebpf:"events_burst"`
+	EventsPerSec    *ebpf.Variable `ebpf:"events_per_sec"`
 }
 
 // PodwallPrograms contains all programs after they have been loaded into the kernel.

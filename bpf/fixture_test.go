@@ -1,0 +1,301 @@
+package bpf
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// A small world, filled into the maps by hand with the generated types:
+//
+//   - the pod's host-side interface is ifindex 1. BPF_PROG_TEST_RUN runs a tc program on an skb
+//     of the caller's network namespace's loopback, ifindex 1, unless the context names another
+//     device (TestContextIfindex);
+//   - the pod is 10.0.0.10 and fd00::10; the node is 10.0.0.1 and fd00::1 (ID_HOST);
+//     pod X is 10.0.0.20 and fd00::20 (identity idX); everything else is the world.
+const (
+	podIfindex = 1
+	idX        = 300
+	polMain    = 7
+	genMain    = 1
+
+	podV4, podV6   = "10.0.0.10", "fd00::10"
+	hostV4, hostV6 = "10.0.0.1", "fd00::1"
+	xV4, xV6       = "10.0.0.20", "fd00::20"
+	worldV4        = "192.0.2.1"
+	worldV6        = "2001:db9::1"
+	deniedV4       = "10.1.2.3"    // in 10.1.0.0/16: rule 1 denies, rule 2 allows
+	allowedV6      = "2001:db8::5" // in 2001:db8::/32: rule 7
+)
+
+// Action values a tc program returns.
+const (
+	actNext = ^uint32(0) // TCX_NEXT, TC_ACT_UNSPEC
+	actShot = 2          // TC_ACT_SHOT
+)
+
+// verdictReasons are the reasons a to_pod run ends with; the others count side effects.
+var verdictReasons = []PodwallReason{
+	PodwallReasonREASON_NOT_ENDPOINT, PodwallReasonREASON_OPEN, PodwallReasonREASON_REPLY,
+	PodwallReasonREASON_ESTABLISHED, PodwallReasonREASON_ICMP_ERROR, PodwallReasonREASON_HOST,
+	PodwallReasonREASON_ND, PodwallReasonREASON_FRAGMENT, PodwallReasonREASON_ALLOW_RULE,
+	PodwallReasonREASON_DENY_RULE, PodwallReasonREASON_NO_RULE, PodwallReasonREASON_ISOLATED,
+	PodwallReasonREASON_NO_POLICY, PodwallReasonREASON_MALFORMED, PodwallReasonREASON_NOT_IP,
+}
+
+type fixture struct {
+	tb     testing.TB
+	objs   PodwallObjects
+	events *ringbuf.Reader
+}
+
+// newFixture loads the collection with small maps, after edit changes the spec (variables,
+// map types), and installs the world: the endpoint in enforce mode with EP_ALLOW_HOST and the
+// main policy.
+func newFixture(tb testing.TB, edit ...func(*PodwallSpecs, *ebpf.CollectionSpec)) *fixture {
+	tb.Helper()
+	spec, err := LoadPodwall()
+	require.NoError(tb, err)
+	spec.Maps[PodwallMapConntrack].MaxEntries = 4096
+	spec.Maps[PodwallMapFrags].MaxEntries = 1024
+	spec.Maps[PodwallMapIpcache].MaxEntries = 1024
+	var specs PodwallSpecs
+	require.NoError(tb, spec.Assign(&specs))
+	for _, e := range edit {
+		e(&specs, spec)
+	}
+	f := &fixture{tb: tb}
+	err = spec.LoadAndAssign(&f.objs, nil)
+	if ve := (*ebpf.VerifierError)(nil); errors.As(err, &ve) {
+		tb.Fatalf("load: %+v", ve)
+	}
+	require.NoError(tb, err)
+	tb.Cleanup(func() { f.objs.Close() })
+	f.events, err = ringbuf.NewReader(f.objs.Events)
+	require.NoError(tb, err)
+	tb.Cleanup(func() { f.events.Close() })
+
+	f.setEndpoint(PodwallEndpoint{Policy: polMain, Generation: genMain, Flags: 1 /* EP_ALLOW_HOST */})
+	for addr, id := range map[string]uint32{hostV4: 1, hostV6: 1, xV4: idX, xV6: idX} {
+		require.NoError(tb, f.objs.Ipcache.Put(ipAddr(addr), id))
+	}
+	f.installMain()
+	return f
+}
+
+func setVar(tb testing.TB, v *ebpf.VariableSpec, value any) {
+	tb.Helper()
+	require.NoError(tb, v.Set(value))
+}
+
+func ipAddr(s string) PodwallIpAddr {
+	a := netip.MustParseAddr(s)
+	var ip PodwallIpAddr
+	if a.Is4() {
+		ip.Family = 4
+		b := a.As4()
+		copy(ip.Addr[:], b[:])
+	} else {
+		ip.Family = 6
+		ip.Addr = a.As16()
+	}
+	return ip
+}
+
+func (f *fixture) setEndpoint(ep PodwallEndpoint) {
+	f.tb.Helper()
+	require.NoError(f.tb, f.objs.Endpoints.Put(uint32(podIfindex), ep))
+}
+
+func (f *fixture) endpoint() PodwallEndpoint {
+	f.tb.Helper()
+	var ep PodwallEndpoint
+	require.NoError(f.tb, f.objs.Endpoints.Lookup(uint32(podIfindex), &ep))
+	return ep
+}
+
+type vec = [16]uint64
+
+// bits is the vector of the given rules.
+func bits(rules ...int) vec {
+	var v vec
+	for _, r := range rules {
+		v[r/64] |= 1 << (r % 64)
+	}
+	return v
+}
+
+func or(vs ...vec) vec {
+	var v vec
+	for _, w := range vs {
+		for i := range v {
+			v[i] |= w[i]
+		}
+	}
+	return v
+}
+
+// installMain writes policy polMain, compiled by hand from these rules (bit: rule):
+//
+//	0: allow tcp from label (identity idX)
+//	1: deny from cidr 10.1.0.0/16
+//	2: allow from cidr 10.1.0.0/16
+//	3: allow udp from ports 4096:8191 to ports 53
+//	4: allow icmp type 8
+//	5: allow icmpv6 type 128 code 0
+//	6: deny tcp to ports 22
+//	7: allow from cidr 2001:db8::/32
+//	8: allow tcp to ports 8080
+//	9: allow icmpv6
+//	1000: allow udp to ports 7 (a rule in the last word of the vectors)
+func (f *fixture) installMain() {
+	f.tb.Helper()
+	all := bits(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 1000)
+	without := func(rules ...int) vec {
+		v := all
+		for _, r := range rules {
+			v[r/64] &^= 1 << (r % 64)
+		}
+		return v
+	}
+	wildIdent := without(0)
+	wildCidr := without(1, 2, 7)
+	wildSport := without(3)
+	wildDport := without(3, 6, 8, 1000)
+	wildIcmp := without(4, 5)
+
+	var pol PodwallPolicy
+	v4only, v6only := bits(1, 2), bits(7)
+	tcpRules, udpRules := bits(0, 6, 8), bits(3, 1000)
+	pol.Proto[0][0], pol.Proto[1][0] = or(tcpRules, v4only), or(tcpRules, v6only)
+	pol.Proto[0][1], pol.Proto[1][1] = or(udpRules, v4only), or(udpRules, v6only)
+	pol.Proto[0][2], pol.Proto[1][2] = or(bits(4), v4only), or(bits(5, 9), v6only)
+	pol.Proto[0][3], pol.Proto[1][3] = v4only, v6only
+	pol.WildIdent, pol.WildCidr, pol.WildSport, pol.WildDport, pol.WildIcmp = wildIdent, wildCidr, wildSport, wildDport, wildIcmp
+	pol.Deny = bits(1, 6)
+	pol.Flags = 1 | 2 | 4 | 8 | 16
+	pol.Nrules = 11
+	require.NoError(f.tb, f.objs.Policies.Put(uint32(polMain), &pol))
+
+	f.put(f.objs.PolIdent, PodwallIdentKey{Policy: polMain, Identity: idX}, or(bits(0), wildIdent))
+	f.put(f.objs.PolCidr, PodwallCidrKey{Prefixlen: 64 + 16, Policy: polMain, Ip: ipAddr("10.1.0.0")}, or(bits(1, 2), wildCidr))
+	f.put(f.objs.PolCidr, PodwallCidrKey{Prefixlen: 64 + 32, Policy: polMain, Ip: ipAddr("2001:db8::")}, or(bits(7), wildCidr))
+	f.put(f.objs.PolPort, portKey(polMain, 1, 0, 4096, 4), or(bits(3), wildSport))
+	f.put(f.objs.PolPort, portKey(polMain, 1, 1, 53, 16), or(bits(3), wildDport))
+	f.put(f.objs.PolPort, portKey(polMain, 1, 1, 7, 16), or(bits(1000), wildDport))
+	f.put(f.objs.PolPort, portKey(polMain, 0, 1, 22, 16), or(bits(6), wildDport))
+	f.put(f.objs.PolPort, portKey(polMain, 0, 1, 8080, 16), or(bits(8), wildDport))
+	f.put(f.objs.PolIcmp, PodwallIcmpKey{Policy: polMain, Family: 4, Type: 8, Code: 0xffff}, or(bits(4), wildIcmp))
+	f.put(f.objs.PolIcmp, PodwallIcmpKey{Policy: polMain, Family: 6, Type: 128, Code: 0}, or(bits(5), wildIcmp))
+}
+
+func portKey(policy uint32, class, dir uint8, port uint16, plen uint32) PodwallPortKey {
+	// The key's port is big endian in memory; the generated field is a host-order uint16.
+	be := port>>8 | port<<8
+	return PodwallPortKey{Prefixlen: 48 + plen, Policy: policy, ProtoClass: class, Dir: dir, Port: be}
+}
+
+func (f *fixture) put(m *ebpf.Map, key any, v vec) {
+	f.tb.Helper()
+	require.NoError(f.tb, m.Put(key, PodwallRuleVec{Bits: v}))
+}
+
+// stats sums the per-CPU counters.
+func (f *fixture) stats() map[PodwallReason]uint64 {
+	f.tb.Helper()
+	out := map[PodwallReason]uint64{}
+	for r := PodwallReason(0); r < PodwallReasonREASON_MAX; r++ {
+		var per []uint64
+		require.NoError(f.tb, f.objs.Stats.Lookup(uint32(r), &per))
+		for _, n := range per {
+			out[r] += n
+		}
+	}
+	return out
+}
+
+func run(tb testing.TB, prog *ebpf.Program, frame []byte) uint32 {
+	tb.Helper()
+	ret, err := prog.Run(&ebpf.RunOptions{Data: frame})
+	require.NoError(tb, err)
+	return ret
+}
+
+// toPod runs to_pod on frame and returns its action and the one verdict reason counted.
+func (f *fixture) toPod(frame []byte) (uint32, PodwallReason) {
+	f.tb.Helper()
+	before := f.stats()
+	ret := run(f.tb, f.objs.ToPod, frame)
+	after := f.stats()
+	counted := PodwallReasonREASON_MAX
+	for _, r := range verdictReasons {
+		switch after[r] - before[r] {
+		case 0:
+		case 1:
+			require.Equal(f.tb, PodwallReasonREASON_MAX, counted, "two verdict reasons counted: %v and %v", counted, r)
+			counted = r
+		default:
+			f.tb.Fatalf("reason %v counted %d times", r, after[r]-before[r])
+		}
+	}
+	require.NotEqual(f.tb, PodwallReasonREASON_MAX, counted, "no verdict reason counted")
+	return ret, counted
+}
+
+// fromPod runs from_pod, which always passes.
+func (f *fixture) fromPod(frame []byte) {
+	f.tb.Helper()
+	require.Equal(f.tb, actNext, run(f.tb, f.objs.FromPod, frame))
+}
+
+func (f *fixture) ct(key PodwallCtKey) (PodwallCtEntry, bool) {
+	f.tb.Helper()
+	var e PodwallCtEntry
+	err := f.objs.Conntrack.Lookup(key, &e)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return e, false
+	}
+	require.NoError(f.tb, err)
+	return e, true
+}
+
+func ctKey(pod, remote string, podPort, remotePort uint16, proto uint8) PodwallCtKey {
+	return PodwallCtKey{
+		Pod: ipAddr(pod), Remote: ipAddr(remote),
+		PodPort: podPort>>8 | podPort<<8, RemotePort: remotePort>>8 | remotePort<<8,
+		Proto: proto,
+	}
+}
+
+// drainEvents returns the events sent so far.
+func (f *fixture) drainEvents() []PodwallEvent {
+	f.tb.Helper()
+	var out []PodwallEvent
+	f.events.SetDeadline(time.Now())
+	for {
+		rec, err := f.events.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return out
+		}
+		require.NoError(f.tb, err)
+		var ev PodwallEvent
+		require.NoError(f.tb, binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &ev))
+		out = append(out, ev)
+	}
+}
+
+// monotonicNow is bpf_ktime_get_ns's clock.
+func monotonicNow(tb testing.TB) uint64 {
+	var ts unix.Timespec
+	require.NoError(tb, unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts))
+	return uint64(ts.Nano())
+}
