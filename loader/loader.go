@@ -1,0 +1,319 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/podwall/podwall/bpf"
+)
+
+var (
+	// ErrLocked means another Loader (another agent) holds the pinned state.
+	ErrLocked = errors.New("pinned state is locked by another loader")
+	// ErrIncompatible means the pinned maps were made by a version with another map layout.
+	ErrIncompatible = errors.New("pinned maps are incompatible with this version")
+	// ErrNotBPFFS means the configured bpffs path is not a mounted bpf filesystem.
+	ErrNotBPFFS = errors.New("not a bpf filesystem")
+	// ErrHookTaken means another tool's filter holds the clsact priority and handle podwall
+	// uses; podwall does not replace it.
+	ErrHookTaken = errors.New("clsact filter slot taken by another program")
+	// ErrUnknownConstant means Config.Constants names a constant the programs do not have.
+	ErrUnknownConstant = errors.New("unknown constant")
+)
+
+// DefaultBPFFS is where bpffs is usually mounted.
+const DefaultBPFFS = "/sys/fs/bpf"
+
+// Version names the layout of the pinned state. A change to a map's definition that makes
+// old pins incompatible needs a new version (and a migration from the old folder).
+const Version = "v1"
+
+// Mode is how programs are attached to interfaces.
+type Mode string
+
+const (
+	// ModeTCX attaches with tcx links (Linux 6.6 and later).
+	ModeTCX Mode = "tcx"
+	// ModeClsact attaches as bpf filters of a clsact qdisc, for older kernels.
+	ModeClsact Mode = "clsact"
+)
+
+// Config says where the Loader keeps its state and how it attaches.
+type Config struct {
+	// BPFFS is the bpffs mount under which the podwall folder lives. Default DefaultBPFFS.
+	BPFFS string
+	// Netns is the path of the network namespace whose interfaces Attach refers to (for
+	// example /run/netns/NAME). Empty means the namespace of the calling process.
+	Netns string
+	// ForceClsact attaches with clsact even when the kernel has tcx.
+	ForceClsact bool
+	// Constants sets the programs' `volatile const` globals by name before loading, for
+	// example {"ct_timeout_udp_ns": uint64(...)}; the value's size must match the global's.
+	Constants map[string]any
+	// Logger receives the lifecycle (mode, reattached and dropped attachments) and the full
+	// verifier log on a load failure. Default: no logging.
+	Logger *zap.Logger
+}
+
+// Loader owns podwall's programs and pinned state while the agent runs.
+type Loader struct {
+	log      *zap.Logger
+	dir      string // <bpffs>/podwall/v1
+	mode     Mode
+	objs     bpf.PodwallObjects
+	ns       netns.NsHandle // netns.None() for the process's own
+	nl       *netlink.Handle
+	lifeLock *os.File
+
+	mu       sync.Mutex
+	attached map[hook]attachment
+}
+
+// StateDir is the folder of the pinned state under a bpffs mount.
+func StateDir(bpffs string) string { return filepath.Join(bpffs, "podwall", Version) }
+
+func (l *Loader) mapsDir() string  { return filepath.Join(l.dir, "maps") }
+func (l *Loader) linksDir() string { return filepath.Join(l.dir, "links") }
+
+// Open loads the programs against the pinned maps (creating and pinning the missing ones),
+// decides the attach mode, and moves every pinned attachment to the new programs. Pinned
+// attachments of interfaces that no longer exist are dropped.
+func Open(cfg Config) (_ *Loader, err error) {
+	if cfg.BPFFS == "" {
+		cfg.BPFFS = DefaultBPFFS
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if err := checkBPFFS(cfg.BPFFS); err != nil {
+		return nil, err
+	}
+	l := &Loader{
+		log:      cfg.Logger,
+		dir:      StateDir(cfg.BPFFS),
+		ns:       netns.None(),
+		attached: map[hook]attachment{},
+	}
+	for _, d := range []string{l.mapsDir(), l.linksDir()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	l.lifeLock, err = lock(filepath.Dir(l.dir), unix.LOCK_EX|unix.LOCK_NB)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = l.Close()
+		}
+	}()
+	stateLock, err := lock(l.dir, unix.LOCK_EX)
+	if err != nil {
+		return nil, err
+	}
+	defer stateLock.Close()
+
+	if cfg.Netns != "" {
+		if l.ns, err = netns.GetFromPath(cfg.Netns); err != nil {
+			return nil, fmt.Errorf("open netns %s: %w", cfg.Netns, err)
+		}
+	}
+	if l.nl, err = netlink.NewHandleAt(l.ns); err != nil {
+		return nil, fmt.Errorf("open netlink in %s: %w", cfg.Netns, err)
+	}
+	if err := l.load(cfg.Constants); err != nil {
+		return nil, err
+	}
+	if l.mode, err = probeMode(l.objs.ToPod, cfg.ForceClsact); err != nil {
+		return nil, err
+	}
+	l.log.Info("loaded podwall", zap.String("mode", string(l.mode)), zap.String("state", l.dir))
+	if err := l.reattach(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func checkBPFFS(path string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", path, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("%s: %w (mount -t bpf bpf %s)", path, ErrNotBPFFS, path)
+	}
+	return nil
+}
+
+// load creates the programs and maps, reusing the pinned maps. Nothing attached changes
+// here, so a failure (an incompatible pinned map, a verifier rejection) leaves the running
+// programs as they are.
+func (l *Loader) load(constants map[string]any) error {
+	spec, err := bpf.LoadPodwall()
+	if err != nil {
+		return fmt.Errorf("load spec: %w", err)
+	}
+	for name, m := range spec.Maps {
+		if isDataSection(name) {
+			continue
+		}
+		m.Pinning = ebpf.PinByName
+	}
+	for name, v := range constants {
+		vs, ok := spec.Variables[name]
+		if !ok || !vs.Constant() {
+			return fmt.Errorf("set %s: %w", name, ErrUnknownConstant)
+		}
+		if err := vs.Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	err = spec.LoadAndAssign(&l.objs, &ebpf.CollectionOptions{
+		Maps: ebpf.MapOptions{PinPath: l.mapsDir()},
+	})
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return fmt.Errorf("load podwall against %s: %w: %w", l.mapsDir(), ErrIncompatible, err)
+	}
+	var verr *ebpf.VerifierError
+	if errors.As(err, &verr) {
+		l.log.Error("verifier rejected podwall", zap.String("log", fmt.Sprintf("%+v", verr)))
+	}
+	if err != nil {
+		return fmt.Errorf("load podwall: %w", err)
+	}
+	return nil
+}
+
+// isDataSection says whether a map holds a section of the object's global variables
+// (".rodata", ".data", ".bss"): those belong to one load of the programs and are never
+// pinned, or a restart would keep the constants of the previous one.
+func isDataSection(name string) bool { return strings.HasPrefix(name, ".") }
+
+// probeMode asks the kernel whether it has tcx: attaching to ifindex 0, which never exists,
+// fails with ENODEV where tcx exists and with link.ErrNotSupported where it does not.
+func probeMode(prog *ebpf.Program, forceClsact bool) (Mode, error) {
+	if forceClsact {
+		return ModeClsact, nil
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: 0, Program: prog, Attach: ebpf.AttachTCXEgress})
+	switch {
+	case errors.Is(err, link.ErrNotSupported):
+		return ModeClsact, nil
+	case errors.Is(err, unix.ENODEV):
+		return ModeTCX, nil
+	case err == nil:
+		_ = l.Close()
+		return "", errors.New("probe tcx: attach to ifindex 0 succeeded")
+	default:
+		return "", fmt.Errorf("probe tcx: %w", err)
+	}
+}
+
+// Mode says how this Loader attaches: ModeTCX or ModeClsact.
+func (l *Loader) Mode() Mode { return l.mode }
+
+// Maps are the pinned maps, valid until Close.
+func (l *Loader) Maps() *bpf.PodwallMaps { return &l.objs.PodwallMaps }
+
+// Attached lists the ifindexes with podwall attached, in order.
+func (l *Loader) Attached() []int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []int
+	for h := range l.attached {
+		if !slices.Contains(out, h.ifindex) {
+			out = append(out, h.ifindex)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Close releases the Loader's programs, maps and locks. Everything attached and pinned stays
+// in the kernel and keeps enforcing until a new Loader takes it over.
+func (l *Loader) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var errs []error
+	for h, a := range l.attached {
+		if err := a.close(); err != nil {
+			errs = append(errs, fmt.Errorf("close %s: %w", h, err))
+		}
+	}
+	l.attached = nil
+	errs = append(errs, l.release())
+	return errors.Join(errs...)
+}
+
+// release closes what Open acquired, in reverse order.
+func (l *Loader) release() error {
+	var errs []error
+	if err := l.objs.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close programs and maps: %w", err))
+	}
+	l.objs = bpf.PodwallObjects{}
+	if l.nl != nil {
+		l.nl.Close()
+		l.nl = nil
+	}
+	if l.ns.IsOpen() {
+		if err := l.ns.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close netns: %w", err))
+		}
+		l.ns = netns.None()
+	}
+	if l.lifeLock != nil {
+		if err := l.lifeLock.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("release lock: %w", err))
+		}
+		l.lifeLock = nil
+	}
+	return errors.Join(errs...)
+}
+
+// Uninstall detaches podwall from every interface, removes every pin and the state folder,
+// and closes the Loader.
+func (l *Loader) Uninstall() error {
+	stateLock, err := lock(l.dir, unix.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer stateLock.Close()
+	l.mu.Lock()
+	if l.attached == nil {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	var errs []error
+	for h, a := range l.attached {
+		if err := a.detach(); err != nil {
+			errs = append(errs, fmt.Errorf("detach %s: %w", h, err))
+		}
+		delete(l.attached, h)
+	}
+	l.mu.Unlock()
+	// Removing a pin unpins it: the maps, and any leftover of a crashed attach, go with the
+	// folder.
+	if err := os.RemoveAll(l.dir); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", l.dir, err))
+	}
+	// The parent holds other versions' folders, if any: keep it then.
+	if err := os.Remove(filepath.Dir(l.dir)); err != nil && !errors.Is(err, unix.ENOTEMPTY) {
+		errs = append(errs, fmt.Errorf("remove %s: %w", filepath.Dir(l.dir), err))
+	}
+	errs = append(errs, l.Close())
+	return errors.Join(errs...)
+}
