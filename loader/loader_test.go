@@ -1,6 +1,7 @@
 package loader_test
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/loader"
 	"github.com/podwall/podwall/tests/topo"
 )
@@ -169,6 +171,66 @@ func pinNames(mode loader.Mode, ifindexes ...int) []string {
 func TestProbeFindsTCX(t *testing.T) {
 	e := newEnv(t, loader.ModeTCX)
 	require.Equal(t, loader.ModeTCX, e.open(t).Mode(), "kernel 6.6 or later has tcx")
+}
+
+// TestProcessNamespace runs the Loader the way the agent runs under nsenter: with no
+// Config.Netns, in the namespace of the thread that calls it (here a thread of the node's).
+func TestProcessNamespace(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			e := newEnv(t, mode)
+			e.cfg.Netns = ""
+			var attached []int
+			err := e.tp.Node.Do(func() error {
+				l, err := loader.Open(e.cfg)
+				if err != nil {
+					return err
+				}
+				if err := l.Attach(e.pod.HostIfindex); err != nil {
+					return errors.Join(err, l.Close())
+				}
+				attached = l.Attached()
+				return l.Close()
+			})
+			require.NoError(t, err)
+			require.Equal(t, []int{e.pod.HostIfindex}, attached)
+			e.requireAttached(t, e.pod.HostIfindex, mode)
+			e.reach(t)
+		})
+	}
+}
+
+// TestEnforces proves the programs sit on the right hooks, in both modes: an isolated pod
+// gets no new inbound connection (to_pod on egress drops it) but gets the replies to its own
+// (from_pod on ingress records them), also while no Loader runs.
+func TestEnforces(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			e := newEnv(t, mode)
+			e.client.Echo(t, port)
+			l := e.open(t)
+			ifindex := e.pod.HostIfindex
+			require.NoError(t, l.Attach(ifindex))
+			isolated := bpf.PodwallEndpoint{Mode: compiler.ModeIsolate}
+			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), isolated))
+
+			outbound, err := topo.DialTCP(t, e.pod.NS, netip.AddrPortFrom(e.client.IPv4, port))
+			require.NoError(t, err, "the pod's own connection")
+			for _, a := range []netip.Addr{e.pod.IPv4, e.pod.IPv6} {
+				require.ErrorIs(t, topo.TCPEcho(e.client.NS, netip.AddrPortFrom(a, port)), topo.ErrNoAnswer, "to %s", a)
+			}
+
+			require.NoError(t, l.Close())
+			require.ErrorIs(t, topo.TCPEcho(e.client.NS, netip.AddrPortFrom(e.pod.IPv4, port)), topo.ErrNoAnswer,
+				"still enforced while no loader runs")
+			require.NoError(t, outbound.Echo())
+
+			l = e.open(t)
+			require.NoError(t, outbound.Echo())
+			require.NoError(t, l.Maps().Endpoints.Delete(uint32(ifindex)))
+			e.reach(t)
+		})
+	}
 }
 
 func TestAttachDetach(t *testing.T) {

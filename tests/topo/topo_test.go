@@ -147,16 +147,18 @@ func TestNamespaces(t *testing.T) {
 			}{{tp.Node, "1"}, {pod.NS, "0"}, {c.NS, "0"}} {
 				require.FileExists(t, tc.ns.Path)
 				made = append(made, tc.ns.Path)
+				var inside bool
 				err := tc.ns.Do(func() error {
 					cur, err := netns.Get()
 					if err != nil {
 						return err
 					}
 					defer cur.Close()
-					require.True(t, cur.Equal(tc.ns.NsHandle()), "Do runs in %s", tc.ns.Name)
+					inside = cur.Equal(tc.ns.NsHandle())
 					return nil
 				})
 				require.NoError(t, err)
+				require.True(t, inside, "Do runs in %s", tc.ns.Name)
 				for _, key := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} {
 					v, err := tc.ns.ReadSysctl(key)
 					require.NoError(t, err)
