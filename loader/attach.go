@@ -17,9 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrClosed means the Loader was closed.
-var ErrClosed = errors.New("loader closed")
-
 // direction is one of the two program slots of an interface.
 type direction int
 

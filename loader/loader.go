@@ -31,6 +31,8 @@ var (
 	ErrHookTaken = errors.New("clsact filter slot taken by another program")
 	// ErrUnknownConstant means Config.Constants names a constant the programs do not have.
 	ErrUnknownConstant = errors.New("unknown constant")
+	// ErrClosed means the Loader was closed.
+	ErrClosed = errors.New("loader closed")
 )
 
 // DefaultBPFFS is where bpffs is usually mounted.
