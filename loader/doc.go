@@ -18,7 +18,7 @@
 // reader never sees pins half replaced or half removed.
 //
 // Error contract: every error is wrapped with the operation and the object it was about, and
-// the sentinels below are matched with errors.Is: ErrLocked, ErrIncompatible (pinned maps of
+// these sentinel errors are matched with errors.Is: ErrLocked, ErrIncompatible (pinned maps of
 // another layout: the running programs are left untouched), ErrNotBPFFS, ErrHookTaken,
 // ErrUnknownConstant, ErrClosed. An Open that fails to load (incompatible pins, a verifier
 // rejection) changes nothing that was attached before it.
