@@ -45,7 +45,14 @@ unit:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./compiler
 
-test: deps bpffs check-generate lint unit fuzz
+# k8s-bins builds the kube-apiserver, etcd and kubectl the Kubernetes tests run (tests/kapi)
+# into ${PODWALL_CACHE:-/var/cache/podwall}/k8s-<version>; several minutes once per machine,
+# then nothing.
+.PHONY: k8s-bins
+k8s-bins:
+	tests/k8s/build.sh
+
+test: deps bpffs check-generate lint k8s-bins unit fuzz
 
 bench: deps bpffs
 	@echo "bench: nothing to measure yet"
