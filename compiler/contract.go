@@ -1,10 +1,14 @@
 package compiler
 
-import "strconv"
+import (
+	"strconv"
 
-// The constants of bpf/podwall.h. bpf2go exports the header's structs but not its #defines
-// nor its enum reason, so they are written here once, for every Go package; contract_test.go
-// reads the header and fails when a value here drifts from it.
+	"github.com/podwall/podwall/bpf"
+)
+
+// The constants of bpf/podwall.h. bpf2go exports the header's structs and enum but not its
+// #defines, so those are written here once, for every Go package; contract_test.go reads the
+// header and fails when a value here drifts from it.
 
 // Rule vectors.
 const (
@@ -75,28 +79,28 @@ const (
 )
 
 // Reason is why a packet got its verdict: enum reason of the header, the index of the stats
-// map and event.reason.
+// map and event.reason. Its values are bpf2go's, in a byte as event.reason holds them.
 type Reason uint8
 
 const (
-	ReasonNotEndpoint Reason = iota
-	ReasonOpen
-	ReasonReply
-	ReasonEstablished
-	ReasonICMPError
-	ReasonHost
-	ReasonND
-	ReasonFragment
-	ReasonAllowRule
-	ReasonDenyRule
-	ReasonNoRule
-	ReasonIsolated
-	ReasonNoPolicy
-	ReasonMalformed
-	ReasonCTFull
-	ReasonNotIP
-	ReasonEventLost // not a verdict: an event the ring buffer had no room for
-	NumReasons      // REASON_MAX
+	ReasonNotEndpoint = Reason(bpf.PodwallReasonREASON_NOT_ENDPOINT)
+	ReasonOpen        = Reason(bpf.PodwallReasonREASON_OPEN)
+	ReasonReply       = Reason(bpf.PodwallReasonREASON_REPLY)
+	ReasonEstablished = Reason(bpf.PodwallReasonREASON_ESTABLISHED)
+	ReasonICMPError   = Reason(bpf.PodwallReasonREASON_ICMP_ERROR)
+	ReasonHost        = Reason(bpf.PodwallReasonREASON_HOST)
+	ReasonND          = Reason(bpf.PodwallReasonREASON_ND)
+	ReasonFragment    = Reason(bpf.PodwallReasonREASON_FRAGMENT)
+	ReasonAllowRule   = Reason(bpf.PodwallReasonREASON_ALLOW_RULE)
+	ReasonDenyRule    = Reason(bpf.PodwallReasonREASON_DENY_RULE)
+	ReasonNoRule      = Reason(bpf.PodwallReasonREASON_NO_RULE)
+	ReasonIsolated    = Reason(bpf.PodwallReasonREASON_ISOLATED)
+	ReasonNoPolicy    = Reason(bpf.PodwallReasonREASON_NO_POLICY)
+	ReasonMalformed   = Reason(bpf.PodwallReasonREASON_MALFORMED)
+	ReasonCTFull      = Reason(bpf.PodwallReasonREASON_CT_FULL)
+	ReasonNotIP       = Reason(bpf.PodwallReasonREASON_NOT_IP)
+	ReasonEventLost   = Reason(bpf.PodwallReasonREASON_EVENT_LOST) // not a verdict: an event the ring buffer had no room for
+	NumReasons        = Reason(bpf.PodwallReasonREASON_MAX)
 )
 
 var reasonNames = [NumReasons]string{
