@@ -1,0 +1,148 @@
+package maps
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/stretchr/testify/require"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/compiler"
+)
+
+// load gives the test a fresh, unpinned collection, with the ipcache shrunk to ipcacheMax
+// entries when that is not 0.
+func load(t *testing.T, ipcacheMax uint32) *bpf.PodwallMaps {
+	t.Helper()
+	spec, err := bpf.LoadPodwall()
+	require.NoError(t, err)
+	if ipcacheMax != 0 {
+		spec.Maps[bpf.PodwallMapIpcache].MaxEntries = ipcacheMax
+	}
+	var objs bpf.PodwallMaps
+	require.NoError(t, spec.LoadAndAssign(&objs, nil))
+	t.Cleanup(func() { require.NoError(t, objs.Close()) })
+	return &objs
+}
+
+// dump reads every map the applier writes.
+func dump(t *testing.T, m *bpf.PodwallMaps) desired {
+	t.Helper()
+	a := NewApplier(m)
+	require.NoError(t, a.load())
+	return desired{
+		endpoints: a.endpoints.present, policies: a.policies.present, ipcache: a.ipcache.present,
+		ident: a.ident.present, cidr: a.cidr.present, port: a.port.present, icmp: a.icmp.present,
+	}
+}
+
+func pod(ns, name, ip, policy string, labels map[string]string) compiler.Pod {
+	p := compiler.Pod{Namespace: ns, Name: name, Labels: labels, IPs: []netip.Addr{netip.MustParseAddr(ip)}}
+	if policy != "" {
+		p.Annotations = map[string]string{compiler.AnnotationKey: policy}
+	}
+	return p
+}
+
+func input(webPolicy string) compiler.Input {
+	return compiler.Input{
+		Pods: []compiler.Pod{
+			pod("shop", "web", "10.0.0.2", webPolicy, map[string]string{"app": "web"}),
+			pod("shop", "front", "10.0.0.3", "", map[string]string{"role": "frontend"}),
+			pod("other", "x", "10.0.1.4", "", nil),
+		},
+		Endpoints: []compiler.Endpoint{{Ifindex: 7, Namespace: "shop", Name: "web"}, {Ifindex: 8, Namespace: "shop", Name: "front"}},
+		HostIPs:   []netip.Addr{netip.MustParseAddr("10.0.0.1")},
+	}
+}
+
+func TestApplyWritesExactlyTheDesiredState(t *testing.T) {
+	m := load(t, 0)
+	a := NewApplier(m)
+	steps := []string{
+		"allow tcp from label role=frontend to ports 8080; deny from cidr 10.0.1.0/24; allow icmp type 8",
+		"allow udp from ports 53,1000:2000",
+		"",
+		"allow tcp from label role=frontend to ports 8080; deny from cidr 10.0.1.0/24; allow icmp type 8",
+	}
+	for _, policy := range steps {
+		s := compiler.Compile(input(policy))
+		require.NoError(t, a.Apply(s))
+		got := dump(t, m)
+		want := flatten(s)
+		require.Equal(t, want.endpoints, got.endpoints, policy)
+		require.Equal(t, want.policies, got.policies, policy)
+		require.Equal(t, want.ipcache, got.ipcache, policy)
+		require.Equal(t, want.ident, got.ident, policy)
+		require.Equal(t, want.cidr, got.cidr, policy)
+		require.Equal(t, want.port, got.port, policy)
+		require.Equal(t, want.icmp, got.icmp, policy)
+	}
+}
+
+func TestApplyAfterRestartChangesOnlyTheDifference(t *testing.T) {
+	m := load(t, 0)
+	first := compiler.Compile(input("allow tcp to ports 80"))
+	require.NoError(t, NewApplier(m).Apply(first))
+
+	// A stale entry a previous agent left behind, and one it never wrote.
+	stale := bpf.PodwallIpAddr{Family: compiler.FamV4, Addr: [16]uint8{192, 0, 2, 1}}
+	require.NoError(t, m.Ipcache.Put(&stale, uint32(999)))
+
+	second := compiler.Compile(input("allow tcp to ports 443"))
+	require.NoError(t, NewApplier(m).Apply(second))
+	got := dump(t, m)
+	require.Equal(t, flatten(second).ipcache, got.ipcache)
+	require.Equal(t, flatten(second).policies, got.policies)
+	require.Equal(t, flatten(second).port, got.port)
+}
+
+func TestApplyReportsAFullMapWithItsNameAndSize(t *testing.T) {
+	m := load(t, 2) // three pods and the node need four ipcache entries
+	a := NewApplier(m)
+	err := a.Apply(compiler.Compile(input("allow")))
+	require.ErrorIs(t, err, ErrMapFull)
+	require.ErrorContains(t, err, "map ipcache (2 entries at most")
+
+	// The applier no longer trusts what it believed present: a later apply that fits
+	// converges from what the kernel really holds.
+	small := compiler.Input{
+		Pods:      []compiler.Pod{pod("shop", "web", "10.0.0.2", "allow", nil)},
+		Endpoints: []compiler.Endpoint{{Ifindex: 7, Namespace: "shop", Name: "web"}},
+	}
+	s := compiler.Compile(small)
+	require.NoError(t, a.Apply(s))
+	require.Equal(t, flatten(s).ipcache, dump(t, m).ipcache)
+}
+
+func TestApplyFlipsTheEndpointOnlyOnceThePolicyIsWhole(t *testing.T) {
+	m := load(t, 0)
+	a := NewApplier(m)
+	old := compiler.Compile(input("allow tcp to ports 80"))
+	require.NoError(t, a.Apply(old))
+	next := compiler.Compile(input("allow tcp to ports 443"))
+
+	// Fail the apply right after the policy entries and records are written: the endpoint
+	// must still point at the old, whole policy.
+	var ep bpf.PodwallEndpoint
+	require.NoError(t, m.Endpoints.Lookup(uint32(7), &ep))
+	oldID := ep.Policy
+	a.endpoints.m = closedMap(t)
+	require.Error(t, a.Apply(next))
+	require.NoError(t, m.Endpoints.Lookup(uint32(7), &ep))
+	require.Equal(t, oldID, ep.Policy)
+	var rec bpf.PodwallPolicy
+	require.NoError(t, m.Policies.Lookup(oldID, &rec), "the old policy stays while an endpoint uses it")
+	newID := next.Endpoints[7].Policy
+	require.NoError(t, m.Policies.Lookup(newID, &rec), "the new policy is whole before any flip")
+}
+
+// closedMap is a map handle whose every operation fails.
+func closedMap(t *testing.T) *ebpf.Map {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 12, MaxEntries: 1})
+	require.NoError(t, err)
+	require.NoError(t, m.Close())
+	return m
+}
+
