@@ -145,4 +145,3 @@ func closedMap(t *testing.T) *ebpf.Map {
 	require.NoError(t, m.Close())
 	return m
 }
-

@@ -1,0 +1,63 @@
+package datapath
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/maps"
+)
+
+// Datapath is a loaded, pinned data path.
+type Datapath struct {
+	l *loader.Loader
+
+	mu sync.Mutex // one Apply at a time: the applier's view of the maps is not shared
+	a  *maps.Applier
+}
+
+// Open loads the data path, reusing and repinning what a previous agent left.
+func Open(cfg loader.Config) (*Datapath, error) {
+	l, err := loader.Open(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open data path: %w", err)
+	}
+	return &Datapath{l: l, a: maps.NewApplier(l.Maps())}, nil
+}
+
+// Apply makes the maps hold s.
+func (d *Datapath) Apply(s *compiler.State) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.a.Apply(s)
+}
+
+// Fill reports how full each map the applier writes is.
+func (d *Datapath) Fill() []maps.Fill {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.a.Fill()
+}
+
+// Attach starts judging the packets of the interface at ifindex.
+func (d *Datapath) Attach(ifindex int) error { return d.l.Attach(ifindex) }
+
+// Detach stops judging the interface's packets.
+func (d *Datapath) Detach(ifindex int) error { return d.l.Detach(ifindex) }
+
+// Attached lists the interfaces whose packets are judged.
+func (d *Datapath) Attached() []int { return d.l.Attached() }
+
+// Mode is how the programs are attached: tcx or clsact.
+func (d *Datapath) Mode() loader.Mode { return d.l.Mode() }
+
+// Maps gives read access to the maps (stats, conntrack, events).
+func (d *Datapath) Maps() *bpf.PodwallMaps { return d.l.Maps() }
+
+// Close releases the data path and leaves it enforcing: programs, links and maps stay pinned.
+func (d *Datapath) Close() error { return d.l.Close() }
+
+// Uninstall removes every program, link and map podwall made.
+func (d *Datapath) Uninstall() error { return d.l.Uninstall() }
