@@ -72,7 +72,6 @@ func Start(tb testing.TB) *Cluster {
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
 		"--secure-port=" + strconv.Itoa(port),
-		"--cert-dir=" + filepath.Join(c.dir, "certs"),
 		"--tls-cert-file=" + keys.servingCert,
 		"--tls-private-key-file=" + keys.servingKey,
 		"--token-auth-file=" + keys.tokenFile,
