@@ -61,13 +61,16 @@ func (c *compilation) problem(k podKey, kind ProblemKind, err error) {
 	c.state.Problems = append(c.state.Problems, Problem{Namespace: k.namespace, Name: k.name, Kind: kind, Err: err})
 }
 
-// uniquePods indexes the pods and returns them sorted by namespace and name. Pods that share
-// a name are all left out: which one is real cannot be told.
+// uniquePods indexes copies of the pods, with only their usable addresses, and returns them
+// sorted by namespace and name. Pods that share a name are all left out: which one is real
+// cannot be told.
 func (c *compilation) uniquePods() []*Pod {
 	c.pods = make(map[podKey]*Pod, len(c.in.Pods))
 	dup := map[podKey]bool{}
-	for i := range c.in.Pods {
-		p := &c.in.Pods[i]
+	pods := slices.Clone(c.in.Pods)
+	for i := range pods {
+		p := &pods[i]
+		p.IPs = usableAddrs(p.IPs)
 		k := podKey{p.Namespace, p.Name}
 		if _, ok := c.pods[k]; ok {
 			dup[k] = true
@@ -100,7 +103,7 @@ func (c *compilation) identities(pods []*Pod) {
 		pk := podKey{p.Namespace, p.Name}
 		tags := identityTags(p.Namespace, p.Labels)
 		c.podTags[pk] = tags
-		if len(usableAddrs(p.IPs)) == 0 {
+		if len(p.IPs) == 0 {
 			continue
 		}
 		k := identityKey(tags)
@@ -142,7 +145,7 @@ func (c *compilation) ipcache(pods []*Pod) {
 		pk := podKey{p.Namespace, p.Name}
 		id := c.podIDs[pk]
 		name := "pod " + p.Namespace + "/" + p.Name
-		for _, a := range usableAddrs(p.IPs) {
+		for _, a := range p.IPs {
 			k := addrKey(a)
 			switch o, ok := owner[k]; {
 			case !ok:
@@ -246,7 +249,7 @@ func (c *compilation) endpoint(ep Endpoint) (uint8, *folded, bool) {
 		}
 		rules = podRules(pod.Namespace, parsed)
 	}
-	f := fold(rules, c.podTags[k], usableAddrs(pod.IPs))
+	f := fold(rules, c.podTags[k], pod.IPs)
 	return ModeEnforce, &f, true
 }
 
