@@ -32,6 +32,13 @@
 //     netmask (`/255.0.0.0`), a partial IPv4 address (`10.1`), a zone (`fe80::1%eth0`), a
 //     prefix length out of range or with leading zeros.
 //
+// Compile never fails as a whole: a pod whose policy cannot be compiled as written is isolated
+// (invalid annotation, more than MaxRules rules, an endpoint of an unknown or duplicate pod),
+// left out, or has its annotation ignored (open namespaces), and is listed in State.Problems
+// with a kind and, but for a *SyntaxError, one of the sentinel errors ErrTooManyRules,
+// ErrIgnored, ErrUnknownPod, ErrDuplicate, ErrAddressConflict. Problems are recomputed by
+// every Compile: reporting each once is the caller's job.
+//
 // # Decisions SPEC leaves open
 //
 //   - An IPv4-mapped IPv6 address (::ffff:1.2.3.4, with or without a prefix length) is an
