@@ -233,8 +233,14 @@ func run(tb testing.TB, prog *ebpf.Program, frame []byte) uint32 {
 // toPod runs to_pod on frame and returns its action and the one verdict reason counted.
 func (f *fixture) toPod(frame []byte) (uint32, PodwallReason) {
 	f.tb.Helper()
+	return f.toPodWith(&ebpf.RunOptions{Data: frame})
+}
+
+func (f *fixture) toPodWith(opts *ebpf.RunOptions) (uint32, PodwallReason) {
+	f.tb.Helper()
 	before := f.stats()
-	ret := run(f.tb, f.objs.ToPod, frame)
+	ret, err := f.objs.ToPod.Run(opts)
+	require.NoError(f.tb, err)
 	after := f.stats()
 	counted := PodwallReasonREASON_MAX
 	for _, r := range verdictReasons {
@@ -293,9 +299,9 @@ func (f *fixture) drainEvents() []PodwallEvent {
 	}
 }
 
-// monotonicNow is bpf_ktime_get_ns's clock.
+// monotonicNow is the programs' clock, bpf_ktime_get_coarse_ns.
 func monotonicNow(tb testing.TB) uint64 {
 	var ts unix.Timespec
-	require.NoError(tb, unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts))
+	require.NoError(tb, unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts))
 	return uint64(ts.Nano())
 }

@@ -143,7 +143,7 @@ struct ct_key {
 #define CT_IN 2  /* opened from outside and allowed under ct_entry.generation */
 
 struct ct_entry {
-	__u64 last_seen; /* bpf_ktime_get_ns */
+	__u64 last_seen; /* CLOCK_MONOTONIC ns at tick precision (bpf_ktime_get_coarse_ns) */
 	__u32 generation;
 	__u8 flags;
 	__u8 pad[3];
@@ -190,7 +190,7 @@ enum reason {
 
 /* events (ring buffer): drops and the first packet of each newly allowed inbound flow. */
 struct event {
-	__u64 timestamp;
+	__u64 timestamp; /* CLOCK_MONOTONIC ns at tick precision */
 	__u32 ifindex;
 	__u32 policy;
 	__u32 rule; /* index of the deciding rule when reason is ALLOW_RULE or DENY_RULE */

@@ -1,0 +1,229 @@
+package bpf
+
+import (
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/stretchr/testify/require"
+)
+
+func TestConntrackRecordsInboundFlows(t *testing.T) {
+	syn := uint8(tcpSYN)
+	tests := []struct {
+		name  string
+		setup func(*fixture)
+		frame []byte
+		key   PodwallCtKey
+		track bool
+	}{
+		{"tcp allowed by a rule", nil, in4(xV4, tcp(40000, 80, syn)), ctKey(podV4, xV4, 80, 40000, protoTCP), true},
+		{"udp allowed by a rule, v6", nil, in6(worldV6, udp(5000, 53)), ctKey(podV6, worldV6, 53, 5000, protoUDP), true},
+		{"echo request allowed by a rule", nil, in4(worldV4, icmp4(8, 0, 3, nil)), ctKey(podV4, worldV4, 3, 0, protoICMP), true},
+		{"echo request v6 allowed by a rule", nil, in6(worldV6, icmp6(128, 0, 3, nil)), ctKey(podV6, worldV6, 3, 0, protoICMPv6), true},
+		{"tcp from the node", nil, in4(hostV4, tcp(40000, 9999, syn)), ctKey(podV4, hostV4, 9999, 40000, protoTCP), true},
+		{"tcp in open mode", setMode(modeOpen), in4(worldV4, tcp(40000, 9999, syn)), ctKey(podV4, worldV4, 9999, 40000, protoTCP), true},
+		{"echo reply in open mode", setMode(modeOpen), in4(worldV4, icmp4(0, 0, 3, nil)), ctKey(podV4, worldV4, 3, 0, protoICMP), false},
+		{"other icmp allowed by a rule", nil, in6(worldV6, icmp6(140, 0, 3, nil)), ctKey(podV6, worldV6, 3, 0, protoICMPv6), false},
+		{"tcp denied", nil, in4(xV4, tcp(40000, 22, syn)), ctKey(podV4, xV4, 22, 40000, protoTCP), false},
+		{"tcp with no rule", nil, in4(worldV4, tcp(40000, 80, syn)), ctKey(podV4, worldV4, 80, 40000, protoTCP), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			if tt.setup != nil {
+				tt.setup(f)
+			}
+			before := monotonicNow(t)
+			f.toPod(tt.frame)
+			e, ok := f.ct(tt.key)
+			require.Equal(t, tt.track, ok, "entry")
+			if tt.track {
+				require.Equal(t, PodwallCtEntry{LastSeen: e.LastSeen, Generation: genMain, Flags: ctIn}, e)
+				require.GreaterOrEqual(t, e.LastSeen, before)
+			}
+		})
+	}
+}
+
+func TestConntrackEntries(t *testing.T) {
+	const second = uint64(1e9)
+	key := ctKey(podV4, worldV4, 443, 40000, protoTCP)
+	frame := in4(worldV4, tcp(40000, 443, tcpACK))
+	tests := []struct {
+		name   string
+		entry  PodwallCtEntry // LastSeen: age
+		reason PodwallReason
+		want   PodwallCtEntry // LastSeen: 0 unchanged, 1 now
+	}{
+		{"reply, seen just now: not refreshed", PodwallCtEntry{LastSeen: second / 2, Flags: ctOut}, rsReply, PodwallCtEntry{Flags: ctOut}},
+		{"reply, seen a while ago: refreshed", PodwallCtEntry{LastSeen: 10 * second, Flags: ctOut}, rsReply, PodwallCtEntry{LastSeen: 1, Flags: ctOut}},
+		{"established, refreshed", PodwallCtEntry{LastSeen: 10 * second, Generation: genMain, Flags: ctIn}, rsEstablished, PodwallCtEntry{LastSeen: 1, Generation: genMain, Flags: ctIn}},
+		{"expired reply is judged", PodwallCtEntry{LastSeen: 3 * 3600 * second, Flags: ctOut}, rsNoRule, PodwallCtEntry{Flags: ctOut}},
+		{"expired inbound flow is judged", PodwallCtEntry{LastSeen: 3 * 3600 * second, Generation: genMain, Flags: ctIn}, rsNoRule, PodwallCtEntry{Generation: genMain, Flags: ctIn}},
+		{"old generation is judged", PodwallCtEntry{LastSeen: 10 * second, Generation: genMain + 5, Flags: ctIn}, rsNoRule, PodwallCtEntry{Generation: genMain + 5, Flags: ctIn}},
+		{"neither bit is judged", PodwallCtEntry{LastSeen: 10 * second, Generation: genMain}, rsNoRule, PodwallCtEntry{Generation: genMain}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			now := monotonicNow(t)
+			entry := tt.entry
+			entry.LastSeen = now - tt.entry.LastSeen
+			require.NoError(t, f.objs.Conntrack.Put(key, entry))
+			_, reason := f.toPod(frame)
+			require.Equal(t, tt.reason, reason)
+			got, ok := f.ct(key)
+			require.True(t, ok)
+			want := tt.want
+			switch want.LastSeen {
+			case 0:
+				want.LastSeen = entry.LastSeen
+			case 1:
+				require.GreaterOrEqual(t, got.LastSeen, now)
+				want.LastSeen = got.LastSeen
+			}
+			require.Equal(t, want, got)
+		})
+	}
+
+	t.Run("an allowed flow over an expired entry starts over", func(t *testing.T) {
+		f := newFixture(t)
+		key := ctKey(podV4, xV4, 80, 40000, protoTCP)
+		require.NoError(t, f.objs.Conntrack.Put(key, PodwallCtEntry{LastSeen: monotonicNow(t) - 3*3600*second, Generation: 9, Flags: ctOut}))
+		_, reason := f.toPod(in4(xV4, tcp(40000, 80, tcpSYN)))
+		require.Equal(t, rsAllow, reason)
+		e, _ := f.ct(key)
+		require.Equal(t, uint8(ctIn), e.Flags, "the expired CT_OUT is gone")
+		require.Equal(t, uint32(genMain), e.Generation)
+	})
+
+	t.Run("an allowed flow over a live entry keeps its CT_OUT bit", func(t *testing.T) {
+		f := newFixture(t)
+		setMode(modeOpen)(f)
+		f.fromPod(out4(xV4, tcp(80, 40000, tcpSYN)))
+		_, reason := f.toPod(in4(xV4, tcp(40000, 80, tcpSYN|tcpACK)))
+		require.Equal(t, rsOpen, reason)
+		e, _ := f.ct(ctKey(podV4, xV4, 80, 40000, protoTCP))
+		require.Equal(t, uint8(ctIn|ctOut), e.Flags)
+		require.Equal(t, uint32(genMain), e.Generation)
+	})
+}
+
+func TestConntrackTimeouts(t *testing.T) {
+	f := newFixture(t, func(s *PodwallSpecs, _ *ebpf.CollectionSpec) {
+		setVar(t, s.CtTimeoutUdpNs, uint64(time.Millisecond))
+		setVar(t, s.CtTimeoutIcmpNs, uint64(time.Millisecond))
+	})
+	f.fromPod(out4(worldV4, udp(5353, 53)))
+	f.fromPod(out4(worldV4, icmp4(8, 0, 4, nil)))
+	f.fromPod(out4(worldV4, tcp(40000, 443, tcpSYN)))
+	time.Sleep(5 * time.Millisecond)
+	f.do(t, []step{
+		drop("udp reply after its timeout", in4(worldV4, udp(53, 5353)), rsNoRule),
+		drop("echo reply after its timeout", in4(worldV4, icmp4(0, 0, 4, nil)), rsNoRule),
+		pass("tcp keeps its own", in4(worldV4, tcp(443, 40000, tcpACK)), rsReply),
+	})
+}
+
+func TestFragmentEntries(t *testing.T) {
+	f := newFixture(t)
+	f.toPod(v4{src: worldV4, dst: podV4, id: 0xbeef, mf: true}.frame(udp(5000, 53)))
+	f.toPod(v6{src: worldV6, dst: podV6, exts: []ext6{fragHdr(0, true, 0xdeadbeef)}}.frame(tcp(1, 22, tcpSYN)))
+	f.toPod(v4{src: xV4, dst: podV4, id: 1}.frame(udp(5000, 53)))
+	want := map[PodwallFragKey]uint8{
+		{Src: ipAddr(worldV4), Dst: ipAddr(podV4), Id: 0xbeef, Proto: protoUDP}:     1, // VERDICT_PASS
+		{Src: ipAddr(worldV6), Dst: ipAddr(podV6), Id: 0xdeadbeef, Proto: protoTCP}: 2, // VERDICT_DROP
+	}
+	got := map[PodwallFragKey]uint8{}
+	var k PodwallFragKey
+	var e PodwallFragEntry
+	it := f.objs.Frags.Iterate()
+	for it.Next(&k, &e) {
+		got[k] = e.Verdict
+	}
+	require.NoError(t, it.Err())
+	require.Equal(t, want, got)
+}
+
+// A conntrack or fragment table that refuses an update costs the packet nothing: it keeps its
+// verdict and REASON_CT_FULL counts. A hash of one entry stands for a full table (an LRU map
+// makes room instead).
+func TestTableFull(t *testing.T) {
+	f := newFixture(t, func(_ *PodwallSpecs, spec *ebpf.CollectionSpec) {
+		for _, name := range []string{PodwallMapConntrack, PodwallMapFrags} {
+			spec.Maps[name].Type = ebpf.Hash
+			spec.Maps[name].MaxEntries = 1
+		}
+	})
+	full := func() uint64 { return f.stats()[PodwallReasonREASON_CT_FULL] }
+	f.do(t, []step{
+		pass("first flow", in4(xV4, tcp(40000, 80, tcpSYN)), rsAllow),
+		pass("first fragment, of a protocol not tracked", v6{src: allowedV6, dst: podV6, exts: []ext6{fragHdr(0, true, 1)}}.frame(raw(47, 100)), rsAllow),
+	})
+	require.Zero(t, full())
+	f.do(t, []step{
+		pass("second flow", in4(xV4, tcp(40001, 80, tcpSYN)), rsAllow),
+		drop("second first fragment", v4{src: worldV4, dst: podV4, id: 2, mf: true}.frame(tcp(1, 22, tcpSYN)), rsDeny),
+	})
+	require.Equal(t, uint64(2), full())
+	f.do(t, []step{
+		drop("a fragment whose first did not fit is judged", v4{src: worldV4, dst: podV4, id: 2, fragOff: 10}.frame(raw(protoTCP, 100)), rsNoRule),
+	})
+	f.fromPod(out4(worldV4, udp(5353, 53)))
+	require.Equal(t, uint64(3), full(), "from_pod counts too")
+}
+
+// The policy's flags say which fields any rule constrains: the others are not looked up, so
+// vectors stored for them, even ones that match no rule, change nothing. A field that does
+// not apply to the packet (ports of ICMP, the type of TCP) uses its wildcard mask.
+func TestUnconstrainedFieldsAreNotLookedUp(t *testing.T) {
+	const pol = 20
+	tcpFrame, icmpFrame := in4(xV4, tcp(40000, 80, tcpSYN)), in4(xV4, icmp4(8, 0, 1, nil))
+	tests := []struct {
+		name  string
+		flag  uint32
+		frame []byte
+		want  PodwallReason
+	}{
+		{"identity", 1, tcpFrame, rsNoRule},
+		{"cidr", 2, tcpFrame, rsNoRule},
+		{"source port", 4, tcpFrame, rsNoRule},
+		{"destination port", 8, tcpFrame, rsNoRule},
+		{"icmp", 16, icmpFrame, rsNoRule},
+		{"source port of icmp", 4, icmpFrame, rsAllow},
+		{"destination port of icmp", 8, icmpFrame, rsAllow},
+		{"icmp of tcp", 16, tcpFrame, rsAllow},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			// One rule, bit 0, in every mask, the wildcards included; the field entries that
+			// hold the packet match no rule.
+			all := bits(0)
+			rec := PodwallPolicy{WildIdent: all, WildCidr: all, WildSport: all, WildDport: all, WildIcmp: all}
+			for fam := range rec.Proto {
+				for class := range rec.Proto[fam] {
+					rec.Proto[fam][class] = all
+				}
+			}
+			none := vec{}
+			f.put(f.objs.PolIdent, PodwallIdentKey{Policy: pol, Identity: idX}, none)
+			f.put(f.objs.PolCidr, PodwallCidrKey{Prefixlen: 64, Policy: pol, Ip: PodwallIpAddr{Family: 4}}, none)
+			f.put(f.objs.PolPort, portKey(pol, 0, 0, 0, 0), none)
+			f.put(f.objs.PolPort, portKey(pol, 0, 1, 0, 0), none)
+			f.put(f.objs.PolIcmp, PodwallIcmpKey{Policy: pol, Family: 4, Type: 8, Code: 0}, none)
+
+			require.NoError(t, f.objs.Policies.Put(uint32(pol), &rec))
+			rejudge(pol, 0)(f)
+			_, reason := f.toPod(tt.frame)
+			require.Equal(t, rsAllow, reason, "no flags")
+
+			rec.Flags = tt.flag
+			require.NoError(t, f.objs.Policies.Put(uint32(pol), &rec))
+			rejudge(pol, 0)(f)
+			_, reason = f.toPod(tt.frame)
+			require.Equal(t, tt.want, reason, "flag %d", tt.flag)
+		})
+	}
+}
