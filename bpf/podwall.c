@@ -97,7 +97,8 @@ struct {
 	__type(value, struct event);
 } events SEC(".maps");
 
-/* Set by the agent before load (ebpf.CollectionSpec.Variables). */
+/* Per-node settings, set by the agent before load (ebpf.CollectionSpec.Variables). */
+
 /* How long a conntrack entry lives without packets, per protocol (ICMP: both families): it
  * counts while younger than this, so 0 turns tracking off. */
 volatile const __u64 ct_timeout_tcp_ns = 2 * 3600 * NSEC_PER_SEC;
@@ -252,9 +253,9 @@ __noinline int icmp_error_passes(struct __sk_buff *skb, const struct judge *c)
 	/* The quoted packet is the pod's: its source is the pod. */
 	if (parse_quoted(skb, c->p.l4_off + 8, c->p.src.family, &in) != PARSE_OK ||
 	    !ct_tuple(&in, false, &k))
-		return false;
+		return 0;
 	e = bpf_map_lookup_elem(&conntrack, &k);
-	return e && ct_passes(e, k.proto, c->generation, c->now) != 0;
+	return e && ct_passes(e, k.proto, c->generation, c->now);
 }
 
 static __always_inline __u8 proto_class(const struct pkt *p)
@@ -450,7 +451,8 @@ static __always_inline void send_event(struct __sk_buff *skb, const struct judge
 	ev->src = p->src;
 	ev->dst = p->dst;
 	if (is_icmp(p)) {
-		ev->sport = *(__u16 *)&p->icmp_type;
+		/* The type and code bytes as they are in the header. */
+		ev->sport = bpf_htons(p->icmp_type << 8 | p->icmp_code);
 		ev->dport = p->echo_id;
 	} else {
 		ev->sport = p->sport;
