@@ -1,0 +1,115 @@
+package k8s
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/podwall/podwall/compiler"
+)
+
+// ErrNotSynced is returned by a source's Snapshot before it first held a whole view.
+var ErrNotSynced = errors.New("source not synced yet")
+
+// Pod is what the agent keeps of a pod: what the compiler needs, the node it runs on, and
+// its UID for Events.
+type Pod struct {
+	compiler.Pod
+	UID  types.UID
+	Node string
+}
+
+// Snapshot is the cluster as a source last saw it.
+type Snapshot struct {
+	Pods []Pod
+	// Namespaces are the names of the namespaces that exist, sorted.
+	Namespaces []string
+}
+
+// policyKeys are the only annotations the transform keeps.
+var policyKeys = []string{compiler.AnnotationKey, compiler.LegacyAnnotationKey}
+
+// Transform is the informers' transform: it reduces a Pod or a Namespace to the fields
+// podFromAPI reads and drops everything else (specs, statuses, managed fields, other
+// annotations) before the object reaches the cache. Other objects pass unchanged. It is
+// idempotent, as client-go asks.
+func Transform(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *corev1.Pod:
+		return slimPod(o), nil
+	case *corev1.Namespace:
+		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+			Name:            o.Name,
+			UID:             o.UID,
+			ResourceVersion: o.ResourceVersion,
+		}}, nil
+	}
+	return obj, nil
+}
+
+func slimPod(p *corev1.Pod) *corev1.Pod {
+	var annotations map[string]string
+	for _, k := range policyKeys {
+		if v, ok := p.Annotations[k]; ok {
+			if annotations == nil {
+				annotations = map[string]string{}
+			}
+			annotations[k] = v
+		}
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:            p.Name,
+			Namespace:       p.Namespace,
+			UID:             p.UID,
+			ResourceVersion: p.ResourceVersion,
+			Labels:          p.Labels,
+			Annotations:     annotations,
+		},
+		Spec: corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
+		Status: corev1.PodStatus{
+			Phase:  p.Status.Phase,
+			PodIP:  p.Status.PodIP,
+			PodIPs: p.Status.PodIPs,
+		},
+	}
+}
+
+// podFromAPI converts an API pod. Its addresses come from status.podIPs, or status.podIP
+// when that is empty; addresses that do not parse are left out. A pod that has finished
+// (phase Succeeded or Failed) has no addresses: its sandbox is gone and its addresses may
+// already be another pod's. A pod being deleted keeps them: it runs, and must stay enforced,
+// until it is gone.
+func podFromAPI(p *corev1.Pod) Pod {
+	out := Pod{
+		Pod: compiler.Pod{
+			Namespace:   p.Namespace,
+			Name:        p.Name,
+			Labels:      p.Labels,
+			Annotations: p.Annotations,
+			HostNetwork: p.Spec.HostNetwork,
+		},
+		UID:  p.UID,
+		Node: p.Spec.NodeName,
+	}
+	if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		return out
+	}
+	ips := make([]string, 0, len(p.Status.PodIPs))
+	for _, ip := range p.Status.PodIPs {
+		ips = append(ips, ip.IP)
+	}
+	if len(ips) == 0 && p.Status.PodIP != "" {
+		ips = append(ips, p.Status.PodIP)
+	}
+	for _, s := range ips {
+		if a, err := netip.ParseAddr(s); err == nil && !slices.Contains(out.IPs, a) {
+			out.IPs = append(out.IPs, a)
+		}
+	}
+	return out
+}

@@ -1,0 +1,121 @@
+package k8s
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podwall/podwall/compiler"
+)
+
+func fullPod() *corev1.Pod {
+	now := metav1.Now()
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: "web-0", Namespace: "prod", UID: "u1", ResourceVersion: "42",
+			Labels: map[string]string{"role": "frontend"},
+			Annotations: map[string]string{
+				compiler.AnnotationKey:                             "allow tcp to ports 80",
+				compiler.LegacyAnnotationKey:                       "allow",
+				"kubectl.kubernetes.io/last-applied-configuration": "{...}",
+			},
+			DeletionTimestamp: &now,
+			ManagedFields:     []metav1.ManagedFieldsEntry{{Manager: "kubectl"}},
+			OwnerReferences:   []metav1.OwnerReference{{Name: "web"}},
+		},
+		Spec: corev1.PodSpec{
+			NodeName:    "node-1",
+			HostNetwork: true,
+			Containers:  []corev1.Container{{Name: "web", Image: "nginx"}},
+		},
+		Status: corev1.PodStatus{
+			Phase:             corev1.PodRunning,
+			PodIP:             "10.0.0.5",
+			PodIPs:            []corev1.PodIP{{IP: "10.0.0.5"}, {IP: "fd00::5"}},
+			ContainerStatuses: []corev1.ContainerStatus{{Name: "web", Ready: true}},
+		},
+	}
+}
+
+func TestTransform(t *testing.T) {
+	want := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: "web-0", Namespace: "prod", UID: "u1", ResourceVersion: "42",
+			Labels: map[string]string{"role": "frontend"},
+			Annotations: map[string]string{
+				compiler.AnnotationKey:       "allow tcp to ports 80",
+				compiler.LegacyAnnotationKey: "allow",
+			},
+		},
+		Spec: corev1.PodSpec{NodeName: "node-1", HostNetwork: true},
+		Status: corev1.PodStatus{
+			Phase:  corev1.PodRunning,
+			PodIP:  "10.0.0.5",
+			PodIPs: []corev1.PodIP{{IP: "10.0.0.5"}, {IP: "fd00::5"}},
+		},
+	}
+	got, err := Transform(fullPod())
+	require.NoError(t, err)
+	require.Equal(t, want, got)
+	again, err := Transform(got)
+	require.NoError(t, err)
+	require.Equal(t, want, again, "idempotent")
+
+	noPolicy := fullPod()
+	noPolicy.Annotations = map[string]string{"other": "x"}
+	got, err = Transform(noPolicy)
+	require.NoError(t, err)
+	require.Nil(t, got.(*corev1.Pod).Annotations)
+
+	ns := &corev1.Namespace{
+		ObjectMeta: metav1.ObjectMeta{Name: "prod", UID: "n1", ResourceVersion: "7", Labels: map[string]string{"a": "b"}},
+		Spec:       corev1.NamespaceSpec{Finalizers: []corev1.FinalizerName{"kubernetes"}},
+	}
+	got, err = Transform(ns)
+	require.NoError(t, err)
+	require.Equal(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "prod", UID: "n1", ResourceVersion: "7"}}, got)
+
+	other := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "svc"}}
+	got, err = Transform(other)
+	require.NoError(t, err)
+	require.Same(t, other, got)
+}
+
+func TestPodFromAPI(t *testing.T) {
+	addrs := func(s ...string) []netip.Addr {
+		var out []netip.Addr
+		for _, a := range s {
+			out = append(out, netip.MustParseAddr(a))
+		}
+		return out
+	}
+	for _, tt := range []struct {
+		name   string
+		status corev1.PodStatus
+		ips    []netip.Addr
+	}{
+		{"podIPs", corev1.PodStatus{PodIP: "10.0.0.5", PodIPs: []corev1.PodIP{{IP: "10.0.0.5"}, {IP: "fd00::5"}}}, addrs("10.0.0.5", "fd00::5")},
+		{"podIP only", corev1.PodStatus{PodIP: "10.0.0.5"}, addrs("10.0.0.5")},
+		{"no address yet", corev1.PodStatus{Phase: corev1.PodPending}, nil},
+		{"bad address skipped", corev1.PodStatus{PodIPs: []corev1.PodIP{{IP: "nope"}, {IP: "fd00::5"}}}, addrs("fd00::5")},
+		{"repeated address once", corev1.PodStatus{PodIPs: []corev1.PodIP{{IP: "fd00::5"}, {IP: "fd00::5"}}}, addrs("fd00::5")},
+		{"succeeded: addresses released", corev1.PodStatus{Phase: corev1.PodSucceeded, PodIP: "10.0.0.5"}, nil},
+		{"failed: addresses released", corev1.PodStatus{Phase: corev1.PodFailed, PodIP: "10.0.0.5"}, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := fullPod()
+			p.Status = tt.status
+			got := podFromAPI(p)
+			require.Equal(t, tt.ips, got.IPs)
+			require.Equal(t, "prod", got.Namespace)
+			require.Equal(t, "web-0", got.Name)
+			require.Equal(t, "node-1", got.Node)
+			require.EqualValues(t, "u1", got.UID)
+			require.True(t, got.HostNetwork)
+			require.Equal(t, map[string]string{"role": "frontend"}, got.Labels)
+		})
+	}
+}
