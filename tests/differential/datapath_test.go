@@ -1,0 +1,187 @@
+package differential
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/stretchr/testify/require"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/maps"
+)
+
+// Actions to_pod returns.
+const (
+	actNext = math.MaxUint32 // TCX_NEXT: pass
+	actShot = 2              // TC_ACT_SHOT: drop
+)
+
+// datapath is a loaded, unpinned podwall collection whose maps an Applier fills.
+type datapath struct {
+	objs    bpf.PodwallObjects
+	applier *maps.Applier
+	events  *ringbuf.Reader
+
+	// stats are the totals of the stats map before the last run.
+	stats     [compiler.NumReasons]uint64
+	statsKeys []uint32
+	perCPU    []uint64
+}
+
+// loadDatapath loads the collection after edit changed its spec (variables, map sizes), and
+// closes it when the test ends.
+func loadDatapath(tb testing.TB, edit func(*bpf.PodwallSpecs) error) *datapath {
+	tb.Helper()
+	spec, err := bpf.LoadPodwall()
+	require.NoError(tb, err)
+	var specs bpf.PodwallSpecs
+	require.NoError(tb, spec.Assign(&specs))
+	require.NoError(tb, edit(&specs), "edit the collection spec")
+	d := &datapath{}
+	err = spec.LoadAndAssign(&d.objs, nil)
+	if ve := (*ebpf.VerifierError)(nil); errors.As(err, &ve) {
+		tb.Fatalf("load podwall: %+v", ve)
+	}
+	require.NoError(tb, err, "load podwall")
+	tb.Cleanup(func() { d.objs.Close() })
+	d.events, err = ringbuf.NewReader(d.objs.Events)
+	require.NoError(tb, err)
+	tb.Cleanup(func() { d.events.Close() })
+	d.applier = maps.NewApplier(&d.objs.PodwallMaps)
+
+	cpus, err := ebpf.PossibleCPU()
+	require.NoError(tb, err)
+	d.statsKeys = make([]uint32, compiler.NumReasons)
+	for i := range d.statsKeys {
+		d.statsKeys[i] = uint32(i)
+	}
+	d.perCPU = make([]uint64, int(compiler.NumReasons)*cpus)
+	d.stats, err = d.readStats()
+	require.NoError(tb, err)
+	return d
+}
+
+// readStats sums the per-CPU counters of every reason, in one batch lookup.
+func (d *datapath) readStats() ([compiler.NumReasons]uint64, error) {
+	var out [compiler.NumReasons]uint64
+	var cursor ebpf.MapBatchCursor
+	n, err := d.objs.Stats.BatchLookup(&cursor, d.statsKeys, d.perCPU, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return out, fmt.Errorf("read stats: %w", err)
+	}
+	if n != len(d.statsKeys) {
+		return out, fmt.Errorf("read stats: %d of %d reasons", n, len(d.statsKeys))
+	}
+	cpus := len(d.perCPU) / len(d.statsKeys)
+	for i, v := range d.perCPU {
+		out[i/cpus] += v
+	}
+	return out, nil
+}
+
+// outcome is what the program answered for one packet.
+type outcome struct {
+	action uint32
+	reason compiler.Reason
+	// event is the event the run sent, if any.
+	event *bpf.PodwallEvent
+}
+
+func (o outcome) String() string {
+	s := fmt.Sprintf("action %d, reason %v", int32(o.action), o.reason)
+	if e := o.event; e != nil {
+		s += fmt.Sprintf(", event {reason %v verdict %d rule %d identity %d policy %d ifindex %d}",
+			compiler.Reason(e.Reason), e.Verdict, e.Rule, e.Identity, e.Policy, e.Ifindex)
+	}
+	return s
+}
+
+// judge runs to_pod once on frame as if it arrived on the interface at ifindex, from the
+// calling thread's network namespace. The reason is the one verdict the stats map counted;
+// a run that counts none, two, or a side effect (a full conntrack, a lost event) is an
+// error. Then it empties conntrack and frags, so that the next packet is judged as the first
+// of a new flow, as Evaluate judges it.
+func (d *datapath) judge(ifindex uint32, frame []byte) (outcome, error) {
+	var o outcome
+	ret, err := d.objs.ToPod.Run(&ebpf.RunOptions{Data: frame, Context: skbContext(ifindex)})
+	if err != nil {
+		return o, fmt.Errorf("run to_pod on ifindex %d: %w", ifindex, err)
+	}
+	o.action = ret
+	after, err := d.readStats()
+	if err != nil {
+		return o, err
+	}
+	var counted []compiler.Reason
+	for r := range compiler.NumReasons {
+		for range after[r] - d.stats[r] {
+			counted = append(counted, r)
+		}
+	}
+	d.stats = after
+	if len(counted) != 1 {
+		return o, fmt.Errorf("one run counted reasons %v", counted)
+	}
+	o.reason = counted[0]
+	if o.event, err = d.event(); err != nil {
+		return o, err
+	}
+	if err := empty(d.objs.Conntrack, bpf.PodwallMapConntrack, new(bpf.PodwallCtKey)); err != nil {
+		return o, err
+	}
+	return o, empty(d.objs.Frags, bpf.PodwallMapFrags, new(bpf.PodwallFragKey))
+}
+
+// event reads the event of the last run, nil when it sent none. Every event is read right
+// after its run, so there is at most one.
+func (d *datapath) event() (*bpf.PodwallEvent, error) {
+	if d.events.AvailableBytes() == 0 {
+		return nil, nil
+	}
+	d.events.SetDeadline(time.Now())
+	rec, err := d.events.Read()
+	if err != nil {
+		return nil, fmt.Errorf("read event: %w", err)
+	}
+	var ev bpf.PodwallEvent
+	if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &ev); err != nil {
+		return nil, fmt.Errorf("decode event: %w", err)
+	}
+	if n := d.events.AvailableBytes(); n != 0 {
+		return nil, fmt.Errorf("one run sent more than one event (%d bytes left)", n)
+	}
+	return &ev, nil
+}
+
+// empty deletes every entry of m; key is scratch space of m's key type.
+func empty[K any](m *ebpf.Map, name string, key *K) error {
+	for {
+		err := m.NextKey(nil, key)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("first key of %s: %w", name, err)
+		}
+		if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete from %s: %w", name, err)
+		}
+	}
+}
+
+// skbContext is a __sk_buff for BPF_PROG_TEST_RUN that sets only ifindex, at offset 40 after
+// ten __u32 fields (len ... ingress_ifindex); the kernel zero-fills the rest. The ifindex must
+// name an interface of the calling thread's network namespace.
+func skbContext(ifindex uint32) []byte {
+	ctx := make([]byte, 44)
+	binary.NativeEndian.PutUint32(ctx[40:], ifindex)
+	return ctx
+}

@@ -1,0 +1,218 @@
+package differential
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+
+	"github.com/podwall/podwall/compiler"
+)
+
+// IP protocol numbers and IPv6 extension headers the frames use.
+const (
+	protoICMP   = 1
+	protoTCP    = 6
+	protoUDP    = 17
+	protoICMPv6 = 58
+
+	nhHop      = 0
+	nhRouting  = 43
+	nhFragment = 44
+	nhAuth     = 51
+	nhDest     = 60
+)
+
+// wire is what a frame holds beyond the compiler.Packet it carries: fields Evaluate does not
+// read but the program's parser walks, so that the packets also vary in their layout.
+type wire struct {
+	echoID   uint16
+	tcpFlags uint8
+	// v4Options is the number of 4-byte IPv4 option words (IHL - 5).
+	v4Options int
+	// v6Exts are IPv6 extension headers (nhHop, nhDest, nhRouting, nhAuth) before the
+	// fragment header, if any, and the L4 header.
+	v6Exts []uint8
+	// atomic puts a fragment header with offset 0 and no more fragments on an IPv6
+	// packet that is not a fragment (RFC 6946).
+	atomic bool
+	fragID uint32
+	// fragOffset is the offset of a FragLater packet in 8-byte units; more says whether
+	// more fragments follow it.
+	fragOffset uint16
+	more       bool
+	// payload follows the L4 header; it is the whole data of a FragLater packet.
+	payload []byte
+}
+
+// randomWire picks a layout for p.
+func randomWire(rng *rand.Rand, p compiler.Packet) wire {
+	w := wire{
+		echoID:   uint16(rng.IntN(65536)),
+		tcpFlags: pick(rng, []uint8{0x02, 0x10, 0x12, 0x18, 0x11, 0x04, uint8(rng.IntN(256))}),
+		fragID:   rng.Uint32(),
+		more:     rng.IntN(2) == 0,
+		payload:  make([]byte, pick(rng, []int{0, 0, 1, 8, 8, 24, rng.IntN(64)})),
+	}
+	for i := range w.payload {
+		w.payload[i] = byte(rng.IntN(256))
+	}
+	if p.Fragment == compiler.FragLater {
+		w.fragOffset = uint16(1 + rng.IntN(0x1fff))
+		w.payload = append(w.payload, make([]byte, 8)...)
+	}
+	if p.Src.Is4() {
+		w.v4Options = pick(rng, []int{0, 0, 0, 1, 10})
+		return w
+	}
+	for range pick(rng, []int{0, 0, 0, 1, 2, 3}) {
+		w.v6Exts = append(w.v6Exts, pick(rng, []uint8{nhHop, nhDest, nhRouting, nhAuth}))
+	}
+	w.atomic = p.Fragment == compiler.FragNone && rng.IntN(10) == 0
+	return w
+}
+
+// frame lays p out as an Ethernet frame. Checksums stay zero: the programs never read them.
+func frame(p compiler.Packet, w wire) []byte {
+	b := make([]byte, 14, 128)
+	copy(b, []byte{0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2})
+	if p.Src.Is4() {
+		binary.BigEndian.PutUint16(b[12:], 0x0800)
+		return ipv4(b, p, w)
+	}
+	binary.BigEndian.PutUint16(b[12:], 0x86dd)
+	return ipv6(b, p, w)
+}
+
+func ipv4(b []byte, p compiler.Packet, w wire) []byte {
+	start := len(b)
+	hl := 20 + 4*w.v4Options
+	b = append(b, make([]byte, hl)...)
+	h := b[start:]
+	h[0] = 4<<4 | uint8(hl/4)
+	binary.BigEndian.PutUint16(h[4:], uint16(w.fragID))
+	var frag uint16
+	switch p.Fragment {
+	case compiler.FragFirst:
+		frag = 0x2000
+	case compiler.FragLater:
+		frag = w.fragOffset & 0x1fff
+		if w.more {
+			frag |= 0x2000
+		}
+	}
+	binary.BigEndian.PutUint16(h[6:], frag)
+	h[8] = 64
+	h[9] = p.Proto
+	src, dst := p.Src.As4(), p.Dst.As4()
+	copy(h[12:], src[:])
+	copy(h[16:], dst[:])
+	for i := 20; i < hl; i++ {
+		h[i] = 1 // NOP options
+	}
+	b = l4(b, p, w, protoICMP)
+	binary.BigEndian.PutUint16(b[start+2:], uint16(len(b)-start))
+	return b
+}
+
+func ipv6(b []byte, p compiler.Packet, w wire) []byte {
+	start := len(b)
+	b = append(b, make([]byte, 40)...)
+	h := b[start:]
+	h[0] = 6 << 4
+	h[7] = 64
+	src, dst := p.Src.As16(), p.Dst.As16()
+	copy(h[8:], src[:])
+	copy(h[24:], dst[:])
+
+	chain := w.v6Exts
+	if p.Fragment != compiler.FragNone || w.atomic {
+		chain = append(chain[:len(chain):len(chain)], nhFragment)
+	}
+	next := func(i int) uint8 {
+		if i < len(chain) {
+			return chain[i]
+		}
+		return p.Proto
+	}
+	b[start+6] = next(0)
+	for i, typ := range chain {
+		switch typ {
+		case nhFragment:
+			var fo uint16
+			switch p.Fragment {
+			case compiler.FragFirst:
+				fo = 1
+			case compiler.FragLater:
+				fo = w.fragOffset << 3
+				if w.more {
+					fo |= 1
+				}
+			}
+			e := []byte{next(i + 1), 0, byte(fo >> 8), byte(fo), 0, 0, 0, 0}
+			binary.BigEndian.PutUint32(e[4:], w.fragID)
+			b = append(b, e...)
+		case nhAuth:
+			// AH counts its length in 4-byte units minus 2: 12 bytes.
+			b = append(b, next(i+1), 1)
+			b = append(b, make([]byte, 10)...)
+		default:
+			// Hop-by-hop, routing and destination options: 8-byte units minus 1.
+			b = append(b, next(i+1), 0)
+			b = append(b, make([]byte, 6)...)
+		}
+	}
+	b = l4(b, p, w, protoICMPv6)
+	binary.BigEndian.PutUint16(b[start+4:], uint16(len(b)-start-40))
+	return b
+}
+
+// l4 appends the transport header of p and the payload. A FragLater packet carries only
+// data; icmp is the ICMP protocol of the packet's family (the other one is just a number).
+func l4(b []byte, p compiler.Packet, w wire, icmp uint8) []byte {
+	if p.Fragment == compiler.FragLater {
+		return append(b, w.payload...)
+	}
+	switch p.Proto {
+	case protoTCP:
+		h := make([]byte, 20)
+		binary.BigEndian.PutUint16(h[0:], p.SrcPort)
+		binary.BigEndian.PutUint16(h[2:], p.DstPort)
+		h[12] = 5 << 4
+		h[13] = w.tcpFlags
+		b = append(b, h...)
+	case protoUDP:
+		h := make([]byte, 8)
+		binary.BigEndian.PutUint16(h[0:], p.SrcPort)
+		binary.BigEndian.PutUint16(h[2:], p.DstPort)
+		binary.BigEndian.PutUint16(h[4:], uint16(8+len(w.payload)))
+		b = append(b, h...)
+	case icmp:
+		h := make([]byte, 8)
+		h[0], h[1] = p.ICMPType, p.ICMPCode
+		binary.BigEndian.PutUint16(h[4:], w.echoID)
+		b = append(b, h...)
+	}
+	return append(b, w.payload...)
+}
+
+// describe prints the packet and its layout for a report.
+func describe(p compiler.Packet, w wire) string {
+	frag := [...]string{compiler.FragNone: "none", compiler.FragFirst: "first", compiler.FragLater: "later"}[p.Fragment]
+	s := fmt.Sprintf("%v -> %v proto %d", p.Src, p.Dst, p.Proto)
+	switch {
+	case p.Fragment == compiler.FragLater:
+	case p.Proto == protoTCP:
+		s += fmt.Sprintf(" ports %d -> %d flags %#02x", p.SrcPort, p.DstPort, w.tcpFlags)
+	case p.Proto == protoUDP:
+		s += fmt.Sprintf(" ports %d -> %d", p.SrcPort, p.DstPort)
+	case p.Proto == protoICMP && p.Src.Is4(), p.Proto == protoICMPv6 && p.Src.Is6():
+		s += fmt.Sprintf(" type %d code %d id %d", p.ICMPType, p.ICMPCode, w.echoID)
+	}
+	s += fmt.Sprintf(", fragment %s (id %#x offset %d more %v atomic %v)", frag, w.fragID, w.fragOffset, w.more, w.atomic)
+	if p.Src.Is4() {
+		s += fmt.Sprintf(", %d option words", w.v4Options)
+	} else {
+		s += fmt.Sprintf(", extension headers %v", w.v6Exts)
+	}
+	return s + fmt.Sprintf(", %d bytes of payload", len(w.payload))
+}
