@@ -77,7 +77,9 @@ func flatten(s *compiler.State) desired {
 
 // Apply makes the maps hold s. The order is what keeps every packet judged by a whole
 // policy: a policy's field entries are written before its record, the record before any
-// endpoint points at it, and entries are deleted only once no endpoint can reach them.
+// endpoint points at it, and entries are deleted only once no endpoint can reach them. The
+// ipcache is pruned before it grows: an address that leaves it is a pod that is gone, so its
+// removal can go first, and a nearly full ipcache then still takes the new pods.
 func (a *Applier) Apply(s *compiler.State) error {
 	if !a.synced {
 		if err := a.load(); err != nil {
@@ -91,10 +93,10 @@ func (a *Applier) Apply(s *compiler.State) error {
 		func() error { return a.port.put(d.port) },
 		func() error { return a.icmp.put(d.icmp) },
 		func() error { return a.policies.put(d.policies) },
+		func() error { return a.ipcache.prune(d.ipcache) },
 		func() error { return a.ipcache.put(d.ipcache) },
 		func() error { return a.endpoints.put(d.endpoints) },
 		func() error { return a.endpoints.prune(d.endpoints) },
-		func() error { return a.ipcache.prune(d.ipcache) },
 		func() error { return a.policies.prune(d.policies) },
 		func() error { return a.ident.prune(d.ident) },
 		func() error { return a.cidr.prune(d.cidr) },
