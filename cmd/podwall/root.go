@@ -24,6 +24,7 @@ func newRoot(d deps) *cobra.Command {
 	root.SetOut(d.stdout)
 	root.SetErr(d.stderr)
 	root.AddCommand(newPolicyCmd(d), newTagsCmd(d))
+	root.AddCommand(newAgentCmd(d))
 	return root
 }
 

@@ -1,0 +1,365 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/podwall/podwall/agent/netif"
+	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/datapath"
+	"github.com/podwall/podwall/k8s"
+	"github.com/podwall/podwall/maps"
+)
+
+// Source is where the agent learns what runs: k8s.Cluster or k8s.File.
+type Source interface {
+	// Run calls notify(nil) once it holds a whole view and after each change, and
+	// notify(err) for each failure after which it keeps its last view.
+	Run(ctx context.Context, notify func(error)) error
+	Snapshot() (k8s.Snapshot, error)
+}
+
+// Defaults of Config.
+const (
+	DefaultDebounce    = 5 * time.Millisecond
+	DefaultMaxDebounce = 50 * time.Millisecond
+	minRetry           = 100 * time.Millisecond
+	maxRetry           = 10 * time.Second
+	// startupResolve bounds how long the first reconcile waits for the bridge ports of the
+	// node's pods to be learnt, so that a restarted agent does not leave a pod without its
+	// endpoint for want of a neighbour entry.
+	startupResolve = 2 * time.Second
+	// healthStale is how long the loop may go without a turn before /healthz fails.
+	healthStale = time.Minute
+	heartbeat   = 10 * time.Second
+)
+
+// Config is what the agent works with.
+type Config struct {
+	// Node is the name of this node: its pods are the endpoints.
+	Node     string
+	Options  compiler.Options
+	Source   Source
+	Datapath *datapath.Datapath
+	// Finder looks up interfaces in the namespace the Datapath attaches in.
+	Finder *netif.Finder
+	// Events receives Kubernetes Events; nil: findings are only logged.
+	Events Events
+	// Metrics default: NewMetrics of the Datapath's stats map.
+	Metrics *Metrics
+	Logger  *zap.Logger
+	// ReadyFile, if set, is written once the first apply succeeded and every local pod with
+	// an address is attached.
+	ReadyFile string
+	// Debounce is the quiet time that ends a burst of changes, MaxDebounce the longest a
+	// burst is waited for. Defaults DefaultDebounce and DefaultMaxDebounce.
+	Debounce, MaxDebounce time.Duration
+}
+
+// Agent runs the loop.
+type Agent struct {
+	cfg    Config
+	log    *zap.Logger
+	report *reporter
+
+	kick     trigger
+	synced   atomic.Bool // the source holds a whole view
+	pending  atomic.Bool // some local pod's interface is not found: neighbour changes matter
+	applied  atomic.Bool // the first apply succeeded
+	lastTurn atomic.Int64
+	ready    bool // the ready file is written
+
+	known map[podKey]int // the interface each local pod was last found on
+}
+
+// New returns an agent; Run starts it.
+func New(cfg Config) *Agent {
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(cfg.Datapath.Maps().Stats)
+	}
+	if cfg.Debounce == 0 {
+		cfg.Debounce = DefaultDebounce
+	}
+	if cfg.MaxDebounce == 0 {
+		cfg.MaxDebounce = DefaultMaxDebounce
+	}
+	return &Agent{
+		cfg:    cfg,
+		log:    cfg.Logger,
+		report: newReporter(cfg.Logger, cfg.Events, cfg.Node),
+		kick:   newTrigger(),
+		known:  map[podKey]int{},
+	}
+}
+
+// Ready says whether the maps hold a state compiled from the source: the first apply
+// succeeded.
+func (a *Agent) Ready() bool { return a.applied.Load() }
+
+// Healthy says whether the loop took a turn recently.
+func (a *Agent) Healthy() bool {
+	return time.Since(time.Unix(0, a.lastTurn.Load())) < healthStale
+}
+
+// Run runs the loop until ctx is done. The maps and attachments stay as they are when it
+// returns.
+func (a *Agent) Run(ctx context.Context) error {
+	if a.cfg.ReadyFile != "" {
+		if err := os.Remove(a.cfg.ReadyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove stale ready file: %w", err)
+		}
+	}
+	a.lastTurn.Store(time.Now().UnixNano())
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sourceDone := make(chan error, 1)
+	go func() { sourceDone <- a.cfg.Source.Run(ctx, a.sourceChanged) }()
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		a.watchInterfaces(ctx)
+	}()
+	defer func() { <-watchDone }()
+
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	beat := time.NewTicker(heartbeat)
+	defer beat.Stop()
+	back := backoff{min: minRetry, max: maxRetry}
+	first := true
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-sourceDone:
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("source: %w", err)
+		case <-beat.C:
+			a.lastTurn.Store(time.Now().UnixNano())
+			continue
+		case <-a.kick:
+		case <-retry.C:
+		}
+		if !settle(ctx, a.kick, a.cfg.Debounce, a.cfg.MaxDebounce) {
+			return nil
+		}
+		a.lastTurn.Store(time.Now().UnixNano())
+		if !a.synced.Load() {
+			continue
+		}
+		if again := a.reconcile(ctx, first); again {
+			retry.Reset(back.delay())
+		} else {
+			back.reset()
+			retry.Stop()
+		}
+		first = false
+	}
+}
+
+func (a *Agent) sourceChanged(err error) {
+	if err != nil {
+		a.cfg.Metrics.sourceErrors.Inc()
+		a.log.Warn("source failed; the last state it held stays enforced", zap.Error(err))
+		return
+	}
+	a.synced.Store(true)
+	a.kick.fire()
+}
+
+// watchInterfaces wakes the loop on link and route changes, and on neighbour changes while a
+// pod's interface is missing. A broken subscription is started again, and everything looked
+// at again, since notifications were lost.
+func (a *Agent) watchInterfaces(ctx context.Context) {
+	for {
+		err := a.cfg.Finder.Watch(ctx, func(c netif.Change) {
+			if c != netif.NeighChange || a.pending.Load() {
+				a.kick.fire()
+			}
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("interface notifications lost; watching again", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		a.kick.fire()
+	}
+}
+
+// reconcile makes the data path match the source, and says whether something must be tried
+// again.
+func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
+	start := time.Now()
+	snap, err := a.cfg.Source.Snapshot()
+	if err != nil {
+		a.log.Error("read source", zap.Error(err))
+		return true
+	}
+	hostIPs, err := a.cfg.Finder.HostAddrs()
+	if err != nil {
+		a.log.Error("read node addresses", zap.Error(err))
+		return true
+	}
+	a.cfg.Metrics.pods.Set(float64(len(snap.Pods)))
+	a.cfg.Metrics.namespaces.Set(float64(len(snap.Namespaces)))
+	pods := make(map[podKey]k8s.Pod, len(snap.Pods))
+	for _, p := range snap.Pods {
+		pods[keyOf(p)] = p
+	}
+
+	locals := localPods(snap, a.cfg.Node)
+	endpoints, missing := a.endpoints(locals)
+	if first && len(missing) > 0 {
+		endpoints, missing = a.awaitEndpoints(ctx, locals, endpoints, missing)
+	}
+	a.pending.Store(len(missing) > 0)
+	a.cfg.Metrics.interfaceMissing.Set(float64(len(missing)))
+	a.report.report([]string{kindInterface}, missing, pods)
+
+	state := compiler.Compile(buildInput(snap, endpoints, hostIPs, a.cfg.Options))
+	a.report.report(problemKinds, problemFindings(state.Problems), pods)
+	if err := a.cfg.Datapath.Apply(state); err != nil {
+		a.cfg.Metrics.applyErrors.Inc()
+		f := finding{kind: kindApply, reason: ReasonApplyFailed, message: err.Error()}
+		if errors.Is(err, maps.ErrMapFull) {
+			f.reason = ReasonMapFull
+		}
+		a.report.report([]string{kindApply}, []finding{f}, pods)
+		return true
+	}
+	a.report.report([]string{kindApply}, nil, pods)
+	a.cfg.Metrics.applySeconds.Observe(time.Since(start).Seconds())
+	a.cfg.Metrics.observeState(state, a.cfg.Datapath.Fill())
+	if !a.applied.Swap(true) {
+		a.log.Info("first state applied", zap.Int("pods", len(snap.Pods)), zap.Int("endpoints", len(state.Endpoints)),
+			zap.Duration("took", time.Since(start)))
+	}
+
+	attachFailed := a.attach(state, endpoints)
+	a.report.report([]string{kindAttach}, attachFailed, pods)
+	if len(missing) == 0 && len(attachFailed) == 0 {
+		a.writeReady()
+	}
+	a.log.Debug("reconciled", zap.Int("pods", len(snap.Pods)), zap.Int("endpoints", len(state.Endpoints)),
+		zap.Int("missing", len(missing)), zap.Duration("took", time.Since(start)))
+	return len(missing) > 0 || len(attachFailed) > 0
+}
+
+// Kinds of the agent's own findings.
+const (
+	kindInterface = "interface-not-found"
+	kindAttach    = "attach-failed"
+	kindApply     = "apply-failed"
+)
+
+// endpoints finds the interface of each local pod. A pod whose interface is not found keeps
+// the one it was last found on while that interface exists (a neighbour entry that expired
+// must not unguard it), and is reported missing otherwise.
+func (a *Agent) endpoints(locals []k8s.Pod) ([]compiler.Endpoint, []finding) {
+	var eps []compiler.Endpoint
+	var missing []finding
+	known := make(map[podKey]int, len(locals))
+	for _, p := range locals {
+		k := keyOf(p)
+		ifindex, err := a.cfg.Finder.Find(p.IPs)
+		if err != nil {
+			if old, ok := a.known[k]; ok && a.cfg.Finder.Exists(old) {
+				ifindex, err = old, nil
+			}
+		}
+		if err != nil {
+			missing = append(missing, finding{pod: k, kind: kindInterface, reason: ReasonInterfaceNotFound,
+				message: "interface not found, pod not guarded yet: " + err.Error()})
+			continue
+		}
+		known[k] = ifindex
+		eps = append(eps, compiler.Endpoint{Ifindex: uint32(ifindex), Namespace: p.Namespace, Name: p.Name})
+	}
+	a.known = known
+	return eps, missing
+}
+
+// awaitEndpoints retries the pods whose bridge port is not learnt yet, for a short while:
+// the first apply of a restarted agent would otherwise drop their endpoints until it is.
+func (a *Agent) awaitEndpoints(ctx context.Context, locals []k8s.Pod, eps []compiler.Endpoint, missing []finding) ([]compiler.Endpoint, []finding) {
+	deadline := time.Now().Add(startupResolve)
+	for len(missing) > 0 && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return eps, missing
+		case <-time.After(20 * time.Millisecond):
+		}
+		eps, missing = a.endpoints(locals)
+	}
+	return eps, missing
+}
+
+// attach attaches the programs to the endpoints' interfaces that lack them and detaches them
+// from interfaces that are no longer endpoints. It returns the attach failures.
+func (a *Agent) attach(state *compiler.State, eps []compiler.Endpoint) []finding {
+	owner := map[int]podKey{}
+	for _, ep := range eps {
+		owner[int(ep.Ifindex)] = podKey{ep.Namespace, ep.Name}
+	}
+	attached := a.cfg.Datapath.Attached()
+	var failed []finding
+	for ifindex := range state.Endpoints {
+		if slices.Contains(attached, int(ifindex)) {
+			continue
+		}
+		if err := a.cfg.Datapath.Attach(int(ifindex)); err != nil {
+			a.cfg.Metrics.attachErrors.Inc()
+			failed = append(failed, finding{pod: owner[int(ifindex)], kind: kindAttach, reason: ReasonAttachFailed,
+				message: "pod not guarded: " + err.Error()})
+			continue
+		}
+		a.log.Info("attached", zap.String("pod", owner[int(ifindex)].String()), zap.Uint32("ifindex", ifindex))
+	}
+	for _, ifindex := range attached {
+		if _, ok := state.Endpoints[uint32(ifindex)]; ok {
+			continue
+		}
+		if err := a.cfg.Datapath.Detach(ifindex); err != nil {
+			a.log.Warn("detach", zap.Int("ifindex", ifindex), zap.Error(err))
+			continue
+		}
+		a.log.Info("detached", zap.Int("ifindex", ifindex))
+	}
+	return failed
+}
+
+// writeReady writes the ready file once.
+func (a *Agent) writeReady() {
+	if a.cfg.ReadyFile == "" || a.ready {
+		return
+	}
+	tmp := filepath.Join(filepath.Dir(a.cfg.ReadyFile), "."+filepath.Base(a.cfg.ReadyFile)+".tmp")
+	err := os.WriteFile(tmp, []byte("ready\n"), 0o644)
+	if err == nil {
+		err = os.Rename(tmp, a.cfg.ReadyFile)
+	}
+	if err != nil {
+		a.log.Error("write ready file", zap.String("path", a.cfg.ReadyFile), zap.Error(err))
+		return
+	}
+	a.ready = true
+	a.log.Info("ready", zap.String("file", a.cfg.ReadyFile))
+}

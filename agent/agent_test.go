@@ -1,0 +1,156 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/k8s"
+)
+
+func pod(ns, name, node string, hostNetwork bool, ips ...string) k8s.Pod {
+	p := k8s.Pod{Pod: compiler.Pod{Namespace: ns, Name: name, HostNetwork: hostNetwork}, Node: node}
+	for _, ip := range ips {
+		p.IPs = append(p.IPs, netip.MustParseAddr(ip))
+	}
+	return p
+}
+
+func TestLocalPods(t *testing.T) {
+	snap := k8s.Snapshot{Pods: []k8s.Pod{
+		pod("a", "local", "n1", false, "10.0.0.1"),
+		pod("a", "remote", "n2", false, "10.0.0.2"),
+		pod("a", "host-network", "n1", true, "192.168.0.1"),
+		pod("a", "no-address-yet", "n1", false),
+		pod("b", "local-v6", "n1", false, "fd00::3"),
+	}}
+	var names []string
+	for _, p := range localPods(snap, "n1") {
+		names = append(names, p.Namespace+"/"+p.Name)
+	}
+	require.Equal(t, []string{"a/local", "b/local-v6"}, names)
+}
+
+func TestBuildInput(t *testing.T) {
+	snap := k8s.Snapshot{Pods: []k8s.Pod{
+		pod("a", "local", "n1", false, "10.0.0.1"),
+		pod("a", "remote", "n2", false, "10.0.0.2"),
+	}, Namespaces: []string{"a"}}
+	eps := []compiler.Endpoint{{Ifindex: 7, Namespace: "a", Name: "local"}}
+	host := []netip.Addr{netip.MustParseAddr("192.168.0.1")}
+	opts := compiler.Options{DefaultPolicy: compiler.DefaultDeny, OpenNamespaces: []string{"kube-system"}, AllowHost: true}
+	got := buildInput(snap, eps, host, opts)
+	require.Equal(t, compiler.Input{
+		Pods:      []compiler.Pod{snap.Pods[0].Pod, snap.Pods[1].Pod},
+		Endpoints: eps,
+		HostIPs:   host,
+		Options:   opts,
+	}, got)
+	state := compiler.Compile(got)
+	require.Equal(t, uint8(compiler.ModeIsolate), state.Endpoints[7].Mode, "default deny reached the compiler")
+}
+
+func TestSettle(t *testing.T) {
+	const quiet, max = 20 * time.Millisecond, 200 * time.Millisecond
+	t.Run("quiet ends a burst", func(t *testing.T) {
+		tr := newTrigger()
+		go func() {
+			for range 5 {
+				tr.fire()
+				time.Sleep(quiet / 4)
+			}
+		}()
+		start := time.Now()
+		require.True(t, settle(t.Context(), tr, quiet, max))
+		took := time.Since(start)
+		require.GreaterOrEqual(t, took, quiet+4*quiet/4)
+		require.Less(t, took, max)
+	})
+	t.Run("max bounds an endless burst", func(t *testing.T) {
+		tr := newTrigger()
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go func() {
+			for ctx.Err() == nil {
+				tr.fire()
+				time.Sleep(quiet / 4)
+			}
+		}()
+		start := time.Now()
+		require.True(t, settle(ctx, tr, quiet, max))
+		require.InDelta(t, max.Seconds(), time.Since(start).Seconds(), (max / 2).Seconds())
+	})
+	t.Run("fires coalesce", func(t *testing.T) {
+		tr := newTrigger()
+		for range 10 {
+			tr.fire()
+		}
+		require.Len(t, tr, 1)
+	})
+	t.Run("canceled", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		require.False(t, settle(ctx, newTrigger(), quiet, max))
+	})
+}
+
+func TestBackoff(t *testing.T) {
+	b := backoff{min: 100 * time.Millisecond, max: time.Second}
+	var got []time.Duration
+	for range 6 {
+		got = append(got, b.delay())
+	}
+	require.Equal(t, []time.Duration{100e6, 200e6, 400e6, 800e6, 1e9, 1e9}, got)
+	b.reset()
+	require.Equal(t, 100*time.Millisecond, b.delay())
+}
+
+// recordedEvents is a fake Events.
+type recordedEvents struct{ got []string }
+
+func (r *recordedEvents) PodWarning(p k8s.Pod, reason, message string) {
+	r.got = append(r.got, p.Namespace+"/"+p.Name+" "+reason+": "+message)
+}
+
+func (r *recordedEvents) NodeWarning(reason, message string) {
+	r.got = append(r.got, "node "+reason+": "+message)
+}
+
+func TestReporter(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	ev := &recordedEvents{}
+	r := newReporter(zap.New(core), ev, "n1")
+	pods := map[podKey]k8s.Pod{{"a", "p"}: pod("a", "p", "n1", false)}
+
+	bad := func(msg string) []compiler.Problem {
+		return []compiler.Problem{{Namespace: "a", Name: "p", Kind: compiler.ProblemInvalid, Err: errors.New(msg)}}
+	}
+	r.report(problemKinds, problemFindings(bad("rule 1, offset 0 (\"alow\"): expected ...")), pods)
+	r.report(problemKinds, problemFindings(bad("rule 1, offset 0 (\"alow\"): expected ...")), pods)
+	require.Equal(t, []string{`a/p InvalidPolicy: rule 1, offset 0 ("alow"): expected ...`}, ev.got, "once per message")
+
+	r.report(problemKinds, problemFindings(bad("rule 2, offset 9 (\"x\"): expected ...")), pods)
+	require.Len(t, ev.got, 2, "a new message is a new Event")
+
+	// Another area's report does not resolve this one's findings.
+	r.report([]string{kindApply}, nil, pods)
+	require.Equal(t, 0, logs.FilterMessage("resolved").Len())
+	r.report(problemKinds, nil, pods)
+	require.Equal(t, 1, logs.FilterMessage("resolved").Len())
+	r.report(problemKinds, problemFindings(bad("rule 2, offset 9 (\"x\"): expected ...")), pods)
+	require.Len(t, ev.got, 3, "broken again after a fix: reported again")
+
+	// Ignored annotations are only logged; node findings go to the node.
+	r.report(problemKinds, []finding{{pod: podKey{"a", "p"}, kind: compiler.ProblemIgnored.String(), message: "ignored"}}, pods)
+	r.report([]string{kindApply}, []finding{{kind: kindApply, reason: ReasonMapFull, message: "map full"}}, pods)
+	require.Equal(t, "node MapFull: map full", ev.got[len(ev.got)-1])
+	require.Len(t, ev.got, 4)
+	require.Equal(t, 1, logs.FilterMessage("ignored").Len())
+}

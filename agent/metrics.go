@@ -1,0 +1,161 @@
+package agent
+
+import (
+	"github.com/cilium/ebpf"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/maps"
+)
+
+// Metrics are the agent's Prometheus metrics.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	applySeconds     prometheus.Histogram
+	applyErrors      prometheus.Counter
+	attachErrors     prometheus.Counter
+	sourceErrors     prometheus.Counter
+	mapEntries       *prometheus.GaugeVec
+	mapCapacity      *prometheus.GaugeVec
+	endpoints        prometheus.Gauge
+	identities       prometheus.Gauge
+	policies         prometheus.Gauge
+	pods             prometheus.Gauge
+	namespaces       prometheus.Gauge
+	invalidPolicies  prometheus.Gauge
+	problems         *prometheus.GaugeVec
+	interfaceMissing prometheus.Gauge
+}
+
+const namespace = "podwall"
+
+// NewMetrics makes the agent's metrics in a registry of their own, with the Go runtime's and
+// the process's, and the verdict counters read from the data path's stats map at each scrape.
+func NewMetrics(stats *ebpf.Map) *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		applySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "policy_apply_seconds",
+			Help:    "Time from a change to the maps holding it: compiling the whole state and applying the difference.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		applyErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "apply_errors_total",
+			Help: "Applies of a compiled state to the maps that failed (the maps keep a whole earlier state).",
+		}),
+		attachErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "attach_errors_total",
+			Help: "Failures to attach the programs to a pod's interface.",
+		}),
+		sourceErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "source_errors_total",
+			Help: "Failures of the source of pods: a pods file that does not read or parse, a broken watch. The last good state stays enforced.",
+		}),
+		mapEntries: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "map_entries",
+			Help: "Entries in each map the agent writes.",
+		}, []string{"map"}),
+		mapCapacity: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "map_capacity",
+			Help: "Maximum entries of each map the agent writes.",
+		}, []string{"map"}),
+		endpoints: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "endpoints",
+			Help: "Interfaces of this node's pods that podwall judges.",
+		}),
+		identities: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "identities",
+			Help: "Pod identities (distinct namespace and label sets) in the cluster.",
+		}),
+		policies: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "policies",
+			Help: "Distinct compiled policies of this node's pods.",
+		}),
+		pods: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "pods",
+			Help: "Pods the source holds, on every node.",
+		}),
+		namespaces: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "namespaces",
+			Help: "Namespaces the source holds.",
+		}),
+		invalidPolicies: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "invalid_policies",
+			Help: "Pods isolated because their policy annotation is invalid (does not parse, or has too many rules).",
+		}),
+		problems: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "policy_problems",
+			Help: "Pods that did not compile as written, by kind of problem.",
+		}, []string{"kind"}),
+		interfaceMissing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "interfaces_not_found",
+			Help: "Pods of this node with an address whose interface is not found (not yet guarded; retried).",
+		}),
+	}
+	m.Registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.applySeconds, m.applyErrors, m.attachErrors, m.sourceErrors, m.mapEntries, m.mapCapacity,
+		m.endpoints, m.identities, m.policies, m.pods, m.namespaces, m.invalidPolicies, m.problems,
+		m.interfaceMissing, &verdicts{stats: stats},
+	)
+	for k := compiler.ProblemInvalid; k <= compiler.ProblemAddressConflict; k++ {
+		m.problems.WithLabelValues(k.String())
+	}
+	return m
+}
+
+// observeState records what a successful apply left in the maps.
+func (m *Metrics) observeState(s *compiler.State, fill []maps.Fill) {
+	m.endpoints.Set(float64(len(s.Endpoints)))
+	m.identities.Set(float64(len(s.Identities)))
+	m.policies.Set(float64(len(s.Policies)))
+	for _, f := range fill {
+		m.mapEntries.WithLabelValues(f.Map).Set(float64(f.Entries))
+		m.mapCapacity.WithLabelValues(f.Map).Set(float64(f.Max))
+	}
+	counts := map[compiler.ProblemKind]int{}
+	for _, p := range s.Problems {
+		counts[p.Kind]++
+	}
+	for k := compiler.ProblemInvalid; k <= compiler.ProblemAddressConflict; k++ {
+		m.problems.WithLabelValues(k.String()).Set(float64(counts[k]))
+	}
+	m.invalidPolicies.Set(float64(counts[compiler.ProblemInvalid] + counts[compiler.ProblemTooManyRules]))
+}
+
+// verdicts reads the per-CPU stats map when scraped.
+type verdicts struct {
+	stats *ebpf.Map
+}
+
+var verdictsDesc = prometheus.NewDesc(namespace+"_verdicts_total",
+	"Packets to pods by the reason of their verdict (reason event-lost counts events the ring buffer had no room for).",
+	[]string{"reason"}, nil)
+
+var statsErrorDesc = prometheus.NewDesc(namespace+"_stats_read_errors",
+	"1 when the last scrape could not read the stats map.", nil, nil)
+
+func (v *verdicts) Describe(ch chan<- *prometheus.Desc) {
+	ch <- verdictsDesc
+	ch <- statsErrorDesc
+}
+
+func (v *verdicts) Collect(ch chan<- prometheus.Metric) {
+	failed := 0.0
+	for r := compiler.Reason(0); r < compiler.NumReasons; r++ {
+		var perCPU []uint64
+		if err := v.stats.Lookup(uint32(r), &perCPU); err != nil {
+			failed = 1
+			continue
+		}
+		var sum uint64
+		for _, n := range perCPU {
+			sum += n
+		}
+		ch <- prometheus.MustNewConstMetric(verdictsDesc, prometheus.CounterValue, float64(sum), r.String())
+	}
+	ch <- prometheus.MustNewConstMetric(statsErrorDesc, prometheus.GaugeValue, failed)
+}

@@ -1,0 +1,292 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/podwall/podwall/agent"
+	"github.com/podwall/podwall/agent/netif"
+	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/datapath"
+	"github.com/podwall/podwall/k8s"
+	"github.com/podwall/podwall/loader"
+)
+
+// envPrefix starts the environment variable of each agent flag: --node-name is
+// PODWALL_NODE_NAME.
+const envPrefix = "PODWALL_"
+
+type agentOptions struct {
+	kubeconfig     string
+	nodeName       string
+	bpffs          string
+	defaultPolicy  string
+	openNamespaces []string
+	allowHost      bool
+	legacyKey      bool
+	metricsAddr    string
+	logLevel       string
+	logFormat      string
+	podsFile       string
+	readyFile      string
+	netns          string
+	uninstall      bool
+}
+
+func newAgentCmd(d deps) *cobra.Command {
+	var o agentOptions
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node agent: keep the kernel's maps in step with the cluster",
+		Long: `Run the node agent: watch the pods and namespaces of the cluster (or, with --pods-file,
+of a YAML file), compile their policy annotations, keep podwall's pinned BPF maps equal to the
+result, and attach podwall to the host-side interface of every pod of this node.
+
+Every flag can also be set by an environment variable: PODWALL_ and the flag's name in
+capitals with "_" for "-" (PODWALL_NODE_NAME). NODE_NAME sets --node-name too, as the
+downward API gives it. A flag on the command line wins over its variable.
+
+On SIGTERM or SIGINT the agent exits and leaves enforcement in place: programs, links and
+maps stay pinned under --bpffs, and the next agent takes them over without a gap.
+--uninstall removes them all and exits.`,
+		Example: `  # standalone, on a machine without a cluster
+  podwall agent --pods-file pods.yaml --node-name node-1
+  kubectl get pods,namespaces -A -o yaml > pods.yaml
+  # remove every program, link and map podwall made
+  podwall agent --uninstall`,
+		Args: cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			return flagsFromEnv(cmd.Flags(), os.LookupEnv)
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return o.run(cmd.Context(), d)
+		},
+	}
+	o.addFlags(cmd.Flags())
+	return cmd
+}
+
+func (o *agentOptions) addFlags(f *pflag.FlagSet) {
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file of the cluster (default: the in-cluster configuration)")
+	f.StringVar(&o.nodeName, "node-name", "", "name of this node: its pods are the ones podwall guards (default: $NODE_NAME, else the host name)")
+	f.StringVar(&o.bpffs, "bpffs", loader.DefaultBPFFS, "bpf filesystem where programs, links and maps are pinned")
+	f.StringVar(&o.defaultPolicy, "default-policy", "namespace", "policy of pods without a policy annotation: namespace (accept from the pod's namespace), allow or deny")
+	f.StringSliceVar(&o.openNamespaces, "open-namespaces", []string{"kube-system"}, "namespaces whose pods accept all traffic (their annotations are ignored)")
+	f.BoolVar(&o.allowHost, "allow-host", true, "let traffic from the node's own addresses reach every pod (kubelet probes)")
+	f.BoolVar(&o.legacyKey, "legacy-policy-key", true, `read the annotation "policy" when "`+compiler.AnnotationKey+`" is absent`)
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", "address to serve /metrics, /healthz and /readyz on, e.g. :9402 (empty: none)")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.logFormat, "log-format", "json", "json or console")
+	f.StringVar(&o.podsFile, "pods-file", "", "standalone mode: read Pods and Namespaces from this YAML file and follow its changes, instead of the cluster")
+	f.StringVar(&o.readyFile, "ready-file", "", "file to write once the first state is applied and every local pod is attached")
+	f.StringVar(&o.netns, "netns", "", "network namespace (a path such as /run/netns/NAME) whose interfaces to attach to (default: the agent's own)")
+	f.BoolVar(&o.uninstall, "uninstall", false, "remove every program, link and map podwall made, and exit")
+}
+
+// flagsFromEnv sets each flag not given on the command line from its environment variable.
+func flagsFromEnv(flags *pflag.FlagSet, lookup func(string) (string, bool)) error {
+	var errs []error
+	flags.VisitAll(func(f *pflag.Flag) {
+		if f.Changed || f.Name == "help" {
+			return
+		}
+		names := []string{envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))}
+		if f.Name == "node-name" {
+			names = append(names, "NODE_NAME")
+		}
+		for _, name := range names {
+			v, ok := lookup(name)
+			if !ok {
+				continue
+			}
+			if f.Value.Type() == "stringSlice" {
+				// A list from the environment replaces the default rather than adding to it.
+				if err := f.Value.(pflag.SliceValue).Replace(splitList(v)); err != nil {
+					errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+				}
+			} else if err := f.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+			}
+			return
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (o agentOptions) compilerOptions() (compiler.Options, error) {
+	opts := compiler.Options{OpenNamespaces: o.openNamespaces, AllowHost: o.allowHost, LegacyKey: o.legacyKey}
+	switch o.defaultPolicy {
+	case "namespace":
+		opts.DefaultPolicy = compiler.DefaultNamespace
+	case "allow":
+		opts.DefaultPolicy = compiler.DefaultAllow
+	case "deny":
+		opts.DefaultPolicy = compiler.DefaultDeny
+	default:
+		return opts, fmt.Errorf("unknown --default-policy %q: want namespace, allow or deny", o.defaultPolicy)
+	}
+	return opts, nil
+}
+
+func (o agentOptions) logger(d deps) (*zap.Logger, error) {
+	level, err := zapcore.ParseLevel(o.logLevel)
+	if err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	cfg := zap.NewProductionEncoderConfig()
+	cfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	switch o.logFormat {
+	case "json":
+		enc = zapcore.NewJSONEncoder(cfg)
+	case "console":
+		cfg.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(cfg)
+	default:
+		return nil, fmt.Errorf("unknown --log-format %q: want json or console", o.logFormat)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(d.stderr), level)), nil
+}
+
+func (o agentOptions) run(ctx context.Context, d deps) error {
+	log, err := o.logger(d)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	ldr := loader.Config{BPFFS: o.bpffs, Netns: o.netns, Logger: log.Named("loader")}
+	if o.uninstall {
+		dp, err := datapath.Open(ldr)
+		if err != nil {
+			return err
+		}
+		if err := dp.Uninstall(); err != nil {
+			return fmt.Errorf("uninstall: %w", err)
+		}
+		log.Info("uninstalled: every program, link and map removed", zap.String("bpffs", o.bpffs))
+		return nil
+	}
+	opts, err := o.compilerOptions()
+	if err != nil {
+		return err
+	}
+	node := o.nodeName
+	if node == "" {
+		if node, err = os.Hostname(); err != nil {
+			return fmt.Errorf("no --node-name, and no host name: %w", err)
+		}
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	var source agent.Source
+	var events agent.Events
+	if o.podsFile != "" {
+		source = k8s.NewFile(o.podsFile)
+		log.Info("standalone mode", zap.String("pods-file", o.podsFile))
+	} else {
+		client, err := o.client()
+		if err != nil {
+			return err
+		}
+		source = k8s.NewCluster(client)
+		rec := k8s.NewRecorder(ctx, client, node)
+		defer rec.Shutdown()
+		events = rec
+	}
+
+	dp, err := datapath.Open(ldr)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := dp.Close(); err != nil {
+			log.Error("close data path", zap.Error(err))
+		}
+		log.Info("stopped; enforcement stays pinned", zap.String("bpffs", o.bpffs))
+	}()
+	finder, err := netif.Open(o.netns)
+	if err != nil {
+		return err
+	}
+	defer finder.Close()
+
+	a := agent.New(agent.Config{
+		Node:      node,
+		Options:   opts,
+		Source:    source,
+		Datapath:  dp,
+		Finder:    finder,
+		Events:    events,
+		Logger:    log,
+		ReadyFile: o.readyFile,
+	})
+	var serveErr <-chan error // nil: no server, never ready
+	if o.metricsAddr != "" {
+		addr, errc, err := agent.Serve(ctx, o.metricsAddr, a)
+		if err != nil {
+			return err
+		}
+		serveErr = errc
+		log.Info("serving metrics", zap.Stringer("addr", addr))
+	}
+	log.Info("agent started", zap.String("node", node), zap.String("mode", string(dp.Mode())),
+		zap.String("default-policy", o.defaultPolicy), zap.Strings("open-namespaces", o.openNamespaces))
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.Run(ctx) }()
+	for {
+		select {
+		case err := <-runErr:
+			return err
+		case err := <-serveErr:
+			serveErr = nil
+			if err != nil {
+				stop()
+				<-runErr
+				return fmt.Errorf("serve metrics: %w", err)
+			}
+		}
+	}
+}
+
+func (o agentOptions) client() (kubernetes.Interface, error) {
+	var cfg *rest.Config
+	var err error
+	if o.kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client configuration (give --kubeconfig, or --pods-file for standalone mode): %w", err)
+	}
+	cfg.UserAgent = "podwall-agent"
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return client, nil
+}
