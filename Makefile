@@ -55,7 +55,8 @@ k8s-bins:
 test: deps bpffs check-generate lint k8s-bins unit fuzz
 
 bench: deps bpffs
-	@echo "bench: nothing to measure yet"
+	$(GO) test -run '^$$' -bench '^BenchmarkVerdict$$' -benchtime 1000000x -count 5 ./tests/differential \
+		-args -benchmarks-md ../../docs/BENCHMARKS.md
 
 demo: deps bpffs build
 	@echo "demo: not built yet (issue 4)"; exit 1

@@ -104,12 +104,22 @@ func (o outcome) String() string {
 	return s
 }
 
-// judge runs to_pod once on frame as if it arrived on the interface at ifindex, from the
+// judge runs to_pod once on frame as if it arrived on the interface at ifindex, then forgets
+// the flow, so that the next packet is judged as the first of a new flow, as Evaluate judges
+// it.
+func (d *datapath) judge(ifindex uint32, frame []byte) (outcome, error) {
+	o, err := d.run(ifindex, frame)
+	if err != nil {
+		return o, err
+	}
+	return o, d.forget()
+}
+
+// run runs to_pod once on frame as if it arrived on the interface at ifindex, from the
 // calling thread's network namespace. The reason is the one verdict the stats map counted;
 // a run that counts none, two, or a side effect (a full conntrack, a lost event) is an
-// error. Then it empties conntrack and frags, so that the next packet is judged as the first
-// of a new flow, as Evaluate judges it.
-func (d *datapath) judge(ifindex uint32, frame []byte) (outcome, error) {
+// error.
+func (d *datapath) run(ifindex uint32, frame []byte) (outcome, error) {
 	var o outcome
 	ret, err := d.objs.ToPod.Run(&ebpf.RunOptions{Data: frame, Context: skbContext(ifindex)})
 	if err != nil {
@@ -131,13 +141,32 @@ func (d *datapath) judge(ifindex uint32, frame []byte) (outcome, error) {
 		return o, fmt.Errorf("one run counted reasons %v", counted)
 	}
 	o.reason = counted[0]
-	if o.event, err = d.event(); err != nil {
-		return o, err
-	}
+	o.event, err = d.event()
+	return o, err
+}
+
+// forget empties conntrack and frags: what the program remembers of the packets it judged.
+func (d *datapath) forget() error {
 	if err := empty(d.objs.Conntrack, bpf.PodwallMapConntrack, new(bpf.PodwallCtKey)); err != nil {
-		return o, err
+		return err
 	}
-	return o, empty(d.objs.Frags, bpf.PodwallMapFrags, new(bpf.PodwallFragKey))
+	return empty(d.objs.Frags, bpf.PodwallMapFrags, new(bpf.PodwallFragKey))
+}
+
+// resync takes the counters and events of runs that did not go through run (benchmarks) as
+// seen, so that the next run reports only its own.
+func (d *datapath) resync() error {
+	var err error
+	if d.stats, err = d.readStats(); err != nil {
+		return err
+	}
+	for d.events.AvailableBytes() > 0 {
+		d.events.SetDeadline(time.Now())
+		if _, err := d.events.Read(); err != nil {
+			return fmt.Errorf("drain events: %w", err)
+		}
+	}
+	return nil
 }
 
 // event reads the event of the last run, nil when it sent none. Every event is read right

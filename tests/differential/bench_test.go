@@ -1,0 +1,301 @@
+package differential
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/stretchr/testify/require"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/tests/topo"
+)
+
+// What BenchmarkVerdict measures: rules in the endpoint's policy, entries in the ipcache, and
+// the flows.
+var (
+	benchRules   = []int{1, 64, 1024}
+	benchIPCache = []int{10, 10_000, 100_000}
+)
+
+const (
+	flowEmpty       = "empty"
+	flowCTInsert    = "conntrack-insert"
+	flowNew         = "new-flow"
+	flowEstablished = "established-flow"
+
+	tcpSYN = 0x02
+	tcpACK = 0x10
+)
+
+// BenchmarkVerdict measures to_pod per packet, as the kernel times BPF_PROG_TEST_RUN with
+// repeat (ns/op is its per-run duration), against an empty tc program as the floor.
+//
+// The endpoint's policy has 1, 64 or 1024 rules of every kind (labels, ports and ranges,
+// CIDRs of both families, ICMP types, deny rules), compiled with the cluster of 10, 10,000
+// or 100,000 ipcache entries; the packet is TCP from a pod of the endpoint's namespace, and
+// only the last rule allows it, so the deciding bit is in the last word of the vectors.
+//
+//   - new-flow: a repeated packet cannot stay the first of its flow, so this collection is
+//     loaded with a TCP conntrack timeout of 0 (a load-time setting of the program, which
+//     turns tracking off): every run looks its conntrack entry up, finds it expired, goes
+//     through every lookup of the classifier, and writes the entry again in place. A real new
+//     flow misses the lookup and inserts a new entry instead.
+//     conntrack-insert measures what that leaves out: a program that only inserts a new
+//     random key into a map made from conntrack's spec.
+//   - established-flow: the flow was allowed once, and each run passes on its conntrack
+//     entry.
+//
+// With -benchmarks-md FILE it rewrites its section of FILE (docs/BENCHMARKS.md) from the
+// median of the runs of each benchmark; `make bench` does that.
+func BenchmarkVerdict(b *testing.B) {
+	ns := topo.NewNetns(b, "bench")
+	b.Run(flowEmpty, func(b *testing.B) {
+		measure(b, ns, emptyProgram(b), frame(benchPacket(), wire{tcpFlags: tcpSYN}))
+	})
+	b.Run(flowCTInsert, func(b *testing.B) {
+		measure(b, ns, ctInsertProgram(b), frame(benchPacket(), wire{tcpFlags: tcpSYN}))
+	})
+	for _, flow := range []string{flowNew, flowEstablished} {
+		d := loadDatapath(b, func(s *bpf.PodwallSpecs) error {
+			if flow == flowNew {
+				return s.CtTimeoutTcpNs.Set(uint64(0))
+			}
+			return nil
+		})
+		b.Run(flow, func(b *testing.B) {
+			for _, entries := range benchIPCache {
+				b.Run(fmt.Sprintf("ipcache=%d", entries), func(b *testing.B) {
+					for _, rules := range benchRules {
+						b.Run(fmt.Sprintf("rules=%d", rules), func(b *testing.B) {
+							s := benchState(b, rules, entries)
+							require.NoError(b, d.applier.Apply(s))
+							measure(b, ns, d.objs.ToPod, prepare(b, ns, d, s, flow, rules))
+						})
+					}
+				})
+			}
+		})
+	}
+	if *benchmarksMD != "" {
+		require.NoError(b, writeBenchmarks(*benchmarksMD))
+	}
+}
+
+// emptyProgram is a tc program that only returns TCX_NEXT.
+func emptyProgram(b *testing.B) *ebpf.Program {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.SchedCLS,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()},
+		License:      "Dual BSD/GPL",
+	})
+	require.NoError(b, err)
+	b.Cleanup(func() { prog.Close() })
+	return prog
+}
+
+// ctInsertProgram is a tc program that inserts one conntrack entry of random addresses into
+// a fresh map of conntrack's type and size, and returns TCX_NEXT. Once the map is full, each
+// insert evicts the least recently used entry, as conntrack does under churn.
+func ctInsertProgram(b *testing.B) *ebpf.Program {
+	spec, err := bpf.LoadPodwall()
+	require.NoError(b, err)
+	ms := spec.Maps[bpf.PodwallMapConntrack].Copy()
+	m, err := ebpf.NewMap(ms)
+	require.NoError(b, err)
+	b.Cleanup(func() { m.Close() })
+
+	// The key is at fp-48 (48 bytes), the value at fp-64 (16 bytes), both zeroed first.
+	const key, value = -48, -64
+	require.Equal(b, uint32(-key), ms.KeySize)
+	require.Equal(b, uint32(key-value), ms.ValueSize)
+	insns := asm.Instructions{asm.Mov.Imm(asm.R1, 0)}
+	for off := int16(value); off < 0; off += 8 {
+		insns = append(insns, asm.StoreMem(asm.RFP, off, asm.R1, asm.DWord))
+	}
+	insns = append(insns,
+		// Random bytes in the pod's and in the remote address.
+		asm.FnGetPrandomU32.Call(),
+		asm.StoreMem(asm.RFP, key+4, asm.R0, asm.Word),
+		asm.FnGetPrandomU32.Call(),
+		asm.StoreMem(asm.RFP, key+24, asm.R0, asm.Word),
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, key),
+		asm.Mov.Reg(asm.R3, asm.RFP), asm.Add.Imm(asm.R3, value),
+		asm.Mov.Imm(asm.R4, 0), // BPF_ANY
+		asm.FnMapUpdateElem.Call(),
+		asm.Mov.Imm(asm.R0, -1),
+		asm.Return(),
+	)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, Instructions: insns, License: "Dual BSD/GPL"})
+	require.NoError(b, err)
+	b.Cleanup(func() { prog.Close() })
+	return prog
+}
+
+// measure runs prog b.N times on frame in the kernel, from ns (whose loopback is the
+// endpoint), and reports the kernel's time per run.
+func measure(b *testing.B, ns *topo.Netns, prog *ebpf.Program, frame []byte) {
+	b.Helper()
+	var (
+		ret    uint32
+		perRun time.Duration
+	)
+	b.ResetTimer()
+	err := ns.Do(func() (err error) {
+		ret, perRun, err = prog.Benchmark(frame, b.N, nil)
+		return err
+	})
+	b.StopTimer()
+	require.NoError(b, err)
+	require.Equal(b, uint32(actNext), ret, "the packet passes")
+	b.ReportMetric(float64(perRun.Nanoseconds()), "ns/op")
+	results.add(b.Name(), b.N, perRun)
+}
+
+// prepare checks that Evaluate and the program both let the packet in by the policy's last
+// rule, puts the flow in the state the benchmark measures, and returns the frame to run.
+func prepare(b *testing.B, ns *topo.Netns, d *datapath, s *compiler.State, flow string, rules int) []byte {
+	b.Helper()
+	p := benchPacket()
+	v := compiler.Evaluate(s, 1, p)
+	require.Equal(b, compiler.ReasonAllowRule, v.Reason, "Evaluate")
+	require.Equal(b, rules, s.Policies[v.Policy].Rules[v.Rule].Index, "the deciding rule is the last")
+
+	want := []compiler.Reason{compiler.ReasonAllowRule, compiler.ReasonAllowRule}
+	flags := uint8(tcpSYN)
+	if flow == flowEstablished {
+		want[1] = compiler.ReasonEstablished
+		flags = tcpACK
+	}
+	fr := frame(p, wire{tcpFlags: flags})
+	var got []compiler.Reason
+	require.NoError(b, ns.Do(func() error {
+		if err := d.resync(); err != nil {
+			return err
+		}
+		if err := d.forget(); err != nil {
+			return err
+		}
+		for range want {
+			o, err := d.run(1, fr)
+			if err != nil {
+				return err
+			}
+			got = append(got, o.reason)
+		}
+		return d.resync()
+	}))
+	require.Equal(b, want, got, "the first packet is allowed by a rule, the second %s", flow)
+	return fr
+}
+
+var (
+	benchHostIPs = []netip.Addr{netip.MustParseAddr("192.168.0.1"), netip.MustParseAddr("fd00:ffff::1")}
+	benchTiers   = []string{"front", "back", "db"}
+)
+
+// benchPacket is a TCP packet from the client pod (the second pod) to the server pod (the
+// first), the endpoint at ifindex 1, the loopback of the benchmark's namespace.
+func benchPacket() compiler.Packet {
+	return compiler.Packet{Src: benchPodIP(1), Dst: benchPodIP(0), Proto: protoTCP, SrcPort: 40000, DstPort: 443}
+}
+
+func benchPodIP(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, byte((i + 1) >> 16), byte((i + 1) >> 8), byte(i + 1)})
+}
+
+// benchRulesText is a policy of n rules: n-1 of every kind that do not match benchPacket,
+// then the one that allows it.
+func benchRulesText(n int) string {
+	kinds := []func(i int) string{
+		func(i int) string { return fmt.Sprintf("allow tcp from label app=app-%d to ports %d", i%50, 8000+i) },
+		func(i int) string { return fmt.Sprintf("allow udp from cidr 10.%d.0.0/16 to ports 53", i%256) },
+		func(i int) string { return fmt.Sprintf("deny tcp from cidr 192.168.%d.0/24 to ports 22", i%256) },
+		func(i int) string {
+			return fmt.Sprintf("allow tcp from ports 1024:65535 label tier=db to ports %d", 5432+i%100)
+		},
+		func(i int) string { return fmt.Sprintf("allow icmp type 8 from label app=app-%d", i%50) },
+		func(i int) string { return fmt.Sprintf("allow tcp from cidr 172.16.%d.0/24 to ports 9000:9100", i%256) },
+		func(i int) string { return fmt.Sprintf("allow tcp from label app=app-%d to ports 443", i%50) },
+		func(i int) string { return fmt.Sprintf("allow icmpv6 type 128 from cidr fd00:%x::/32", i) },
+		func(i int) string { return fmt.Sprintf("deny udp from ports %d:%d", 10000+i, 10000+i+i%7) },
+	}
+	rules := make([]string, 0, n)
+	for i := range n - 1 {
+		rules = append(rules, kinds[i%len(kinds)](i))
+	}
+	// It states every field a TCP packet is classified on, so that a policy of this rule
+	// alone does the lookups of the larger ones, and the sizes differ only in rules.
+	rules = append(rules, "allow tcp from ports 1024:65535 label role=frontend cidr 10.0.0.0/8 to ports 443")
+	return strings.Join(rules, "; ")
+}
+
+// benchStates caches the compiled states across the runs of the benchmarks.
+var benchStates = map[[2]int]*compiler.State{}
+
+// benchState compiles a dual-stack cluster of ipcache entries addresses: the node's two and
+// pods in 20 namespaces; the server pod, with a policy of rules rules, is the endpoint at
+// ifindex 1.
+func benchState(b *testing.B, rules, entries int) *compiler.State {
+	b.Helper()
+	key := [2]int{rules, entries}
+	if s, ok := benchStates[key]; ok {
+		return s
+	}
+	in := compiler.Input{
+		HostIPs:   benchHostIPs,
+		Options:   compiler.Options{AllowHost: true},
+		Endpoints: []compiler.Endpoint{{Ifindex: 1, Namespace: "bench", Name: "server"}},
+	}
+	for i := range (entries - len(benchHostIPs)) / 2 {
+		p := compiler.Pod{
+			Namespace: fmt.Sprintf("ns-%d", i%20),
+			Name:      fmt.Sprintf("pod-%d", i),
+			Labels:    map[string]string{"app": fmt.Sprintf("app-%d", i%50), "tier": benchTiers[i%3]},
+			IPs:       []netip.Addr{benchPodIP(i), netip.AddrFrom16([16]byte{0: 0xfd, 13: byte((i + 1) >> 16), 14: byte((i + 1) >> 8), 15: byte(i + 1)})},
+		}
+		switch {
+		case i == 0:
+			p.Namespace, p.Name = "bench", "server"
+			p.Annotations = map[string]string{compiler.AnnotationKey: benchRulesText(rules)}
+		case i == 1:
+			p.Namespace, p.Name = "bench", "client"
+			p.Labels = map[string]string{"app": "client", "role": "frontend"}
+		case i%20 == 0:
+			p.Namespace = "bench"
+		}
+		in.Pods = append(in.Pods, p)
+	}
+	s := compiler.Compile(in)
+	require.Empty(b, s.Problems)
+	require.Len(b, s.IPCache, entries)
+	benchStates[key] = s
+	return s
+}
+
+// sample is one measurement of a benchmark: b.N runs, the kernel's time per run.
+type sample struct {
+	n      int
+	perRun time.Duration
+}
+
+// recorder keeps the samples of every benchmark by name, for the markdown table.
+type recorder struct {
+	mu      sync.Mutex
+	samples map[string][]sample
+}
+
+var results = recorder{samples: map[string][]sample{}}
+
+func (r *recorder) add(name string, n int, perRun time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.samples[name] = append(r.samples[name], sample{n, perRun})
+}
