@@ -1,0 +1,219 @@
+package standalone
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/tests/topo"
+)
+
+func TestMain(m *testing.M) { topo.Main(m) }
+
+// none sends from the address the kernel picks.
+var none netip.Addr
+
+// defaults are the agent's default flags.
+var defaults = compiler.Options{
+	DefaultPolicy:  compiler.DefaultNamespace,
+	OpenNamespaces: []string{"kube-system"},
+	AllowHost:      true,
+	LegacyKey:      true,
+}
+
+// TestScenarios follows a pods file through the changes a cluster goes through, checking the
+// maps and real traffic after each.
+func TestScenarios(t *testing.T) {
+	c := newCluster(t, topo.Routed)
+	api, web, worker, intruder, dns := c.addPod("api"), c.addPod("web"), c.addPod("worker"), c.addPod("intruder"), c.addPod("dns")
+	remoteIP := netip.MustParseAddr("10.50.0.1") // a pod of another node, behind the client
+	client := c.tp.AddClient("client", remoteIP)
+	node := c.tp.Node
+
+	apiSpec := podSpec{ns: "shop", name: "api", tp: api, labels: map[string]string{"role": "backend"},
+		annotations: policy("allow tcp from label role=frontend to ports 8080")}
+	webSpec := podSpec{ns: "shop", name: "web", tp: web, labels: map[string]string{"role": "frontend"}}
+	workerSpec := podSpec{ns: "shop", name: "worker", tp: worker, labels: map[string]string{"role": "worker"}}
+	intruderSpec := podSpec{ns: "other", name: "intruder", tp: intruder, labels: map[string]string{"role": "frontend"}}
+	// Annotations of an open namespace are ignored: this one would drop everything.
+	dnsSpec := podSpec{ns: "kube-system", name: "dns", tp: dns, labels: map[string]string{"k8s-app": "dns"},
+		annotations: policy("deny")}
+	remoteSpec := podSpec{ns: "shop", name: "remote", ips: []netip.Addr{remoteIP}, labels: map[string]string{"role": "frontend"}}
+	hostSpec := podSpec{ns: "shop", name: "host", node: nodeName, hostNetwork: true, ips: []netip.Addr{c.tp.NodeIPv4}}
+	namespaces := []string{"shop", "other", "kube-system"}
+	all := func() []podSpec {
+		return []podSpec{apiSpec, webSpec, workerSpec, intruderSpec, dnsSpec, remoteSpec, hostSpec}
+	}
+
+	c.write(all(), namespaces...)
+	a := c.startAgent(defaults)
+
+	t.Run("initial", func(t *testing.T) {
+		c.awaitApplied(defaults)
+		expect(t,
+			tcp("frontend to api: rule 1 allows", web.NS, none, api.IPv4, port, true),
+			tcp("frontend to api over IPv6: rule 1 allows", web.NS, none, api.IPv6, port, true),
+			tcp("frontend to api, other port: no rule", web.NS, none, api.IPv4, otherPort, false),
+			tcp("worker to api: no rule", worker.NS, none, api.IPv4, port, false),
+			tcp("worker to api over IPv6: no rule", worker.NS, none, api.IPv6, port, false),
+			tcp("frontend of another namespace to api: labels are namespaced", intruder.NS, none, api.IPv4, port, false),
+			tcp("frontend pod of another node to api: rule 1 allows", client.NS, remoteIP, api.IPv4, port, true),
+			tcp("outside world to api: no rule", client.NS, none, api.IPv4, port, false),
+			tcp("node to api: the node's own traffic passes", node, none, api.IPv4, otherPort, true),
+			tcp("worker to web: default, same namespace", worker.NS, none, web.IPv4, port, true),
+			tcp("other namespace to web: default, same namespace only", intruder.NS, none, web.IPv4, port, false),
+			tcp("outside world to dns: kube-system is open", client.NS, none, dns.IPv4, port, true),
+		)
+		require.Equal(t, 5.0, a.metric("podwall_endpoints"))
+		require.ElementsMatch(t, []int{api.HostIfindex, web.HostIfindex, worker.HostIfindex, intruder.HostIfindex, dns.HostIfindex}, a.dp.Attached())
+		require.Equal(t, 0.0, a.metric("podwall_invalid_policies"))
+		require.Equal(t, 1.0, a.metric("podwall_policy_problems", "kind", "ignored-policy"))
+		require.Positive(t, a.metric("podwall_verdicts_total", "reason", "allow-rule"))
+		require.Positive(t, a.metric("podwall_verdicts_total", "reason", "no-rule"))
+	})
+
+	t.Run("relabelled", func(t *testing.T) {
+		workerSpec.labels = map[string]string{"role": "frontend"}
+		c.write(all(), namespaces...)
+		c.awaitApplied(defaults)
+		expect(t, tcp("worker, now a frontend, to api: rule 1 allows", worker.NS, none, api.IPv4, port, true))
+	})
+
+	t.Run("re-annotated", func(t *testing.T) {
+		apiSpec.annotations = policy("allow tcp from label role=frontend to ports 9090")
+		c.write(all(), namespaces...)
+		c.awaitApplied(defaults)
+		expect(t,
+			tcp("frontend to api, new port: rule 1 allows", web.NS, none, api.IPv4, otherPort, true),
+			tcp("frontend to api, old port: no rule", web.NS, none, api.IPv4, port, false),
+		)
+	})
+
+	t.Run("invalid annotation", func(t *testing.T) {
+		bad := "allow tcp frm label role=frontend"
+		_, perr := compiler.Parse(bad)
+		require.Error(t, perr)
+		webSpec.annotations = policy(bad)
+		c.write(all(), namespaces...)
+		c.awaitApplied(defaults)
+		expect(t,
+			tcp("worker to web: isolated, invalid policy", worker.NS, none, web.IPv4, port, false),
+			tcp("node to web: the node's own traffic still passes", node, none, web.IPv4, port, true),
+		)
+		require.Equal(t, 1.0, a.metric("podwall_invalid_policies"))
+		logged := a.logs.FilterMessage(perr.Error()).FilterField(zapcore.Field{Key: "pod", Type: zapcore.StringType, String: "shop/web"})
+		require.Equal(t, 1, logged.Len(), "the parser's message is logged once; log:\n%s", a.logText())
+
+		webSpec.annotations = nil
+		c.write(all(), namespaces...)
+		c.awaitApplied(defaults)
+		expect(t, tcp("worker to web: fixed, default policy again", worker.NS, none, web.IPv4, port, true))
+		require.Equal(t, 0.0, a.metric("podwall_invalid_policies"))
+	})
+
+	t.Run("broken file keeps the last state", func(t *testing.T) {
+		errs := a.metric("podwall_source_errors_total")
+		good := c.last
+		c.writeRaw([]byte("kind: List\nitems: [\n"))
+		c.last = good
+		requireEventually(t, func() bool { return a.metric("podwall_source_errors_total") > errs }, "source error counted")
+		c.awaitApplied(defaults)
+		expect(t,
+			tcp("frontend to api: still allowed", web.NS, none, api.IPv4, otherPort, true),
+			tcp("other namespace to web: still dropped", intruder.NS, none, web.IPv4, port, false),
+		)
+	})
+
+	t.Run("moved to another namespace", func(t *testing.T) {
+		// Deleted from one namespace and created in another: same interface, same addresses.
+		intruderSpec.ns = "shop"
+		c.write(all(), namespaces...)
+		c.awaitApplied(defaults)
+		expect(t,
+			tcp("moved frontend to api: rule 1 allows", intruder.NS, none, api.IPv4, otherPort, true),
+			tcp("moved pod to web: same namespace now", intruder.NS, none, web.IPv4, port, true),
+		)
+	})
+
+	t.Run("deleted", func(t *testing.T) {
+		expect(t, tcp("outside world to worker: default, same namespace only", client.NS, none, worker.IPv4, port, false))
+		c.write(slices.DeleteFunc(all(), func(p podSpec) bool { return p.name == "worker" }), namespaces...)
+		c.awaitApplied(defaults)
+		requireEventually(t, func() bool { return !slices.Contains(a.dp.Attached(), worker.HostIfindex) }, "worker detached")
+		expect(t, tcp("outside world to worker: no longer a pod, not guarded", client.NS, none, worker.IPv4, port, true))
+	})
+
+	t.Run("namespace created and deleted", func(t *testing.T) {
+		lab := podSpec{ns: "lab", name: "probe", tp: worker, labels: map[string]string{"role": "probe"},
+			annotations: policy("allow from cidr 10.99.0.0/16")}
+		others := slices.DeleteFunc(all(), func(p podSpec) bool { return p.name == "worker" })
+		c.write(append(others, lab), append(namespaces, "lab")...)
+		c.awaitApplied(defaults)
+		expect(t,
+			tcp("outside world to the new namespace's pod: rule 1 allows", client.NS, none, worker.IPv4, port, true),
+			tcp("shop to the new namespace's pod: no rule", web.NS, none, worker.IPv4, port, false),
+		)
+		c.write(others, namespaces...)
+		c.awaitApplied(defaults)
+		expect(t, tcp("shop to a pod of a deleted namespace: not guarded", web.NS, none, worker.IPv4, port, true))
+	})
+}
+
+// TestDefaultPolicy restarts the agent with each --default-policy.
+func TestDefaultPolicy(t *testing.T) {
+	c := newCluster(t, topo.Routed)
+	a1, a2, b1 := c.addPod("a1"), c.addPod("a2"), c.addPod("b1")
+	c.write([]podSpec{
+		{ns: "a", name: "a1", tp: a1},
+		{ns: "a", name: "a2", tp: a2},
+		{ns: "b", name: "b1", tp: b1},
+	}, "a", "b")
+	for _, tt := range []struct {
+		name                  string
+		policy                compiler.DefaultPolicy
+		sameNS, otherNS, host bool
+	}{
+		{"namespace", compiler.DefaultNamespace, true, false, true},
+		{"deny", compiler.DefaultDeny, false, false, true},
+		{"allow", compiler.DefaultAllow, true, true, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			opts := defaults
+			opts.DefaultPolicy = tt.policy
+			a := c.startAgent(opts)
+			c.awaitApplied(opts)
+			expect(t,
+				tcp("same namespace", a1.NS, none, a2.IPv4, port, tt.sameNS),
+				tcp("other namespace", b1.NS, none, a2.IPv6, port, tt.otherNS),
+				tcp("node", c.tp.Node, none, a2.IPv4, port, tt.host),
+			)
+			a.stop()
+		})
+	}
+}
+
+// TestBridged finds the pods' interfaces behind a Linux bridge, from the neighbour and
+// forwarding tables.
+func TestBridged(t *testing.T) {
+	c := newCluster(t, topo.Bridged)
+	api, web, worker := c.addPod("api"), c.addPod("web"), c.addPod("worker")
+	c.write([]podSpec{
+		{ns: "shop", name: "api", tp: api, annotations: policy("allow tcp from label role=frontend to ports 8080")},
+		{ns: "shop", name: "web", tp: web, labels: map[string]string{"role": "frontend"}},
+		{ns: "shop", name: "worker", tp: worker, labels: map[string]string{"role": "worker"}},
+	}, "shop")
+	a := c.startAgent(defaults)
+	c.awaitApplied(defaults)
+	require.ElementsMatch(t, []int{api.HostIfindex, web.HostIfindex, worker.HostIfindex}, a.dp.Attached())
+	expect(t,
+		tcp("frontend to api: rule 1 allows", web.NS, none, api.IPv4, port, true),
+		tcp("frontend to api over IPv6: rule 1 allows", web.NS, none, api.IPv6, port, true),
+		tcp("worker to api: no rule", worker.NS, none, api.IPv4, port, false),
+		tcp("worker to api over IPv6: no rule", worker.NS, none, api.IPv6, port, false),
+		tcp("api to worker: default, same namespace", api.NS, none, worker.IPv4, port, true),
+	)
+}
