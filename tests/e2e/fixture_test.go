@@ -67,12 +67,13 @@ type pod struct {
 }
 
 // defaultOptions are the agent's defaults: the namespace default policy, kube-system open,
-// traffic from the node allowed.
+// traffic from the node allowed, the legacy annotation key read.
 func defaultOptions() compiler.Options {
 	return compiler.Options{
 		DefaultPolicy:  compiler.DefaultNamespace,
 		OpenNamespaces: []string{nsSystem},
 		AllowHost:      true,
+		LegacyKey:      true,
 	}
 }
 

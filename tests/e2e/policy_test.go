@@ -10,10 +10,10 @@ import (
 	"github.com/podwall/podwall/tests/topo"
 )
 
-// TestSeedExamplesAndDefaults checks the examples of the seed document and what SPEC 4 says
-// of pods without a usable policy: the namespace default, the open kube-system namespace,
-// isolation by an empty or an invalid annotation, the --default-policy choices, and traffic
-// from the node (SPEC 3.2) with AllowHost on and off.
+// TestSeedExamplesAndDefaults checks the examples of the seed document, the annotation keys
+// (SPEC 1), and what SPEC 4 says of pods without a usable policy: the namespace default, the
+// open kube-system namespace, isolation by an empty or an invalid annotation, the
+// --default-policy choices, and traffic from the node (SPEC 3.2) with AllowHost on and off.
 func TestSeedExamplesAndDefaults(t *testing.T) {
 	c := newCluster(t, topo.Routed, loader.ModeTCX)
 	backendPod := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)
@@ -27,6 +27,11 @@ func TestSeedExamplesAndDefaults(t *testing.T) {
 	isolated := c.addPod(t, "isolated", nsProd, nil, policy(""))
 	blank := c.addPod(t, "blank", nsProd, nil, policy(" ; ;\t;"))
 	invalid := c.addPod(t, "invalid", nsProd, labels("role", "backend"), policy("allow tcp form label role=backend"))
+	legacy := c.addPod(t, "legacy", nsProd, nil, map[string]string{compiler.LegacyAnnotationKey: "allow udp"})
+	bothKeys := c.addPod(t, "both-keys", nsProd, nil, map[string]string{
+		compiler.LegacyAnnotationKey: "allow udp",
+		compiler.AnnotationKey:       "allow tcp",
+	})
 	cl := c.tp.AddClient("client", remoteIPv4, remoteIPv6, worldIPv4, worldIPv6)
 	c.addRemote("remote-backend", nsProd, labels("role", "backend"), remoteIPv4, remoteIPv6)
 	c.apply(t)
@@ -69,6 +74,11 @@ func TestSeedExamplesAndDefaults(t *testing.T) {
 			drops(backend, blank, everything...),
 			drops(backend, invalid, everything...),
 			drops(remote, invalid, tcpTo(portWeb)),
+			// the legacy key, unless the namespaced one is there too
+			passes(outside, legacy, udpTo(portWeb)),
+			drops(outside, legacy, tcpTo(portWeb), ping),
+			passes(outside, bothKeys, tcpTo(portWeb)),
+			drops(outside, bothKeys, udpTo(portWeb)),
 			// the node reaches every pod
 			passes(node, seed1, everything...),
 			passes(node, seed2, everything...),

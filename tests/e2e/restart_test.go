@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"sync"
@@ -50,7 +51,7 @@ func TestRestartKeepsEnforcingWithoutLoss(t *testing.T) {
 			}
 
 			events := watchEvents(t, c)
-			var tr traffic
+			tr := newTraffic(t)
 			var allowed, denied atomic.Int64
 			tr.loop(&allowed, func() error {
 				for _, s := range streams {
@@ -86,6 +87,7 @@ func TestRestartKeepsEnforcingWithoutLoss(t *testing.T) {
 			}
 
 			before := c.stats(t)
+			endpoint := c.endpoint(t, target)
 			start := time.Now()
 			for range restarts[mode] {
 				c.restart(t)
@@ -103,6 +105,14 @@ func TestRestartKeepsEnforcingWithoutLoss(t *testing.T) {
 			require.Positive(t, denied.Load(), "denied probes ran")
 			require.Equal(t, mode, c.dp.Mode())
 			require.Equal(t, []int{target.HostIfindex}, c.dp.Attached())
+			// The restarted agent computes the same generation, so established flows are not
+			// judged again, and their conntrack entries are the ones from before.
+			require.Equal(t, endpoint, c.endpoint(t, target), "endpoint after the restarts")
+			for _, s := range streams {
+				e := c.conntrack(t, s)
+				require.Equal(t, uint8(compiler.CTIn), e.Flags, "conntrack flags of %s", s.name)
+				require.Equal(t, endpoint.Generation, e.Generation, "conntrack generation of %s", s.name)
+			}
 			for _, r := range []compiler.Reason{compiler.ReasonEstablished, compiler.ReasonAllowRule, compiler.ReasonNoRule} {
 				require.Greater(t, after[r], before[r], "%s counted on across restarts", r)
 			}
@@ -125,17 +135,22 @@ func TestRestartKeepsEnforcingWithoutLoss(t *testing.T) {
 // traffic runs loops of exchanges at the same time until stopped.
 type traffic struct {
 	done     chan struct{}
+	once     sync.Once
 	wg       sync.WaitGroup
 	mu       sync.Mutex
 	failures []error
 }
 
+// newTraffic returns loops that are stopped when the test ends, if not before.
+func newTraffic(t *testing.T) *traffic {
+	tr := &traffic{done: make(chan struct{})}
+	t.Cleanup(func() { tr.stop() })
+	return tr
+}
+
 // loop runs round again and again, counting the rounds in n, until stop or until a round
 // fails.
 func (tr *traffic) loop(n *atomic.Int64, round func() error) {
-	if tr.done == nil {
-		tr.done = make(chan struct{})
-	}
 	tr.wg.Go(func() {
 		for {
 			select {
@@ -156,8 +171,10 @@ func (tr *traffic) loop(n *atomic.Int64, round func() error) {
 
 // stop ends the loops and returns their failures.
 func (tr *traffic) stop() []error {
-	close(tr.done)
+	tr.once.Do(func() { close(tr.done) })
 	tr.wg.Wait()
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
 	return tr.failures
 }
 
@@ -194,6 +211,11 @@ func watchEvents(t *testing.T, c *cluster) (stop func() []bpf.PodwallEvent) {
 			events = append(events, ev)
 		}
 	}()
+	// Close interrupts the reader if the test ends before stop; it is a no-op after stop.
+	t.Cleanup(func() {
+		_ = rd.Close()
+		<-done
+	})
 	return func() []bpf.PodwallEvent {
 		require.NoError(t, rd.Flush(), "flush events")
 		<-done
@@ -207,12 +229,60 @@ func watchEvents(t *testing.T, c *cluster) (stop func() []bpf.PodwallEvent) {
 func dropsTo(events []bpf.PodwallEvent, port uint16) []string {
 	var out []string
 	for _, ev := range events {
-		// Ports are in network byte order, as the packet has them.
-		dport := binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, ev.Dport))
-		if ev.Verdict == compiler.VerdictDrop && dport == port &&
+		if ev.Verdict == compiler.VerdictDrop && ev.Dport == netOrder(port) &&
 			(ev.Proto == unix.IPPROTO_TCP || ev.Proto == unix.IPPROTO_UDP) {
 			out = append(out, fmt.Sprintf("%s: %+v", compiler.Reason(ev.Reason), ev))
 		}
 	}
 	return out
+}
+
+// endpoint reads a pod's entry of the endpoints map.
+func (c *cluster) endpoint(t *testing.T, p *pod) bpf.PodwallEndpoint {
+	t.Helper()
+	var ep bpf.PodwallEndpoint
+	require.NoError(t, c.dp.Maps().Endpoints.Lookup(uint32(p.HostIfindex), &ep), "look up endpoint of %s", p.Name)
+	return ep
+}
+
+// conntrack reads the conntrack entry of a stream to a pod, keyed from the pod's side.
+func (c *cluster) conntrack(t *testing.T, s *stream) bpf.PodwallCtEntry {
+	t.Helper()
+	local, remote := addrPort(s.conn.LocalAddr()), addrPort(s.conn.RemoteAddr())
+	k := bpf.PodwallCtKey{
+		Pod:        ipAddr(remote.Addr()),
+		Remote:     ipAddr(local.Addr()),
+		PodPort:    netOrder(remote.Port()),
+		RemotePort: netOrder(local.Port()),
+		Proto:      unix.IPPROTO_UDP,
+	}
+	if _, ok := s.conn.(*net.TCPConn); ok {
+		k.Proto = unix.IPPROTO_TCP
+	}
+	var e bpf.PodwallCtEntry
+	require.NoError(t, c.dp.Maps().Conntrack.Lookup(&k, &e), "look up conntrack entry of %s", s.name)
+	return e
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if u, ok := a.(*net.UDPAddr); ok {
+		return u.AddrPort()
+	}
+	return a.(*net.TCPAddr).AddrPort()
+}
+
+// ipAddr is an address as map keys hold it.
+func ipAddr(a netip.Addr) bpf.PodwallIpAddr {
+	if a.Is4() {
+		k := bpf.PodwallIpAddr{Family: compiler.FamV4}
+		v4 := a.As4()
+		copy(k.Addr[:], v4[:])
+		return k
+	}
+	return bpf.PodwallIpAddr{Family: compiler.FamV6, Addr: a.As16()}
+}
+
+// netOrder is a port in network byte order, as map keys hold it.
+func netOrder(port uint16) uint16 {
+	return binary.NativeEndian.Uint16(binary.BigEndian.AppendUint16(nil, port))
 }
