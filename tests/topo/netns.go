@@ -112,6 +112,17 @@ func newNamed(name string) (netns.NsHandle, error) {
 func (n *Netns) Do(fn func() error) error {
 	done := make(chan error, 1)
 	go func() {
+		// A t.FailNow inside fn ends this goroutine: answer anyway rather than hang, and let
+		// the thread, still locked and maybe in the namespace, die with it.
+		answered := false
+		defer func() {
+			if !answered {
+				select {
+				case done <- fmt.Errorf("in netns %s: fn did not return (t.FailNow inside Do?)", n.Name):
+				default: // answered already, before fn ran
+				}
+			}
+		}()
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
@@ -126,6 +137,7 @@ func (n *Netns) Do(fn func() error) error {
 			return
 		}
 		ferr := fn()
+		answered = true
 		if err := netns.Set(orig); err != nil {
 			done <- errors.Join(ferr, fmt.Errorf("leave netns %s: %w", n.Name, err))
 			return
@@ -134,6 +146,15 @@ func (n *Netns) Do(fn func() error) error {
 		done <- ferr
 	}()
 	return <-done
+}
+
+// Enter moves the calling goroutine, locked to its thread, into the namespace for the rest of
+// the test, so require can be used as anywhere else. The thread is never switched back: it
+// ends with the test's goroutine, and Go throws a thread away when a goroutine exits locked.
+func (n *Netns) Enter(tb testing.TB) {
+	tb.Helper()
+	runtime.LockOSThread()
+	require.NoError(tb, netns.Set(n.handle), "enter netns %s", n.Name)
 }
 
 // Handle is a netlink handle whose requests act inside the namespace.

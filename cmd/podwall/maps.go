@@ -1,0 +1,227 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"math/bits"
+	"net/netip"
+	"slices"
+	"text/tabwriter"
+
+	"github.com/cilium/ebpf"
+	"github.com/spf13/cobra"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/loader"
+)
+
+// mapSections are the parts of the pinned state `podwall maps` can print, in print order.
+var mapSections = []string{"endpoints", "policies", "ipcache", "conntrack", "stats"}
+
+func newMapsCmd(d deps) *cobra.Command {
+	var bpffs string
+	cmd := &cobra.Command{
+		Use:   "maps [SECTION...]",
+		Short: "Print what the pinned maps hold",
+		Long: `Print the state the data path judges with, read from the pinned maps (read-only, with a
+shared lock, so it works while the agent runs). SECTION is any of: endpoints, policies,
+ipcache, conntrack, stats; all of them by default.`,
+		Example: `  podwall maps
+  podwall maps endpoints stats`,
+		ValidArgs: mapSections,
+		Args:      cobra.OnlyValidArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				args = mapSections
+			}
+			m, err := loader.OpenMaps(bpffs)
+			if err != nil {
+				return fmt.Errorf("open pinned maps: %w", err)
+			}
+			defer m.Close()
+			w := tabwriter.NewWriter(d.stdout, 0, 4, 2, ' ', 0)
+			for _, s := range mapSections {
+				if !slices.Contains(args, s) {
+					continue
+				}
+				if err := printSection(w, m, s); err != nil {
+					return err
+				}
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&bpffs, "bpffs", loader.DefaultBPFFS, "the bpffs mount holding podwall's pinned state")
+	return cmd
+}
+
+func printSection(w *tabwriter.Writer, m *bpf.PodwallMaps, section string) error {
+	switch section {
+	case "endpoints":
+		return printEndpoints(w, m.Endpoints)
+	case "policies":
+		return printPolicies(w, m.Policies)
+	case "ipcache":
+		return printIPCache(w, m.Ipcache)
+	case "conntrack":
+		return printConntrack(w, m.Conntrack)
+	case "stats":
+		return printStats(w, m.Stats)
+	}
+	return fmt.Errorf("unknown section %q", section)
+}
+
+var modeNames = map[uint8]string{compiler.ModeEnforce: "enforce", compiler.ModeOpen: "open", compiler.ModeIsolate: "isolate"}
+
+func printEndpoints(w *tabwriter.Writer, m *ebpf.Map) error {
+	fmt.Fprintf(w, "ENDPOINT (ifindex)\tMODE\tPOLICY\tGENERATION\tALLOW HOST\n")
+	var (
+		k uint32
+		v bpf.PodwallEndpoint
+	)
+	rows := map[uint32]bpf.PodwallEndpoint{}
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		rows[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read map endpoints: %w", err)
+	}
+	for _, k := range slices.Sorted(maps.Keys(rows)) {
+		v := rows[k]
+		policy := "-" // only enforce mode reads a policy
+		if v.Mode == compiler.ModeEnforce {
+			policy = fmt.Sprintf("%#08x", v.Policy)
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%#08x\t%t\n", k, modeNames[v.Mode], policy, v.Generation, v.Flags&compiler.EPAllowHost != 0)
+	}
+	fmt.Fprintln(w)
+	return nil
+}
+
+func printPolicies(w *tabwriter.Writer, m *ebpf.Map) error {
+	fmt.Fprintf(w, "POLICY\tRULES\tDENY RULES\tFIELDS LOOKED UP\n")
+	var (
+		k uint32
+		v bpf.PodwallPolicy
+	)
+	type row struct {
+		id           uint32
+		rules, denys int
+		flags        uint32
+	}
+	var rows []row
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		denys := 0
+		for _, word := range v.Deny {
+			denys += bits.OnesCount64(word)
+		}
+		rows = append(rows, row{k, int(v.Nrules), denys, v.Flags})
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read map policies: %w", err)
+	}
+	slices.SortFunc(rows, func(a, b row) int { return int(int64(a.id) - int64(b.id)) })
+	for _, r := range rows {
+		fmt.Fprintf(w, "%#08x\t%d\t%d\t%s\n", r.id, r.rules, r.denys, policyFields(r.flags))
+	}
+	fmt.Fprintln(w)
+	return nil
+}
+
+func policyFields(flags uint32) string {
+	names := []struct {
+		bit  uint32
+		name string
+	}{{compiler.PFIdent, "label"}, {compiler.PFCIDR, "cidr"}, {compiler.PFSport, "from-ports"}, {compiler.PFDport, "to-ports"}, {compiler.PFICMP, "icmp"}}
+	out := ""
+	for _, n := range names {
+		if flags&n.bit != 0 {
+			if out != "" {
+				out += ","
+			}
+			out += n.name
+		}
+	}
+	if out == "" {
+		return "-"
+	}
+	return out
+}
+
+func printIPCache(w *tabwriter.Writer, m *ebpf.Map) error {
+	fmt.Fprintf(w, "ADDRESS\tIDENTITY\n")
+	var (
+		k bpf.PodwallIpAddr
+		v uint32
+	)
+	rows := map[netip.Addr]uint32{}
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		rows[compiler.KeyAddr(k)] = v
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read map ipcache: %w", err)
+	}
+	for _, a := range slices.SortedFunc(maps.Keys(rows), netip.Addr.Compare) {
+		fmt.Fprintf(w, "%s\t%s\n", a, identityName(rows[a]))
+	}
+	fmt.Fprintln(w)
+	return nil
+}
+
+func identityName(id uint32) string {
+	switch id {
+	case compiler.IDWorld:
+		return "world"
+	case compiler.IDHost:
+		return "host"
+	}
+	return fmt.Sprintf("%#08x", id)
+}
+
+func printConntrack(w *tabwriter.Writer, m *ebpf.Map) error {
+	var (
+		k  bpf.PodwallCtKey
+		v  bpf.PodwallCtEntry
+		in int
+		out int
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if v.Flags&compiler.CTOut != 0 {
+			out++
+		} else {
+			in++
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read map conntrack: %w", err)
+	}
+	fmt.Fprintf(w, "CONNTRACK\tOPENED BY THE POD\tOPENED FROM OUTSIDE\tMAX\n")
+	fmt.Fprintf(w, "flows\t%d\t%d\t%d\n\n", out, in, m.MaxEntries())
+	return nil
+}
+
+func printStats(w *tabwriter.Writer, m *ebpf.Map) error {
+	fmt.Fprintf(w, "REASON\tPACKETS\n")
+	for r := range compiler.NumReasons {
+		var perCPU []uint64
+		if err := m.Lookup(uint32(r), &perCPU); err != nil {
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				continue
+			}
+			return fmt.Errorf("read map stats: %w", err)
+		}
+		var sum uint64
+		for _, n := range perCPU {
+			sum += n
+		}
+		fmt.Fprintf(w, "%s\t%d\n", r, sum)
+	}
+	fmt.Fprintln(w)
+	return nil
+}

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"path/filepath"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/stretchr/testify/require"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/datapath"
+	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/tests/topo"
+)
+
+// pinnedState pins a data path under a temporary bpffs folder with one isolated endpoint at
+// ifindex 1 (where BPF_PROG_TEST_RUN puts its packets), and sends one TCP SYN to it through
+// to_pod: the packet is dropped, counted and reported as an event. It returns the folder.
+func pinnedState(t *testing.T) string {
+	dir := topo.BPFFS(t)
+	dp, err := datapath.Open(loader.Config{BPFFS: dir})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, dp.Uninstall()) })
+	state := compiler.Compile(compiler.Input{
+		Pods: []compiler.Pod{
+			{Namespace: "shop", Name: "web", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.2")},
+				Annotations: map[string]string{compiler.AnnotationKey: ""}},
+			{Namespace: "shop", Name: "front", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.3")}},
+		},
+		Endpoints: []compiler.Endpoint{{Ifindex: 1, Namespace: "shop", Name: "web"}},
+	})
+	require.NoError(t, dp.Apply(state))
+
+	// A second copy of the program on the pinned maps runs the packet, as the attached one
+	// would.
+	spec, err := bpf.LoadPodwall()
+	require.NoError(t, err)
+	replace := map[string]*ebpf.Map{}
+	for name := range spec.Maps {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(loader.StateDir(dir), "maps", name), nil)
+		if err != nil {
+			continue // data sections are not pinned
+		}
+		t.Cleanup(func() { m.Close() })
+		replace[name] = m
+	}
+	var progs bpf.PodwallPrograms
+	require.NoError(t, spec.LoadAndAssign(&progs, &ebpf.CollectionOptions{MapReplacements: replace}))
+	t.Cleanup(func() { progs.Close() })
+	ret, err := progs.ToPod.Run(&ebpf.RunOptions{Data: tcpSYN("10.0.0.3", "10.0.0.2", 40000, 80)})
+	require.NoError(t, err)
+	require.Equal(t, uint32(2), ret, "TC_ACT_SHOT")
+	return dir
+}
+
+// tcpSYN is an Ethernet frame with an IPv4 TCP SYN; checksums are not checked on the way to
+// the program.
+func tcpSYN(src, dst string, sport, dport uint16) []byte {
+	pkt := make([]byte, 14+20+20)
+	binary.BigEndian.PutUint16(pkt[12:], 0x0800)
+	ip := pkt[14:]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], 40)
+	ip[8] = 64
+	ip[9] = 6
+	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
+	copy(ip[12:], s[:])
+	copy(ip[16:], d[:])
+	tcp := ip[20:]
+	binary.BigEndian.PutUint16(tcp[0:], sport)
+	binary.BigEndian.PutUint16(tcp[2:], dport)
+	tcp[12] = 5 << 4
+	tcp[13] = 0x02 // SYN
+	return pkt
+}
+
+func TestMapsPrintsThePinnedState(t *testing.T) {
+	// BPF_PROG_TEST_RUN takes ifindex 1, loopback, of the caller's namespace: a new one.
+	topo.NewNetns(t, "cli").Enter(t)
+	dir := pinnedState(t)
+	out, stderr, code := runInProcess([]string{"maps", "--bpffs", dir}, "")
+	require.Equal(t, 0, code, stderr)
+	require.Regexp(t, `(?m)^1\s+isolate\s+-\s+0x[0-9a-f]+\s+false$`, out)
+	require.Regexp(t, `(?m)^10\.0\.0\.2\s+0x[0-9a-f]+$`, out)
+	require.Regexp(t, `(?m)^isolated\s+1$`, out)
+	require.Regexp(t, `(?m)^flows\s+0\s+0\s+\d+$`, out)
+
+	out, stderr, code = runInProcess([]string{"maps", "--bpffs", dir, "stats"}, "")
+	require.Equal(t, 0, code, stderr)
+	require.NotContains(t, out, "ENDPOINT")
+	require.Contains(t, out, "REASON")
+}
+
+func TestMapsRejectsAnUnknownSectionAndAMissingState(t *testing.T) {
+	_, stderr, code := runInProcess([]string{"maps", "routes"}, "")
+	require.Equal(t, 1, code)
+	require.Contains(t, stderr, `invalid argument "routes"`)
+
+	_, stderr, code = runInProcess([]string{"maps", "--bpffs", t.TempDir()}, "")
+	require.Equal(t, 1, code)
+	require.Contains(t, stderr, "open pinned maps")
+}
+
+func TestMonitorPrintsTheDrop(t *testing.T) {
+	topo.NewNetns(t, "cli").Enter(t)
+	dir := pinnedState(t)
+	out, stderr, code := runInProcess([]string{"monitor", "--bpffs", dir, "-c", "1"}, "")
+	require.Equal(t, 0, code, stderr)
+	require.Regexp(t, `^\d\d:\d\d:\d\d\.\d{3} DROP isolated\s+if=1 tcp 10\.0\.0\.3:40000 -> 10\.0\.0\.2:80 identity=0x[0-9a-f]+\n$`, out)
+}
