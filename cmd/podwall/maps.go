@@ -185,9 +185,9 @@ func identityName(id uint32) string {
 
 func printConntrack(w *tabwriter.Writer, m *ebpf.Map) error {
 	var (
-		k  bpf.PodwallCtKey
-		v  bpf.PodwallCtEntry
-		in int
+		k   bpf.PodwallCtKey
+		v   bpf.PodwallCtEntry
+		in  int
 		out int
 	)
 	it := m.Iterate()
