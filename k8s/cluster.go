@@ -40,7 +40,7 @@ func NewCluster(client kubernetes.Interface) *Cluster {
 }
 
 // Run starts the informers, waits for their caches to sync, then calls notify(nil) once and
-// after every change, until ctx is done. A broken watch is passed to notify as an error;
+// after every change, until ctx is done. A watch failure is passed to notify as an error;
 // client-go lists again and watches anew, and the cache keeps the last state meanwhile.
 func (c *Cluster) Run(ctx context.Context, notify func(error)) error {
 	changed := func() {

@@ -8,9 +8,10 @@
 // view (the informers synced, the file parsed), and hand out a Snapshot on request. Recorder
 // turns the agent's warnings into Kubernetes Events.
 //
-// Error contract: a source never forgets what it last held. A watch that breaks (Cluster) or
-// a file that cannot be read or parsed (File) is passed to notify as an error, and the last
-// good Snapshot stays what Snapshot returns, so a broken source never unguards a pod. Errors
+// Error contract: a source never forgets what it last held. A watch failure that client-go
+// reports (Cluster; a watch that merely ends is watched anew without one) or a file that
+// cannot be read or parsed (File) is passed to notify as an error, and the last good Snapshot
+// stays what Snapshot returns, so a broken source never unguards a pod. Errors
 // of ParseFile name the document and item; ErrNotSynced is returned by Snapshot before the
 // source first held a whole view.
 package k8s

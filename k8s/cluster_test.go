@@ -1,0 +1,101 @@
+package k8s
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/tests/kapi"
+)
+
+// TestClusterSource runs the informers source and the recorder against a real kube-apiserver.
+func TestClusterSource(t *testing.T) {
+	kc := kapi.Start(t)
+	src := NewCluster(kc.Client)
+	_, err := src.Snapshot()
+	require.ErrorIs(t, err, ErrNotSynced)
+
+	kc.CreateNamespace(t, "shop", nil)
+	n := newNotifications()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- src.Run(ctx, n.notify) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+	require.NoError(t, n.next(t), "synced")
+	snap, err := src.Snapshot()
+	require.NoError(t, err)
+	require.Contains(t, snap.Namespaces, "shop")
+
+	// awaitPod waits for a snapshot in which the pod is as want says.
+	awaitPod := func(what string, want func(p *Pod) bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			snap, err := src.Snapshot()
+			require.NoError(t, err)
+			i := slices.IndexFunc(snap.Pods, func(p Pod) bool { return p.Namespace == "shop" && p.Name == "api" })
+			var p *Pod
+			if i >= 0 {
+				p = &snap.Pods[i]
+			}
+			if want(p) {
+				return
+			}
+			require.True(t, time.Now().Before(deadline), "%s: pod is %+v", what, p)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	kc.CreatePod(t, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "api",
+			Labels:      map[string]string{"role": "backend"},
+			Annotations: map[string]string{compiler.AnnotationKey: "allow tcp to ports 80", "other": "dropped"}},
+		Spec: corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "c", Image: "nginx"}}},
+	})
+	awaitPod("created", func(p *Pod) bool { return p != nil })
+	kc.SetPodIPs(t, "shop", "api", "10.0.0.5", "fd00::5")
+	awaitPod("addresses", func(p *Pod) bool { return p != nil && len(p.IPs) == 2 })
+	snap, err = src.Snapshot()
+	require.NoError(t, err)
+	i := slices.IndexFunc(snap.Pods, func(p Pod) bool { return p.Name == "api" })
+	got := snap.Pods[i]
+	require.Equal(t, map[string]string{compiler.AnnotationKey: "allow tcp to ports 80"}, got.Annotations, "the transform keeps only policy")
+	require.Equal(t, []netip.Addr{netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("fd00::5")}, got.IPs)
+	require.Equal(t, "node-1", got.Node)
+	require.NotEmpty(t, got.UID)
+
+	// Events land on the pod.
+	rec := NewRecorder(t.Context(), kc.Client, "node-1")
+	t.Cleanup(rec.Shutdown)
+	rec.PodWarning(got, "InvalidPolicy", `rule 1, offset 0 ("x"): expected "allow" or "deny"`)
+	require.Eventually(t, func() bool {
+		evs, err := kc.Client.CoreV1().Events("shop").List(t.Context(), metav1.ListOptions{})
+		require.NoError(t, err)
+		for _, e := range evs.Items {
+			if e.Reason == "InvalidPolicy" && e.InvolvedObject.Name == "api" && e.InvolvedObject.UID == got.UID &&
+				e.Type == corev1.EventTypeWarning && e.Message == `rule 1, offset 0 ("x"): expected "allow" or "deny"` &&
+				e.Source.Component == Component {
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, 20*time.Millisecond)
+
+	// A cut watch keeps the cache, and changes are seen again once client-go watches anew.
+	kc.RestartAPIServer(t)
+	snap, err = src.Snapshot()
+	require.NoError(t, err)
+	require.True(t, slices.ContainsFunc(snap.Pods, func(p Pod) bool { return p.Name == "api" }), "kept while disconnected")
+	kc.DeletePod(t, "shop", "api")
+	awaitPod("deleted", func(p *Pod) bool { return p == nil })
+}
