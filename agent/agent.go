@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -71,9 +72,9 @@ type Agent struct {
 	report *reporter
 
 	kick     trigger
-	synced   atomic.Bool // the source holds a whole view
-	pending  atomic.Bool // some local pod's interface is not found: neighbour changes matter
-	applied  atomic.Bool // the first apply succeeded
+	synced   atomic.Bool                         // the source holds a whole view
+	pending  atomic.Pointer[map[netip.Addr]bool] // addresses of the local pods whose interface is not found
+	applied  atomic.Bool                         // the first apply succeeded
 	lastTurn atomic.Int64
 	ready    bool // the ready file is written
 
@@ -171,6 +172,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
+// wakes says whether a change of the node's interfaces can change the endpoints, given the
+// addresses of the pods whose interface is missing.
+func wakes(c netif.Change, pending *map[netip.Addr]bool) bool {
+	if c.Kind != netif.NeighChange {
+		return true
+	}
+	if pending == nil || len(*pending) == 0 {
+		return false
+	}
+	return !c.Addr.IsValid() || (*pending)[c.Addr]
+}
+
 func (a *Agent) sourceChanged(err error) {
 	if err != nil {
 		a.cfg.Metrics.sourceErrors.Inc()
@@ -181,13 +194,14 @@ func (a *Agent) sourceChanged(err error) {
 	a.kick.fire()
 }
 
-// watchInterfaces wakes the loop on link and route changes, and on neighbour changes while a
-// pod's interface is missing. A broken subscription is started again, and everything looked
-// at again, since notifications were lost.
+// watchInterfaces wakes the loop on link and route changes, and on the neighbour changes
+// that may reveal a missing interface: of a missing pod's address, or a bridge forwarding
+// entry while a pod is missing. A broken subscription is started again, and everything
+// looked at again, since notifications were lost.
 func (a *Agent) watchInterfaces(ctx context.Context) {
 	for {
 		err := a.cfg.Finder.Watch(ctx, func(c netif.Change) {
-			if c != netif.NeighChange || a.pending.Load() {
+			if wakes(c, a.pending.Load()) {
 				a.kick.fire()
 			}
 		})
@@ -230,7 +244,15 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 	if first && len(missing) > 0 {
 		endpoints, missing = a.awaitEndpoints(ctx, locals, endpoints, missing)
 	}
-	a.pending.Store(len(missing) > 0)
+	pending := map[netip.Addr]bool{}
+	for _, p := range locals {
+		if slices.ContainsFunc(missing, func(f finding) bool { return f.pod == keyOf(p) }) {
+			for _, ip := range p.IPs {
+				pending[ip] = true
+			}
+		}
+	}
+	a.pending.Store(&pending)
 	a.cfg.Metrics.interfaceMissing.Set(float64(len(missing)))
 	a.report.report([]string{kindInterface}, missing, pods)
 

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/podwall/podwall/agent/netif"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/k8s"
 )
@@ -153,4 +154,26 @@ func TestReporter(t *testing.T) {
 	require.Equal(t, "node MapFull: map full", ev.got[len(ev.got)-1])
 	require.Len(t, ev.got, 4)
 	require.Equal(t, 1, logs.FilterMessage("ignored").Len())
+}
+
+func TestWakes(t *testing.T) {
+	pendingIP := netip.MustParseAddr("10.0.0.1")
+	pending := map[netip.Addr]bool{pendingIP: true}
+	none := map[netip.Addr]bool{}
+	for _, tt := range []struct {
+		name    string
+		c       netif.Change
+		pending *map[netip.Addr]bool
+		want    bool
+	}{
+		{"link", netif.Change{Kind: netif.LinkChange}, nil, true},
+		{"route", netif.Change{Kind: netif.RouteChange}, &none, true},
+		{"neighbour, nothing missing", netif.Change{Kind: netif.NeighChange, Addr: pendingIP}, &none, false},
+		{"neighbour, before the first reconcile", netif.Change{Kind: netif.NeighChange, Addr: pendingIP}, nil, false},
+		{"neighbour of a missing pod", netif.Change{Kind: netif.NeighChange, Addr: pendingIP}, &pending, true},
+		{"another neighbour", netif.Change{Kind: netif.NeighChange, Addr: netip.MustParseAddr("10.0.0.2")}, &pending, false},
+		{"forwarding entry while a pod is missing", netif.Change{Kind: netif.NeighChange}, &pending, true},
+	} {
+		require.Equal(t, tt.want, wakes(tt.c, tt.pending), tt.name)
+	}
 }

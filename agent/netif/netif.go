@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -25,6 +27,10 @@ var (
 // discard service, which nothing is expected to answer.
 const discardPort = 9
 
+// resolveEvery is how often Find sends a datagram to one address to start its resolution: an
+// address that never answers must not make the node send, nor the agent recompile, in a loop.
+const resolveEvery = time.Second
+
 // dumpRetries bounds the retries of a netlink dump the kernel interrupted because the table
 // changed during it.
 const dumpRetries = 5
@@ -33,12 +39,15 @@ const dumpRetries = 5
 type Finder struct {
 	ns netns.NsHandle // netns.None() for the process's own
 	nl *netlink.Handle
+
+	mu       sync.Mutex
+	resolved map[netip.Addr]time.Time // when a datagram was last sent to start resolution
 }
 
 // Open returns a Finder for the namespace at nsPath (for example /run/netns/NAME), or for the
 // process's own namespace when nsPath is empty.
 func Open(nsPath string) (*Finder, error) {
-	f := &Finder{ns: netns.None()}
+	f := &Finder{ns: netns.None(), resolved: map[netip.Addr]time.Time{}}
 	if nsPath != "" {
 		var err error
 		if f.ns, err = netns.GetFromPath(nsPath); err != nil {
@@ -157,10 +166,25 @@ func (f *Finder) neighList(linkIndex, family int) ([]netlink.Neigh, error) {
 	}
 }
 
-// resolve sends ip one datagram from the node, so that the node resolves the address and the
-// bridge learns the port of the answer, and returns why it was needed. A failure to send is
-// joined to why.
+// resolve sends ip one datagram from the node, at most once every resolveEvery, so that the
+// node resolves the address and the bridge learns the port of the answer, and returns why it
+// was needed. A failure to send is joined to why.
 func (f *Finder) resolve(ip netip.Addr, why error) error {
+	f.mu.Lock()
+	now := time.Now()
+	for a, at := range f.resolved {
+		if now.Sub(at) >= resolveEvery {
+			delete(f.resolved, a)
+		}
+	}
+	_, recent := f.resolved[ip]
+	if !recent {
+		f.resolved[ip] = now
+	}
+	f.mu.Unlock()
+	if recent {
+		return why
+	}
 	send := func() error {
 		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, discardPort)))
 		if err != nil {

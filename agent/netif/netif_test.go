@@ -84,13 +84,13 @@ func TestWatch(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(f.Close)
 
-	changes := make(chan Change, 1000)
+	changes := make(chan Kind, 1000)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error)
-	go func() { done <- f.Watch(ctx, func(c Change) { changes <- c }) }()
+	go func() { done <- f.Watch(ctx, func(c Change) { changes <- c.Kind }) }()
 	// A pod brings a link and routes.
 	tp.AddPod("pod1")
-	seen := map[Change]bool{}
+	seen := map[Kind]bool{}
 	timeout := time.After(5 * time.Second)
 	for !seen[LinkChange] || !seen[RouteChange] {
 		select {

@@ -3,25 +3,34 @@ package netif
 import (
 	"context"
 	"fmt"
+	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
 
-// Change is a kind of change in the namespace.
-type Change int
+// Kind is a kind of change in the namespace.
+type Kind int
 
 const (
 	// LinkChange: an interface came, went or changed state.
-	LinkChange Change = iota
+	LinkChange Kind = iota
 	// RouteChange: a route came or went.
 	RouteChange
 	// NeighChange: a neighbour or bridge forwarding entry changed.
 	NeighChange
 )
 
-func (c Change) String() string {
-	return [...]string{"link", "route", "neighbour"}[c]
+func (k Kind) String() string {
+	return [...]string{"link", "route", "neighbour"}[k]
+}
+
+// Change is one notification.
+type Change struct {
+	Kind Kind
+	// Addr is the address of a neighbour entry that changed; the zero Addr for other
+	// changes, and for a bridge forwarding entry (which has only a MAC address).
+	Addr netip.Addr
 }
 
 // Watch calls changed for every link, route and neighbour notification of the namespace
@@ -87,17 +96,21 @@ func (f *Finder) Watch(ctx context.Context, changed func(Change)) error {
 			if !ok {
 				return f.closed(ctx, "link")
 			}
-			changed(LinkChange)
+			changed(Change{Kind: LinkChange})
 		case _, ok := <-routes:
 			if !ok {
 				return f.closed(ctx, "route")
 			}
-			changed(RouteChange)
-		case _, ok := <-neighs:
+			changed(Change{Kind: RouteChange})
+		case n, ok := <-neighs:
 			if !ok {
 				return f.closed(ctx, "neighbour")
 			}
-			changed(NeighChange)
+			c := Change{Kind: NeighChange}
+			if a, ok := netip.AddrFromSlice(n.IP); ok {
+				c.Addr = a.Unmap()
+			}
+			changed(c)
 		}
 	}
 }
