@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -290,6 +291,14 @@ type runningAgent struct {
 // namespace, and waits for its ready file.
 func (c *cluster) startAgent(opts compiler.Options) *runningAgent {
 	c.t.Helper()
+	r := c.startAgentUnready(opts)
+	r.awaitReady()
+	return r
+}
+
+// startAgentUnready starts the agent and returns at once.
+func (c *cluster) startAgentUnready(opts compiler.Options) *runningAgent {
+	c.t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
 	dp, err := datapath.Open(loader.Config{BPFFS: c.bpffs, Netns: c.tp.Node.Path})
 	require.NoError(c.t, err)
@@ -317,7 +326,6 @@ func (c *cluster) startAgent(opts compiler.Options) *runningAgent {
 	r.cancel = cancel
 	go func() { r.done <- r.agent.Run(ctx) }()
 	c.t.Cleanup(r.stop)
-	r.awaitReady()
 	return r
 }
 
@@ -385,6 +393,10 @@ func (r *runningAgent) metric(name string, labels ...string) float64 {
 	}
 	r.t.Fatalf("no metric %s %v", name, labels)
 	return 0
+}
+
+func zapString(key, value string) zapcore.Field {
+	return zapcore.Field{Key: key, Type: zapcore.StringType, String: value}
 }
 
 func requireEventually(t *testing.T, cond func() bool, what string) {

@@ -2,11 +2,11 @@ package standalone
 
 import (
 	"net/netip"
+	"os"
 	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/tests/topo"
@@ -105,7 +105,7 @@ func TestScenarios(t *testing.T) {
 			tcp("node to web: the node's own traffic still passes", node, none, web.IPv4, port, true),
 		)
 		require.Equal(t, 1.0, a.metric("podwall_invalid_policies"))
-		logged := a.logs.FilterMessage(perr.Error()).FilterField(zapcore.Field{Key: "pod", Type: zapcore.StringType, String: "shop/web"})
+		logged := a.logs.FilterMessage(perr.Error()).FilterField(zapString("pod", "shop/web"))
 		require.Equal(t, 1, logged.Len(), "the parser's message is logged once; log:\n%s", a.logText())
 
 		webSpec.annotations = nil
@@ -161,6 +161,53 @@ func TestScenarios(t *testing.T) {
 		c.awaitApplied(defaults)
 		expect(t, tcp("shop to a pod of a deleted namespace: not guarded", web.NS, none, worker.IPv4, port, true))
 	})
+}
+
+// TestInterfaces lists pods whose interface is not there yet, or no longer: they are
+// reported and retried, and attached as soon as the interface appears.
+func TestInterfaces(t *testing.T) {
+	c := newCluster(t, topo.Routed)
+	api, web := c.addPod("api"), c.addPod("web")
+	// The next pod of the topology gets the next addresses; the API knows a pod's
+	// addresses before its network is set up, and so does this file.
+	lateIPs := []netip.Addr{netip.MustParseAddr("10.244.0.4"), netip.MustParseAddr("fd00:244::4")}
+	specs := []podSpec{
+		{ns: "shop", name: "api", tp: api, annotations: policy("allow tcp from label role=frontend")},
+		{ns: "shop", name: "web", tp: web, labels: map[string]string{"role": "frontend"}},
+		{ns: "shop", name: "late", node: nodeName, ips: lateIPs, labels: map[string]string{"role": "frontend"}},
+	}
+	c.write(specs, "shop")
+	a := c.startAgentUnready(defaults)
+	requireEventually(t, func() bool { return a.metric("podwall_interfaces_not_found") == 1 }, "late pod reported")
+	require.Equal(t, 2.0, a.metric("podwall_endpoints"), "the others are guarded meanwhile")
+	require.Equal(t, 1, a.logs.FilterMessageSnippet("interface not found").FilterField(zapString("pod", "shop/late")).Len(),
+		"reported once; log:\n%s", a.logText())
+	expect(t, tcp("frontend to api: rule 1 allows", web.NS, none, api.IPv4, port, true))
+	_, err := os.Stat(a.ready)
+	require.ErrorIs(t, err, os.ErrNotExist, "not ready while a pod is not guarded")
+
+	late := c.addPod("late")
+	require.Equal(t, lateIPs, []netip.Addr{late.IPv4, late.IPv6})
+	specs[2].tp, specs[2].ips = late, nil
+	c.write(specs, "shop")
+	a.awaitReady()
+	c.awaitApplied(defaults)
+	require.Equal(t, 0.0, a.metric("podwall_interfaces_not_found"))
+	require.Contains(t, a.dp.Attached(), late.HostIfindex)
+	expect(t,
+		tcp("late frontend to api: rule 1 allows", late.NS, none, api.IPv4, port, true),
+		tcp("api to late: default, same namespace", api.NS, none, late.IPv4, port, true),
+		tcp("node to late", c.tp.Node, none, late.IPv6, port, true),
+	)
+
+	// The interface goes while the pod is still listed.
+	nl := c.tp.Node.Handle()
+	link, err := nl.LinkByIndex(web.HostIfindex)
+	require.NoError(t, err)
+	require.NoError(t, nl.LinkDel(link))
+	requireEventually(t, func() bool { return a.metric("podwall_interfaces_not_found") == 1 }, "gone interface reported")
+	requireEventually(t, func() bool { return !slices.Contains(a.dp.Attached(), web.HostIfindex) }, "gone interface detached")
+	require.Equal(t, 2.0, a.metric("podwall_endpoints"))
 }
 
 // TestDefaultPolicy restarts the agent with each --default-policy.
