@@ -48,3 +48,21 @@ func TestAgentFlagsFromEnv(t *testing.T) {
 		})
 	}
 }
+
+func TestAgentCLI(t *testing.T) {
+	stdout, stderr, code := runBinary(t, []string{"agent", "--help"}, "")
+	require.Equal(t, 0, code, stderr)
+	for _, flag := range []string{"--kubeconfig", "--node-name", "--bpffs", "--default-policy", "--open-namespaces",
+		"--allow-host", "--legacy-policy-key", "--metrics-addr", "--log-level", "--log-format", "--pods-file",
+		"--ready-file", "--netns", "--uninstall", "PODWALL_NODE_NAME"} {
+		require.Contains(t, stdout, flag)
+	}
+	for _, tt := range []cliTest{
+		{name: "bad default policy", args: []string{"agent", "--pods-file", "x", "--default-policy", "open"}, code: 1,
+			stderr: "podwall: unknown --default-policy \"open\": want namespace, allow or deny\n"},
+		{name: "bad log format", args: []string{"agent", "--log-format", "xml"}, code: 1,
+			stderr: "podwall: unknown --log-format \"xml\": want json or console\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) { requireCLI(t, tt) })
+	}
+}
