@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/require"
 )
 
@@ -52,7 +53,7 @@ func TestConntrackEntries(t *testing.T) {
 	frame := in4(worldV4, tcp(40000, 443, tcpACK))
 	tests := []struct {
 		name   string
-		entry  PodwallCtEntry // LastSeen: age
+		entry  PodwallCtEntry // LastSeen: age in ns
 		reason PodwallReason
 		want   PodwallCtEntry // LastSeen: 0 unchanged, 1 now
 	}{
@@ -64,27 +65,30 @@ func TestConntrackEntries(t *testing.T) {
 		{"old generation is judged", PodwallCtEntry{LastSeen: 10 * second, Generation: genMain + 5, Flags: ctIn}, rsNoRule, PodwallCtEntry{Generation: genMain + 5, Flags: ctIn}},
 		{"neither bit is judged", PodwallCtEntry{LastSeen: 10 * second, Generation: genMain}, rsNoRule, PodwallCtEntry{Generation: genMain}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f := newFixture(t)
-			now := monotonicNow(t)
-			entry := tt.entry
-			entry.LastSeen = now - tt.entry.LastSeen
-			require.NoError(t, f.objs.Conntrack.Put(key, entry))
-			_, reason := f.toPod(frame)
-			require.Equal(t, tt.reason, reason)
-			got, ok := f.ct(key)
-			require.True(t, ok)
-			want := tt.want
-			switch want.LastSeen {
-			case 0:
-				want.LastSeen = entry.LastSeen
-			case 1:
-				require.GreaterOrEqual(t, got.LastSeen, now)
-				want.LastSeen = got.LastSeen
-			}
-			require.Equal(t, want, got)
-		})
+	for _, clk := range clocks(t) {
+		for _, tt := range tests {
+			t.Run(clk.name+"/"+tt.name, func(t *testing.T) {
+				f := newFixture(t, clk.setup)
+				now := clk.now(t)
+				entry := tt.entry
+				entry.LastSeen = now - tt.entry.LastSeen/clk.unit
+				require.NoError(t, f.objs.Conntrack.Put(key, entry))
+				_, reason := f.toPod(frame)
+				require.Equal(t, tt.reason, reason)
+				got, ok := f.ct(key)
+				require.True(t, ok)
+				want := tt.want
+				switch want.LastSeen {
+				case 0:
+					want.LastSeen = entry.LastSeen
+				case 1:
+					require.GreaterOrEqual(t, got.LastSeen, now)
+					require.LessOrEqual(t, got.LastSeen, clk.now(t))
+					want.LastSeen = got.LastSeen
+				}
+				require.Equal(t, want, got)
+			})
+		}
 	}
 
 	t.Run("an allowed flow over an expired entry starts over", func(t *testing.T) {
@@ -111,19 +115,83 @@ func TestConntrackEntries(t *testing.T) {
 }
 
 func TestConntrackTimeouts(t *testing.T) {
-	f := newFixture(t, func(s *PodwallSpecs, _ *ebpf.CollectionSpec) {
-		setVar(t, s.CtTimeoutUdpNs, uint64(time.Millisecond))
-		setVar(t, s.CtTimeoutIcmpNs, uint64(time.Millisecond))
+	for _, clk := range clocks(t) {
+		t.Run(clk.name, func(t *testing.T) {
+			f := newFixture(t, clk.setup, func(s *PodwallSpecs, _ *ebpf.CollectionSpec) {
+				setVar(t, s.CtTimeoutUdpNs, uint64(time.Millisecond))
+				setVar(t, s.CtTimeoutIcmpNs, uint64(time.Millisecond))
+			})
+			f.fromPod(out4(worldV4, udp(5353, 53)))
+			f.fromPod(out4(worldV4, icmp4(8, 0, 4, nil)))
+			f.fromPod(out4(worldV4, tcp(40000, 443, tcpSYN)))
+			// A tick at 100 Hz is 10 ms; two ticks later the entries are a tick old at least.
+			time.Sleep(25 * time.Millisecond)
+			f.do(t, []step{
+				drop("udp reply after its timeout", in4(worldV4, udp(53, 5353)), rsNoRule),
+				drop("echo reply after its timeout", in4(worldV4, icmp4(0, 0, 4, nil)), rsNoRule),
+				pass("tcp keeps its own", in4(worldV4, tcp(443, 40000, tcpACK)), rsReply),
+			})
+		})
+	}
+}
+
+// clock is one of conntrack's two clocks: jiffies once jiffy_ns is set (as the agent loads
+// the programs), else the coarse monotonic clock in ns.
+type clock struct {
+	name  string
+	setup func(*PodwallSpecs, *ebpf.CollectionSpec)
+	unit  uint64 // ns a unit of last_seen
+	now   func(testing.TB) uint64
+}
+
+func clocks(tb testing.TB) []clock {
+	jns, err := JiffyNS()
+	require.NoError(tb, err)
+	return []clock{
+		{"jiffies", func(s *PodwallSpecs, _ *ebpf.CollectionSpec) { setVar(tb, s.JiffyNs, jns) }, jns, jiffies},
+		{"coarse ns", func(*PodwallSpecs, *ebpf.CollectionSpec) {}, 1, monotonicNow},
+	}
+}
+
+// jiffies is the kernel's jiffies64, read by a program that stores it in an array.
+func jiffies(tb testing.TB) uint64 {
+	tb.Helper()
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	require.NoError(tb, err)
+	defer m.Close()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.SchedCLS,
+		Instructions: asm.Instructions{
+			asm.FnJiffies64.Call(),
+			asm.StoreMem(asm.RFP, -8, asm.R0, asm.DWord),
+			asm.StoreImm(asm.RFP, -16, 0, asm.Word),
+			asm.LoadMapPtr(asm.R1, m.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, -16),
+			asm.Mov.Reg(asm.R3, asm.RFP), asm.Add.Imm(asm.R3, -8),
+			asm.Mov.Imm(asm.R4, 0),
+			asm.FnMapUpdateElem.Call(),
+			asm.Return(),
+		},
+		License: "Dual BSD/GPL",
 	})
-	f.fromPod(out4(worldV4, udp(5353, 53)))
-	f.fromPod(out4(worldV4, icmp4(8, 0, 4, nil)))
-	f.fromPod(out4(worldV4, tcp(40000, 443, tcpSYN)))
-	time.Sleep(5 * time.Millisecond)
-	f.do(t, []step{
-		drop("udp reply after its timeout", in4(worldV4, udp(53, 5353)), rsNoRule),
-		drop("echo reply after its timeout", in4(worldV4, icmp4(0, 0, 4, nil)), rsNoRule),
-		pass("tcp keeps its own", in4(worldV4, tcp(443, 40000, tcpACK)), rsReply),
-	})
+	require.NoError(tb, err)
+	defer prog.Close()
+	_, err = prog.Run(&ebpf.RunOptions{Data: make([]byte, 14)})
+	require.NoError(tb, err)
+	var j uint64
+	require.NoError(tb, m.Lookup(uint32(0), &j))
+	return j
+}
+
+func TestJiffyNS(t *testing.T) {
+	jns, err := JiffyNS()
+	require.NoError(t, err)
+	require.Contains(t, []uint64{1e7, 4e6, 3333333, 1e6}, jns, "1e9 / CONFIG_HZ")
+	start, j0 := time.Now(), jiffies(t)
+	time.Sleep(50 * time.Millisecond)
+	ticks, elapsed := jiffies(t)-j0, time.Since(start)
+	require.GreaterOrEqual(t, ticks+1, uint64(50*time.Millisecond)/jns, "ticks in at least 50 ms")
+	require.LessOrEqual(t, ticks, uint64(elapsed)/jns+1, "ticks in %v", elapsed)
 }
 
 func TestFragmentEntries(t *testing.T) {

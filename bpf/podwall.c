@@ -108,6 +108,12 @@ volatile const __u64 ct_timeout_icmp_ns = 30 * NSEC_PER_SEC;
  * at most events_burst each; 0 sends none. */
 volatile const __u32 events_per_sec = 1000;
 volatile const __u32 events_burst = 1000;
+/* The kernel's tick (a jiffy) in ns, 1e9 / CONFIG_HZ, which the agent measures before load
+ * (JiffyNS in Go). Set, conntrack counts time in jiffies: bpf_jiffies64 is a load the verifier
+ * inlines, where bpf_ktime_get_coarse_ns is a helper call (measured: 0 against 18 ns a packet,
+ * on an empty program of 37). 0 (unknown): conntrack uses the coarse clock, in ns. The
+ * verifier knows the value and drops the other branch. */
+volatile const __u64 jiffy_ns = 0;
 
 /* The rate limit of events (GCRA): per kind (drops, allowed flows), the theoretical arrival
  * time of the next event. Shared by all CPUs without a lock: a race lets one extra event
@@ -116,7 +122,7 @@ static __u64 event_tat[2];
 
 /* Everything the verdict on one packet is made of, and what events report. */
 struct judge {
-	__u64 now; /* clock_ns() */
+	__u64 now; /* ct_clock() */
 	struct pkt p;
 	__u32 policy;
 	__u32 generation;
@@ -128,11 +134,31 @@ struct judge {
 	__u8 new_flow;     /* an inbound flow was just allowed by a rule */
 };
 
-/* clock_ns is CLOCK_MONOTONIC at tick precision: bpf_ktime_get_ns cost twice as much per
- * packet (measured: 32 ns against 17 in one VM), and conntrack ages are counted in seconds. */
+/* clock_ns is CLOCK_MONOTONIC at tick precision, for events: bpf_ktime_get_ns cost twice as
+ * much per packet (measured: 32 ns against 17 in one VM). */
 static __always_inline __u64 clock_ns(void)
 {
 	return bpf_ktime_get_coarse_ns();
+}
+
+/* ct_clock is conntrack's time: jiffies when jiffy_ns is known, else clock_ns. Conntrack ages
+ * are counted in seconds, so a tick is precision enough. */
+static __always_inline __u64 ct_clock(void)
+{
+	if (jiffy_ns)
+		return bpf_jiffies64();
+	return clock_ns();
+}
+
+/* ct_age is the ns since e was last seen, from a now of ct_clock. Signed: another CPU may have
+ * stored a last_seen a little after this CPU read now. */
+static __always_inline __s64 ct_age(const struct ct_entry *e, __u64 now)
+{
+	__s64 age = now - e->last_seen;
+
+	if (jiffy_ns)
+		age *= jiffy_ns;
+	return age;
 }
 
 static __always_inline void count(__u32 reason)
@@ -152,16 +178,15 @@ static __always_inline __u64 ct_timeout(__u8 proto)
 	return ct_timeout_icmp_ns;
 }
 
-/* Signed: another CPU may have stored a last_seen a little after this CPU read now. */
 static __always_inline bool ct_live(const struct ct_entry *e, __u8 proto, __u64 now)
 {
-	return (__s64)(now - e->last_seen) < (__s64)ct_timeout(proto);
+	return ct_age(e, now) < (__s64)ct_timeout(proto);
 }
 
 static __always_inline void ct_refresh(struct ct_entry *e, __u64 now)
 {
 	/* At most once a second: a store per packet would bounce the entry between CPUs. */
-	if ((__s64)(now - e->last_seen) >= (__s64)NSEC_PER_SEC)
+	if (ct_age(e, now) >= (__s64)NSEC_PER_SEC)
 		e->last_seen = now;
 }
 
@@ -433,7 +458,7 @@ static __always_inline void send_event(struct __sk_buff *skb, const struct judge
 				       enum reason reason, __u8 verdict)
 {
 	const struct pkt *p = &c->p;
-	__u64 now = c->now;
+	__u64 now = clock_ns();
 	struct event *ev;
 
 	if (!event_allowed(verdict == VERDICT_PASS, now))
@@ -518,7 +543,7 @@ int to_pod(struct __sk_buff *skb)
 	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	if (!ep)
 		return finish(skb, &c, REASON_NOT_ENDPOINT);
-	c.now = clock_ns();
+	c.now = ct_clock();
 	c.policy = ep->policy;
 	c.generation = ep->generation;
 	c.mode = ep->mode;
@@ -623,7 +648,7 @@ int from_pod(struct __sk_buff *skb)
 	else
 		opens = p.proto == IPPROTO_UDP || is_echo_request(&p);
 
-	now = clock_ns();
+	now = ct_clock();
 	e = bpf_map_lookup_elem(&conntrack, &k);
 	if (e) {
 		/* The pod answering an inbound flow does not make it the pod's own; only an

@@ -143,7 +143,7 @@ struct ct_key {
 #define CT_IN 2  /* opened from outside and allowed under ct_entry.generation */
 
 struct ct_entry {
-	__u64 last_seen; /* CLOCK_MONOTONIC ns at tick precision (bpf_ktime_get_coarse_ns) */
+	__u64 last_seen; /* bpf_jiffies64, or with jiffy_ns 0 bpf_ktime_get_coarse_ns */
 	__u32 generation;
 	__u8 flags;
 	__u8 pad[3];

@@ -172,6 +172,7 @@ const (
 	PodwallVarCtTimeoutUdpNs  = "ct_timeout_udp_ns"
 	PodwallVarEventsBurst     = "events_burst"
 	PodwallVarEventsPerSec    = "events_per_sec"
+	PodwallVarJiffyNs         = "jiffy_ns"
 )
 
 // LoadPodwall returns the embedded CollectionSpec for Podwall.
@@ -246,6 +247,7 @@ type PodwallVariableSpecs struct {
 	CtTimeoutUdpNs  *ebpf.VariableSpec `ebpf:"ct_timeout_udp_ns"`
 	EventsBurst     *ebpf.VariableSpec `ebpf:"events_burst"`
 	EventsPerSec    *ebpf.VariableSpec `ebpf:"events_per_sec"`
+	JiffyNs         *ebpf.VariableSpec `ebpf:"jiffy_ns"`
 }
 
 // PodwallObjects contains all objects after they have been loaded into the kernel.
@@ -306,6 +308,7 @@ type PodwallVariables struct {
 	CtTimeoutUdpNs  *ebpf.Variable `ebpf:"ct_timeout_udp_ns"`
 	EventsBurst     *ebpf.Variable `ebpf:"events_burst"`
 	EventsPerSec    *ebpf.Variable `ebpf:"events_per_sec"`
+	JiffyNs         *ebpf.Variable `ebpf:"jiffy_ns"`
 }
 
 // PodwallPrograms contains all programs after they have been loaded into the kernel.

@@ -174,6 +174,12 @@ func (l *Loader) load(constants map[string]any) error {
 		}
 		m.Pinning = ebpf.PinByName
 	}
+	// Conntrack counts in jiffies once their length is known (Constants may still set it).
+	if jns, err := bpf.JiffyNS(); err != nil {
+		l.log.Warn("kernel tick unknown: conntrack reads the clock on every packet", zap.Error(err))
+	} else if err := spec.Variables["jiffy_ns"].Set(jns); err != nil {
+		return fmt.Errorf("set jiffy_ns: %w", err)
+	}
 	for name, v := range constants {
 		vs, ok := spec.Variables[name]
 		if !ok || !vs.Constant() {

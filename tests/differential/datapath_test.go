@@ -44,6 +44,10 @@ func loadDatapath(tb testing.TB, edit func(*bpf.PodwallSpecs) error) *datapath {
 	require.NoError(tb, err)
 	var specs bpf.PodwallSpecs
 	require.NoError(tb, spec.Assign(&specs))
+	// Conntrack in jiffies, as the loader sets it up for the agent.
+	jns, err := bpf.JiffyNS()
+	require.NoError(tb, err)
+	require.NoError(tb, specs.JiffyNs.Set(jns))
 	require.NoError(tb, edit(&specs), "edit the collection spec")
 	d := &datapath{}
 	err = spec.LoadAndAssign(&d.objs, nil)
