@@ -19,7 +19,6 @@ import (
 
 	"github.com/podwall/podwall/agent"
 	"github.com/podwall/podwall/agent/netif"
-	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/datapath"
 	"github.com/podwall/podwall/k8s"
 	"github.com/podwall/podwall/loader"
@@ -30,13 +29,10 @@ import (
 const envPrefix = "PODWALL_"
 
 type agentOptions struct {
+	policyOptions
 	kubeconfig     string
 	nodeName       string
 	bpffs          string
-	defaultPolicy  string
-	openNamespaces []string
-	allowHost      bool
-	legacyKey      bool
 	metricsAddr    string
 	logLevel       string
 	logFormat      string
@@ -83,10 +79,7 @@ func (o *agentOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file of the cluster (default: the in-cluster configuration)")
 	f.StringVar(&o.nodeName, "node-name", "", "name of this node: its pods are the ones podwall guards (default: $NODE_NAME, else the host name)")
 	f.StringVar(&o.bpffs, "bpffs", loader.DefaultBPFFS, "bpf filesystem where programs, links and maps are pinned")
-	f.StringVar(&o.defaultPolicy, "default-policy", "namespace", "policy of pods without a policy annotation: namespace (accept from the pod's namespace), allow or deny")
-	f.StringSliceVar(&o.openNamespaces, "open-namespaces", []string{"kube-system"}, "namespaces whose pods accept all traffic (their annotations are ignored)")
-	f.BoolVar(&o.allowHost, "allow-host", true, "let traffic from the node's own addresses reach every pod (kubelet probes)")
-	f.BoolVar(&o.legacyKey, "legacy-policy-key", true, `read the annotation "policy" when "`+compiler.AnnotationKey+`" is absent`)
+	o.policyOptions.addFlags(f)
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "address to serve /metrics, /healthz and /readyz on, e.g. :9402 (empty: none)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "json", "json or console")
@@ -134,21 +127,6 @@ func splitList(v string) []string {
 		}
 	}
 	return out
-}
-
-func (o agentOptions) compilerOptions() (compiler.Options, error) {
-	opts := compiler.Options{OpenNamespaces: o.openNamespaces, AllowHost: o.allowHost, LegacyKey: o.legacyKey}
-	switch o.defaultPolicy {
-	case "namespace":
-		opts.DefaultPolicy = compiler.DefaultNamespace
-	case "allow":
-		opts.DefaultPolicy = compiler.DefaultAllow
-	case "deny":
-		opts.DefaultPolicy = compiler.DefaultDeny
-	default:
-		return opts, fmt.Errorf("unknown --default-policy %q: want namespace, allow or deny", o.defaultPolicy)
-	}
-	return opts, nil
 }
 
 func (o agentOptions) logger(d deps) (*zap.Logger, error) {

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"testing"
+)
+
+func TestExplain(t *testing.T) {
+	run := func(args ...string) []string {
+		return append([]string{"explain", "-f", "testdata/explain-pods.yaml"}, args...)
+	}
+	for _, tt := range []cliTest{
+		{name: "allowed by a rule", args: run("shop/front", "shop/web", "tcp:8080"),
+			stdout: "shop/front (10.0.0.3) -> shop/web (10.0.0.2) tcp port 8080: PASS\n" +
+				"  rule 1 (allow tcp from label role=frontend to ports 8080) of shop/web allows it\n"},
+		{name: "no rule allows", args: run("shop/front", "shop/web", "tcp:80"),
+			stdout: "shop/front (10.0.0.3) -> shop/web (10.0.0.2) tcp port 80: DROP\n  no rule of shop/web allows it\n"},
+		{name: "deny wins", args: run("203.0.113.9", "shop/web", "icmp"),
+			stdout: "203.0.113.9 (203.0.113.9) -> shop/web (10.0.0.2) icmp type 8 code 0: DROP\n" +
+				"  rule 2 (deny from cidr 203.0.113.0/24) of shop/web denies it (deny wins over allow)\n"},
+		{name: "namespace default allows its own namespace", args: run("shop/web", "shop/front", "udp:53"),
+			stdout: "shop/web (10.0.0.2) -> shop/front (10.0.0.3) udp port 53: PASS\n" +
+				"  the default (allow from namespace shop (default policy)) of shop/front allows it\n"},
+		{name: "namespace default drops other namespaces", args: run("other/x", "shop/front", "udp:53"),
+			stdout: "other/x (10.0.1.5) -> shop/front (10.0.0.3) udp port 53: DROP\n" +
+				"  shop/front has no policy annotation: the default accepts only pods of namespace shop\n"},
+		{name: "default policy deny", args: run("--default-policy", "deny", "shop/web", "shop/front"),
+			stdout: "shop/web (10.0.0.2) -> shop/front (10.0.0.3) tcp port 80: DROP\n" +
+				"  shop/front is isolated: it has no policy annotation and --default-policy is deny\n"},
+		{name: "invalid annotation isolates", args: run("shop/web", "shop/bad"),
+			stdout: "shop/web (10.0.0.2) -> shop/bad (10.0.0.4) tcp port 80: DROP\n" +
+				`  shop/bad is isolated: invalid-policy: rule 1, offset 15 ("prots"): expected "ports", "label", "cidr", "to" or end of rule` + "\n"},
+		{name: "the node passes", args: run("--node-ip", "10.0.0.1", "node", "shop/bad"),
+			stdout: "node (10.0.0.1) -> shop/bad (10.0.0.4) tcp port 80: PASS\n" +
+				"  it comes from the node, which may always reach its pods (--allow-host)\n"},
+		{name: "the node without --allow-host", args: run("--allow-host=false", "--node-ip", "10.0.0.1", "node", "shop/bad"),
+			stdout: "node (10.0.0.1) -> shop/bad (10.0.0.4) tcp port 80: DROP\n" +
+				`  shop/bad is isolated: invalid-policy: rule 1, offset 15 ("prots"): expected "ports", "label", "cidr", "to" or end of rule` + "\n"},
+		{name: "open namespace", args: run("--open-namespaces", "shop", "other/x", "shop/web", "tcp:1"),
+			stdout: "other/x (10.0.1.5) -> shop/web (10.0.0.2) tcp port 1: PASS\n" +
+				"  shop/web is in open namespace shop: it accepts everything\n"},
+		{name: "IPv6", args: run("-6", "shop/front", "shop/web", "icmpv6:128"),
+			stdout: "shop/front (fd00::3) -> shop/web (fd00::2) icmpv6 type 128 code 0: DROP\n  no rule of shop/web allows it\n"},
+		{name: "unknown pod", args: run("shop/front", "shop/nope"), code: 1,
+			stderr: "podwall: no pod shop/nope in the file\n"},
+		{name: "no address of the family", args: run("-6", "shop/front", "shop/bad"), code: 1,
+			stderr: "podwall: pod shop/bad has no IPv6 address\n"},
+		{name: "bad protocol", args: run("shop/front", "shop/web", "tcp"), code: 1,
+			stderr: "podwall: protocol \"tcp\": want tcp:PORT with a port 0..65535\n"},
+		{name: "icmp with IPv6", args: run("-6", "shop/front", "shop/web", "icmp"), code: 1,
+			stderr: "podwall: protocol \"icmp\": want icmp with IPv4, icmpv6 with IPv6 (-6)\n"},
+		{name: "bad source", args: run("nowhere", "shop/web"), code: 1,
+			stderr: "podwall: source \"nowhere\" is neither NAMESPACE/NAME, an address nor \"node\"\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) { requireCLI(t, tt) })
+	}
+}

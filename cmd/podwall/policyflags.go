@@ -1,0 +1,40 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/pflag"
+
+	"github.com/podwall/podwall/compiler"
+)
+
+// policyOptions are the flags that change what a policy means, shared by the agent and by
+// explain so that explain answers as the agent enforces.
+type policyOptions struct {
+	defaultPolicy  string
+	openNamespaces []string
+	allowHost      bool
+	legacyKey      bool
+}
+
+func (o *policyOptions) addFlags(f *pflag.FlagSet) {
+	f.StringVar(&o.defaultPolicy, "default-policy", "namespace", "policy of pods without a policy annotation: namespace (accept from the pod's namespace), allow or deny")
+	f.StringSliceVar(&o.openNamespaces, "open-namespaces", []string{"kube-system"}, "namespaces whose pods accept all traffic (their annotations are ignored)")
+	f.BoolVar(&o.allowHost, "allow-host", true, "let traffic from the node's own addresses reach every pod (kubelet probes)")
+	f.BoolVar(&o.legacyKey, "legacy-policy-key", true, `read the annotation "policy" when "`+compiler.AnnotationKey+`" is absent`)
+}
+
+func (o policyOptions) compilerOptions() (compiler.Options, error) {
+	opts := compiler.Options{OpenNamespaces: o.openNamespaces, AllowHost: o.allowHost, LegacyKey: o.legacyKey}
+	switch o.defaultPolicy {
+	case "namespace":
+		opts.DefaultPolicy = compiler.DefaultNamespace
+	case "allow":
+		opts.DefaultPolicy = compiler.DefaultAllow
+	case "deny":
+		opts.DefaultPolicy = compiler.DefaultDeny
+	default:
+		return opts, fmt.Errorf("unknown --default-policy %q: want namespace, allow or deny", o.defaultPolicy)
+	}
+	return opts, nil
+}
