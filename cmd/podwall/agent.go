@@ -30,16 +30,16 @@ const envPrefix = "PODWALL_"
 
 type agentOptions struct {
 	policyOptions
-	kubeconfig     string
-	nodeName       string
-	bpffs          string
-	metricsAddr    string
-	logLevel       string
-	logFormat      string
-	podsFile       string
-	readyFile      string
-	netns          string
-	uninstall      bool
+	kubeconfig  string
+	nodeName    string
+	bpffs       string
+	metricsAddr string
+	logLevel    string
+	logFormat   string
+	podsFile    string
+	readyFile   string
+	netns       string
+	uninstall   bool
 }
 
 func newAgentCmd(d deps) *cobra.Command {
