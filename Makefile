@@ -54,6 +54,16 @@ k8s-bins:
 
 test: deps bpffs check-generate lint k8s-bins unit fuzz
 
+# test-kernels runs the data-path tests on Debian's 6.1 and 6.12 kernels, booted under qemu
+# (software emulation), and on the host's kernel; one line per kernel (tests/kernels/run.sh).
+# Its Debian packages are installed for this target only; the .debs and unpacked kernels are
+# cached under ${PODWALL_CACHE:-/var/cache/podwall}/kernels.
+KERNEL_APT_PACKAGES := qemu-system-x86 busybox-static kmod xz-utils
+.PHONY: test-kernels
+test-kernels: deps bpffs
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(KERNEL_APT_PACKAGES)"
+	tests/kernels/run.sh
+
 bench: deps bpffs
 	$(GO) test -run '^$$' -bench '^BenchmarkVerdict$$' -benchtime 1000000x -count 5 ./tests/differential \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md
