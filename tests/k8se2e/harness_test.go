@@ -1,0 +1,410 @@
+package k8se2e
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/podwall/podwall/agent/netif"
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/tests/kapi"
+	"github.com/podwall/podwall/tests/topo"
+)
+
+const (
+	// nodeName is the agent's node; otherNode runs the pods that have no namespace here.
+	nodeName  = "node-1"
+	otherNode = "node-2"
+	// port and otherPort are where every pod runs TCP and UDP echo servers.
+	port, otherPort = 8080, 9090
+	// dropWait is how long a check waits for an answer that must not come; answers on veth
+	// pairs take well under a millisecond.
+	dropWait = 250 * time.Millisecond
+	passWait = 2 * time.Second
+	// applyWait bounds the wait for the agent to apply a change made in the API.
+	applyWait = 15 * time.Second
+	// apiTimeout bounds the test's own calls to the API server.
+	apiTimeout = 30 * time.Second
+)
+
+// defaults are the agent's default flags.
+var defaults = compiler.Options{
+	DefaultPolicy:  compiler.DefaultNamespace,
+	OpenNamespaces: []string{"kube-system"},
+	AllowHost:      true,
+	LegacyKey:      true,
+}
+
+// none sends from the address the kernel picks.
+var none netip.Addr
+
+func policy(rules string) map[string]string {
+	return map[string]string{compiler.AnnotationKey: rules}
+}
+
+type podKey struct{ ns, name string }
+
+// podSpec is a pod as the test put it in the API. A pod with a topology pod (tp) runs on
+// this node with the addresses of that namespace; one with ips and no tp runs on otherNode,
+// unless it is a host-network pod of this node.
+type podSpec struct {
+	ns, name    string
+	labels      map[string]string
+	annotations map[string]string
+	tp          *topo.Pod
+	ips         []netip.Addr
+	hostNetwork bool
+	// noIPs: created, but the kubelet has not given it its addresses yet.
+	noIPs bool
+}
+
+func (p podSpec) key() podKey { return podKey{p.ns, p.name} }
+
+func (p podSpec) node() string {
+	if p.tp != nil || p.hostNetwork {
+		return nodeName
+	}
+	return otherNode
+}
+
+// addrs are the pod's addresses as the API shows them.
+func (p podSpec) addrs() []netip.Addr {
+	switch {
+	case p.noIPs:
+		return nil
+	case p.tp != nil:
+		return []netip.Addr{p.tp.IPv4, p.tp.IPv6}
+	}
+	return p.ips
+}
+
+// env is an API server, a node namespace with its pods, the agent's bpffs, and what the test
+// put in the API.
+type env struct {
+	t     *testing.T
+	api   *kapi.Cluster
+	tp    *topo.Topology
+	bpffs string
+	pods  map[podKey]podSpec
+	// kubeconfig is the agent's: its ServiceAccount's token (agentKubeconfig).
+	kubeconfig string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	// The API server first: its cleanup then runs last, after the agent's.
+	api := kapi.Start(t)
+	return &env{
+		t:     t,
+		api:   api,
+		tp:    topo.New(t, topo.Routed),
+		bpffs: topo.BPFFS(t),
+		pods:  map[podKey]podSpec{},
+	}
+}
+
+// addPod adds a pod namespace to the topology, with echo servers on port and otherPort.
+func (e *env) addPod(name string) *topo.Pod {
+	e.t.Helper()
+	p := e.tp.AddPod(name)
+	p.Echo(e.t, port)
+	p.Echo(e.t, otherPort)
+	return p
+}
+
+// create creates the pod in the API and then, as the kubelet does once the sandbox runs,
+// sets its addresses.
+func (e *env) create(p podSpec) {
+	e.t.Helper()
+	e.api.CreatePod(e.t, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: p.ns, Name: p.name, Labels: p.labels, Annotations: p.annotations},
+		Spec:       corev1.PodSpec{NodeName: p.node(), HostNetwork: p.hostNetwork},
+	})
+	e.pods[p.key()] = p
+	if len(p.addrs()) > 0 {
+		e.setIPs(p.key())
+	}
+}
+
+// setIPs gives a pod its addresses.
+func (e *env) setIPs(k podKey) {
+	e.t.Helper()
+	p := e.pods[k]
+	p.noIPs = false
+	var ips []string
+	for _, a := range p.addrs() {
+		ips = append(ips, a.String())
+	}
+	e.api.SetPodIPs(e.t, k.ns, k.name, ips...)
+	e.pods[k] = p
+}
+
+// update changes a pod's labels or annotations (whatever change leaves in them) in the API.
+func (e *env) update(k podKey, change func(*podSpec)) {
+	e.t.Helper()
+	p, ok := e.pods[k]
+	require.True(e.t, ok, "no pod %v", k)
+	change(&p)
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	pods := e.api.Client.CoreV1().Pods(k.ns)
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := pods.Get(ctx, k.name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Labels, cur.Annotations = p.labels, p.annotations
+		_, err = pods.Update(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	require.NoError(e.t, err, "update pod %v", k)
+	e.pods[k] = p
+}
+
+func (e *env) delete(k podKey) {
+	e.t.Helper()
+	e.api.DeletePod(e.t, k.ns, k.name)
+	delete(e.pods, k)
+}
+
+// deleteNamespace deletes a namespace with its pods, as the namespace controller would.
+func (e *env) deleteNamespace(ns string) {
+	e.t.Helper()
+	e.api.DeleteNamespace(e.t, ns)
+	for k := range e.pods {
+		if k.ns == ns {
+			delete(e.pods, k)
+		}
+	}
+}
+
+func (e *env) uid(k podKey) types.UID {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	pod, err := e.api.Client.CoreV1().Pods(k.ns).Get(ctx, k.name, metav1.GetOptions{})
+	require.NoError(e.t, err)
+	return pod.UID
+}
+
+// expected compiles what the test put in the API the way the agent must: every local pod with
+// addresses is an endpoint on its host-side interface.
+func (e *env) expected(opts compiler.Options) *compiler.State {
+	e.t.Helper()
+	in := compiler.Input{Options: opts}
+	for _, p := range e.pods {
+		in.Pods = append(in.Pods, compiler.Pod{
+			Namespace: p.ns, Name: p.name, Labels: p.labels, Annotations: p.annotations,
+			IPs: p.addrs(), HostNetwork: p.hostNetwork,
+		})
+		if p.tp != nil && len(p.addrs()) > 0 {
+			in.Endpoints = append(in.Endpoints, compiler.Endpoint{Ifindex: uint32(p.tp.HostIfindex), Namespace: p.ns, Name: p.name})
+		}
+	}
+	f, err := netif.Open(e.tp.Node.Path)
+	require.NoError(e.t, err)
+	defer f.Close()
+	in.HostIPs, err = f.HostAddrs()
+	require.NoError(e.t, err)
+	return compiler.Compile(in)
+}
+
+// mapState is the content of every map the agent writes.
+type mapState struct {
+	Endpoints map[uint32]bpf.PodwallEndpoint
+	Policies  map[uint32]bpf.PodwallPolicy
+	IPCache   map[bpf.PodwallIpAddr]uint32
+	Ident     map[bpf.PodwallIdentKey]bpf.PodwallRuleVec
+	CIDR      map[bpf.PodwallCidrKey]bpf.PodwallRuleVec
+	Port      map[bpf.PodwallPortKey]bpf.PodwallRuleVec
+	ICMP      map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec
+}
+
+// flatten lays a compiled state out map by map.
+func flatten(s *compiler.State) mapState {
+	m := mapState{
+		Endpoints: s.Endpoints,
+		Policies:  map[uint32]bpf.PodwallPolicy{},
+		IPCache:   s.IPCache,
+		Ident:     map[bpf.PodwallIdentKey]bpf.PodwallRuleVec{},
+		CIDR:      map[bpf.PodwallCidrKey]bpf.PodwallRuleVec{},
+		Port:      map[bpf.PodwallPortKey]bpf.PodwallRuleVec{},
+		ICMP:      map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec{},
+	}
+	for id, p := range s.Policies {
+		m.Policies[id] = p.Record
+		for k, v := range p.Ident {
+			m.Ident[k] = v
+		}
+		for k, v := range p.CIDR {
+			m.CIDR[k] = v
+		}
+		for k, v := range p.Port {
+			m.Port[k] = v
+		}
+		for k, v := range p.ICMP {
+			m.ICMP[k] = v
+		}
+	}
+	return m
+}
+
+// kernelState reads every map the agent writes from the pins on the test's bpffs.
+func (e *env) kernelState() (mapState, error) {
+	m, err := loader.OpenMaps(e.bpffs)
+	if err != nil {
+		return mapState{}, err
+	}
+	defer m.Close()
+	var s mapState
+	errs := []error{
+		dump(m.Endpoints, &s.Endpoints),
+		dump(m.Policies, &s.Policies),
+		dump(m.Ipcache, &s.IPCache),
+		dump(m.PolIdent, &s.Ident),
+		dump(m.PolCidr, &s.CIDR),
+		dump(m.PolPort, &s.Port),
+		dump(m.PolIcmp, &s.ICMP),
+	}
+	return s, errors.Join(errs...)
+}
+
+func dump[K comparable, V any](m *ebpf.Map, out *map[K]V) error {
+	*out = map[K]V{}
+	var k K
+	var v V
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		(*out)[k] = v
+	}
+	return it.Err()
+}
+
+// awaitApplied waits until the kernel's maps hold exactly what the API's pods compile to, and
+// returns that state.
+func (e *env) awaitApplied(opts compiler.Options) *compiler.State {
+	e.t.Helper()
+	want := e.expected(opts)
+	flat := flatten(want)
+	deadline := time.Now().Add(applyWait)
+	for {
+		got, err := e.kernelState()
+		if err == nil && assert.ObjectsAreEqual(flat, got) {
+			return want
+		}
+		if time.Now().After(deadline) {
+			require.NoError(e.t, err, "read maps")
+			// Map by map, so that a failure says which one differs.
+			require.Equal(e.t, flat.Endpoints, got.Endpoints, "endpoints map")
+			require.Equal(e.t, flat.IPCache, got.IPCache, "ipcache map")
+			require.Equal(e.t, flat.Policies, got.Policies, "policies map")
+			require.Equal(e.t, flat, got, "policy classifier maps")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// tcxPrograms counts the programs attached with tcx to an interface of the node, both ways.
+func (e *env) tcxPrograms(ifindex int) int {
+	e.t.Helper()
+	n := 0
+	err := e.tp.Node.Do(func() error {
+		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+			r, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: at})
+			if err != nil {
+				return err
+			}
+			n += len(r.Programs)
+		}
+		return nil
+	})
+	require.NoError(e.t, err, "query tcx programs of ifindex %d", ifindex)
+	return n
+}
+
+// awaitEvent waits for the Event of the given reason on a pod and returns it.
+func (e *env) awaitEvent(k podKey, reason, message string) corev1.Event {
+	e.t.Helper()
+	var seen []string
+	deadline := time.Now().Add(applyWait)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+		list, err := e.api.Client.CoreV1().Events(k.ns).List(ctx, metav1.ListOptions{
+			FieldSelector: "involvedObject.kind=Pod,involvedObject.name=" + k.name + ",reason=" + reason,
+		})
+		cancel()
+		require.NoError(e.t, err, "list events")
+		seen = seen[:0]
+		for _, ev := range list.Items {
+			if ev.Message == message {
+				return ev
+			}
+			seen = append(seen, ev.Message)
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("no %s Event on pod %s/%s with message %q after %s; messages of that reason: %q",
+				reason, k.ns, k.name, message, applyWait, seen)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// check is one exchange and whether SPEC lets it through.
+type check struct {
+	name string
+	udp  bool
+	from *topo.Netns
+	src  netip.Addr // optional: send from this address
+	to   netip.Addr
+	port uint16
+	pass bool
+}
+
+// tcp is a check of a TCP connection with one echoed message.
+func tcp(name string, from *topo.Netns, src, to netip.Addr, port uint16, pass bool) check {
+	return check{name: name, from: from, src: src, to: to, port: port, pass: pass}
+}
+
+// udp is a check of one echoed UDP datagram.
+func udp(name string, from *topo.Netns, src, to netip.Addr, port uint16, pass bool) check {
+	return check{name: name, udp: true, from: from, src: src, to: to, port: port, pass: pass}
+}
+
+// expect runs each check: a pass must be answered, a drop must get no answer at all (not even
+// a refusal).
+func expect(t *testing.T, checks ...check) {
+	t.Helper()
+	for _, ck := range checks {
+		opts := []topo.Option{topo.Timeout(dropWait)}
+		if ck.pass {
+			opts = []topo.Option{topo.Timeout(passWait)}
+		}
+		if ck.src.IsValid() {
+			opts = append(opts, topo.From(ck.src))
+		}
+		to := netip.AddrPortFrom(ck.to, ck.port)
+		send := topo.TCPEcho
+		if ck.udp {
+			send = topo.UDPEcho
+		}
+		err := send(ck.from, to, opts...)
+		if ck.pass {
+			require.NoError(t, err, "%s: must pass", ck.name)
+		} else {
+			require.ErrorIs(t, err, topo.ErrNoAnswer, "%s: must be dropped", ck.name)
+		}
+	}
+}
