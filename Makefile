@@ -5,7 +5,7 @@ CLANG ?= clang-14
 # CFLAGS for the BPF objects, pinned here once; gen.go passes them to bpf2go.
 export BPF_CLANG := $(CLANG)
 export BPF_CFLAGS := -O2 -g -Wall -Werror -Wno-unused-function
-APT_PACKAGES := clang-14 llvm-14 bpftool libbpf-dev iproute2 iputils-ping iperf3 ethtool
+APT_PACKAGES := clang-14 llvm-14 bpftool libbpf-dev iproute2 iputils-ping iperf3 ethtool iptables ipset nftables
 FUZZTIME ?= 30s
 
 .PHONY: all deps bpffs build generate check-generate lint test unit fuzz bench demo clean
@@ -67,6 +67,8 @@ test-kernels: deps bpffs
 bench: deps bpffs
 	$(GO) test -run '^$$' -bench '^BenchmarkVerdict$$' -benchtime 1000000x -count 5 ./tests/differential \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md
+	$(GO) test -run '^$$' -bench '^BenchmarkEnforcers$$' -benchtime 1x -timeout 30m ./tests/bench \
+		-args -benchmarks-md ../../docs/BENCHMARKS.md -iperf-seconds 3 -repetitions 3
 
 # demo runs the agent in standalone mode on pods in network namespaces it makes, prints which
 # connections pass and why, changes an annotation and prints it again, then removes it all.
