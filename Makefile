@@ -64,11 +64,13 @@ test-kernels: deps bpffs
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(KERNEL_APT_PACKAGES)"
 	tests/kernels/run.sh
 
-bench: deps bpffs
+bench: deps bpffs k8s-bins
 	$(GO) test -run '^$$' -bench '^BenchmarkVerdict$$' -benchtime 1000000x -count 5 ./tests/differential \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md
 	$(GO) test -run '^$$' -bench '^BenchmarkEnforcers$$' -benchtime 1x -timeout 30m ./tests/bench \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md -iperf-seconds 3 -repetitions 3
+	$(GO) test -run '^$$' -bench '^BenchmarkAgent$$' -benchtime 1x -timeout 15m ./tests/agentbench \
+		-args -benchmarks-md ../../docs/BENCHMARKS.md
 
 # demo runs the agent in standalone mode on pods in network namespaces it makes, prints which
 # connections pass and why, changes an annotation and prints it again, then removes it all.
