@@ -72,11 +72,13 @@ func BenchmarkEnforcers(b *testing.B) {
 	tests := []Test{TCPStream, UDPSmall}
 	run := func(s *setup, rules int) {
 		for _, t := range tests {
-			v, err := s.measure(t, *iperfSeconds)
+			rate, perCPU, err := s.measure(t, *iperfSeconds)
 			require.NoError(b, err, "%s, %d rules, %s", s, rules, t)
 			k := Key{Enforcer: s.enforcer, Stateful: s.stateful, Rules: rules, Test: t}
-			r.Samples[k] = append(r.Samples[k], v)
-			progress("%-28s %5d rules  %-3s  %.4g", s, rules, t, v)
+			r.Samples[k] = append(r.Samples[k], rate)
+			k.PerCPU = true
+			r.Samples[k] = append(r.Samples[k], perCPU)
+			progress("%-30s %5d rules  %-3s  %.4g  (%.4g per CPU)", s, rules, t, rate, perCPU)
 		}
 	}
 	for rep := range *repetitions {

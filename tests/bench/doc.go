@@ -8,7 +8,9 @@
 //     filter, podwall (its real programs through datapath.Open, Apply and Attach, the state
 //     from compiler.Compile), the same compiled policy as Calico's 2015 dataplane enforced it
 //     (iptables with ipsets, Felix's chain layout), and the same as an nftables ruleset with
-//     sets; each figure as a ratio to no filter measured in the same run;
+//     sets; each figure as a ratio to no filter measured in the same run, both the rate and
+//     the rate per CPU time the iperf3 processes were charged (which other load on a shared
+//     machine barely moves);
 //   - the control plane: compile time and memory of the compiled state for 10,000 pods.
 //
 // The library part turns a compiled state into the baselines' rulesets (Felix and NFT), builds

@@ -20,8 +20,11 @@ type Iperf struct {
 	Seconds float64
 	// ReceivedBitsPerSecond is the payload rate the server received.
 	ReceivedBitsPerSecond float64
-	// SentPackets counts the UDP datagrams the client sent (0 for TCP).
-	SentPackets int64
+	// SenderCPU and ReceiverCPU are the CPU time the client and the server process used,
+	// in CPUs (seconds per second of the test). With the kernel's tick-based accounting this
+	// includes the softirq work done in the process's context: on veth pairs, the node's
+	// forwarding and filtering of what the client sends.
+	SenderCPU, ReceiverCPU float64
 }
 
 type iperfReport struct {
@@ -29,11 +32,14 @@ type iperfReport struct {
 	End   struct {
 		SumSent struct {
 			Seconds float64 `json:"seconds"`
-			Packets int64   `json:"packets"`
 		} `json:"sum_sent"`
 		SumReceived struct {
 			BitsPerSecond float64 `json:"bits_per_second"`
 		} `json:"sum_received"`
+		CPU struct {
+			Host   float64 `json:"host_total"`
+			Remote float64 `json:"remote_total"`
+		} `json:"cpu_utilization_percent"`
 	} `json:"end"`
 }
 
@@ -49,12 +55,13 @@ func ParseIperf(out []byte) (Iperf, error) {
 		}
 		return Iperf{}, fmt.Errorf("%w: %s", ErrIperf, r.Error)
 	}
-	if r.End.SumSent.Seconds <= 0 {
-		return Iperf{}, fmt.Errorf("%w: report has no test duration", ErrIperf)
+	if r.End.SumSent.Seconds <= 0 || r.End.CPU.Host <= 0 || r.End.CPU.Remote <= 0 {
+		return Iperf{}, fmt.Errorf("%w: report has no test duration or CPU use", ErrIperf)
 	}
 	return Iperf{
 		Seconds:               r.End.SumSent.Seconds,
 		ReceivedBitsPerSecond: r.End.SumReceived.BitsPerSecond,
-		SentPackets:           r.End.SumSent.Packets,
+		SenderCPU:             r.End.CPU.Host / 100,
+		ReceiverCPU:           r.End.CPU.Remote / 100,
 	}, nil
 }

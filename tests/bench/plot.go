@@ -19,32 +19,43 @@ var colors = []color.Color{
 	color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
 }
 
-// WritePlot draws, for each test side by side, every enforcer's median relative to no filter
-// against the number of rules (log scale), and writes it as a PNG.
+// WritePlot draws every enforcer's median relative to no filter against the number of rules
+// (log scale), every packet judged: one panel per test (columns) and figure (rows: the rate,
+// the rate per CPU), and writes it as a PNG.
 func (r *Report) WritePlot(path string) error {
 	tests := []struct {
 		t     Test
 		title string
 	}{
 		{TCPStream, "TCP stream"},
-		{UDPSmall, "UDP, 64-byte payloads (packets/s)"},
+		{UDPSmall, "UDP, 64-byte payloads"},
 	}
-	row := make([]*plot.Plot, len(tests))
-	for i, t := range tests {
-		p, err := r.plotTest(t.t, t.title)
-		if err != nil {
-			return err
+	var plots [][]*plot.Plot
+	for _, perCPU := range []bool{false, true} {
+		var row []*plot.Plot
+		for _, t := range tests {
+			title := t.title + ": rate, every packet judged"
+			if perCPU {
+				title = t.title + ": rate per CPU, every packet judged"
+			}
+			p, err := r.plotTest(t.t, perCPU, title)
+			if err != nil {
+				return err
+			}
+			row = append(row, p)
 		}
-		row[i] = p
+		plots = append(plots, row)
 	}
-	const w, h = 11 * vg.Inch, 4.5 * vg.Inch
+	const w, h = 11 * vg.Inch, 8 * vg.Inch
 	img := vgimg.New(w, h)
 	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: 1, Cols: len(row), PadX: vg.Millimeter * 4, PadTop: vg.Millimeter * 2,
-		PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 4}
-	canvases := plot.Align([][]*plot.Plot{row}, tiles, dc)
-	for i, p := range row {
-		p.Draw(canvases[0][i])
+	tiles := draw.Tiles{Rows: len(plots), Cols: len(plots[0]), PadX: vg.Millimeter * 6, PadY: vg.Millimeter * 6,
+		PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 4}
+	canvases := plot.Align(plots, tiles, dc)
+	for i, row := range plots {
+		for j, p := range row {
+			p.Draw(canvases[i][j])
+		}
 	}
 	f, err := os.Create(path)
 	if err != nil {
@@ -60,10 +71,10 @@ func (r *Report) WritePlot(path string) error {
 	return nil
 }
 
-func (r *Report) plotTest(t Test, title string) (*plot.Plot, error) {
+func (r *Report) plotTest(t Test, perCPU bool, title string) (*plot.Plot, error) {
 	p := plot.New()
-	p.Title.Text = title + ", every packet judged"
-	p.X.Label.Text = "rules in the pod's policy (the last one matches)"
+	p.Title.Text = title
+	p.X.Label.Text = "rules in the pod's policy"
 	p.Y.Label.Text = "relative to no filter"
 	p.X.Scale = plot.LogScale{}
 	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
@@ -83,7 +94,7 @@ func (r *Report) plotTest(t Test, title string) (*plot.Plot, error) {
 	for i, e := range Enforcers {
 		var xys plotter.XYs
 		for _, n := range r.RuleCounts {
-			if ratio := r.Ratio(Key{Enforcer: e, Rules: n, Test: t}); ratio > 0 {
+			if ratio := r.Ratio(Key{Enforcer: e, Rules: n, Test: t, PerCPU: perCPU}); ratio > 0 {
 				xys = append(xys, plotter.XY{X: float64(n), Y: ratio})
 				p.Y.Max = max(p.Y.Max, ratio*1.05)
 			}

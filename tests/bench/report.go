@@ -39,6 +39,10 @@ type Key struct {
 	Stateful bool
 	Rules    int // 0 for NoFilter
 	Test     Test
+	// PerCPU: the rate divided by the CPU time the iperf3 processes used (TCP: client and
+	// server; UDP: the client, in whose context the node forwards and filters), a figure of
+	// the work per byte or packet that other load on the machine barely moves.
+	PerCPU bool
 }
 
 // Excerpt is a piece of a ruleset shown in the report.
@@ -93,9 +97,9 @@ func (r *Report) Median(k Key) (float64, int) {
 	return m, len(s)
 }
 
-// Ratio is the median of k over the median of no filter for the same test.
+// Ratio is the median of k over the median of no filter for the same test and figure.
 func (r *Report) Ratio(k Key) float64 {
-	base, _ := r.Median(Key{Enforcer: NoFilter, Test: k.Test})
+	base, _ := r.Median(Key{Enforcer: NoFilter, Test: k.Test, PerCPU: k.PerCPU})
 	m, _ := r.Median(k)
 	if base == 0 {
 		return 0
@@ -187,43 +191,51 @@ func (r *Report) count(enforcer string, t Test) int {
 
 func (r *Report) trafficTables() string {
 	var b strings.Builder
-	tcp, _ := r.Median(Key{Enforcer: NoFilter, Test: TCPStream})
-	udp, _ := r.Median(Key{Enforcer: NoFilter, Test: UDPSmall})
-	fmt.Fprintf(&b, "No filter: TCP stream **%.1f Gbit/s**, UDP 64 B **%s packets/s** (medians).\n\n",
-		tcp/1e9, thousands(int(udp)))
-	b.WriteString("Every packet judged, as a ratio to no filter (1.00 = no cost):\n\n")
-	b.WriteString("| enforcer | rules | TCP stream | UDP 64 B pps | installed for IPv4 |\n")
-	b.WriteString("|---|---:|---:|---:|---:|\n")
+	base := func(t Test, perCPU bool) float64 {
+		m, _ := r.Median(Key{Enforcer: NoFilter, Test: t, PerCPU: perCPU})
+		return m
+	}
+	fmt.Fprintf(&b, "No filter: TCP stream **%.1f Gbit/s** (%.1f Gbit/s per CPU), UDP 64 B **%s packets/s** "+
+		"(%s per CPU) (medians).\n\n", base(TCPStream, false)/1e9, base(TCPStream, true)/1e9,
+		thousands(int(base(UDPSmall, false))), thousands(int(base(UDPSmall, true))))
+	b.WriteString("Every packet judged, as ratios to no filter (1.00 = no cost). *rate*: the median rate over no " +
+		"filter's, the absolute median beside it; *per CPU*: the same for the rate per CPU-second the iperf3 " +
+		"processes used (TCP: client and server; UDP: the client, in whose context the node forwards and filters), " +
+		"which the machine's other load barely moves:\n\n")
+	b.WriteString("| enforcer | rules | TCP rate | TCP per CPU | UDP 64 B rate | UDP per CPU | installed for IPv4 |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---|\n")
 	for _, e := range Enforcers {
 		for _, n := range r.RuleCounts {
 			k := Key{Enforcer: e, Rules: n}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", e, thousands(n),
-				r.cell(withTest(k, TCPStream)), r.cell(withTest(k, UDPSmall)), r.Installed[k])
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", e, thousands(n),
+				r.cell(k, TCPStream, false), r.cell(k, TCPStream, true),
+				r.cell(k, UDPSmall, false), r.cell(k, UDPSmall, true), r.Installed[k])
 		}
 	}
 	fmt.Fprintf(&b, "\nAs deployed (conntrack first), %s rules:\n\n", thousands(r.StatefulRules))
-	b.WriteString("| enforcer | TCP stream | UDP 64 B pps |\n|---|---:|---:|\n")
+	b.WriteString("| enforcer | TCP rate | TCP per CPU | UDP 64 B rate | UDP per CPU |\n|---|---:|---:|---:|---:|\n")
 	for _, e := range Enforcers {
 		k := Key{Enforcer: e, Stateful: true, Rules: r.StatefulRules}
-		fmt.Fprintf(&b, "| %s | %s | %s |\n", e, r.cell(withTest(k, TCPStream)), r.cell(withTest(k, UDPSmall)))
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", e, r.cell(k, TCPStream, false), r.cell(k, TCPStream, true),
+			r.cell(k, UDPSmall, false), r.cell(k, UDPSmall, true))
 	}
 	b.WriteString("\n")
 	return b.String()
 }
 
-func withTest(k Key, t Test) Key {
-	k.Test = t
-	return k
-}
-
-// cell is a ratio to no filter with the absolute median beside it.
-func (r *Report) cell(k Key) string {
+// cell is the ratio to no filter of k's test and figure, with the absolute median beside a
+// rate.
+func (r *Report) cell(k Key, t Test, perCPU bool) string {
+	k.Test, k.PerCPU = t, perCPU
 	m, n := r.Median(k)
 	if n == 0 {
 		return "—"
 	}
+	if perCPU {
+		return fmt.Sprintf("%.2f", r.Ratio(k))
+	}
 	abs := fmt.Sprintf("%.1f Gbit/s", m/1e9)
-	if k.Test == UDPSmall {
+	if t == UDPSmall {
 		abs = fmt.Sprintf("%s pps", thousands(int(m)))
 	}
 	return fmt.Sprintf("%.2f (%s)", r.Ratio(k), abs)

@@ -87,8 +87,9 @@ func TestIperf(t *testing.T) {
 	_, err = s.install(st)
 	require.NoError(t, err)
 	for _, test := range []Test{TCPStream, UDPSmall} {
-		v, err := s.measure(test, 1)
+		rate, perCPU, err := s.measure(test, 1)
 		require.NoError(t, err, string(test))
-		require.Positive(t, v, string(test))
+		require.Positive(t, rate, string(test))
+		require.Positive(t, perCPU, string(test))
 	}
 }

@@ -99,7 +99,7 @@ func (s *setup) install(st *compiler.State) (string, error) {
 			return "", fmt.Errorf("apply: %w", err)
 		}
 		p := st.Policies[st.Endpoints[s.target.Ifindex].Policy]
-		return fmt.Sprintf("1 policy record, %s classifier entries", thousands(len(p.Ident)+len(p.CIDR)+len(p.Port)+len(p.ICMP))), nil
+		return "1 policy record, " + plural(len(p.Ident)+len(p.CIDR)+len(p.Port)+len(p.ICMP), "classifier entry"), nil
 	case IPTables:
 		return s.installFelix(st)
 	case NFTables:
@@ -136,7 +136,7 @@ func (s *setup) installFelix(st *compiler.State) (string, error) {
 			return "", err
 		}
 	}
-	return fmt.Sprintf("%s chain rules, %d ipsets", thousands(v4.Checked), v4.Sets), nil
+	return plural(v4.Checked, "chain rule") + ", " + plural(v4.Sets, "ipset"), nil
 }
 
 func (s *setup) installNFT(st *compiler.State) (string, error) {
@@ -151,7 +151,18 @@ func (s *setup) installNFT(st *compiler.State) (string, error) {
 	if _, err := Run(s.tp.Node.Path, "flush ruleset\n"+v4.Rules+v6.Rules, "nft", "-f", "-"); err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("%s chain rules, %d sets", thousands(v4.Checked), v4.Sets), nil
+	return plural(v4.Checked, "chain rule") + ", " + plural(v4.Sets, "set"), nil
+}
+
+// plural is n things, written out.
+func plural(n int, thing string) string {
+	switch {
+	case n == 1:
+		return "1 " + thing
+	case strings.HasSuffix(thing, "y"):
+		return thousands(n) + " " + strings.TrimSuffix(thing, "y") + "ies"
+	}
+	return thousands(n) + " " + thing + "s"
 }
 
 // serve starts iperf3's server in the pod, stopped when the test ends.
@@ -198,8 +209,9 @@ func listening(ns *topo.Netns, port int) (bool, error) {
 }
 
 // measure runs one iperf3 test from the client to the pod: the TCP stream's received bit
-// rate, or the UDP packets per second the pod's interface received.
-func (s *setup) measure(t Test, seconds int) (float64, error) {
+// rate, or the UDP packets per second the pod's interface received; and that rate per CPU
+// the iperf3 processes used (Key.PerCPU).
+func (s *setup) measure(t Test, seconds int) (rate, perCPU float64, err error) {
 	args := []string{"-c", s.pod.IPv4.String(), "-p", strconv.Itoa(port), "-t", strconv.Itoa(seconds), "-J"}
 	if t == UDPSmall {
 		args = append(args, "-u", "-b", "0", "-l", "64")
@@ -207,7 +219,7 @@ func (s *setup) measure(t Test, seconds int) (float64, error) {
 	for attempt := 0; ; attempt++ {
 		before, err := s.podRxPackets()
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		out, runErr := Run(s.client.NS.Path, "", "iperf3", args...)
 		res, err := ParseIperf(out)
@@ -216,16 +228,18 @@ func (s *setup) measure(t Test, seconds int) (float64, error) {
 			continue
 		}
 		if err != nil {
-			return 0, errors.Join(err, runErr)
+			return 0, 0, errors.Join(err, runErr)
 		}
 		after, err := s.podRxPackets()
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		if t == TCPStream {
-			return res.ReceivedBitsPerSecond, nil
+			rate = res.ReceivedBitsPerSecond
+			return rate, rate / (res.SenderCPU + res.ReceiverCPU), nil
 		}
-		return float64(after-before) / res.Seconds, nil
+		rate = float64(after-before) / res.Seconds
+		return rate, rate / res.SenderCPU, nil
 	}
 }
 

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"image/png"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -193,10 +194,11 @@ func TestParseIperf(t *testing.T) {
 		want      Iperf
 		err       error
 	}{
-		{"tcp", `{"end":{"sum_sent":{"seconds":3.0,"bytes":1},"sum_received":{"seconds":3.0,"bits_per_second":1.5e10}}}`,
-			Iperf{Seconds: 3, ReceivedBitsPerSecond: 1.5e10}, nil},
-		{"udp", `{"end":{"sum_sent":{"seconds":2.0,"packets":300000},"sum_received":{"bits_per_second":4.7e7}}}`,
-			Iperf{Seconds: 2, ReceivedBitsPerSecond: 4.7e7, SentPackets: 300000}, nil},
+		{"tcp", `{"end":{"sum_sent":{"seconds":3.0,"bytes":1},"sum_received":{"seconds":3.0,"bits_per_second":1.5e10},` +
+			`"cpu_utilization_percent":{"host_total":50,"host_user":1,"remote_total":25}}}`,
+			Iperf{Seconds: 3, ReceivedBitsPerSecond: 1.5e10, SenderCPU: 0.5, ReceiverCPU: 0.25}, nil},
+		{"no cpu", `{"end":{"sum_sent":{"seconds":2.0,"packets":300000},"sum_received":{"bits_per_second":4.7e7}}}`,
+			Iperf{}, ErrIperf},
 		{"busy", `{"error":"error - the server is busy running a test. try again later"}`, Iperf{}, ErrServerBusy},
 		{"refused", `{"error":"error - unable to connect to server: Connection refused"}`, Iperf{}, ErrIperf},
 		{"no duration", `{"end":{}}`, Iperf{}, ErrIperf},
@@ -236,4 +238,43 @@ func TestWriteSection(t *testing.T) {
 func TestRun(t *testing.T) {
 	_, err := Run("/proc/self/ns/net", "", "true")
 	require.ErrorIs(t, err, ErrOwnNetns)
+}
+
+// fakeReport has one sample of every figure, costs growing with the rules for the baselines.
+func fakeReport() *Report {
+	r := &Report{RuleCounts: RuleCounts, StatefulRules: 1000, Samples: map[Key][]float64{}, Installed: map[Key]string{},
+		Plot: PlotFile, Seconds: 3, Repetitions: 1}
+	for _, t := range []Test{TCPStream, UDPSmall} {
+		for _, perCPU := range []bool{false, true} {
+			r.Samples[Key{Enforcer: NoFilter, Test: t, PerCPU: perCPU}] = []float64{100, 90, 110}
+			for _, e := range Enforcers {
+				for i, n := range RuleCounts {
+					cost := 1.0
+					if e != Podwall {
+						cost = float64(i + 1)
+					}
+					r.Samples[Key{Enforcer: e, Rules: n, Test: t, PerCPU: perCPU}] = []float64{100 / cost}
+				}
+				r.Samples[Key{Enforcer: e, Stateful: true, Rules: 1000, Test: t, PerCPU: perCPU}] = []float64{95}
+			}
+		}
+	}
+	return r
+}
+
+func TestReport(t *testing.T) {
+	r := fakeReport()
+	require.InDelta(t, 0.25, r.Ratio(Key{Enforcer: NFTables, Rules: 1000, Test: UDPSmall}), 1e-9)
+	md := r.Markdown()
+	require.Contains(t, md, "| nftables | 1,000 | 0.25 (0.0 Gbit/s) | 0.25 | 0.25 (25 pps) | 0.25 |")
+	require.Contains(t, md, "| podwall | 0.95 (0.0 Gbit/s) | 0.95 | 0.95 (95 pps) | 0.95 |")
+
+	path := filepath.Join(t.TempDir(), PlotFile)
+	require.NoError(t, r.WritePlot(path))
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+	img, err := png.Decode(f)
+	require.NoError(t, err)
+	require.Greater(t, img.Bounds().Dx(), 500)
 }
