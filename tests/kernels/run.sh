@@ -13,7 +13,8 @@
 #
 # Cached under ${PODWALL_CACHE:-/var/cache/podwall}/kernels: the downloaded .debs (debs/),
 # each kernel unpacked with its module index, initramfs and last output (VERSION/), and the
-# test binaries (tests/, rebuilt every run). Kernels no longer asked for are pruned.
+# test binaries (tests/, rebuilt every run). Kernels unused for 30 days (superseded by a newer
+# package) are pruned.
 #
 # Settings (environment):
 #   PODWALL_KERNEL_PACKAGES  Debian packages to boot; a meta-package stands for the kernel it
@@ -176,6 +177,8 @@ boot() {
 	# (CAP_PERFMON already skips the verifier's Spectre sanitation).
 	cmdline="console=ttyS0 panic=-1 quiet mitigations=off podwall.modules=$base"
 	cmdline+=" podwall.suite=$here/suite.sh podwall.tests=$cache/tests"
+	# The suite ends its tests before the guest's timeout, so that a test that hangs shows where.
+	cmdline+=" podwall.env=PODWALL_SUITE_SECONDS=$((timeout_s - 20))"
 	[[ -n ${PODWALL_DIFF_PACKETS:-} ]] && cmdline+=" podwall.env=PODWALL_DIFF_PACKETS=$PODWALL_DIFF_PACKETS"
 	log "booting $version (at most ${timeout_s}s)"
 	start=$SECONDS
@@ -212,18 +215,15 @@ host() {
 	report "$version" "$output" "$((SECONDS - start))" " (host kernel, run directly: its image is not in /boot)"
 }
 
-# prune removes the .debs and unpacked kernels of versions no longer asked for.
+# prune removes the .debs and unpacked kernels that no run used for 30 days: versions that a
+# newer package superseded.
 prune() {
-	local f b keep=" $* "
-	for f in "$cache"/debs/*.deb; do
-		[[ -e $f ]] || continue
-		b="$(basename "$f")"
-		[[ $keep == *" ${b%%_*} "* ]] || rm -f "$f"
-	done
-	for f in "$cache"/*/boot; do
-		[[ -e $f ]] || continue
-		f="$(dirname "$f")"
-		[[ $keep == *" linux-image-$(basename "$f") "* ]] || rm -rf "$f"
+	local d
+	find "$cache/debs" -maxdepth 1 -name '*.deb' -mtime +30 -delete
+	for d in "$cache"/*/boot; do
+		[[ -e $d ]] || continue
+		d="$(dirname "$d")"
+		[[ -z $(find "$d" -maxdepth 0 -mtime +30) ]] || rm -rf "$d"
 	done
 }
 
@@ -239,8 +239,9 @@ for p in "${packages[@]}"; do
 	fi
 	kernels+=("$pkg")
 	unpack "$deb" "${pkg#linux-image-}"
+	touch "$deb" "$cache/${pkg#linux-image-}"
 done
-prune "${kernels[@]}"
+prune
 for pkg in "${kernels[@]}"; do
 	version="${pkg#linux-image-}"
 	boot "$version" "$cache/$version/boot/vmlinuz-$version" "$cache/$version" "$cache/$version" ""
