@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/fnv"
+	"maps"
+	"net/netip"
 	"slices"
 
 	"github.com/podwall/podwall/bpf"
@@ -12,16 +14,39 @@ import (
 
 type podKey struct{ namespace, name string }
 
-// compilation is the work of one Compile.
-type compilation struct {
-	in       Input
-	state    *State
-	pods     map[podKey]*Pod
+// cluster is what every pod of the cluster compiles to, whatever the node's endpoints,
+// annotations and options: the identities and the ipcache. It depends only on the pods'
+// namespaces, names, labels, addresses and host networking, and on the node's addresses.
+type cluster struct {
+	pods map[podKey]*clusterPod
+	// dups says whether two pods shared a name: they are left out of pods.
+	dups     bool
+	hostIPs  []netip.Addr // usable
 	podTags  map[podKey][]string
 	podIDs   map[podKey]uint32
 	tagIDs   map[string][]uint32 // tag -> the identities that have it, ascending
+	ipcache  map[bpf.PodwallIpAddr]uint32
+	idents   map[uint32][]string
+	digest   uint64
+	problems []Problem // duplicates and address conflicts
+}
+
+// clusterPod is a copy of a pod with only its usable addresses. seen marks it found in the
+// input of a Compiler's turn.
+type clusterPod struct {
+	Pod
+	seen uint64
+}
+
+// compilation is the work of one Compile on a cluster.
+type compilation struct {
+	in       Input
+	cl       *cluster
+	state    *State
 	open     map[string]bool
 	policies map[string]*folded // by encoding
+	// memo is the last turn of a Compiler, nil for Compile.
+	memo *memo
 }
 
 // Compile computes the desired state of every map from the cluster as this node sees it.
@@ -29,26 +54,29 @@ type compilation struct {
 // ignored as Problem says, and listed in State.Problems. The result depends only on the
 // content of in, not on the order of its slices.
 func Compile(in Input) *State {
+	return compileOnMemo(in, newCluster(in.Pods, in.HostIPs, false), nil)
+}
+
+// compileOnMemo compiles the endpoints of in on cl, which must be the cluster of in,
+// reusing the policies of m unless it is nil.
+func compileOnMemo(in Input, cl *cluster, m *memo) *State {
 	c := &compilation{
-		in: in,
+		in:   in,
+		cl:   cl,
+		memo: m,
 		state: &State{
 			Endpoints:  map[uint32]bpf.PodwallEndpoint{},
 			Policies:   map[uint32]*Policy{},
-			IPCache:    map[bpf.PodwallIpAddr]uint32{},
-			Identities: map[uint32][]string{},
+			IPCache:    cl.ipcache,
+			Identities: cl.idents,
+			Problems:   slices.Clone(cl.problems),
 		},
-		podTags:  map[podKey][]string{},
-		podIDs:   map[podKey]uint32{},
-		tagIDs:   map[string][]uint32{},
 		open:     map[string]bool{},
 		policies: map[string]*folded{},
 	}
 	for _, ns := range in.OpenNamespaces {
 		c.open[ns] = true
 	}
-	sorted := c.uniquePods()
-	c.identities(sorted)
-	c.ipcache(sorted)
 	c.endpoints()
 	slices.SortFunc(c.state.Problems, func(a, b Problem) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name),
@@ -61,29 +89,57 @@ func (c *compilation) problem(k podKey, kind ProblemKind, err error) {
 	c.state.Problems = append(c.state.Problems, Problem{Namespace: k.namespace, Name: k.name, Kind: kind, Err: err})
 }
 
+// newCluster numbers the identities of pods and fills the ipcache. A Compiler, which
+// compares the next input's labels with those of this one, has them copied (copyLabels),
+// whatever its caller does with its maps.
+func newCluster(pods []Pod, hostIPs []netip.Addr, copyLabels bool) *cluster {
+	cl := &cluster{
+		hostIPs: usableAddrs(hostIPs),
+		podTags: map[podKey][]string{},
+		podIDs:  map[podKey]uint32{},
+		tagIDs:  map[string][]uint32{},
+		ipcache: map[bpf.PodwallIpAddr]uint32{},
+		idents:  map[uint32][]string{},
+	}
+	sorted := cl.uniquePods(pods, copyLabels)
+	cl.identities(sorted)
+	cl.fillIPCache(sorted)
+	cl.digest = ipcacheDigest(cl.ipcache)
+	return cl
+}
+
+func (cl *cluster) problem(k podKey, kind ProblemKind, err error) {
+	cl.problems = append(cl.problems, Problem{Namespace: k.namespace, Name: k.name, Kind: kind, Err: err})
+}
+
 // uniquePods indexes copies of the pods, with only their usable addresses, and returns them
 // sorted by namespace and name. Pods that share a name are all left out: which one is real
 // cannot be told.
-func (c *compilation) uniquePods() []*Pod {
-	c.pods = make(map[podKey]*Pod, len(c.in.Pods))
+func (cl *cluster) uniquePods(in []Pod, copyLabels bool) []*Pod {
+	cl.pods = make(map[podKey]*clusterPod, len(in))
 	dup := map[podKey]bool{}
-	pods := slices.Clone(c.in.Pods)
-	for i := range pods {
-		p := &pods[i]
+	copies := make([]clusterPod, len(in))
+	for i := range in {
+		p := &copies[i]
+		p.Pod = in[i]
 		p.IPs = usableAddrs(p.IPs)
+		if copyLabels {
+			p.Labels = maps.Clone(p.Labels)
+		}
 		k := podKey{p.Namespace, p.Name}
-		if _, ok := c.pods[k]; ok {
+		if _, ok := cl.pods[k]; ok {
 			dup[k] = true
 		}
-		c.pods[k] = p
+		cl.pods[k] = p
 	}
 	for k := range dup {
-		delete(c.pods, k)
-		c.problem(k, ProblemDuplicate, fmt.Errorf("pod %s/%s: %w", k.namespace, k.name, ErrDuplicate))
+		delete(cl.pods, k)
+		cl.dups = true
+		cl.problem(k, ProblemDuplicate, fmt.Errorf("pod %s/%s: %w", k.namespace, k.name, ErrDuplicate))
 	}
-	sorted := make([]*Pod, 0, len(c.pods))
-	for _, p := range c.pods {
-		sorted = append(sorted, p)
+	sorted := make([]*Pod, 0, len(cl.pods))
+	for _, p := range cl.pods {
+		sorted = append(sorted, &p.Pod)
 	}
 	slices.SortFunc(sorted, func(a, b *Pod) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
@@ -92,7 +148,7 @@ func (c *compilation) uniquePods() []*Pod {
 }
 
 // identities numbers the tag sets of the pods that have addresses, and indexes them by tag.
-func (c *compilation) identities(pods []*Pod) {
+func (cl *cluster) identities(pods []*Pod) {
 	var keys []string
 	byKey := map[string][]string{}
 	podKeys := map[podKey]string{}
@@ -102,7 +158,7 @@ func (c *compilation) identities(pods []*Pod) {
 		}
 		pk := podKey{p.Namespace, p.Name}
 		tags := identityTags(p.Namespace, p.Labels)
-		c.podTags[pk] = tags
+		cl.podTags[pk] = tags
 		if len(p.IPs) == 0 {
 			continue
 		}
@@ -115,27 +171,28 @@ func (c *compilation) identities(pods []*Pod) {
 	}
 	ids := allocateIdentities(keys)
 	for pk, k := range podKeys {
-		c.podIDs[pk] = ids[k]
+		cl.podIDs[pk] = ids[k]
 	}
 	for k, id := range ids {
 		tags := byKey[k]
-		c.state.Identities[id] = tags
+		cl.idents[id] = tags
 		for _, t := range tags {
-			c.tagIDs[t] = append(c.tagIDs[t], id)
+			cl.tagIDs[t] = append(cl.tagIDs[t], id)
 		}
 	}
-	for _, ids := range c.tagIDs {
+	for _, ids := range cl.tagIDs {
 		slices.Sort(ids)
 	}
 }
 
-// ipcache maps the node's addresses to IDHost and each pod address to its pod's identity.
-// An address claimed twice goes to the node, else to the first pod by namespace and name.
-func (c *compilation) ipcache(pods []*Pod) {
+// fillIPCache maps the node's addresses to IDHost and each pod address to its pod's
+// identity. An address claimed twice goes to the node, else to the first pod by namespace
+// and name.
+func (cl *cluster) fillIPCache(pods []*Pod) {
 	owner := map[bpf.PodwallIpAddr]string{}
-	for _, a := range usableAddrs(c.in.HostIPs) {
+	for _, a := range cl.hostIPs {
 		k := addrKey(a)
-		c.state.IPCache[k] = IDHost
+		cl.ipcache[k] = IDHost
 		owner[k] = "the node"
 	}
 	for _, p := range pods {
@@ -143,16 +200,16 @@ func (c *compilation) ipcache(pods []*Pod) {
 			continue
 		}
 		pk := podKey{p.Namespace, p.Name}
-		id := c.podIDs[pk]
+		id := cl.podIDs[pk]
 		name := "pod " + p.Namespace + "/" + p.Name
 		for _, a := range p.IPs {
 			k := addrKey(a)
 			switch o, ok := owner[k]; {
 			case !ok:
-				c.state.IPCache[k] = id
+				cl.ipcache[k] = id
 				owner[k] = name
 			case o != name:
-				c.problem(pk, ProblemAddressConflict, fmt.Errorf("%s is also %s's: %w", a, o, ErrAddressConflict))
+				cl.problem(pk, ProblemAddressConflict, fmt.Errorf("%s is also %s's: %w", a, o, ErrAddressConflict))
 			}
 		}
 	}
@@ -169,7 +226,7 @@ func (c *compilation) endpoints() {
 		mode    uint8
 		enc     string
 	}
-	var todo []pending
+	todo := make([]pending, 0, len(eps))
 	for i, ep := range eps {
 		k := podKey{ep.Namespace, ep.Name}
 		dupIfindex := (i > 0 && eps[i-1].Ifindex == ep.Ifindex) || (i+1 < len(eps) && eps[i+1].Ifindex == ep.Ifindex)
@@ -178,20 +235,18 @@ func (c *compilation) endpoints() {
 			todo = append(todo, pending{ifindex: ep.Ifindex, mode: ModeIsolate})
 			continue
 		}
-		mode, f, ok := c.endpoint(ep)
+		pp, ok := c.endpoint(ep)
 		if !ok {
 			continue
 		}
-		p := pending{ifindex: ep.Ifindex, mode: mode}
-		if f != nil {
-			p.enc = string(f.encode())
-			c.policies[p.enc] = f
+		if pp.f != nil {
+			c.policies[pp.enc] = pp.f
 		}
-		todo = append(todo, p)
+		todo = append(todo, pending{ifindex: ep.Ifindex, mode: pp.mode, enc: pp.enc})
 	}
 
 	ids := c.policyIDs()
-	digest := ipcacheDigest(c.state.IPCache)
+	digest := c.cl.digest
 	var flags uint8
 	if c.in.AllowHost {
 		flags |= EPAllowHost
@@ -207,50 +262,76 @@ func (c *compilation) endpoints() {
 	}
 }
 
+// podPolicy is what a local pod's annotation compiles to: its mode and, in ModeEnforce, its
+// folded policy and that policy's encoding; with the problem its annotation has, if any.
+type podPolicy struct {
+	mode    uint8
+	f       *folded
+	enc     string
+	problem *Problem
+}
+
 // endpoint decides the mode of a local pod and, in ModeEnforce, its folded policy. It
 // reports false for a host-network pod, which has no endpoint.
-func (c *compilation) endpoint(ep Endpoint) (uint8, *folded, bool) {
+func (c *compilation) endpoint(ep Endpoint) (podPolicy, bool) {
 	k := podKey{ep.Namespace, ep.Name}
-	pod, ok := c.pods[k]
+	pod, ok := c.cl.pods[k]
 	switch {
 	case !ok:
 		c.problem(k, ProblemUnknownPod, fmt.Errorf("ifindex %d: %w", ep.Ifindex, ErrUnknownPod))
-		return ModeIsolate, nil, true
+		return podPolicy{mode: ModeIsolate}, true
 	case pod.HostNetwork:
-		return 0, nil, false
+		return podPolicy{}, false
 	}
 	value, key, annotated := PolicyAnnotation(pod.Annotations, c.in.LegacyKey)
+	var pp podPolicy
+	if c.memo != nil {
+		pp = c.memo.policy(k, annotation{value, key, annotated}, func() podPolicy { return c.podPolicy(k, pod, value, key, annotated) })
+	} else {
+		pp = c.podPolicy(k, pod, value, key, annotated)
+	}
+	if pp.problem != nil {
+		c.state.Problems = append(c.state.Problems, *pp.problem)
+	}
+	return pp, true
+}
+
+// podPolicy compiles the policy annotation of a local pod, found under key when annotated.
+func (c *compilation) podPolicy(k podKey, pod *clusterPod, value, key string, annotated bool) podPolicy {
+	isolate := func(kind ProblemKind, err error) podPolicy {
+		return podPolicy{mode: ModeIsolate, problem: &Problem{Namespace: k.namespace, Name: k.name, Kind: kind, Err: err}}
+	}
 	if c.open[pod.Namespace] {
+		pp := podPolicy{mode: ModeOpen}
 		if annotated {
-			c.problem(k, ProblemIgnored, fmt.Errorf("annotation %s: %w", key, ErrIgnored))
+			pp.problem = &Problem{Namespace: k.namespace, Name: k.name, Kind: ProblemIgnored,
+				Err: fmt.Errorf("annotation %s: %w", key, ErrIgnored)}
 		}
-		return ModeOpen, nil, true
+		return pp
 	}
 	var rules []rule
 	if !annotated {
 		switch c.in.DefaultPolicy {
 		case DefaultAllow:
-			return ModeOpen, nil, true
+			return podPolicy{mode: ModeOpen}
 		case DefaultDeny:
-			return ModeIsolate, nil, true
+			return podPolicy{mode: ModeIsolate}
 		}
 		rules = []rule{namespaceRule(pod.Namespace)}
 	} else {
 		parsed, err := Parse(value)
 		switch {
 		case err != nil:
-			c.problem(k, ProblemInvalid, err)
-			return ModeIsolate, nil, true
+			return isolate(ProblemInvalid, err)
 		case len(parsed) == 0:
-			return ModeIsolate, nil, true
+			return podPolicy{mode: ModeIsolate}
 		case len(parsed) > MaxRules:
-			c.problem(k, ProblemTooManyRules, fmt.Errorf("%d rules, at most %d: %w", len(parsed), MaxRules, ErrTooManyRules))
-			return ModeIsolate, nil, true
+			return isolate(ProblemTooManyRules, fmt.Errorf("%d rules, at most %d: %w", len(parsed), MaxRules, ErrTooManyRules))
 		}
 		rules = podRules(pod.Namespace, parsed)
 	}
-	f := fold(rules, c.podTags[k], pod.IPs)
-	return ModeEnforce, &f, true
+	f := fold(rules, c.cl.podTags[k], pod.IPs)
+	return podPolicy{mode: ModeEnforce, f: &f, enc: string(f.encode())}
 }
 
 // policyIDs numbers the distinct policies by the hash of their encoding, probing in the
@@ -266,7 +347,11 @@ func (c *compilation) policyIDs() map[string]uint32 {
 		}
 		taken[id] = true
 		ids[enc] = id
-		c.state.Policies[id] = c.materialize(id, c.policies[enc])
+		if c.memo != nil {
+			c.state.Policies[id] = c.memo.materialized(id, enc, func() *Policy { return c.materialize(id, c.policies[enc]) })
+		} else {
+			c.state.Policies[id] = c.materialize(id, c.policies[enc])
+		}
 	}
 	return ids
 }
@@ -285,7 +370,7 @@ func (c *compilation) materialize(id uint32, f *folded) *Policy {
 	wild := vec(f.record.WildIdent)
 	byID := map[uint32]vec{}
 	for _, t := range f.tags {
-		for _, ident := range c.tagIDs[t.tag] {
+		for _, ident := range c.cl.tagIDs[t.tag] {
 			byID[ident] = byID[ident].or(t.rules)
 		}
 	}
