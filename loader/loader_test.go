@@ -28,7 +28,28 @@ func TestMain(m *testing.M) { topo.Main(m) }
 
 const port = 8080
 
-var modes = []loader.Mode{loader.ModeTCX, loader.ModeClsact}
+// bestMode is the mode the probe must choose on the running kernel: tcx from 6.6 on, where a
+// kernel without it (or a probe that misses it) is a failure; clsact below, where the loader
+// falls back to it by design.
+func bestMode(t *testing.T) loader.Mode {
+	t.Helper()
+	if topo.KernelHasTCX(t) {
+		return loader.ModeTCX
+	}
+	return loader.ModeClsact
+}
+
+// modes are the attach modes the running kernel offers: tcx and clsact from 6.6 on, only
+// clsact below.
+func modes(t *testing.T) []loader.Mode {
+	t.Helper()
+	if topo.KernelHasTCX(t) {
+		t.Log("attach modes: tcx and clsact (kernel 6.6 or later)")
+		return []loader.Mode{loader.ModeTCX, loader.ModeClsact}
+	}
+	t.Log("attach modes: clsact only (the kernel is older than 6.6, which brought tcx)")
+	return []loader.Mode{loader.ModeClsact}
+}
 
 // env is a routed node with two pods and a client, and a pin folder of its own.
 type env struct {
@@ -84,8 +105,10 @@ type hooked struct {
 
 // hooks lists what the kernel has on each hook of an interface, keyed "<mode>/<direction>",
 // as the kernel reports it: tcx links through BPF_PROG_QUERY, clsact filters through netlink.
+// A kernel without tcx answers the tcx query with EINVAL: it has no tcx programs.
 func (e *env) hooks(t *testing.T, ifindex int) map[string][]hooked {
 	t.Helper()
+	hasTCX := topo.KernelHasTCX(t)
 	out := map[string][]hooked{}
 	name := func(id ebpf.ProgramID) string {
 		p, err := ebpf.NewProgramFromID(id)
@@ -100,6 +123,9 @@ func (e *env) hooks(t *testing.T, ifindex int) map[string][]hooked {
 		require.NoError(t, e.tp.Node.Do(func() error {
 			var err error
 			res, err = link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: at})
+			if err != nil && !hasTCX && errors.Is(err, unix.EINVAL) {
+				res, err = &link.QueryResult{}, nil
+			}
 			return err
 		}))
 		for _, p := range res.Programs {
@@ -168,15 +194,19 @@ func pinNames(mode loader.Mode, ifindexes ...int) []string {
 	return out
 }
 
-func TestProbeFindsTCX(t *testing.T) {
-	e := newEnv(t, loader.ModeTCX)
-	require.Equal(t, loader.ModeTCX, e.open(t).Mode(), "kernel 6.6 or later has tcx")
+// TestProbeChoosesKernelsBest: with nothing forced, the loader attaches with tcx on a kernel
+// that has it (6.6 and later) and falls back to clsact below.
+func TestProbeChoosesKernelsBest(t *testing.T) {
+	want := bestMode(t)
+	e := newEnv(t, want)
+	e.cfg.ForceClsact = false
+	require.Equal(t, want, e.open(t).Mode(), "tcx from kernel 6.6 on, clsact below")
 }
 
 // TestProcessNamespace runs the Loader the way the agent runs under nsenter: with no
 // Config.Netns, in the namespace of the thread that calls it (here a thread of the node's).
 func TestProcessNamespace(t *testing.T) {
-	for _, mode := range modes {
+	for _, mode := range modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			e.cfg.Netns = ""
@@ -204,7 +234,7 @@ func TestProcessNamespace(t *testing.T) {
 // gets no new inbound connection (to_pod on egress drops it) but gets the replies to its own
 // (from_pod on ingress records them), also while no Loader runs.
 func TestEnforces(t *testing.T) {
-	for _, mode := range modes {
+	for _, mode := range modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			e.client.Echo(t, port)
@@ -234,7 +264,7 @@ func TestEnforces(t *testing.T) {
 }
 
 func TestAttachDetach(t *testing.T) {
-	for _, mode := range modes {
+	for _, mode := range modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			l := e.open(t)
@@ -265,7 +295,7 @@ func TestAttachDetach(t *testing.T) {
 }
 
 func TestRestartKeepsLinksAndMaps(t *testing.T) {
-	for _, mode := range modes {
+	for _, mode := range modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			l := e.open(t)
@@ -314,16 +344,22 @@ func TestRestartKeepsLinksAndMaps(t *testing.T) {
 	}
 }
 
+// TestModeSwitch: a Loader of the other mode takes over the interfaces of the last one, and
+// back, without cutting a connection. Below 6.6 there is no other mode: the same steps (forced
+// clsact, then the probe's choice) must keep clsact and the connection, which is what an
+// agent there does when its flags change; no run is skipped.
 func TestModeSwitch(t *testing.T) {
-	e := newEnv(t, loader.ModeTCX)
+	best := bestMode(t)
+	e := newEnv(t, best)
 	ifindex := e.pod.HostIfindex
 	l := e.open(t)
+	require.Equal(t, best, l.Mode())
 	require.NoError(t, l.Attach(ifindex))
 	conn, err := topo.DialTCP(t, e.client.NS, netip.AddrPortFrom(e.pod.IPv4, port))
 	require.NoError(t, err)
 	require.NoError(t, l.Close())
 
-	for _, mode := range []loader.Mode{loader.ModeClsact, loader.ModeTCX} {
+	for _, mode := range []loader.Mode{loader.ModeClsact, best} {
 		e.cfg.ForceClsact = mode == loader.ModeClsact
 		l := e.open(t)
 		require.Equal(t, mode, l.Mode())
@@ -337,7 +373,7 @@ func TestModeSwitch(t *testing.T) {
 }
 
 func TestIncompatiblePinLeavesProgramsRunning(t *testing.T) {
-	for _, mode := range modes {
+	for _, mode := range modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			l := e.open(t)
@@ -368,7 +404,7 @@ func TestIncompatiblePinLeavesProgramsRunning(t *testing.T) {
 }
 
 func TestLocks(t *testing.T) {
-	e := newEnv(t, loader.ModeTCX)
+	e := newEnv(t, bestMode(t))
 	l := e.open(t)
 	require.NoError(t, l.Attach(e.pod.HostIfindex))
 
@@ -389,7 +425,7 @@ func TestLocks(t *testing.T) {
 }
 
 func TestUninstall(t *testing.T) {
-	for _, mode := range modes {
+	for _, mode := range modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			l := e.open(t)
@@ -413,7 +449,7 @@ func TestUninstall(t *testing.T) {
 }
 
 func TestRemovedInterfaces(t *testing.T) {
-	for _, mode := range modes {
+	for _, mode := range modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			l := e.open(t)
@@ -449,7 +485,7 @@ func deleteLink(t *testing.T, e *env, name string) {
 // TestRepairsHalfAttached: a crash between the two hooks of an Attach leaves one; the next
 // Loader attaches the other.
 func TestRepairsHalfAttached(t *testing.T) {
-	for _, mode := range modes {
+	for _, mode := range modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			l := e.open(t)
@@ -544,7 +580,7 @@ func TestConstants(t *testing.T) {
 		{"wrong size", map[string]any{name: bad}, func(t *testing.T, err error) { require.Error(t, err) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, loader.ModeTCX)
+			e := newEnv(t, bestMode(t))
 			e.cfg.Constants = tc.constants
 			l, err := loader.Open(e.cfg)
 			tc.check(t, err)
