@@ -9,7 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podwall/podwall/compiler"
-	"github.com/podwall/podwall/loader"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -19,7 +18,7 @@ import (
 // neighbour discovery keeps working, so that it can still talk over IPv6 once its neighbour
 // entries are gone.
 func TestIsolatedPodGetsRepliesAndNeighbourDiscovery(t *testing.T) {
-	c := newCluster(t, topo.Routed, loader.ModeTCX)
+	c := newCluster(t, topo.Routed, bestMode(t))
 	isolated := c.addPod(t, "isolated", nsProd, nil, policy(""))
 	backendPod := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)
 	guarded := c.addPod(t, "guarded", nsProd, nil, policy("allow from label role=backend"))
@@ -91,7 +90,7 @@ func flushNeighbours(t *testing.T, ns *topo.Netns) {
 // established inbound connection, its next packet is dropped, whether the pod's own policy
 // changed or the source pod was relabelled; a change that still allows it leaves it alone.
 func TestPolicyChangeCutsEstablishedConnections(t *testing.T) {
-	c := newCluster(t, topo.Routed, loader.ModeTCX)
+	c := newCluster(t, topo.Routed, bestMode(t))
 	target := c.addPod(t, "target", nsProd, nil, policy("allow tcp to ports 8080; allow udp to ports 8080"))
 	guarded := c.addPod(t, "guarded", nsProd, nil, policy("allow from label role=backend"))
 	backend := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)

@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/podwall/podwall/compiler"
-	"github.com/podwall/podwall/loader"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -16,7 +15,7 @@ import (
 // ports and to ports with ranges, to label, to cidr, ICMP type and code; and that a deny
 // rule wins over any allow rule, whatever the order.
 func TestEachRuleFieldMatchesAsSpecified(t *testing.T) {
-	c := newCluster(t, topo.Routed, loader.ModeTCX)
+	c := newCluster(t, topo.Routed, bestMode(t))
 	cl := c.tp.AddClient("client", worldIPv4, worldIPv6)
 	backendPod := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)
 	frontendPod := c.addPod(t, "frontend", nsProd, labels("role", "frontend"), nil)

@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/compiler"
-	"github.com/podwall/podwall/loader"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -21,7 +20,7 @@ import (
 func TestFragmentsShareTheirDatagramsVerdict(t *testing.T) {
 	for _, kind := range []topo.Kind{topo.Routed, topo.Bridged} {
 		t.Run(kind.String(), func(t *testing.T) {
-			c := newCluster(t, kind, loader.ModeTCX)
+			c := newCluster(t, kind, bestMode(t))
 			udpPort := c.addPod(t, "udp-port", nsProd, nil, policy("allow udp to ports 8080"))
 			udpSource := c.addPod(t, "udp-source", nsProd, nil, policy("allow udp from ports 40300"))
 			tcpOnly := c.addPod(t, "tcp-only", nsProd, nil, policy("allow tcp"))

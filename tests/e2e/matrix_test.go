@@ -6,11 +6,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/podwall/podwall/loader"
 	"github.com/podwall/podwall/tests/topo"
 )
-
-var modes = []loader.Mode{loader.ModeTCX, loader.ModeClsact}
 
 // TestCoreOnEveryTopologyAndHook runs the core of the other tests on each way pods can be
 // joined to the node (routed, bridged) and each way podwall can attach (tcx, clsact): a
@@ -18,7 +15,7 @@ var modes = []loader.Mode{loader.ModeTCX, loader.ModeClsact}
 // fragments, traffic from the node, and a policy change cutting an established connection.
 func TestCoreOnEveryTopologyAndHook(t *testing.T) {
 	for _, kind := range []topo.Kind{topo.Routed, topo.Bridged} {
-		for _, mode := range modes {
+		for _, mode := range modes(t) {
 			t.Run(kind.String()+"-"+string(mode), func(t *testing.T) {
 				c := newCluster(t, kind, mode)
 				backendPod := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)

@@ -6,7 +6,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/compiler"
-	"github.com/podwall/podwall/loader"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -15,7 +14,7 @@ import (
 // open kube-system namespace, isolation by an empty or an invalid annotation, the
 // --default-policy choices, and traffic from the node (SPEC 3.2) with AllowHost on and off.
 func TestSeedExamplesAndDefaults(t *testing.T) {
-	c := newCluster(t, topo.Routed, loader.ModeTCX)
+	c := newCluster(t, topo.Routed, bestMode(t))
 	backendPod := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)
 	frontendPod := c.addPod(t, "frontend", nsProd, labels("role", "frontend"), nil)
 	strangerPod := c.addPod(t, "stranger", nsDev, labels("role", "backend"), nil)
