@@ -307,15 +307,24 @@ func echoFromPort(ns *topo.Netns, network string, src, to netip.AddrPort, wait t
 	return exchange(conn, wait, size)
 }
 
-// exchange sends a fresh message of size bytes and reads it back.
+// writeWait bounds a write, which does not wait on the network: far longer than an answer,
+// since on an emulated kernel a deadline as short as an answer's can pass before the write
+// starts.
+const writeWait = 10 * time.Second
+
+// exchange sends a fresh message of size bytes and reads it back; wait starts once the
+// message is sent. A failed write wraps topo.ErrNotSent: it proves neither a drop nor a pass.
 func exchange(conn net.Conn, wait time.Duration, size int) error {
 	msg := make([]byte, size)
 	_, _ = rand.Read(msg)
-	if err := conn.SetDeadline(time.Now().Add(wait)); err != nil {
-		return fmt.Errorf("set deadline: %w", err)
+	if err := conn.SetWriteDeadline(time.Now().Add(writeWait)); err != nil {
+		return fmt.Errorf("set write deadline: %w", err)
 	}
 	if _, err := conn.Write(msg); err != nil {
-		return fmt.Errorf("write to %s: %w", conn.RemoteAddr(), noAnswer(err))
+		return fmt.Errorf("write to %s: %w: %w", conn.RemoteAddr(), topo.ErrNotSent, err)
+	}
+	if err := conn.SetReadDeadline(time.Now().Add(wait)); err != nil {
+		return fmt.Errorf("set read deadline: %w", err)
 	}
 	got := make([]byte, len(msg))
 	if _, err := io.ReadFull(conn, got); err != nil {

@@ -12,5 +12,6 @@
 // Error contract: building a topology fails the test (tb.Fatal) because no test can go on
 // without it; the traffic helpers return errors, and an error that means "no answer in time"
 // (the packet was dropped somewhere) wraps ErrNoAnswer, so a test can tell a drop from a
-// refused connection.
+// refused connection. An error from writing the message wraps ErrNotSent instead: nothing was
+// sent, so it is neither a drop nor a pass.
 package topo

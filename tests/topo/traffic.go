@@ -23,11 +23,21 @@ import (
 // reached the other side.
 var ErrNoAnswer = errors.New("no answer in time")
 
+// ErrNotSent is wrapped by the traffic helpers' errors when the message could not be written
+// to the socket: nothing left, so it proves neither a drop nor a pass.
+var ErrNotSent = errors.New("message not sent")
+
 // DefaultTimeout bounds each exchange. On veth pairs an answer takes well under a
 // millisecond, so a longer wait only slows down the tests that expect a drop.
 const DefaultTimeout = 500 * time.Millisecond
 
 const defaultSize = 32
+
+// writeTimeout bounds a helper's write. A small message on a fresh socket never waits for
+// buffer space, so a write gets far longer than an answer: on an emulated kernel a deadline
+// as short as an answer's can pass before the write even starts, and the message would be
+// lost to the test, not to the network.
+const writeTimeout = 10 * time.Second
 
 type options struct {
 	src     netip.Addr
@@ -64,6 +74,28 @@ func classify(err error) error {
 		return fmt.Errorf("%w: %w", ErrNoAnswer, err)
 	}
 	return err
+}
+
+// deadlines is a socket whose reads and writes have deadlines of their own.
+type deadlines interface {
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+}
+
+// sendThenWait runs write within writeTimeout and only then starts the timeout of the
+// answer, so that the wait for an answer is the time the network had for it. A failed write
+// wraps ErrNotSent.
+func sendThenWait(c deadlines, timeout time.Duration, write func() error) error {
+	if err := c.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil {
+		return fmt.Errorf("set write deadline: %w", err)
+	}
+	if err := write(); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotSent, err)
+	}
+	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return fmt.Errorf("set read deadline: %w", err)
+	}
+	return nil
 }
 
 func payload(n int) []byte {
@@ -214,11 +246,11 @@ func dialTCP(from *Netns, to netip.AddrPort, o options) (*Conn, error) {
 // is out of step (the lost message may still arrive): open a new Conn rather than retry.
 func (c *Conn) Echo() error {
 	msg := payload(c.size)
-	if err := c.c.SetDeadline(time.Now().Add(c.timeout)); err != nil {
-		return fmt.Errorf("set deadline: %w", err)
-	}
-	if _, err := c.c.Write(msg); err != nil {
-		return fmt.Errorf("write to %s: %w", c.c.RemoteAddr(), classify(err))
+	if err := sendThenWait(c.c, c.timeout, func() error {
+		_, err := c.c.Write(msg)
+		return err
+	}); err != nil {
+		return fmt.Errorf("write to %s: %w", c.c.RemoteAddr(), err)
 	}
 	got := make([]byte, len(msg))
 	if _, err := io.ReadFull(c.c, got); err != nil {
@@ -266,10 +298,10 @@ func UDPEcho(from *Netns, to netip.AddrPort, opts ...Option) error {
 	}
 	defer c.Close()
 	msg := payload(o.size)
-	if err := c.SetDeadline(time.Now().Add(o.timeout)); err != nil {
-		return fmt.Errorf("set deadline: %w", err)
-	}
-	if _, err := c.Write(msg); err != nil {
+	if err := sendThenWait(c, o.timeout, func() error {
+		_, err := c.Write(msg)
+		return err
+	}); err != nil {
 		return fmt.Errorf("send udp to %s from %s: %w", to, from.Name, err)
 	}
 	buf := make([]byte, len(msg)+1)
@@ -313,10 +345,10 @@ func Ping(from *Netns, to netip.Addr, opts ...Option) error {
 	if err != nil {
 		return fmt.Errorf("marshal echo request: %w", err)
 	}
-	if err := c.SetDeadline(time.Now().Add(o.timeout)); err != nil {
-		return fmt.Errorf("set deadline: %w", err)
-	}
-	if _, err := c.WriteTo(b, &net.UDPAddr{IP: to.AsSlice()}); err != nil {
+	if err := sendThenWait(c, o.timeout, func() error {
+		_, err := c.WriteTo(b, &net.UDPAddr{IP: to.AsSlice()})
+		return err
+	}); err != nil {
 		return fmt.Errorf("ping %s from %s: %w", to, from.Name, err)
 	}
 	buf := make([]byte, 1<<16)
