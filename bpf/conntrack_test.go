@@ -187,11 +187,17 @@ func TestJiffyNS(t *testing.T) {
 	jns, err := JiffyNS()
 	require.NoError(t, err)
 	require.Contains(t, []uint64{1e7, 4e6, 3333333, 1e6}, jns, "1e9 / CONFIG_HZ")
+	// The ticks counted in half a second of the clock must add up to it, within a slack that
+	// a virtual machine needs (its tick can run tens of ms late and then catch up, at either
+	// end) and that stays well under what a wrong HZ is off: 20% or more (250 against 300).
+	const window = 500 * time.Millisecond
+	slack := window/10 + 2*time.Duration(jns)
 	start, j0 := time.Now(), jiffies(t)
-	time.Sleep(50 * time.Millisecond)
+	time.Sleep(window)
 	ticks, elapsed := jiffies(t)-j0, time.Since(start)
-	require.GreaterOrEqual(t, ticks+1, uint64(50*time.Millisecond)/jns, "ticks in at least 50 ms")
-	require.LessOrEqual(t, ticks, uint64(elapsed)/jns+1, "ticks in %v", elapsed)
+	counted := time.Duration(ticks * jns)
+	require.GreaterOrEqual(t, counted, window-slack, "%d ticks in %v", ticks, elapsed)
+	require.LessOrEqual(t, counted, elapsed+slack, "%d ticks in %v", ticks, elapsed)
 }
 
 func TestFragmentEntries(t *testing.T) {
