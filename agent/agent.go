@@ -79,6 +79,8 @@ type Agent struct {
 	ready    bool // the ready file is written
 
 	known map[podKey]int // the interface each local pod was last found on
+	// compiler keeps the last compilation, so a change recompiles what it touches.
+	compiler compiler.Compiler
 }
 
 // New returns an agent; Run starts it.
@@ -256,7 +258,7 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 	a.cfg.Metrics.interfaceMissing.Set(float64(len(missing)))
 	a.report.report([]string{kindInterface}, missing, pods)
 
-	state := compiler.Compile(buildInput(snap, endpoints, hostIPs, a.cfg.Options))
+	state := a.compiler.Compile(buildInput(snap, endpoints, hostIPs, a.cfg.Options))
 	a.report.report(problemKinds, problemFindings(state.Problems), pods)
 	if err := a.cfg.Datapath.Apply(state); err != nil {
 		a.cfg.Metrics.applyErrors.Inc()

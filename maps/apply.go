@@ -2,6 +2,7 @@ package maps
 
 import (
 	"fmt"
+	"reflect"
 
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
@@ -20,6 +21,8 @@ type Applier struct {
 	// synced is false until the maps were read, and again after a failed apply, when what
 	// the kernel holds is no longer known.
 	synced bool
+	// last is the state the maps hold, nil when only the maps themselves tell.
+	last *compiler.State
 }
 
 // NewApplier returns an applier for the maps of a loaded collection. It reads them on the
@@ -80,14 +83,37 @@ func flatten(s *compiler.State) desired {
 // endpoint points at it, and entries are deleted only once no endpoint can reach them. The
 // ipcache is pruned before it grows: an address that leaves it is a pod that is gone, so its
 // removal can go first, and a nearly full ipcache then still takes the new pods.
+//
+// After a successful Apply, the next one writes only what changed: a policy that s shares
+// (the same *Policy) with the last state applied is not looked at again, nor is an ipcache
+// map it shares, as a compiler.Compiler's States do. States are read-only.
 func (a *Applier) Apply(s *compiler.State) error {
 	if !a.synced {
 		if err := a.load(); err != nil {
 			return err
 		}
 	}
+	var steps []func() error
+	if a.last == nil {
+		steps = a.full(s)
+	} else {
+		steps = a.incremental(s)
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			a.synced = false
+			a.last = nil
+			return fmt.Errorf("apply desired state: %w", err)
+		}
+	}
+	a.last = s
+	return nil
+}
+
+// full diffs every map against s: after the maps were read, they may hold anything.
+func (a *Applier) full(s *compiler.State) []func() error {
 	d := flatten(s)
-	steps := []func() error{
+	return []func() error{
 		func() error { return a.ident.put(d.ident) },
 		func() error { return a.cidr.put(d.cidr) },
 		func() error { return a.port.put(d.port) },
@@ -103,13 +129,99 @@ func (a *Applier) Apply(s *compiler.State) error {
 		func() error { return a.port.prune(d.port) },
 		func() error { return a.icmp.prune(d.icmp) },
 	}
-	for _, step := range steps {
-		if err := step(); err != nil {
-			a.synced = false
-			return fmt.Errorf("apply desired state: %w", err)
+}
+
+// incremental writes the difference between a.last, which the maps hold, and s, in the
+// order of full. Policy ids are in every key of a policy's entries, so a policy's entries
+// change only with it.
+func (a *Applier) incremental(s *compiler.State) []func() error {
+	last := a.last
+	var added []*compiler.Policy             // new or changed
+	removed := map[uint32]*compiler.Policy{} // gone or changed, by id
+	for id, p := range s.Policies {
+		if old := last.Policies[id]; old != p {
+			added = append(added, p)
+		}
+	}
+	for id, old := range last.Policies {
+		if s.Policies[id] != old {
+			removed[id] = old
+		}
+	}
+	records := make(map[uint32]bpf.PodwallPolicy, len(s.Policies))
+	for id, p := range s.Policies {
+		records[id] = p.Record
+	}
+	steps := []func() error{
+		func() error {
+			return putEach(a.ident, added, func(p *compiler.Policy) map[bpf.PodwallIdentKey]bpf.PodwallRuleVec { return p.Ident })
+		},
+		func() error {
+			return putEach(a.cidr, added, func(p *compiler.Policy) map[bpf.PodwallCidrKey]bpf.PodwallRuleVec { return p.CIDR })
+		},
+		func() error {
+			return putEach(a.port, added, func(p *compiler.Policy) map[bpf.PodwallPortKey]bpf.PodwallRuleVec { return p.Port })
+		},
+		func() error {
+			return putEach(a.icmp, added, func(p *compiler.Policy) map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec { return p.ICMP })
+		},
+		func() error { return a.policies.put(records) },
+	}
+	if !sameMap(s.IPCache, last.IPCache) {
+		steps = append(steps,
+			func() error { return a.ipcache.prune(s.IPCache) },
+			func() error { return a.ipcache.put(s.IPCache) })
+	}
+	return append(steps,
+		func() error { return a.endpoints.put(s.Endpoints) },
+		func() error { return a.endpoints.prune(s.Endpoints) },
+		func() error { return a.policies.prune(records) },
+		func() error {
+			return dropEach(a.ident, removed, s, func(p *compiler.Policy) map[bpf.PodwallIdentKey]bpf.PodwallRuleVec { return p.Ident })
+		},
+		func() error {
+			return dropEach(a.cidr, removed, s, func(p *compiler.Policy) map[bpf.PodwallCidrKey]bpf.PodwallRuleVec { return p.CIDR })
+		},
+		func() error {
+			return dropEach(a.port, removed, s, func(p *compiler.Policy) map[bpf.PodwallPortKey]bpf.PodwallRuleVec { return p.Port })
+		},
+		func() error {
+			return dropEach(a.icmp, removed, s, func(p *compiler.Policy) map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec { return p.ICMP })
+		},
+	)
+}
+
+// putEach writes the entries of the policies, the field of each that entries picks.
+func putEach[K, V comparable](t *table[K, V], policies []*compiler.Policy, entries func(*compiler.Policy) map[K]V) error {
+	for _, p := range policies {
+		if err := t.put(entries(p)); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// dropEach deletes the entries of the policies that s does not have: the same key in s is
+// the same policy id, whose entries are s's.
+func dropEach[K, V comparable](t *table[K, V], policies map[uint32]*compiler.Policy, s *compiler.State, entries func(*compiler.Policy) map[K]V) error {
+	var keys []K
+	for id, old := range policies {
+		var now map[K]V
+		if p, ok := s.Policies[id]; ok {
+			now = entries(p)
+		}
+		for k := range entries(old) {
+			if _, ok := now[k]; !ok {
+				keys = append(keys, k)
+			}
+		}
+	}
+	return t.remove(keys)
+}
+
+// sameMap says whether a and b are one map, not two with equal contents.
+func sameMap[K comparable, V any](a, b map[K]V) bool {
+	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
 }
 
 func (a *Applier) load() error {

@@ -81,6 +81,47 @@ func TestApplyWritesExactlyTheDesiredState(t *testing.T) {
 	}
 }
 
+// TestApplyOfACompilersStates applies the States of one compiler.Compiler, which share
+// policies and the ipcache with the last one, mixed with Compile's, which share nothing:
+// after each, the maps hold exactly the State.
+func TestApplyOfACompilersStates(t *testing.T) {
+	m := load(t, 0)
+	a := NewApplier(m)
+	var c compiler.Compiler
+	relabel := func(in compiler.Input) compiler.Input {
+		in.Pods[1].Labels = map[string]string{"role": "backend"}
+		return in
+	}
+	readdress := func(in compiler.Input) compiler.Input {
+		in.Pods[2].IPs = []netip.Addr{netip.MustParseAddr("10.0.1.5")}
+		return in
+	}
+	drop := func(in compiler.Input) compiler.Input {
+		in.Pods = in.Pods[:2]
+		return in
+	}
+	steps := []struct {
+		name    string
+		in      compiler.Input
+		compile func(compiler.Input) *compiler.State
+	}{
+		{"first", input("allow tcp from label role=frontend to ports 8080; deny from cidr 10.0.1.0/24; allow icmp type 8"), c.Compile},
+		{"annotation", input("allow udp from ports 53,1000:2000; allow from label role=frontend"), c.Compile},
+		{"same", input("allow udp from ports 53,1000:2000; allow from label role=frontend"), c.Compile},
+		{"relabel", relabel(input("allow udp from ports 53,1000:2000; allow from label role=frontend")), c.Compile},
+		{"readdress", readdress(input("allow from label role=frontend")), c.Compile},
+		{"reference", readdress(input("allow from label role=frontend")), compiler.Compile},
+		{"no policy", drop(input("")), c.Compile},
+		{"back", input("allow tcp from label role=frontend to ports 8080; deny from cidr 10.0.1.0/24; allow icmp type 8"), c.Compile},
+	}
+	for _, step := range steps {
+		s := step.compile(step.in)
+		require.NoError(t, a.Apply(s), step.name)
+		got, want := dump(t, m), flatten(s)
+		require.Equal(t, want, got, step.name)
+	}
+}
+
 func TestApplyAfterRestartChangesOnlyTheDifference(t *testing.T) {
 	m := load(t, 0)
 	first := compiler.Compile(input("allow tcp to ports 80"))

@@ -73,6 +73,11 @@ func (t *table[K, V]) prune(desired map[K]V) error {
 			keys = append(keys, k)
 		}
 	}
+	return t.remove(keys)
+}
+
+// remove deletes the keys, which the map holds.
+func (t *table[K, V]) remove(keys []K) error {
 	if len(keys) == 0 {
 		return nil
 	}
