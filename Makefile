@@ -68,7 +68,7 @@ bench: deps bpffs k8s-bins
 	$(GO) test -run '^$$' -bench '^BenchmarkVerdict$$' -benchtime 1000000x -count 5 ./tests/differential \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md
 	$(GO) test -run '^$$' -bench '^BenchmarkEnforcers$$' -benchtime 1x -timeout 30m ./tests/bench \
-		-args -benchmarks-md ../../docs/BENCHMARKS.md -iperf-seconds 3 -repetitions 3
+		-args -benchmarks-md ../../docs/BENCHMARKS.md -iperf-seconds 2 -repetitions 3
 	$(GO) test -run '^$$' -bench '^BenchmarkAgent$$' -benchtime 1x -timeout 15m ./tests/agentbench \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md
 
