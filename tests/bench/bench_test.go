@@ -181,17 +181,17 @@ func excerpts(b *testing.B, judged []*setup) []Excerpt {
 	p := st.Policies[st.Endpoints[s.target.Ifindex].Policy]
 
 	return []Excerpt{
-		{Title: fmt.Sprintf("The pod's policy at %d rules (cluster.go):", rules), Lang: "",
+		{Title: fmt.Sprintf("The pod's policy at %d rules (cluster.go):", rules),
 			Text: strings.ReplaceAll(PolicyText(rules), "; ", ";\n") + "\n"},
-		{Title: "podwall: one policy record and its classifier entries, shared by every pod with the same folded policy " +
-			"(the benchmark's translation reads the same compiled state):", Lang: "",
+		{Title: "podwall: one policy record and its classifier entries, shared by every pod with the same folded policy; " +
+			"the baselines below are written from this same compiled state:",
 			Text: fmt.Sprintf("policies: 1 record (%d bytes)\npol_ident: %d entries\npol_cidr: %d entries\n"+
 				"pol_port: %d entries\npol_icmp: %d entries\n",
 				binary.Size(p.Record), len(p.Ident), len(p.CIDR), len(p.Port), len(p.ICMP))},
-		{Title: "iptables + ipset (IPv4; ip6tables gets the same for IPv6), iptables-restore input:", Lang: "",
+		{Title: "iptables + ipset (IPv4; ip6tables gets the same for IPv6), iptables-restore input:",
 			Text: felix.Rules},
-		{Title: "and the start of its ipset restore input:", Lang: "", Text: head(felix.IPSets, 6)},
-		{Title: "nftables (IPv4; an ip6 table gets the same for IPv6), with the sets cut short:", Lang: "",
+		{Title: "and the start of its ipset restore input:", Text: head(felix.IPSets, 6)},
+		{Title: "nftables (IPv4; an ip6 table gets the same for IPv6), with the sets cut short:",
 			Text: shortenSets(nft.Rules)},
 	}
 }

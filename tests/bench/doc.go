@@ -24,6 +24,7 @@
 //
 // Error contract: functions return errors wrapped with what they were doing; ErrNoEndpoint,
 // ErrNotEnforced and ErrUnnamedRule say why a compiled state has no ruleset to translate,
-// ErrOwnNetns that a command was pointed at the process's own namespace, and ErrIperf that
-// iperf3 reported an error.
+// ErrOwnNetns that a command was pointed at the process's own namespace, ErrIperf that
+// iperf3 reported an error (ErrServerBusy with it when its server had not finished the
+// previous test).
 package bench

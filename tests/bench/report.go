@@ -47,7 +47,7 @@ type Key struct {
 
 // Excerpt is a piece of a ruleset shown in the report.
 type Excerpt struct {
-	Title, Lang, Text string
+	Title, Text string
 }
 
 // Compiled is a control-plane measurement: compiling one cluster.
@@ -262,7 +262,7 @@ func (r *Report) excerpts() string {
 	var b strings.Builder
 	b.WriteString("### What each enforcer installs\n\n")
 	for _, e := range r.Excerpts {
-		fmt.Fprintf(&b, "%s\n\n```%s\n%s```\n\n", e.Title, e.Lang, e.Text)
+		fmt.Fprintf(&b, "%s\n\n```\n%s```\n\n", e.Title, e.Text)
 	}
 	return b.String()
 }

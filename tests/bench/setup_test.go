@@ -227,8 +227,8 @@ func (s *setup) measure(t Test, seconds int) (rate, perCPU float64, err error) {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
-		if err != nil {
-			return 0, 0, errors.Join(err, runErr)
+		if err := errors.Join(err, runErr); err != nil {
+			return 0, 0, err
 		}
 		after, err := s.podRxPackets()
 		if err != nil {
