@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -22,6 +24,18 @@ type Cluster struct {
 	podLister  corelisters.PodLister
 	nsLister   corelisters.NamespaceLister
 	synced     atomic.Bool
+
+	// converted keeps each cached object's conversion: an informer replaces an object on
+	// every change and never modifies one, so an object seen before converts the same, and
+	// a snapshot after one change converts one pod, not the whole cluster.
+	mu        sync.Mutex
+	converted map[*corev1.Pod]convertedPod
+	sweep     uint64
+}
+
+type convertedPod struct {
+	pod   Pod
+	sweep uint64 // the last snapshot that saw the object
 }
 
 // NewCluster returns a source that watches the API through client. It contacts nothing
@@ -98,13 +112,38 @@ func (c *Cluster) Snapshot() (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("list namespaces: %w", err)
 	}
-	snap := Snapshot{Pods: make([]Pod, 0, len(pods)), Namespaces: make([]string, 0, len(nss))}
-	for _, p := range pods {
-		snap.Pods = append(snap.Pods, podFromAPI(p))
-	}
+	snap := Snapshot{Pods: c.convert(pods), Namespaces: make([]string, 0, len(nss))}
 	for _, ns := range nss {
 		snap.Namespaces = append(snap.Namespaces, ns.Name)
 	}
 	slices.Sort(snap.Namespaces)
 	return snap, nil
+}
+
+// convert is podFromAPI of every pod, reusing the conversions of objects seen before.
+func (c *Cluster) convert(pods []*corev1.Pod) []Pod {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.converted == nil {
+		c.converted = make(map[*corev1.Pod]convertedPod, len(pods))
+	}
+	c.sweep++
+	out := make([]Pod, 0, len(pods))
+	for _, p := range pods {
+		cp, ok := c.converted[p]
+		if !ok {
+			cp.pod = podFromAPI(p)
+		}
+		cp.sweep = c.sweep
+		c.converted[p] = cp
+		out = append(out, cp.pod)
+	}
+	if len(c.converted) > len(pods) {
+		for p, cp := range c.converted {
+			if cp.sweep != c.sweep {
+				delete(c.converted, p)
+			}
+		}
+	}
+	return out
 }
