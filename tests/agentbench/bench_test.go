@@ -415,7 +415,7 @@ func BenchmarkAgent(b *testing.B) {
 
 	r.report(b)
 	if *benchmarksMD != "" {
-		require.NoError(b, writeSection(*benchmarksMD, r.markdown()))
+		require.NoError(b, section.Replace(*benchmarksMD, r.markdown()))
 	}
 }
 

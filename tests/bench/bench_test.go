@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/tests/benchdoc"
 )
 
 var (
@@ -39,8 +39,8 @@ const controlRuns = 5
 func BenchmarkEnforcers(b *testing.B) {
 	r := &Report{
 		Date:          time.Now(),
-		Kernel:        kernelRelease(),
-		CPU:           cpuModel(),
+		Kernel:        benchdoc.KernelRelease(),
+		CPU:           benchdoc.CPUModel(),
 		NProc:         runtime.NumCPU(),
 		GoVersion:     runtime.Version(),
 		Command:       command(),
@@ -221,43 +221,8 @@ func shortenSets(s string) string {
 
 // command is the go test command line that ran the benchmark, from the test flags.
 func command() string {
-	value := func(name string) string {
-		if f := flag.Lookup(name); f != nil {
-			return shellQuote(f.Value.String())
-		}
-		return ""
-	}
 	return fmt.Sprintf("go test -run %s -bench %s -benchtime %s -timeout %s ./tests/bench -args -benchmarks-md %s "+
-		"-iperf-seconds %d -repetitions %d", value("test.run"), value("test.bench"), value("test.benchtime"),
-		value("test.timeout"), shellQuote(*benchmarksMD), *iperfSeconds, *repetitions)
-}
-
-var shellSafe = regexp.MustCompile(`^[A-Za-z0-9._/=:-]+$`)
-
-func shellQuote(s string) string {
-	if shellSafe.MatchString(s) {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-func kernelRelease() string {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return "(unknown kernel)"
-	}
-	return unix.ByteSliceToString(u.Release[:])
-}
-
-func cpuModel() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return "(unknown CPU)"
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "(unknown CPU)"
+		"-iperf-seconds %d -repetitions %d", benchdoc.Flag("test.run"), benchdoc.Flag("test.bench"),
+		benchdoc.Flag("test.benchtime"), benchdoc.Flag("test.timeout"), benchdoc.ShellQuote(*benchmarksMD),
+		*iperfSeconds, *repetitions)
 }

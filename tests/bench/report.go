@@ -1,13 +1,12 @@
 package bench
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/podwall/podwall/tests/benchdoc"
 )
 
 // Test is one of the traffic tests.
@@ -113,35 +112,12 @@ const (
 	SectionEnd   = "<!-- END BenchmarkEnforcers -->"
 )
 
-var errMarkers = errors.New("markers out of order")
+var section = benchdoc.Section{Begin: SectionBegin, End: SectionEnd}
 
 // WriteSection replaces the text between the section's markers in the file at path with
 // text, and appends the markers with text when the file has none (creating the file).
 func WriteSection(path, text string) error {
-	doc, err := os.ReadFile(path)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("read %s: %w", path, err)
-	}
-	begin, end := bytes.Index(doc, []byte(SectionBegin)), bytes.Index(doc, []byte(SectionEnd))
-	var out bytes.Buffer
-	switch {
-	case begin < 0 && end < 0:
-		out.Write(doc)
-		if len(doc) > 0 && !bytes.HasSuffix(doc, []byte("\n\n")) {
-			out.WriteString("\n")
-		}
-		out.WriteString(SectionBegin + "\n" + text + SectionEnd + "\n")
-	case begin < 0 || end < begin:
-		return fmt.Errorf("section of %s: %w", path, errMarkers)
-	default:
-		out.Write(doc[:begin+len(SectionBegin)])
-		out.WriteString("\n" + text)
-		out.Write(doc[end:])
-	}
-	if err := os.WriteFile(path, out.Bytes(), 0o644); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	return section.Write(path, text)
 }
 
 // Markdown renders the section.
@@ -163,7 +139,7 @@ func (r *Report) method() string {
 	var b strings.Builder
 	counts := make([]string, len(r.RuleCounts))
 	for i, n := range r.RuleCounts {
-		counts[i] = thousands(n)
+		counts[i] = benchdoc.Thousands(n)
 	}
 	fmt.Fprintf(&b, "**Set-up.** Each enforcer has a topology of its own, made of network namespaces: a node "+
 		"namespace routing like Calico, a client namespace, and the server pod joined to the node by a veth pair. "+
@@ -197,7 +173,7 @@ func (r *Report) trafficTables() string {
 	}
 	fmt.Fprintf(&b, "No filter: TCP stream **%.1f Gbit/s** (%.1f Gbit/s per CPU), UDP 64 B **%s packets/s** "+
 		"(%s per CPU) (medians).\n\n", base(TCPStream, false)/1e9, base(TCPStream, true)/1e9,
-		thousands(int(base(UDPSmall, false))), thousands(int(base(UDPSmall, true))))
+		benchdoc.Thousands(int(base(UDPSmall, false))), benchdoc.Thousands(int(base(UDPSmall, true))))
 	b.WriteString("Every packet judged, as ratios to no filter (1.00 = no cost). *rate*: the median rate over no " +
 		"filter's, the absolute median beside it; *per CPU*: the same for the rate per CPU-second the iperf3 " +
 		"processes used (TCP: client and server; UDP: the client, in whose context the node forwards and filters), " +
@@ -207,12 +183,12 @@ func (r *Report) trafficTables() string {
 	for _, e := range Enforcers {
 		for _, n := range r.RuleCounts {
 			k := Key{Enforcer: e, Rules: n}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", e, thousands(n),
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", e, benchdoc.Thousands(n),
 				r.cell(k, TCPStream, false), r.cell(k, TCPStream, true),
 				r.cell(k, UDPSmall, false), r.cell(k, UDPSmall, true), r.Installed[k])
 		}
 	}
-	fmt.Fprintf(&b, "\nAs deployed (conntrack first), %s rules:\n\n", thousands(r.StatefulRules))
+	fmt.Fprintf(&b, "\nAs deployed (conntrack first), %s rules:\n\n", benchdoc.Thousands(r.StatefulRules))
 	b.WriteString("| enforcer | TCP rate | TCP per CPU | UDP 64 B rate | UDP per CPU |\n|---|---:|---:|---:|---:|\n")
 	for _, e := range Enforcers {
 		k := Key{Enforcer: e, Stateful: true, Rules: r.StatefulRules}
@@ -236,7 +212,7 @@ func (r *Report) cell(k Key, t Test, perCPU bool) string {
 	}
 	abs := fmt.Sprintf("%.1f Gbit/s", m/1e9)
 	if t == UDPSmall {
-		abs = fmt.Sprintf("%s pps", thousands(int(m)))
+		abs = fmt.Sprintf("%s pps", benchdoc.Thousands(int(m)))
 	}
 	return fmt.Sprintf("%.2f (%s)", r.Ratio(k), abs)
 }
@@ -250,9 +226,9 @@ func (r *Report) controlTable() string {
 	b.WriteString("| cluster | pods | local pods | policies | compile | allocated | state on the Go heap | map entries | map bytes |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, c := range r.Control {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c.Name, thousands(c.Pods),
-			thousands(c.Endpoints), thousands(c.Policies), c.Compile.Round(time.Millisecond/10),
-			mib(c.AllocBytes), mib(c.HeapBytes), thousands(c.MapEntries), mib(uint64(c.MapBytes)))
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c.Name, benchdoc.Thousands(c.Pods),
+			benchdoc.Thousands(c.Endpoints), benchdoc.Thousands(c.Policies), c.Compile.Round(time.Millisecond/10),
+			mib(c.AllocBytes), mib(c.HeapBytes), benchdoc.Thousands(c.MapEntries), mib(uint64(c.MapBytes)))
 	}
 	b.WriteString("\n")
 	return b.String()
@@ -268,11 +244,3 @@ func (r *Report) excerpts() string {
 }
 
 func mib(n uint64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
-
-func thousands(n int) string {
-	s := fmt.Sprint(n)
-	for i := len(s) - 3; i > 0; i -= 3 {
-		s = s[:i] + "," + s[i:]
-	}
-	return s
-}

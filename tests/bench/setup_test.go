@@ -16,6 +16,7 @@ import (
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/datapath"
 	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/tests/benchdoc"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -160,9 +161,9 @@ func plural(n int, thing string) string {
 	case n == 1:
 		return "1 " + thing
 	case strings.HasSuffix(thing, "y"):
-		return thousands(n) + " " + strings.TrimSuffix(thing, "y") + "ies"
+		return benchdoc.Thousands(n) + " " + strings.TrimSuffix(thing, "y") + "ies"
 	}
-	return thousands(n) + " " + thing + "s"
+	return benchdoc.Thousands(n) + " " + thing + "s"
 }
 
 // serve starts iperf3's server in the pod, stopped when the test ends.

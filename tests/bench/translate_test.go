@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/tests/benchdoc"
 )
 
 var (
@@ -232,7 +233,7 @@ func TestWriteSection(t *testing.T) {
 	require.Equal(t, "# other\n\n"+SectionBegin+"\nappended\n"+SectionEnd+"\n", string(b))
 
 	require.NoError(t, os.WriteFile(path, []byte(SectionEnd+SectionBegin), 0o644))
-	require.ErrorIs(t, WriteSection(path, "x"), errMarkers)
+	require.ErrorIs(t, WriteSection(path, "x"), benchdoc.ErrMarkers)
 }
 
 func TestRun(t *testing.T) {
