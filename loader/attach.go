@@ -5,16 +5,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/podwall/podwall/internal/netnsrun"
 )
 
 // direction is one of the two program slots of an interface.
@@ -273,33 +273,7 @@ func (l *Loader) takeOver(h hook, found []attachment) error {
 // inNetns runs fn on a thread in the Loader's network namespace: tcx resolves an ifindex in
 // the namespace of the calling thread. A thread that cannot switch back is not reused.
 func (l *Loader) inNetns(fn func() error) error {
-	if !l.ns.IsOpen() {
-		return fn()
-	}
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(l.ns); err != nil {
-			runtime.UnlockOSThread()
-			done <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			done <- errors.Join(ferr, fmt.Errorf("leave netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		done <- ferr
-	}()
-	return <-done
+	return netnsrun.Run(l.ns, fn)
 }
 
 // tcx: a link per hook, pinned; the pin keeps it attached after the process exits.

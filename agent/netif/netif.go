@@ -6,13 +6,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/podwall/podwall/internal/netnsrun"
 )
 
 var (
@@ -205,33 +206,7 @@ func (f *Finder) resolve(ip netip.Addr, why error) error {
 // inNetns runs fn on a thread in the Finder's namespace. A thread that cannot switch back is
 // not reused.
 func (f *Finder) inNetns(fn func() error) error {
-	if !f.ns.IsOpen() {
-		return fn()
-	}
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(f.ns); err != nil {
-			runtime.UnlockOSThread()
-			done <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			done <- errors.Join(ferr, fmt.Errorf("leave netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		done <- ferr
-	}()
-	return <-done
+	return netnsrun.Run(f.ns, fn)
 }
 
 // Exists says whether the namespace has an interface with this ifindex.
