@@ -2,6 +2,7 @@ package netif
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -88,14 +89,21 @@ func TestWatch(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error)
 	go func() { done <- f.Watch(ctx, func(c Change) { changes <- c.Kind }) }()
-	// A pod brings a link and routes.
+	// A pod brings a link and routes. Watch subscribes in its goroutine, so the first pod may
+	// come before the subscriptions: another pod follows every half second until both kinds
+	// of change were seen.
 	tp.AddPod("pod1")
 	seen := map[Kind]bool{}
-	timeout := time.After(5 * time.Second)
-	for !seen[LinkChange] || !seen[RouteChange] {
+	timeout := time.After(10 * time.Second)
+	another := time.NewTicker(500 * time.Millisecond)
+	defer another.Stop()
+	for n := 2; !seen[LinkChange] || !seen[RouteChange]; {
 		select {
 		case c := <-changes:
 			seen[c] = true
+		case <-another.C:
+			tp.AddPod(fmt.Sprintf("pod%d", n))
+			n++
 		case <-timeout:
 			t.Fatalf("changes seen: %v", seen)
 		}
