@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -24,10 +26,21 @@ import (
 // on these veth pairs, so a probe expected to be dropped waits only long enough to be sure
 // (the wait is its whole cost); one expected to pass waits long, so a busy machine never
 // turns it into a false drop.
-const (
-	dropWait = 300 * time.Millisecond
-	passWait = 2 * time.Second
-)
+//
+// passWait grows with PODWALL_TEST_SLOWDOWN (a whole number, default 1), which the kernel
+// matrix sets for its emulated guests: there a program load under test can hold the virtual
+// CPUs for seconds, and a connection that must pass would time out without being dropped.
+const dropWait = 300 * time.Millisecond
+
+var passWait = 2 * time.Second * time.Duration(slowdown())
+
+func slowdown() int {
+	n, err := strconv.Atoi(os.Getenv("PODWALL_TEST_SLOWDOWN"))
+	if err != nil || n < 1 {
+		return 1
+	}
+	return n
+}
 
 // ephemeralPort stands for the source port the kernel picks, in the reference verdict of a
 // probe that does not choose its own; only policies with `from ports` depend on it, and their

@@ -24,6 +24,7 @@
 #   PODWALL_KERNEL_MEMORY    guest memory in MiB (default 1536)
 #   PODWALL_KERNEL_CPUS      guest CPUs (default 2)
 #   PODWALL_DIFF_PACKETS     packets of the differential test (default: suite.sh's)
+#   PODWALL_TEST_SLOWDOWN    how many times longer e2e waits for traffic that must pass, in guests (4)
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -179,6 +180,9 @@ boot() {
 	cmdline+=" podwall.suite=$here/suite.sh podwall.tests=$cache/tests"
 	# The suite ends its tests before the guest's timeout, so that a test that hangs shows where.
 	cmdline+=" podwall.env=PODWALL_SUITE_SECONDS=$((timeout_s - 20))"
+	# Emulated CPUs can be held for seconds by a program load: tests that wait for traffic
+	# that must pass wait that much longer (tests/e2e passWait).
+	cmdline+=" podwall.env=PODWALL_TEST_SLOWDOWN=${PODWALL_TEST_SLOWDOWN:-4}"
 	[[ -n ${PODWALL_DIFF_PACKETS:-} ]] && cmdline+=" podwall.env=PODWALL_DIFF_PACKETS=$PODWALL_DIFF_PACKETS"
 	log "booting $version (at most ${timeout_s}s)"
 	start=$SECONDS
