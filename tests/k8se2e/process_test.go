@@ -2,7 +2,6 @@ package k8se2e
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -12,45 +11,18 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/podwall/podwall/tests/proc"
 	"github.com/stretchr/testify/require"
 )
-
-// buildPodwall builds the podwall binary into the test's temp folder.
-func buildPodwall(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "podwall")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/podwall/podwall/cmd/podwall").CombinedOutput()
-	require.NoError(t, err, "build podwall: %s", out)
-	return bin
-}
-
-// syncBuffer collects a process's output while it runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // agentProcess is `podwall agent` watching the test's API server.
 type agentProcess struct {
 	cmd     *exec.Cmd
-	out     *syncBuffer
+	out     *proc.Output
 	ready   string
 	metrics string // base URL of /metrics, /healthz and /readyz
 	exited  chan error
@@ -67,7 +39,7 @@ func (e *env) startAgent(bin string, args ...string) *agentProcess {
 	e.t.Helper()
 	addr := freeAddr(e.t)
 	p := &agentProcess{
-		out:     &syncBuffer{},
+		out:     &proc.Output{},
 		ready:   filepath.Join(e.t.TempDir(), "ready"),
 		metrics: "http://" + addr,
 		exited:  make(chan error, 1),

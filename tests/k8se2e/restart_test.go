@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/podwall/podwall/tests/proc"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -15,7 +16,7 @@ import (
 // allowed packet may be lost, no denied one may pass, an established connection lives on,
 // and what changed in the API while no agent ran applies once the next one is up.
 func TestAgentRestart(t *testing.T) {
-	bin := buildPodwall(t)
+	bin := proc.BuildPodwall(t)
 	e := newEnv(t)
 	api, web, worker := e.addPod("api"), e.addPod("web"), e.addPod("worker")
 	e.api.CreateNamespace(t, "shop", nil)

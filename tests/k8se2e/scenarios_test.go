@@ -15,6 +15,7 @@ import (
 	"github.com/podwall/podwall/agent"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/k8s"
+	"github.com/podwall/podwall/tests/proc"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -23,7 +24,7 @@ func TestMain(m *testing.M) { topo.Main(m) }
 // TestScenarios runs the podwall binary against a real API server and takes the cluster
 // through what clusters go through, checking the maps and real traffic after each step.
 func TestScenarios(t *testing.T) {
-	bin := buildPodwall(t)
+	bin := proc.BuildPodwall(t)
 	e := newEnv(t)
 	api, web, worker, intruder, dns, late := e.addPod("api"), e.addPod("web"), e.addPod("worker"),
 		e.addPod("intruder"), e.addPod("dns"), e.addPod("late")

@@ -1,7 +1,6 @@
 package standalone
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -21,41 +20,15 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/tests/proc"
 	"github.com/podwall/podwall/tests/topo"
 )
-
-// buildPodwall builds the podwall binary into the test's temp folder.
-func buildPodwall(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "podwall")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/podwall/podwall/cmd/podwall").CombinedOutput()
-	require.NoError(t, err, "build podwall: %s", out)
-	return bin
-}
-
-// syncBuffer collects a process's output while it runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // agentProcess is `podwall agent` running in the node namespace, entered with nsenter (not
 // `ip netns exec`, which would hide the host's bpffs).
 type agentProcess struct {
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *proc.Output
 	ready  string
 	exited chan error
 }
@@ -64,7 +37,7 @@ const metricsAddr = "127.0.0.1:9402"
 
 func (c *cluster) startBinary(bin string, args ...string) *agentProcess {
 	c.t.Helper()
-	p := &agentProcess{out: &syncBuffer{}, ready: filepath.Join(c.t.TempDir(), "ready"), exited: make(chan error, 1)}
+	p := &agentProcess{out: &proc.Output{}, ready: filepath.Join(c.t.TempDir(), "ready"), exited: make(chan error, 1)}
 	p.cmd = exec.Command("nsenter", append([]string{"--net=" + c.tp.Node.Path, "--", bin, "agent",
 		"--pods-file", c.file, "--bpffs", c.bpffs, "--ready-file", p.ready,
 		"--metrics-addr", metricsAddr, "--log-format", "console"}, args...)...)
@@ -134,7 +107,7 @@ func httpGet(t *testing.T, ns *topo.Netns, url string) (int, string) {
 // TestRestartAndUninstall runs the podwall binary, restarts it while traffic flows (no
 // allowed packet may be lost, no denied one may pass), then uninstalls it.
 func TestRestartAndUninstall(t *testing.T) {
-	bin := buildPodwall(t)
+	bin := proc.BuildPodwall(t)
 	c := newCluster(t, topo.Routed)
 	api, web, worker := c.addPod("api"), c.addPod("web"), c.addPod("worker")
 	c.write([]podSpec{
