@@ -85,6 +85,13 @@ struct {
 } frags SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32); /* EPOCH_CHANGING while odd */
+} epoch SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, REASON_MAX);
 	__type(key, __u32);  /* enum reason */
@@ -126,6 +133,7 @@ struct judge {
 	struct pkt p;
 	__u32 policy;
 	__u32 generation;
+	__u32 epoch; /* read_epoch(), before the endpoint was looked up */
 	__u32 identity;
 	__u32 rule;
 	__u8 mode;
@@ -213,15 +221,33 @@ static __always_inline bool ct_tuple(const struct pkt *p, const bool pod_is_dst,
 	return true;
 }
 
-/* ct_passes: the entry lets the flow's packets reach the pod (step 6). */
+/* read_epoch is the node's conntrack epoch. It must be read before the endpoint: an entry
+ * stamped with an epoch is then never stamped with a generation older than that epoch (the
+ * agent writes the odd epoch, then the endpoints, then the new even epoch). */
+static __always_inline __u32 read_epoch(void)
+{
+	__u32 zero = 0, *v = bpf_map_lookup_elem(&epoch, &zero);
+
+	/* Never missing (an array of one); if it were, no entry could vouch for itself. */
+	return v ? *v : 1;
+}
+
+/* ct_passes: the entry lets the flow's packets reach the pod (step 6). A CT_IN entry passes
+ * when it was allowed under the endpoint's current generation: its epoch is the current even
+ * one, or its generation is the endpoint's. generation 0 is not known yet (the endpoint was
+ * not looked up; a real generation is never 0). */
 static __always_inline int ct_passes(const struct ct_entry *e, __u8 proto, __u32 generation,
-				     __u64 now)
+				     __u32 epoch_now, __u64 now)
 {
 	if (!ct_live(e, proto, now))
 		return 0;
 	if (e->flags & CT_OUT)
 		return REASON_REPLY;
-	if ((e->flags & CT_IN) && e->generation == generation)
+	if (!(e->flags & CT_IN))
+		return 0;
+	if (e->epoch == epoch_now && !EPOCH_CHANGING(epoch_now))
+		return REASON_ESTABLISHED;
+	if (generation && e->generation == generation)
 		return REASON_ESTABLISHED;
 	return 0;
 }
@@ -235,6 +261,7 @@ static __always_inline void track_in(struct judge *c, const struct ct_key *k, st
 	struct ct_entry fresh = {
 		.last_seen = now,
 		.generation = c->generation,
+		.epoch = c->epoch,
 		.flags = CT_IN,
 	};
 
@@ -244,6 +271,7 @@ static __always_inline void track_in(struct judge *c, const struct ct_key *k, st
 		else
 			e->flags = CT_IN;
 		e->generation = c->generation;
+		e->epoch = c->epoch;
 		e->last_seen = now;
 		return;
 	}
@@ -280,7 +308,9 @@ __noinline int icmp_error_passes(struct __sk_buff *skb, const struct judge *c)
 	    !ct_tuple(&in, false, &k))
 		return 0;
 	e = bpf_map_lookup_elem(&conntrack, &k);
-	return e && ct_passes(e, k.proto, c->generation, c->now);
+	/* An ICMP error is not tracked, so no epoch was read before the endpoint: the
+	 * generation alone vouches (an odd epoch matches no entry). */
+	return e && ct_passes(e, k.proto, c->generation, 1, c->now);
 }
 
 static __always_inline __u8 proto_class(const struct pkt *p)
@@ -436,9 +466,13 @@ static __always_inline bool drops(enum reason reason)
 	       reason == REASON_MALFORMED;
 }
 
-/* event_allowed is the rate limit: a generic cell rate algorithm per kind of event. */
-static __always_inline bool event_allowed(__u32 kind, __u64 now)
+/* event_allowed is the rate limit: a generic cell rate algorithm per kind of event, in ns
+ * from ct_now, the packet's ct_clock(). In jiffies, time moves a tick at a time: the limit
+ * then lets a little more through within a tick and the same over a second. It reads no clock
+ * of its own, so a flood of drops or new flows over the limit costs no helper call. */
+static __always_inline bool event_allowed(__u32 kind, __u64 ct_now)
 {
+	__u64 now = jiffy_ns ? ct_now * jiffy_ns : ct_now;
 	__u64 interval, tat;
 
 	if (!events_per_sec)
@@ -458,17 +492,16 @@ static __always_inline void send_event(struct __sk_buff *skb, const struct judge
 				       enum reason reason, __u8 verdict)
 {
 	const struct pkt *p = &c->p;
-	__u64 now = clock_ns();
 	struct event *ev;
 
-	if (!event_allowed(verdict == VERDICT_PASS, now))
+	if (!event_allowed(verdict == VERDICT_PASS, c->now))
 		return;
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
 		count(REASON_EVENT_LOST);
 		return;
 	}
-	ev->timestamp = now;
+	ev->timestamp = clock_ns();
 	ev->ifindex = skb->ifindex;
 	ev->policy = c->policy;
 	ev->rule = c->rule;
@@ -525,8 +558,24 @@ __noinline int finish(struct __sk_buff *skb, const struct judge *c, enum reason 
 	return TCX_NEXT;
 }
 
+/* pass_tracked ends a packet that passes on its conntrack entry e (step 6): all that finish
+ * does for a pass that is not a first fragment, inline (the call and its tests cost an
+ * established flow 7 ns in 130). */
+static __always_inline int pass_tracked(struct __sk_buff *skb, const struct judge *c,
+					struct ct_entry *e, int reason)
+{
+	ct_refresh(e, c->now);
+	if (c->p.frag != FRAG_FIRST) {
+		count(reason);
+		return TCX_NEXT;
+	}
+	return finish(skb, c, reason);
+}
+
 /* to_pod decides whether a packet may reach the pod: the algorithm of docs/ARCHITECTURE.md,
- * whose step numbers the comments use. */
+ * whose step numbers the comments use. Step 6 comes first for the packets that pass on it
+ * whatever the endpoint says: replies to the pod's own flows, and inbound flows stamped with
+ * the current epoch; an established flow then costs no endpoint lookup. */
 SEC("tc")
 int to_pod(struct __sk_buff *skb)
 {
@@ -536,33 +585,47 @@ int to_pod(struct __sk_buff *skb)
 	struct endpoint *ep;
 	struct policy *pol;
 	__u32 ifindex = skb->ifindex, *id;
-	bool tracked, trackable;
-	int res;
+	bool tracked = false, trackable;
+	int parsed, res;
+
+	/* 2 */
+	c.now = ct_clock();
+	parsed = parse_frame(skb, &c.p);
+	if (parsed == PARSE_OK)
+		tracked = ct_tuple(&c.p, true, &k);
+
+	/* 6, before the endpoint */
+	if (tracked) {
+		c.epoch = read_epoch();
+		e = bpf_map_lookup_elem(&conntrack, &k);
+		if (e) {
+			res = ct_passes(e, k.proto, 0, c.epoch, c.now);
+			if (res)
+				return pass_tracked(skb, &c, e, res);
+		}
+	}
 
 	/* 1 */
 	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	if (!ep)
 		return finish(skb, &c, REASON_NOT_ENDPOINT);
-	c.now = ct_clock();
 	c.policy = ep->policy;
 	c.generation = ep->generation;
 	c.mode = ep->mode;
 	c.ep_flags = ep->flags;
 
 	/* 2 */
-	res = parse_frame(skb, &c.p);
-	if (res == PARSE_NOT_IP)
+	if (parsed == PARSE_NOT_IP)
 		return finish(skb, &c, REASON_NOT_IP);
-	if (res != PARSE_OK)
+	if (parsed != PARSE_OK)
 		return finish(skb, &c, c.mode == MODE_OPEN ? REASON_OPEN : REASON_MALFORMED);
-	tracked = ct_tuple(&c.p, true, &k);
 	/* An inbound echo reply answers the pod's request: it never opens a flow. */
 	trackable = tracked && !is_echo_reply(&c.p);
 
 	/* 3 */
 	if (c.mode == MODE_OPEN) {
 		if (trackable)
-			track_in(&c, &k, bpf_map_lookup_elem(&conntrack, &k));
+			track_in(&c, &k, e);
 		return finish(skb, &c, REASON_OPEN);
 	}
 
@@ -587,21 +650,14 @@ int to_pod(struct __sk_buff *skb)
 		}
 	}
 
-	/* 6 */
-	if (tracked) {
-		e = bpf_map_lookup_elem(&conntrack, &k);
-		if (e) {
-			res = ct_passes(e, k.proto, c.generation, c.now);
-			if (res) {
-				ct_refresh(e, c.now);
-				/* All finish does for a pass that is not a first fragment, inline:
-				 * the call and its tests cost an established flow 7 ns in 130. */
-				if (c.p.frag != FRAG_FIRST) {
-					count(res);
-					return TCX_NEXT;
-				}
-				return finish(skb, &c, res);
-			}
+	/* 6, with the endpoint's generation: an entry allowed under it, stamped with an older
+	 * epoch, is stamped with this one, so its next packets pass before the endpoint. */
+	if (e) {
+		res = ct_passes(e, k.proto, c.generation, c.epoch, c.now);
+		if (res) {
+			if (res == REASON_ESTABLISHED && e->epoch != c.epoch)
+				e->epoch = c.epoch;
+			return pass_tracked(skb, &c, e, res);
 		}
 	}
 

@@ -144,10 +144,17 @@ struct ct_key {
 
 struct ct_entry {
 	__u64 last_seen; /* bpf_jiffies64, or with jiffy_ns 0 bpf_ktime_get_coarse_ns */
-	__u32 generation;
+	__u32 generation; /* CT_IN: the endpoint's generation that allowed the flow */
+	__u32 epoch;      /* CT_IN: the node's epoch when generation was last found current */
 	__u8 flags;
-	__u8 pad[3];
+	__u8 pad[7];
 };
+
+/* epoch (array of one u32): the node's conntrack epoch. maps.Applier makes it odd before it
+ * changes any endpoint and even (and new) once every endpoint is written; it never repeats. A
+ * CT_IN entry whose epoch is the current even epoch was allowed under its endpoint's current
+ * generation, so step 6 passes it without looking the endpoint up. */
+#define EPOCH_CHANGING(e) ((e) & 1)
 
 /* frags (LRU hash): the verdict of a datagram's first fragment, for the ones that follow. */
 struct frag_key {

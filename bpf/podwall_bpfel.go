@@ -24,8 +24,9 @@ type PodwallCtEntry struct {
 	_          structs.HostLayout
 	LastSeen   uint64
 	Generation uint32
+	Epoch      uint32
 	Flags      uint8
-	Pad        [3]uint8
+	Pad        [7]uint8
 }
 
 type PodwallCtKey struct {
@@ -156,6 +157,7 @@ type PodwallRuleVec struct {
 const (
 	PodwallMapConntrack       = "conntrack"
 	PodwallMapEndpoints       = "endpoints"
+	PodwallMapEpoch           = "epoch"
 	PodwallMapEvents          = "events"
 	PodwallMapFrags           = "frags"
 	PodwallMapIpcache         = "ipcache"
@@ -227,6 +229,7 @@ type PodwallProgramSpecs struct {
 type PodwallMapSpecs struct {
 	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
+	Epoch     *ebpf.MapSpec `ebpf:"epoch"`
 	Events    *ebpf.MapSpec `ebpf:"events"`
 	Frags     *ebpf.MapSpec `ebpf:"frags"`
 	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
@@ -272,6 +275,7 @@ func (o *PodwallObjects) Close() error {
 type PodwallMaps struct {
 	Conntrack *ebpf.Map `ebpf:"conntrack"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
+	Epoch     *ebpf.Map `ebpf:"epoch"`
 	Events    *ebpf.Map `ebpf:"events"`
 	Frags     *ebpf.Map `ebpf:"frags"`
 	Ipcache   *ebpf.Map `ebpf:"ipcache"`
@@ -287,6 +291,7 @@ func (m *PodwallMaps) Close() error {
 	return _PodwallClose(
 		m.Conntrack,
 		m.Endpoints,
+		m.Epoch,
 		m.Events,
 		m.Frags,
 		m.Ipcache,

@@ -17,6 +17,7 @@ type Applier struct {
 	cidr      *table[bpf.PodwallCidrKey, bpf.PodwallRuleVec]
 	port      *table[bpf.PodwallPortKey, bpf.PodwallRuleVec]
 	icmp      *table[bpf.PodwallIcmpKey, bpf.PodwallRuleVec]
+	epoch     *epoch
 
 	// synced is false until the maps were read, and again after a failed apply, when what
 	// the kernel holds is no longer known.
@@ -36,6 +37,7 @@ func NewApplier(m *bpf.PodwallMaps) *Applier {
 		cidr:      newTable[bpf.PodwallCidrKey, bpf.PodwallRuleVec](m.PolCidr, bpf.PodwallMapPolCidr),
 		port:      newTable[bpf.PodwallPortKey, bpf.PodwallRuleVec](m.PolPort, bpf.PodwallMapPolPort),
 		icmp:      newTable[bpf.PodwallIcmpKey, bpf.PodwallRuleVec](m.PolIcmp, bpf.PodwallMapPolIcmp),
+		epoch:     &epoch{m: m.Epoch},
 	}
 }
 
@@ -80,7 +82,8 @@ func flatten(s *compiler.State) desired {
 
 // Apply makes the maps hold s. The order is what keeps every packet judged by a whole
 // policy: a policy's field entries are written before its record, the record before any
-// endpoint points at it, and entries are deleted only once no endpoint can reach them. The
+// endpoint points at it, and entries are deleted only once no endpoint can reach them. A
+// change to the endpoints is framed by the conntrack epochs (epoch.around). The
 // ipcache is pruned before it grows: an address that leaves it is a pod that is gone, so its
 // removal can go first, and a nearly full ipcache then still takes the new pods.
 //
@@ -113,7 +116,7 @@ func (a *Applier) Apply(s *compiler.State) error {
 // full diffs every map against s: after the maps were read, they may hold anything.
 func (a *Applier) full(s *compiler.State) []func() error {
 	d := flatten(s)
-	return []func() error{
+	steps := []func() error{
 		func() error { return a.ident.put(d.ident) },
 		func() error { return a.cidr.put(d.cidr) },
 		func() error { return a.port.put(d.port) },
@@ -121,14 +124,15 @@ func (a *Applier) full(s *compiler.State) []func() error {
 		func() error { return a.policies.put(d.policies) },
 		func() error { return a.ipcache.prune(d.ipcache) },
 		func() error { return a.ipcache.put(d.ipcache) },
-		func() error { return a.endpoints.put(d.endpoints) },
-		func() error { return a.endpoints.prune(d.endpoints) },
+	}
+	steps = append(steps, a.endpointSteps(d.endpoints)...)
+	return append(steps,
 		func() error { return a.policies.prune(d.policies) },
 		func() error { return a.ident.prune(d.ident) },
 		func() error { return a.cidr.prune(d.cidr) },
 		func() error { return a.port.prune(d.port) },
 		func() error { return a.icmp.prune(d.icmp) },
-	}
+	)
 }
 
 // incremental writes the difference between a.last, which the maps hold, and s, in the
@@ -172,9 +176,8 @@ func (a *Applier) incremental(s *compiler.State) []func() error {
 			func() error { return a.ipcache.prune(s.IPCache) },
 			func() error { return a.ipcache.put(s.IPCache) })
 	}
+	steps = append(steps, a.endpointSteps(s.Endpoints)...)
 	return append(steps,
-		func() error { return a.endpoints.put(s.Endpoints) },
-		func() error { return a.endpoints.prune(s.Endpoints) },
 		func() error { return a.policies.prune(records) },
 		func() error {
 			return dropEach(a.ident, removed, s, func(p *compiler.Policy) map[bpf.PodwallIdentKey]bpf.PodwallRuleVec { return p.Ident })
@@ -188,6 +191,18 @@ func (a *Applier) incremental(s *compiler.State) []func() error {
 		func() error {
 			return dropEach(a.icmp, removed, s, func(p *compiler.Policy) map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec { return p.ICMP })
 		},
+	)
+}
+
+// endpointSteps makes the endpoints map hold want, between the two epochs when anything
+// changes, and also when an earlier apply failed between them.
+func (a *Applier) endpointSteps(want map[uint32]bpf.PodwallEndpoint) []func() error {
+	if !a.endpoints.differs(want) && !a.epoch.changing() {
+		return nil
+	}
+	return a.epoch.around(
+		func() error { return a.endpoints.put(want) },
+		func() error { return a.endpoints.prune(want) },
 	)
 }
 
@@ -225,7 +240,7 @@ func sameMap[K comparable, V any](a, b map[K]V) bool {
 }
 
 func (a *Applier) load() error {
-	for _, l := range []interface{ load() error }{a.endpoints, a.policies, a.ipcache, a.ident, a.cidr, a.port, a.icmp} {
+	for _, l := range []interface{ load() error }{a.endpoints, a.policies, a.ipcache, a.ident, a.cidr, a.port, a.icmp, a.epoch} {
 		if err := l.load(); err != nil {
 			return err
 		}

@@ -186,3 +186,32 @@ func closedMap(t *testing.T) *ebpf.Map {
 	require.NoError(t, m.Close())
 	return m
 }
+
+// TestApplyFramesEndpointChangesWithEpochs checks the conntrack epoch an Applier keeps: it
+// moves by two (through an odd value) when the endpoints change and only then, a restarted
+// applier continues from the pinned value, and an epoch left odd by an apply that failed
+// between its two writes is made even by the next apply, even one that changes nothing.
+func TestApplyFramesEndpointChangesWithEpochs(t *testing.T) {
+	m := load(t, 0)
+	epoch := func() uint32 {
+		var v uint32
+		require.NoError(t, m.Epoch.Lookup(uint32(0), &v))
+		return v
+	}
+	first := compiler.Compile(input("allow tcp"))
+	second := compiler.Compile(input("allow udp"))
+
+	a := NewApplier(m)
+	require.NoError(t, a.Apply(first))
+	require.Equal(t, uint32(2), epoch(), "the first endpoints")
+	require.NoError(t, a.Apply(compiler.Compile(input("allow tcp"))))
+	require.Equal(t, uint32(2), epoch(), "the same endpoints")
+	require.NoError(t, NewApplier(m).Apply(first))
+	require.Equal(t, uint32(2), epoch(), "a restarted applier with the same endpoints")
+	require.NoError(t, NewApplier(m).Apply(second))
+	require.Equal(t, uint32(4), epoch(), "a restarted applier with other endpoints")
+
+	require.NoError(t, m.Epoch.Update(uint32(0), uint32(5), 0), "an apply failed after the odd epoch")
+	require.NoError(t, NewApplier(m).Apply(second))
+	require.Equal(t, uint32(6), epoch(), "the next apply ends the change")
+}

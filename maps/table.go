@@ -65,6 +65,19 @@ func (t *table[K, V]) put(desired map[K]V) error {
 	return nil
 }
 
+// differs says whether put or prune would change anything.
+func (t *table[K, V]) differs(desired map[K]V) bool {
+	if len(desired) != len(t.present) {
+		return true
+	}
+	for k, v := range desired {
+		if old, ok := t.present[k]; !ok || old != v {
+			return true
+		}
+	}
+	return false
+}
+
 // prune deletes every present entry that desired does not have.
 func (t *table[K, V]) prune(desired map[K]V) error {
 	var keys []K

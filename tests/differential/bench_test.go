@@ -111,8 +111,8 @@ func ctInsertProgram(b *testing.B) *ebpf.Program {
 	require.NoError(b, err)
 	b.Cleanup(func() { m.Close() })
 
-	// The key is at fp-48 (48 bytes), the value at fp-64 (16 bytes), both zeroed first.
-	const key, value = -48, -64
+	// The key is at fp-48 (48 bytes), the value at fp-72 (24 bytes), both zeroed first.
+	const key, value = -48, -72
 	require.Equal(b, uint32(-key), ms.KeySize)
 	require.Equal(b, uint32(key-value), ms.ValueSize)
 	insns := asm.Instructions{asm.Mov.Imm(asm.R1, 0)}

@@ -1,0 +1,95 @@
+package differential
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/tests/topo"
+)
+
+// TestEstablishedFlowsFollowTheEpoch checks the conntrack epoch (bpf/podwall.h) with the
+// maps.Applier that writes it: an established inbound flow passes on its entry, stamped with
+// the current epoch; a change to another pod's endpoint moves the epoch, and the flow's next
+// packet passes on its generation, which did not change, and takes the new epoch; a change to
+// its own pod's policy moves the epoch and the generation, and the flow is judged again.
+func TestEstablishedFlowsFollowTheEpoch(t *testing.T) {
+	ns := topo.NewNetns(t, "epoch")
+	devices := addVeths(t, ns, 1)
+	enter(t, ns)
+	d := loadDatapath(t, func(*bpf.PodwallSpecs) error { return nil })
+
+	server, other, client := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")
+	cluster := func(serverPolicy, otherPolicy string) *compiler.State {
+		pod := func(name string, ip netip.Addr, policy string) compiler.Pod {
+			return compiler.Pod{Namespace: "shop", Name: name, IPs: []netip.Addr{ip},
+				Annotations: map[string]string{compiler.AnnotationKey: policy}}
+		}
+		s := compiler.Compile(compiler.Input{
+			Pods: []compiler.Pod{pod("server", server, serverPolicy), pod("other", other, otherPolicy), pod("client", client, "")},
+			Endpoints: []compiler.Endpoint{
+				{Ifindex: devices[0], Namespace: "shop", Name: "server"},
+				{Ifindex: devices[1], Namespace: "shop", Name: "other"},
+			},
+		})
+		require.Empty(t, s.Problems)
+		return s
+	}
+	p := compiler.Packet{Src: client, Dst: server, Proto: protoTCP, SrcPort: 40000, DstPort: 443}
+	syn, ack := frame(p, wire{tcpFlags: tcpSYN}), frame(p, wire{tcpFlags: tcpACK})
+	epoch := func() uint32 {
+		var v uint32
+		require.NoError(t, d.objs.Epoch.Lookup(uint32(0), &v))
+		return v
+	}
+	// entry is the flow's conntrack entry: the only one.
+	entry := func() bpf.PodwallCtEntry {
+		var (
+			k bpf.PodwallCtKey
+			e bpf.PodwallCtEntry
+			n int
+		)
+		it := d.objs.Conntrack.Iterate()
+		for ; it.Next(&k, &e); n++ {
+			require.Equal(t, ipAddr(server), k.Pod)
+		}
+		require.NoError(t, it.Err())
+		require.Equal(t, 1, n, "conntrack entries")
+		return e
+	}
+	verdicts := func(frames ...[]byte) []compiler.Reason {
+		var out []compiler.Reason
+		for _, f := range frames {
+			o, err := d.run(devices[0], f)
+			require.NoError(t, err)
+			out = append(out, o.reason)
+		}
+		return out
+	}
+
+	first := cluster("allow tcp to ports 443", "allow udp")
+	require.NoError(t, d.applier.Apply(first))
+	e1 := epoch()
+	require.Zero(t, e1&1, "the epoch is even once the endpoints are written")
+	require.Equal(t, []compiler.Reason{compiler.ReasonAllowRule, compiler.ReasonEstablished, compiler.ReasonEstablished}, verdicts(syn, ack, ack))
+	require.Equal(t, e1, entry().Epoch, "the flow is stamped with the epoch it was allowed in")
+	gen := entry().Generation
+	require.Equal(t, first.Endpoints[devices[0]].Generation, gen)
+
+	require.NoError(t, d.applier.Apply(cluster("allow tcp to ports 443", "allow tcp")))
+	e2 := epoch()
+	require.Equal(t, e1+2, e2, "a change to another endpoint moves the epoch past an odd one")
+	require.Equal(t, []compiler.Reason{compiler.ReasonEstablished}, verdicts(ack), "the server's generation did not change")
+	require.Equal(t, bpf.PodwallCtEntry{LastSeen: entry().LastSeen, Generation: gen, Epoch: e2, Flags: entry().Flags}, entry(),
+		"the flow takes the new epoch, under the same generation")
+
+	require.NoError(t, d.applier.Apply(cluster("allow tcp to ports 443", "allow tcp")))
+	require.Equal(t, e2, epoch(), "an apply that changes no endpoint leaves the epoch")
+
+	require.NoError(t, d.applier.Apply(cluster("allow tcp to ports 8443", "allow tcp")))
+	require.Equal(t, e2+2, epoch())
+	require.Equal(t, []compiler.Reason{compiler.ReasonNoRule}, verdicts(ack), "the server's new policy judges the flow again")
+}
