@@ -260,6 +260,11 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 
 	state := a.compiler.Compile(buildInput(snap, endpoints, hostIPs, a.cfg.Options))
 	a.report.report(problemKinds, problemFindings(state.Problems), pods)
+	// A new pod's interface gets the programs before its endpoint entry exists (until then
+	// they pass its packets on untouched), so that it is guarded from the moment Apply
+	// writes the entry, not from the end of Apply.
+	attachFailed := a.attach(state, endpoints)
+	a.report.report([]string{kindAttach}, attachFailed, pods)
 	if err := a.cfg.Datapath.Apply(state); err != nil {
 		a.cfg.Metrics.applyErrors.Inc()
 		f := finding{kind: kindApply, reason: ReasonApplyFailed, message: err.Error()}
@@ -277,8 +282,7 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 			zap.Duration("took", time.Since(start)))
 	}
 
-	attachFailed := a.attach(state, endpoints)
-	a.report.report([]string{kindAttach}, attachFailed, pods)
+	a.detach(state)
 	if len(missing) == 0 && len(attachFailed) == 0 {
 		a.writeReady()
 	}
@@ -336,8 +340,8 @@ func (a *Agent) awaitEndpoints(ctx context.Context, locals []k8s.Pod, eps []comp
 	return eps, missing
 }
 
-// attach attaches the programs to the endpoints' interfaces that lack them and detaches them
-// from interfaces that are no longer endpoints. It returns the attach failures.
+// attach attaches the programs to the endpoints' interfaces that lack them. It returns the
+// failures.
 func (a *Agent) attach(state *compiler.State, eps []compiler.Endpoint) []finding {
 	owner := map[int]podKey{}
 	for _, ep := range eps {
@@ -357,7 +361,13 @@ func (a *Agent) attach(state *compiler.State, eps []compiler.Endpoint) []finding
 		}
 		a.log.Info("attached", zap.String("pod", owner[int(ifindex)].String()), zap.Uint32("ifindex", ifindex))
 	}
-	for _, ifindex := range attached {
+	return failed
+}
+
+// detach detaches the programs from the interfaces that are no longer endpoints, once the
+// state without them is applied.
+func (a *Agent) detach(state *compiler.State) {
+	for _, ifindex := range a.cfg.Datapath.Attached() {
 		if _, ok := state.Endpoints[uint32(ifindex)]; ok {
 			continue
 		}
@@ -367,7 +377,6 @@ func (a *Agent) attach(state *compiler.State, eps []compiler.Endpoint) []finding
 		}
 		a.log.Info("detached", zap.Int("ifindex", ifindex))
 	}
-	return failed
 }
 
 // writeReady writes the ready file once.

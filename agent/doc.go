@@ -3,11 +3,12 @@
 //
 // One loop does all the work. Any change (the source's, or a link, route or neighbour of the
 // node, package netif) wakes it; it waits for a burst of changes to settle (Config.Debounce),
-// then compiles the whole snapshot into the desired state (compiler.Compile), applies it to
-// the maps (datapath.Apply), attaches the programs to the interfaces of the node's pods that
-// have none and detaches them from interfaces that are no longer a pod's, and reports what it
-// could not do: invalid policies, pods whose interface is not found, attach failures, full
-// maps, each as a log line, a metric and, once per change of its message, a Kubernetes Event.
+// then compiles the whole snapshot into the desired state (compiler.Compile), attaches the
+// programs to the interfaces of the node's pods that have none, applies the state to the maps
+// (datapath.Apply), detaches the programs from interfaces that are no longer a pod's, and
+// reports what it could not do: invalid policies, pods whose interface is not found, attach
+// failures, full maps, each as a log line, a metric and, once per change of its message, a
+// Kubernetes Event.
 // What failed is retried with a growing delay.
 //
 // Enforcement is never dropped by the agent's own troubles: nothing is applied before the

@@ -40,7 +40,7 @@ func TestConntrackRecordsInboundFlows(t *testing.T) {
 			e, ok := f.ct(tt.key)
 			require.Equal(t, tt.track, ok, "entry")
 			if tt.track {
-				require.Equal(t, PodwallCtEntry{LastSeen: e.LastSeen, Generation: genMain, Flags: ctIn}, e)
+				require.Equal(t, PodwallCtEntry{LastSeen: e.LastSeen, Generation: genMain, Epoch: f.epoch, Flags: ctIn}, e)
 				require.GreaterOrEqual(t, e.LastSeen, before)
 			}
 		})
@@ -53,22 +53,27 @@ func TestConntrackEntries(t *testing.T) {
 	frame := in4(worldV4, tcp(40000, 443, tcpACK))
 	tests := []struct {
 		name   string
-		entry  PodwallCtEntry // LastSeen: age in ns
+		entry  PodwallCtEntry // LastSeen: age in ns; Epoch: the fixture's is 2
 		reason PodwallReason
 		want   PodwallCtEntry // LastSeen: 0 unchanged, 1 now
 	}{
 		{"reply, seen just now: not refreshed", PodwallCtEntry{LastSeen: second / 2, Flags: ctOut}, rsReply, PodwallCtEntry{Flags: ctOut}},
 		{"reply, seen a while ago: refreshed", PodwallCtEntry{LastSeen: 10 * second, Flags: ctOut}, rsReply, PodwallCtEntry{LastSeen: 1, Flags: ctOut}},
-		{"established, refreshed", PodwallCtEntry{LastSeen: 10 * second, Generation: genMain, Flags: ctIn}, rsEstablished, PodwallCtEntry{LastSeen: 1, Generation: genMain, Flags: ctIn}},
+		{"established, refreshed", PodwallCtEntry{LastSeen: 10 * second, Generation: genMain, Flags: ctIn}, rsEstablished, PodwallCtEntry{LastSeen: 1, Generation: genMain, Epoch: 2, Flags: ctIn}},
 		{"expired reply is judged", PodwallCtEntry{LastSeen: 3 * 3600 * second, Flags: ctOut}, rsNoRule, PodwallCtEntry{Flags: ctOut}},
 		{"expired inbound flow is judged", PodwallCtEntry{LastSeen: 3 * 3600 * second, Generation: genMain, Flags: ctIn}, rsNoRule, PodwallCtEntry{Generation: genMain, Flags: ctIn}},
 		{"old generation is judged", PodwallCtEntry{LastSeen: 10 * second, Generation: genMain + 5, Flags: ctIn}, rsNoRule, PodwallCtEntry{Generation: genMain + 5, Flags: ctIn}},
 		{"neither bit is judged", PodwallCtEntry{LastSeen: 10 * second, Generation: genMain}, rsNoRule, PodwallCtEntry{Generation: genMain}},
+		// The epoch vouches for the generation: the endpoint is not looked at.
+		{"current epoch passes on it", PodwallCtEntry{LastSeen: second / 2, Generation: genMain + 5, Epoch: 2, Flags: ctIn}, rsEstablished, PodwallCtEntry{Generation: genMain + 5, Epoch: 2, Flags: ctIn}},
+		{"old epoch, old generation is judged", PodwallCtEntry{LastSeen: second / 2, Generation: genMain + 5, Epoch: 0, Flags: ctIn}, rsNoRule, PodwallCtEntry{Generation: genMain + 5, Flags: ctIn}},
+		{"old epoch, current generation takes the epoch", PodwallCtEntry{LastSeen: second / 2, Generation: genMain, Epoch: 0, Flags: ctIn}, rsEstablished, PodwallCtEntry{Generation: genMain, Epoch: 2, Flags: ctIn}},
 	}
 	for _, clk := range clocks(t) {
 		for _, tt := range tests {
 			t.Run(clk.name+"/"+tt.name, func(t *testing.T) {
 				f := newFixture(t, clk.setup)
+				require.Equal(t, uint32(2), f.epoch)
 				now := clk.now(t)
 				entry := tt.entry
 				entry.LastSeen = now - tt.entry.LastSeen/clk.unit
@@ -102,15 +107,23 @@ func TestConntrackEntries(t *testing.T) {
 		require.Equal(t, uint32(genMain), e.Generation)
 	})
 
-	t.Run("an allowed flow over a live entry keeps its CT_OUT bit", func(t *testing.T) {
+	t.Run("an epoch in the middle of a change vouches for no flow", func(t *testing.T) {
+		f := newFixture(t)
+		key := ctKey(podV4, worldV4, 443, 40000, protoTCP)
+		require.NoError(t, f.objs.Conntrack.Put(key, PodwallCtEntry{LastSeen: monotonicNow(t), Generation: genMain + 5, Epoch: 3, Flags: ctIn}))
+		require.NoError(t, f.objs.Epoch.Put(uint32(0), uint32(3)))
+		_, reason := f.toPod(in4(worldV4, tcp(40000, 443, tcpACK)))
+		require.Equal(t, rsNoRule, reason)
+	})
+
+	t.Run("in open mode, a reply passes on the pod's flow", func(t *testing.T) {
 		f := newFixture(t)
 		setMode(modeOpen)(f)
 		f.fromPod(out4(xV4, tcp(80, 40000, tcpSYN)))
 		_, reason := f.toPod(in4(xV4, tcp(40000, 80, tcpSYN|tcpACK)))
-		require.Equal(t, rsOpen, reason)
+		require.Equal(t, rsReply, reason)
 		e, _ := f.ct(ctKey(podV4, xV4, 80, 40000, protoTCP))
-		require.Equal(t, uint8(ctIn|ctOut), e.Flags)
-		require.Equal(t, uint32(genMain), e.Generation)
+		require.Equal(t, uint8(ctOut), e.Flags, "still the pod's own flow")
 	})
 }
 
@@ -288,13 +301,13 @@ func TestUnconstrainedFieldsAreNotLookedUp(t *testing.T) {
 			f.put(f.objs.PolPort, portKey(pol, 0, 1, 0, 0), none)
 			f.put(f.objs.PolIcmp, PodwallIcmpKey{Policy: pol, Family: 4, Type: 8, Code: 0}, none)
 
-			require.NoError(t, f.objs.Policies.Put(uint32(pol), &rec))
+			f.records[pol] = rec
 			rejudge(pol, 0)(f)
 			_, reason := f.toPod(tt.frame)
 			require.Equal(t, rsAllow, reason, "no flags")
 
 			rec.Flags = tt.flag
-			require.NoError(t, f.objs.Policies.Put(uint32(pol), &rec))
+			f.records[pol] = rec
 			rejudge(pol, 0)(f)
 			_, reason = f.toPod(tt.frame)
 			require.Equal(t, tt.want, reason, "flag %d", tt.flag)

@@ -34,7 +34,7 @@ func TestContextIfindex(t *testing.T) {
 	f := newFixture(t)
 	idx := enterNewNetns(t)
 	frame := in4(xV4, tcp(40000, 80, tcpSYN))
-	require.NoError(t, f.objs.Endpoints.Put(idx, PodwallEndpoint{Policy: polMain, Generation: genMain, Mode: modeIsolate}))
+	require.NoError(t, f.objs.Endpoints.Put(idx, PodwallEndpointEntry{Ep: PodwallEndpoint{Policy: polMain, Generation: genMain, Mode: modeIsolate}}))
 
 	_, reason := f.toPodWith(&ebpf.RunOptions{Data: frame})
 	require.Equal(t, rsAllow, reason, "no context: loopback, ifindex 1")
@@ -90,8 +90,7 @@ func TestTypeSizes(t *testing.T) {
 		m          string
 		key, value uintptr
 	}{
-		{PodwallMapEndpoints, 4, unsafe.Sizeof(PodwallEndpoint{})},
-		{PodwallMapPolicies, 4, unsafe.Sizeof(PodwallPolicy{})},
+		{PodwallMapEndpoints, 4, unsafe.Sizeof(PodwallEndpointEntry{})},
 		{PodwallMapIpcache, unsafe.Sizeof(PodwallIpAddr{}), 4},
 		{PodwallMapPolIdent, unsafe.Sizeof(PodwallIdentKey{}), unsafe.Sizeof(PodwallRuleVec{})},
 		{PodwallMapPolCidr, unsafe.Sizeof(PodwallCidrKey{}), unsafe.Sizeof(PodwallRuleVec{})},

@@ -49,13 +49,18 @@ var verdictReasons = []PodwallReason{
 	PodwallReasonREASON_ESTABLISHED, PodwallReasonREASON_ICMP_ERROR, PodwallReasonREASON_HOST,
 	PodwallReasonREASON_ND, PodwallReasonREASON_FRAGMENT, PodwallReasonREASON_ALLOW_RULE,
 	PodwallReasonREASON_DENY_RULE, PodwallReasonREASON_NO_RULE, PodwallReasonREASON_ISOLATED,
-	PodwallReasonREASON_NO_POLICY, PodwallReasonREASON_MALFORMED, PodwallReasonREASON_NOT_IP,
+	PodwallReasonREASON_MALFORMED, PodwallReasonREASON_NOT_IP,
 }
 
 type fixture struct {
 	tb     testing.TB
 	objs   PodwallObjects
 	events *ringbuf.Reader
+	// records are the policy records by id, which setEndpoint puts in the endpoint's entry
+	// as maps.Applier does.
+	records map[uint32]PodwallPolicy
+	// epoch is the conntrack epoch setEndpoint last wrote.
+	epoch uint32
 }
 
 // newFixture loads the collection with small maps, after edit changes the spec (variables,
@@ -73,7 +78,7 @@ func newFixture(tb testing.TB, edit ...func(*PodwallSpecs, *ebpf.CollectionSpec)
 	for _, e := range edit {
 		e(&specs, spec)
 	}
-	f := &fixture{tb: tb}
+	f := &fixture{tb: tb, records: map[uint32]PodwallPolicy{}}
 	err = spec.LoadAndAssign(&f.objs, nil)
 	if ve := (*ebpf.VerifierError)(nil); errors.As(err, &ve) {
 		tb.Fatalf("load: %+v", ve)
@@ -84,11 +89,11 @@ func newFixture(tb testing.TB, edit ...func(*PodwallSpecs, *ebpf.CollectionSpec)
 	require.NoError(tb, err)
 	tb.Cleanup(func() { f.events.Close() })
 
+	f.installMain()
 	f.setEndpoint(PodwallEndpoint{Policy: polMain, Generation: genMain, Flags: 1 /* EP_ALLOW_HOST */})
 	for addr, id := range map[string]uint32{hostV4: 1, hostV6: 1, xV4: idX, xV6: idX} {
 		require.NoError(tb, f.objs.Ipcache.Put(ipAddr(addr), id))
 	}
-	f.installMain()
 	return f
 }
 
@@ -111,16 +116,27 @@ func ipAddr(s string) PodwallIpAddr {
 	return ip
 }
 
+// setEndpoint writes the endpoint's entry, with the record of its policy in enforce mode,
+// between an odd and a new even conntrack epoch, as maps.Applier does.
 func (f *fixture) setEndpoint(ep PodwallEndpoint) {
 	f.tb.Helper()
-	require.NoError(f.tb, f.objs.Endpoints.Put(uint32(podIfindex), ep))
+	e := PodwallEndpointEntry{Ep: ep}
+	if ep.Mode == 0 /* MODE_ENFORCE */ {
+		rec, ok := f.records[ep.Policy]
+		require.True(f.tb, ok, "policy %d has no record", ep.Policy)
+		e.Rules = rec
+	}
+	require.NoError(f.tb, f.objs.Epoch.Put(uint32(0), f.epoch+1))
+	require.NoError(f.tb, f.objs.Endpoints.Put(uint32(podIfindex), &e))
+	f.epoch += 2
+	require.NoError(f.tb, f.objs.Epoch.Put(uint32(0), f.epoch))
 }
 
 func (f *fixture) endpoint() PodwallEndpoint {
 	f.tb.Helper()
-	var ep PodwallEndpoint
-	require.NoError(f.tb, f.objs.Endpoints.Lookup(uint32(podIfindex), &ep))
-	return ep
+	var e PodwallEndpointEntry
+	require.NoError(f.tb, f.objs.Endpoints.Lookup(uint32(podIfindex), &e))
+	return e.Ep
 }
 
 type vec = [16]uint64
@@ -184,7 +200,7 @@ func (f *fixture) installMain() {
 	pol.Deny = bits(1, 6)
 	pol.Flags = 1 | 2 | 4 | 8 | 16
 	pol.Nrules = 11
-	require.NoError(f.tb, f.objs.Policies.Put(uint32(polMain), &pol))
+	f.records[polMain] = pol
 
 	f.put(f.objs.PolIdent, PodwallIdentKey{Policy: polMain, Identity: idX}, or(bits(0), wildIdent))
 	f.put(f.objs.PolCidr, PodwallCidrKey{Prefixlen: 64 + 16, Policy: polMain, Ip: ipAddr("10.1.0.0")}, or(bits(1, 2), wildCidr))

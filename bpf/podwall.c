@@ -18,17 +18,10 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
-	__type(key, __u32); /* ifindex */
-	__type(value, struct endpoint);
-} endpoints SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32); /* policy id */
-	__type(value, struct policy);
-} policies SEC(".maps");
+	__type(key, __u32); /* ifindex */
+	__type(value, struct endpoint_entry);
+} endpoints SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -389,7 +382,8 @@ __noinline int classify(const struct policy *pol, struct judge *c)
 	int res;
 
 	if (!pol || !c)
-		return REASON_NO_POLICY;
+		/* Never: both are the caller's. The verifier wants the test; fail closed. */
+		return REASON_NO_RULE;
 	p = &c->p;
 	v6 = p->src.family == FAM_V6;
 	class = proto_class(p);
@@ -462,7 +456,7 @@ __noinline int classify(const struct policy *pol, struct judge *c)
 static __always_inline bool drops(enum reason reason)
 {
 	return reason == REASON_DENY_RULE || reason == REASON_NO_RULE ||
-	       reason == REASON_ISOLATED || reason == REASON_NO_POLICY ||
+	       reason == REASON_ISOLATED ||
 	       reason == REASON_MALFORMED;
 }
 
@@ -552,8 +546,8 @@ __noinline int finish(struct __sk_buff *skb, const struct judge *c, enum reason 
 		send_event(skb, c, reason, verdict);
 	if (verdict == VERDICT_DROP)
 		/* The policy refuses the packet; reason says why: a deny rule, no allow rule,
-		 * an isolated pod, a missing policy (fail closed), unparsable headers (fail
-		 * closed), or the drop of the datagram's first fragment. */
+		 * an isolated pod, unparsable headers (fail closed), or the drop of the
+		 * datagram's first fragment. */
 		return TC_ACT_SHOT;
 	return TCX_NEXT;
 }
@@ -582,8 +576,7 @@ int to_pod(struct __sk_buff *skb)
 	struct judge c = {};
 	struct ct_key k = {};
 	struct ct_entry *e = NULL;
-	struct endpoint *ep;
-	struct policy *pol;
+	struct endpoint_entry *ee;
 	__u32 ifindex = skb->ifindex, *id;
 	bool tracked = false, trackable;
 	int parsed, res;
@@ -606,13 +599,13 @@ int to_pod(struct __sk_buff *skb)
 	}
 
 	/* 1 */
-	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
-	if (!ep)
+	ee = bpf_map_lookup_elem(&endpoints, &ifindex);
+	if (!ee)
 		return finish(skb, &c, REASON_NOT_ENDPOINT);
-	c.policy = ep->policy;
-	c.generation = ep->generation;
-	c.mode = ep->mode;
-	c.ep_flags = ep->flags;
+	c.policy = ee->ep.policy;
+	c.generation = ee->ep.generation;
+	c.mode = ee->ep.mode;
+	c.ep_flags = ee->ep.flags;
 
 	/* 2 */
 	if (parsed == PARSE_NOT_IP)
@@ -677,12 +670,9 @@ int to_pod(struct __sk_buff *skb)
 	/* 9 */
 	if (c.mode == MODE_ISOLATE)
 		return finish(skb, &c, REASON_ISOLATED);
-	pol = bpf_map_lookup_elem(&policies, &c.policy);
-	if (!pol)
-		return finish(skb, &c, REASON_NO_POLICY);
 
 	/* 10 */
-	res = classify(pol, &c);
+	res = classify(&ee->rules, &c);
 	if (res == REASON_ALLOW_RULE && trackable) {
 		track_in(&c, &k, e);
 		c.new_flow = 1;

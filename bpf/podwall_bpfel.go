@@ -48,6 +48,13 @@ type PodwallEndpoint struct {
 	Pad        [2]uint8
 }
 
+type PodwallEndpointEntry struct {
+	_     structs.HostLayout
+	Ep    PodwallEndpoint
+	_     [4]byte
+	Rules PodwallPolicy
+}
+
 type PodwallEvent struct {
 	_         structs.HostLayout
 	Timestamp uint64
@@ -138,12 +145,11 @@ const (
 	PodwallReasonREASON_DENY_RULE    PodwallReason = 9
 	PodwallReasonREASON_NO_RULE      PodwallReason = 10
 	PodwallReasonREASON_ISOLATED     PodwallReason = 11
-	PodwallReasonREASON_NO_POLICY    PodwallReason = 12
-	PodwallReasonREASON_MALFORMED    PodwallReason = 13
-	PodwallReasonREASON_CT_FULL      PodwallReason = 14
-	PodwallReasonREASON_NOT_IP       PodwallReason = 15
-	PodwallReasonREASON_EVENT_LOST   PodwallReason = 16
-	PodwallReasonREASON_MAX          PodwallReason = 17
+	PodwallReasonREASON_MALFORMED    PodwallReason = 12
+	PodwallReasonREASON_CT_FULL      PodwallReason = 13
+	PodwallReasonREASON_NOT_IP       PodwallReason = 14
+	PodwallReasonREASON_EVENT_LOST   PodwallReason = 15
+	PodwallReasonREASON_MAX          PodwallReason = 16
 )
 
 type PodwallRuleVec struct {
@@ -165,7 +171,6 @@ const (
 	PodwallMapPolIcmp         = "pol_icmp"
 	PodwallMapPolIdent        = "pol_ident"
 	PodwallMapPolPort         = "pol_port"
-	PodwallMapPolicies        = "policies"
 	PodwallMapStats           = "stats"
 	PodwallProgFromPod        = "from_pod"
 	PodwallProgToPod          = "to_pod"
@@ -237,7 +242,6 @@ type PodwallMapSpecs struct {
 	PolIcmp   *ebpf.MapSpec `ebpf:"pol_icmp"`
 	PolIdent  *ebpf.MapSpec `ebpf:"pol_ident"`
 	PolPort   *ebpf.MapSpec `ebpf:"pol_port"`
-	Policies  *ebpf.MapSpec `ebpf:"policies"`
 	Stats     *ebpf.MapSpec `ebpf:"stats"`
 }
 
@@ -283,7 +287,6 @@ type PodwallMaps struct {
 	PolIcmp   *ebpf.Map `ebpf:"pol_icmp"`
 	PolIdent  *ebpf.Map `ebpf:"pol_ident"`
 	PolPort   *ebpf.Map `ebpf:"pol_port"`
-	Policies  *ebpf.Map `ebpf:"policies"`
 	Stats     *ebpf.Map `ebpf:"stats"`
 }
 
@@ -299,7 +302,6 @@ func (m *PodwallMaps) Close() error {
 		m.PolIcmp,
 		m.PolIdent,
 		m.PolPort,
-		m.Policies,
 		m.Stats,
 	)
 }

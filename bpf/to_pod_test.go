@@ -95,7 +95,7 @@ const (
 )
 
 func installEmpty(f *fixture) {
-	require.NoError(f.tb, f.objs.Policies.Put(uint32(polEmpty), &PodwallPolicy{}))
+	f.records[polEmpty] = PodwallPolicy{}
 }
 
 const (
@@ -111,7 +111,6 @@ const (
 	rsDeny        = PodwallReasonREASON_DENY_RULE
 	rsNoRule      = PodwallReasonREASON_NO_RULE
 	rsIsolated    = PodwallReasonREASON_ISOLATED
-	rsNoPolicy    = PodwallReasonREASON_NO_POLICY
 	rsMalformed   = PodwallReasonREASON_MALFORMED
 	rsNotIP       = PodwallReasonREASON_NOT_IP
 )
@@ -219,8 +218,8 @@ func TestToPod(t *testing.T) {
 		{"open mode keeps the pod's own flows", []step{
 			change("open", setMode(modeOpen)),
 			sent("syn", out4(worldV4, tcp(40000, 443, syn))),
-			pass("syn-ack", in4(worldV4, tcp(443, 40000, syn|ack)), rsOpen),
-			change("enforce, new generation", func(f *fixture) { setMode(0)(f); rejudge(polEmpty, 1)(f) }),
+			pass("syn-ack", in4(worldV4, tcp(443, 40000, syn|ack)), rsReply),
+			change("enforce, new generation", func(f *fixture) { installEmpty(f); setMode(0)(f); rejudge(polEmpty, 1)(f) }),
 			pass("reply", in4(worldV4, tcp(443, 40000, ack)), rsReply),
 		}},
 		{"neighbour discovery passes", []step{
@@ -344,11 +343,6 @@ func TestToPod(t *testing.T) {
 			pass("reply", in4(worldV4, tcp(443, 40000, syn|ack)), rsReply),
 			pass("node", in4(hostV4, tcp(1, 2, syn)), rsHost),
 			pass("nd", in6(worldV6, icmp6(135, 0, 0, nil)), rsND),
-		}},
-		{"a missing policy fails closed", []step{
-			change("policy 99", rejudge(99, 1)),
-			drop("label rule", in4(xV4, tcp(40000, 80, syn)), rsNoPolicy),
-			pass("node", in4(hostV4, tcp(1, 2, syn)), rsHost),
 		}},
 	}
 	for _, tt := range tests {

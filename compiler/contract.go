@@ -95,7 +95,6 @@ const (
 	ReasonDenyRule    = Reason(bpf.PodwallReasonREASON_DENY_RULE)
 	ReasonNoRule      = Reason(bpf.PodwallReasonREASON_NO_RULE)
 	ReasonIsolated    = Reason(bpf.PodwallReasonREASON_ISOLATED)
-	ReasonNoPolicy    = Reason(bpf.PodwallReasonREASON_NO_POLICY)
 	ReasonMalformed   = Reason(bpf.PodwallReasonREASON_MALFORMED)
 	ReasonCTFull      = Reason(bpf.PodwallReasonREASON_CT_FULL)
 	ReasonNotIP       = Reason(bpf.PodwallReasonREASON_NOT_IP)
@@ -116,7 +115,6 @@ var reasonNames = [NumReasons]string{
 	ReasonDenyRule:    "deny-rule",
 	ReasonNoRule:      "no-rule",
 	ReasonIsolated:    "isolated",
-	ReasonNoPolicy:    "no-policy",
 	ReasonMalformed:   "malformed",
 	ReasonCTFull:      "ct-full",
 	ReasonNotIP:       "not-ip",

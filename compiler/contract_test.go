@@ -96,8 +96,7 @@ func TestMapTypesMatchSpec(t *testing.T) {
 		name       string
 		key, value any
 	}{
-		{bpf.PodwallMapEndpoints, uint32(0), bpf.PodwallEndpoint{}},
-		{bpf.PodwallMapPolicies, uint32(0), bpf.PodwallPolicy{}},
+		{bpf.PodwallMapEndpoints, uint32(0), bpf.PodwallEndpointEntry{}},
 		{bpf.PodwallMapIpcache, bpf.PodwallIpAddr{}, uint32(0)},
 		{bpf.PodwallMapPolIdent, bpf.PodwallIdentKey{}, bpf.PodwallRuleVec{}},
 		{bpf.PodwallMapPolCidr, bpf.PodwallCidrKey{}, bpf.PodwallRuleVec{}},

@@ -79,7 +79,8 @@ func Evaluate(s *State, ifindex uint32, p Packet) Verdict {
 	}
 	pol, ok := s.Policies[ep.Policy]
 	if !ok {
-		return drop(v, ReasonNoPolicy)
+		// maps.Applier writes such an endpoint isolated: it has no record to judge with.
+		return drop(v, ReasonIsolated)
 	}
 
 	rec := &pol.Record

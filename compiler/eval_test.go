@@ -127,9 +127,9 @@ func TestEvaluateIdentityAndPolicy(t *testing.T) {
 	require.Equal(t, uint32(IDWorld), v.Identity)
 }
 
-func TestEvaluateMissingPolicy(t *testing.T) {
+func TestEvaluateMissingPolicyIsolates(t *testing.T) {
 	s := Compile(evalCluster(true))
 	delete(s.Policies, s.Endpoints[1].Policy)
 	v := Evaluate(s, 1, Packet{Src: netip.MustParseAddr("10.0.0.4"), Dst: netip.MustParseAddr("10.0.0.1"), Proto: protoTCP, DstPort: 80})
-	require.Equal(t, Verdict{Reason: ReasonNoPolicy, Rule: -1, Identity: v.Identity, Policy: s.Endpoints[1].Policy}, v)
+	require.Equal(t, Verdict{Reason: ReasonIsolated, Rule: -1, Identity: v.Identity, Policy: s.Endpoints[1].Policy}, v)
 }

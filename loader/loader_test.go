@@ -241,7 +241,7 @@ func TestEnforces(t *testing.T) {
 			l := e.open(t)
 			ifindex := e.pod.HostIfindex
 			require.NoError(t, l.Attach(ifindex))
-			isolated := bpf.PodwallEndpoint{Mode: compiler.ModeIsolate}
+			isolated := bpf.PodwallEndpointEntry{Ep: bpf.PodwallEndpoint{Mode: compiler.ModeIsolate}}
 			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), isolated))
 
 			outbound, err := topo.DialTCP(t, e.pod.NS, netip.AddrPortFrom(e.client.IPv4, port))
@@ -306,7 +306,7 @@ func TestRestartKeepsLinksAndMaps(t *testing.T) {
 
 			// An endpoint of an interface that does not exist: state that only the pins keep.
 			const key = uint32(424242)
-			want := bpf.PodwallEndpoint{Policy: 7, Generation: 9}
+			want := bpf.PodwallEndpointEntry{Ep: bpf.PodwallEndpoint{Policy: 7, Generation: 9}}
 			require.NoError(t, l.Maps().Endpoints.Put(key, want))
 			mapID := func(l *loader.Loader) ebpf.MapID {
 				info, err := l.Maps().Endpoints.Info()
@@ -326,7 +326,7 @@ func TestRestartKeepsLinksAndMaps(t *testing.T) {
 				l = e.open(t)
 				require.Equal(t, []int{ifindex}, l.Attached())
 				require.Equal(t, firstMap, mapID(l), "the pinned map is reused")
-				var got bpf.PodwallEndpoint
+				var got bpf.PodwallEndpointEntry
 				require.NoError(t, l.Maps().Endpoints.Lookup(key, &got))
 				require.Equal(t, want, got)
 
@@ -413,10 +413,10 @@ func TestLocks(t *testing.T) {
 
 	maps, err := loader.OpenMaps(e.cfg.BPFFS)
 	require.NoError(t, err, "readers work while the agent runs")
-	require.NoError(t, l.Maps().Endpoints.Put(uint32(1), bpf.PodwallEndpoint{Policy: 3}))
-	var got bpf.PodwallEndpoint
+	require.NoError(t, l.Maps().Endpoints.Put(uint32(1), bpf.PodwallEndpointEntry{Ep: bpf.PodwallEndpoint{Policy: 3}}))
+	var got bpf.PodwallEndpointEntry
 	require.NoError(t, maps.Endpoints.Lookup(uint32(1), &got))
-	require.Equal(t, uint32(3), got.Policy)
+	require.Equal(t, uint32(3), got.Ep.Policy)
 	require.Error(t, maps.Endpoints.Put(uint32(2), got), "readers cannot write")
 	require.NoError(t, maps.Close())
 

@@ -2,6 +2,7 @@ package maps
 
 import (
 	"fmt"
+	"maps"
 	"reflect"
 
 	"github.com/podwall/podwall/bpf"
@@ -10,8 +11,7 @@ import (
 
 // Applier keeps the pinned maps equal to the last desired state it was given.
 type Applier struct {
-	endpoints *table[uint32, bpf.PodwallEndpoint]
-	policies  *table[uint32, bpf.PodwallPolicy]
+	endpoints *table[uint32, bpf.PodwallEndpointEntry]
 	ipcache   *table[bpf.PodwallIpAddr, uint32]
 	ident     *table[bpf.PodwallIdentKey, bpf.PodwallRuleVec]
 	cidr      *table[bpf.PodwallCidrKey, bpf.PodwallRuleVec]
@@ -30,8 +30,7 @@ type Applier struct {
 // first Apply, so a restarted agent changes only what differs from what it finds pinned.
 func NewApplier(m *bpf.PodwallMaps) *Applier {
 	return &Applier{
-		endpoints: newTable[uint32, bpf.PodwallEndpoint](m.Endpoints, bpf.PodwallMapEndpoints),
-		policies:  newTable[uint32, bpf.PodwallPolicy](m.Policies, bpf.PodwallMapPolicies),
+		endpoints: newTable[uint32, bpf.PodwallEndpointEntry](m.Endpoints, bpf.PodwallMapEndpoints),
 		ipcache:   newTable[bpf.PodwallIpAddr, uint32](m.Ipcache, bpf.PodwallMapIpcache),
 		ident:     newTable[bpf.PodwallIdentKey, bpf.PodwallRuleVec](m.PolIdent, bpf.PodwallMapPolIdent),
 		cidr:      newTable[bpf.PodwallCidrKey, bpf.PodwallRuleVec](m.PolCidr, bpf.PodwallMapPolCidr),
@@ -41,48 +40,69 @@ func NewApplier(m *bpf.PodwallMaps) *Applier {
 	}
 }
 
-// desired is a compiled state laid out map by map.
-type desired struct {
-	endpoints map[uint32]bpf.PodwallEndpoint
-	policies  map[uint32]bpf.PodwallPolicy
-	ipcache   map[bpf.PodwallIpAddr]uint32
-	ident     map[bpf.PodwallIdentKey]bpf.PodwallRuleVec
-	cidr      map[bpf.PodwallCidrKey]bpf.PodwallRuleVec
-	port      map[bpf.PodwallPortKey]bpf.PodwallRuleVec
-	icmp      map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec
+// Contents are what the maps an Applier writes hold, map by map.
+type Contents struct {
+	Endpoints map[uint32]bpf.PodwallEndpointEntry
+	IPCache   map[bpf.PodwallIpAddr]uint32
+	Ident     map[bpf.PodwallIdentKey]bpf.PodwallRuleVec
+	CIDR      map[bpf.PodwallCidrKey]bpf.PodwallRuleVec
+	Port      map[bpf.PodwallPortKey]bpf.PodwallRuleVec
+	ICMP      map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec
 }
 
-func flatten(s *compiler.State) desired {
-	d := desired{
-		endpoints: s.Endpoints,
-		policies:  make(map[uint32]bpf.PodwallPolicy, len(s.Policies)),
-		ipcache:   s.IPCache,
-		ident:     make(map[bpf.PodwallIdentKey]bpf.PodwallRuleVec),
-		cidr:      make(map[bpf.PodwallCidrKey]bpf.PodwallRuleVec),
-		port:      make(map[bpf.PodwallPortKey]bpf.PodwallRuleVec),
-		icmp:      make(map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec),
+// Want is what the maps hold once s is applied.
+func Want(s *compiler.State) Contents {
+	d := Contents{
+		Endpoints: entries(s),
+		IPCache:   s.IPCache,
+		Ident:     make(map[bpf.PodwallIdentKey]bpf.PodwallRuleVec),
+		CIDR:      make(map[bpf.PodwallCidrKey]bpf.PodwallRuleVec),
+		Port:      make(map[bpf.PodwallPortKey]bpf.PodwallRuleVec),
+		ICMP:      make(map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec),
 	}
-	for id, p := range s.Policies {
-		d.policies[id] = p.Record
-		for k, v := range p.Ident {
-			d.ident[k] = v
-		}
-		for k, v := range p.CIDR {
-			d.cidr[k] = v
-		}
-		for k, v := range p.Port {
-			d.port[k] = v
-		}
-		for k, v := range p.ICMP {
-			d.icmp[k] = v
-		}
+	for _, p := range s.Policies {
+		maps.Copy(d.Ident, p.Ident)
+		maps.Copy(d.CIDR, p.CIDR)
+		maps.Copy(d.Port, p.Port)
+		maps.Copy(d.ICMP, p.ICMP)
 	}
 	return d
 }
 
+// Read reads what the maps an Applier writes hold.
+func Read(m *bpf.PodwallMaps) (Contents, error) {
+	a := NewApplier(m)
+	if err := a.load(); err != nil {
+		return Contents{}, err
+	}
+	return Contents{
+		Endpoints: a.endpoints.present, IPCache: a.ipcache.present,
+		Ident: a.ident.present, CIDR: a.cidr.present, Port: a.port.present, ICMP: a.icmp.present,
+	}, nil
+}
+
+// entries are the values of the endpoints map: each endpoint with its policy's record. An
+// endpoint whose policy s lacks (no compiled State has one) is isolated: there is no record to
+// judge it with, and an endpoint left out would let everything in.
+func entries(s *compiler.State) map[uint32]bpf.PodwallEndpointEntry {
+	out := make(map[uint32]bpf.PodwallEndpointEntry, len(s.Endpoints))
+	for ifindex, ep := range s.Endpoints {
+		e := bpf.PodwallEndpointEntry{Ep: ep}
+		if ep.Mode == compiler.ModeEnforce {
+			if p, ok := s.Policies[ep.Policy]; ok {
+				e.Rules = p.Record
+			} else {
+				e.Ep.Mode = compiler.ModeIsolate
+			}
+		}
+		out[ifindex] = e
+	}
+	return out
+}
+
 // Apply makes the maps hold s. The order is what keeps every packet judged by a whole
-// policy: a policy's field entries are written before its record, the record before any
-// endpoint points at it, and entries are deleted only once no endpoint can reach them. A
+// policy: a policy's field entries are written before an endpoint's entry holds its record
+// and id, and entries are deleted only once no endpoint can reach them. A
 // change to the endpoints is framed by the conntrack epochs (epoch.around). The
 // ipcache is pruned before it grows: an address that leaves it is a pod that is gone, so its
 // removal can go first, and a nearly full ipcache then still takes the new pods.
@@ -115,23 +135,21 @@ func (a *Applier) Apply(s *compiler.State) error {
 
 // full diffs every map against s: after the maps were read, they may hold anything.
 func (a *Applier) full(s *compiler.State) []func() error {
-	d := flatten(s)
+	d := Want(s)
 	steps := []func() error{
-		func() error { return a.ident.put(d.ident) },
-		func() error { return a.cidr.put(d.cidr) },
-		func() error { return a.port.put(d.port) },
-		func() error { return a.icmp.put(d.icmp) },
-		func() error { return a.policies.put(d.policies) },
-		func() error { return a.ipcache.prune(d.ipcache) },
-		func() error { return a.ipcache.put(d.ipcache) },
+		func() error { return a.ident.put(d.Ident) },
+		func() error { return a.cidr.put(d.CIDR) },
+		func() error { return a.port.put(d.Port) },
+		func() error { return a.icmp.put(d.ICMP) },
+		func() error { return a.ipcache.prune(d.IPCache) },
+		func() error { return a.ipcache.put(d.IPCache) },
 	}
-	steps = append(steps, a.endpointSteps(d.endpoints)...)
+	steps = append(steps, a.endpointSteps(d.Endpoints)...)
 	return append(steps,
-		func() error { return a.policies.prune(d.policies) },
-		func() error { return a.ident.prune(d.ident) },
-		func() error { return a.cidr.prune(d.cidr) },
-		func() error { return a.port.prune(d.port) },
-		func() error { return a.icmp.prune(d.icmp) },
+		func() error { return a.ident.prune(d.Ident) },
+		func() error { return a.cidr.prune(d.CIDR) },
+		func() error { return a.port.prune(d.Port) },
+		func() error { return a.icmp.prune(d.ICMP) },
 	)
 }
 
@@ -152,10 +170,6 @@ func (a *Applier) incremental(s *compiler.State) []func() error {
 			removed[id] = old
 		}
 	}
-	records := make(map[uint32]bpf.PodwallPolicy, len(s.Policies))
-	for id, p := range s.Policies {
-		records[id] = p.Record
-	}
 	steps := []func() error{
 		func() error {
 			return putEach(a.ident, added, func(p *compiler.Policy) map[bpf.PodwallIdentKey]bpf.PodwallRuleVec { return p.Ident })
@@ -169,16 +183,14 @@ func (a *Applier) incremental(s *compiler.State) []func() error {
 		func() error {
 			return putEach(a.icmp, added, func(p *compiler.Policy) map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec { return p.ICMP })
 		},
-		func() error { return a.policies.put(records) },
 	}
 	if !sameMap(s.IPCache, last.IPCache) {
 		steps = append(steps,
 			func() error { return a.ipcache.prune(s.IPCache) },
 			func() error { return a.ipcache.put(s.IPCache) })
 	}
-	steps = append(steps, a.endpointSteps(s.Endpoints)...)
+	steps = append(steps, a.endpointSteps(entries(s))...)
 	return append(steps,
-		func() error { return a.policies.prune(records) },
 		func() error {
 			return dropEach(a.ident, removed, s, func(p *compiler.Policy) map[bpf.PodwallIdentKey]bpf.PodwallRuleVec { return p.Ident })
 		},
@@ -196,7 +208,7 @@ func (a *Applier) incremental(s *compiler.State) []func() error {
 
 // endpointSteps makes the endpoints map hold want, between the two epochs when anything
 // changes, and also when an earlier apply failed between them.
-func (a *Applier) endpointSteps(want map[uint32]bpf.PodwallEndpoint) []func() error {
+func (a *Applier) endpointSteps(want map[uint32]bpf.PodwallEndpointEntry) []func() error {
 	if !a.endpoints.differs(want) && !a.epoch.changing() {
 		return nil
 	}
@@ -240,7 +252,7 @@ func sameMap[K comparable, V any](a, b map[K]V) bool {
 }
 
 func (a *Applier) load() error {
-	for _, l := range []interface{ load() error }{a.endpoints, a.policies, a.ipcache, a.ident, a.cidr, a.port, a.icmp, a.epoch} {
+	for _, l := range []interface{ load() error }{a.endpoints, a.ipcache, a.ident, a.cidr, a.port, a.icmp, a.epoch} {
 		if err := l.load(); err != nil {
 			return err
 		}
@@ -259,7 +271,7 @@ type Fill struct {
 // Fill reports the entries of every map the applier writes, for metrics and `podwall maps`.
 func (a *Applier) Fill() []Fill {
 	return []Fill{
-		a.endpoints.fill(), a.policies.fill(), a.ipcache.fill(),
+		a.endpoints.fill(), a.ipcache.fill(),
 		a.ident.fill(), a.cidr.fill(), a.port.fill(), a.icmp.fill(),
 	}
 }

@@ -27,14 +27,11 @@ func load(t *testing.T, ipcacheMax uint32) *bpf.PodwallMaps {
 }
 
 // dump reads every map the applier writes.
-func dump(t *testing.T, m *bpf.PodwallMaps) desired {
+func dump(t *testing.T, m *bpf.PodwallMaps) Contents {
 	t.Helper()
-	a := NewApplier(m)
-	require.NoError(t, a.load())
-	return desired{
-		endpoints: a.endpoints.present, policies: a.policies.present, ipcache: a.ipcache.present,
-		ident: a.ident.present, cidr: a.cidr.present, port: a.port.present, icmp: a.icmp.present,
-	}
+	c, err := Read(m)
+	require.NoError(t, err)
+	return c
 }
 
 func pod(ns, name, ip, policy string, labels map[string]string) compiler.Pod {
@@ -70,14 +67,13 @@ func TestApplyWritesExactlyTheDesiredState(t *testing.T) {
 		s := compiler.Compile(input(policy))
 		require.NoError(t, a.Apply(s))
 		got := dump(t, m)
-		want := flatten(s)
-		require.Equal(t, want.endpoints, got.endpoints, policy)
-		require.Equal(t, want.policies, got.policies, policy)
-		require.Equal(t, want.ipcache, got.ipcache, policy)
-		require.Equal(t, want.ident, got.ident, policy)
-		require.Equal(t, want.cidr, got.cidr, policy)
-		require.Equal(t, want.port, got.port, policy)
-		require.Equal(t, want.icmp, got.icmp, policy)
+		want := Want(s)
+		require.Equal(t, want.Endpoints, got.Endpoints, policy)
+		require.Equal(t, want.IPCache, got.IPCache, policy)
+		require.Equal(t, want.Ident, got.Ident, policy)
+		require.Equal(t, want.CIDR, got.CIDR, policy)
+		require.Equal(t, want.Port, got.Port, policy)
+		require.Equal(t, want.ICMP, got.ICMP, policy)
 	}
 }
 
@@ -117,7 +113,7 @@ func TestApplyOfACompilersStates(t *testing.T) {
 	for _, step := range steps {
 		s := step.compile(step.in)
 		require.NoError(t, a.Apply(s), step.name)
-		got, want := dump(t, m), flatten(s)
+		got, want := dump(t, m), Want(s)
 		require.Equal(t, want, got, step.name)
 	}
 }
@@ -134,9 +130,9 @@ func TestApplyAfterRestartChangesOnlyTheDifference(t *testing.T) {
 	second := compiler.Compile(input("allow tcp to ports 443"))
 	require.NoError(t, NewApplier(m).Apply(second))
 	got := dump(t, m)
-	require.Equal(t, flatten(second).ipcache, got.ipcache)
-	require.Equal(t, flatten(second).policies, got.policies)
-	require.Equal(t, flatten(second).port, got.port)
+	require.Equal(t, Want(second).IPCache, got.IPCache)
+	require.Equal(t, Want(second).Endpoints, got.Endpoints)
+	require.Equal(t, Want(second).Port, got.Port)
 }
 
 func TestApplyReportsAFullMapWithItsNameAndSize(t *testing.T) {
@@ -154,7 +150,7 @@ func TestApplyReportsAFullMapWithItsNameAndSize(t *testing.T) {
 	}
 	s := compiler.Compile(small)
 	require.NoError(t, a.Apply(s))
-	require.Equal(t, flatten(s).ipcache, dump(t, m).ipcache)
+	require.Equal(t, Want(s).IPCache, dump(t, m).IPCache)
 }
 
 func TestApplyFlipsTheEndpointOnlyOnceThePolicyIsWhole(t *testing.T) {
@@ -164,19 +160,38 @@ func TestApplyFlipsTheEndpointOnlyOnceThePolicyIsWhole(t *testing.T) {
 	require.NoError(t, a.Apply(old))
 	next := compiler.Compile(input("allow tcp to ports 443"))
 
-	// Fail the apply right after the policy entries and records are written: the endpoint
-	// must still point at the old, whole policy.
-	var ep bpf.PodwallEndpoint
-	require.NoError(t, m.Endpoints.Lookup(uint32(7), &ep))
-	oldID := ep.Policy
+	// Fail the apply right after the policy entries are written: the endpoint must still
+	// hold the old policy, whose entries stay, and the epoch must say a change is under way.
+	var e bpf.PodwallEndpointEntry
+	require.NoError(t, m.Endpoints.Lookup(uint32(7), &e))
+	require.Equal(t, old.Policies[e.Ep.Policy].Record, e.Rules)
 	a.endpoints.m = closedMap(t)
 	require.Error(t, a.Apply(next))
-	require.NoError(t, m.Endpoints.Lookup(uint32(7), &ep))
-	require.Equal(t, oldID, ep.Policy)
-	var rec bpf.PodwallPolicy
-	require.NoError(t, m.Policies.Lookup(oldID, &rec), "the old policy stays while an endpoint uses it")
-	newID := next.Endpoints[7].Policy
-	require.NoError(t, m.Policies.Lookup(newID, &rec), "the new policy is whole before any flip")
+	var after bpf.PodwallEndpointEntry
+	require.NoError(t, m.Endpoints.Lookup(uint32(7), &after))
+	require.Equal(t, e, after, "the endpoint is untouched")
+	var v bpf.PodwallRuleVec
+	for k := range old.Policies[e.Ep.Policy].Port {
+		require.NoError(t, m.PolPort.Lookup(&k, &v), "the old policy's entries stay while an endpoint uses it")
+	}
+	newPolicy := next.Policies[next.Endpoints[7].Policy]
+	require.NotEmpty(t, newPolicy.Port)
+	for k := range newPolicy.Port {
+		require.NoError(t, m.PolPort.Lookup(&k, &v), "the new policy is whole before any flip")
+	}
+	var epoch uint32
+	require.NoError(t, m.Epoch.Lookup(uint32(0), &epoch))
+	require.Equal(t, uint32(1), epoch%2, "an odd epoch: no flow passes on its epoch alone")
+}
+
+func TestApplyIsolatesAnEndpointWithoutItsPolicy(t *testing.T) {
+	m := load(t, 0)
+	s := compiler.Compile(input("allow tcp to ports 80"))
+	delete(s.Policies, s.Endpoints[7].Policy)
+	require.NoError(t, NewApplier(m).Apply(s))
+	var e bpf.PodwallEndpointEntry
+	require.NoError(t, m.Endpoints.Lookup(uint32(7), &e))
+	require.Equal(t, uint8(compiler.ModeIsolate), e.Ep.Mode)
 }
 
 // closedMap is a map handle whose every operation fails.

@@ -60,9 +60,19 @@ ipcache, conntrack, stats; all of them by default.`,
 func printSection(w *tabwriter.Writer, m *bpf.PodwallMaps, section string) error {
 	switch section {
 	case "endpoints":
-		return printEndpoints(w, m.Endpoints)
+		rows, err := readEndpoints(m.Endpoints)
+		if err != nil {
+			return err
+		}
+		printEndpoints(w, rows)
+		return nil
 	case "policies":
-		return printPolicies(w, m.Policies)
+		rows, err := readEndpoints(m.Endpoints)
+		if err != nil {
+			return err
+		}
+		printPolicies(w, rows)
+		return nil
 	case "ipcache":
 		return printIPCache(w, m.Ipcache)
 	case "conntrack":
@@ -75,22 +85,27 @@ func printSection(w *tabwriter.Writer, m *bpf.PodwallMaps, section string) error
 
 var modeNames = map[uint8]string{compiler.ModeEnforce: "enforce", compiler.ModeOpen: "open", compiler.ModeIsolate: "isolate"}
 
-func printEndpoints(w *tabwriter.Writer, m *ebpf.Map) error {
-	fmt.Fprintf(w, "ENDPOINT (ifindex)\tMODE\tPOLICY\tGENERATION\tALLOW HOST\n")
+// readEndpoints reads the endpoints map: each endpoint with its policy's record.
+func readEndpoints(m *ebpf.Map) (map[uint32]bpf.PodwallEndpointEntry, error) {
 	var (
 		k uint32
-		v bpf.PodwallEndpoint
+		v bpf.PodwallEndpointEntry
 	)
-	rows := map[uint32]bpf.PodwallEndpoint{}
+	rows := map[uint32]bpf.PodwallEndpointEntry{}
 	it := m.Iterate()
 	for it.Next(&k, &v) {
 		rows[k] = v
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("read map endpoints: %w", err)
+		return nil, fmt.Errorf("read map endpoints: %w", err)
 	}
+	return rows, nil
+}
+
+func printEndpoints(w *tabwriter.Writer, rows map[uint32]bpf.PodwallEndpointEntry) {
+	fmt.Fprintf(w, "ENDPOINT (ifindex)\tMODE\tPOLICY\tGENERATION\tALLOW HOST\n")
 	for _, k := range slices.Sorted(maps.Keys(rows)) {
-		v := rows[k]
+		v := rows[k].Ep
 		policy := "-" // only enforce mode reads a policy
 		if v.Mode == compiler.ModeEnforce {
 			policy = fmt.Sprintf("%#08x", v.Policy)
@@ -98,38 +113,28 @@ func printEndpoints(w *tabwriter.Writer, m *ebpf.Map) error {
 		fmt.Fprintf(w, "%d\t%s\t%s\t%#08x\t%t\n", k, modeNames[v.Mode], policy, v.Generation, v.Flags&compiler.EPAllowHost != 0)
 	}
 	fmt.Fprintln(w)
-	return nil
 }
 
-func printPolicies(w *tabwriter.Writer, m *ebpf.Map) error {
-	fmt.Fprintf(w, "POLICY\tRULES\tDENY RULES\tFIELDS LOOKED UP\n")
-	var (
-		k uint32
-		v bpf.PodwallPolicy
-	)
-	type row struct {
-		id           uint32
-		rules, denys int
-		flags        uint32
+// printPolicies lists the policies the endpoints in enforce mode hold, each once.
+func printPolicies(w *tabwriter.Writer, rows map[uint32]bpf.PodwallEndpointEntry) {
+	fmt.Fprintf(w, "POLICY\tENDPOINTS\tRULES\tDENY RULES\tFIELDS LOOKED UP\n")
+	records := map[uint32]bpf.PodwallPolicy{}
+	users := map[uint32]int{}
+	for _, e := range rows {
+		if e.Ep.Mode == compiler.ModeEnforce {
+			records[e.Ep.Policy] = e.Rules
+			users[e.Ep.Policy]++
+		}
 	}
-	var rows []row
-	it := m.Iterate()
-	for it.Next(&k, &v) {
+	for _, id := range slices.Sorted(maps.Keys(records)) {
+		v := records[id]
 		denys := 0
 		for _, word := range v.Deny {
 			denys += bits.OnesCount64(word)
 		}
-		rows = append(rows, row{k, int(v.Nrules), denys, v.Flags})
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read map policies: %w", err)
-	}
-	slices.SortFunc(rows, func(a, b row) int { return int(int64(a.id) - int64(b.id)) })
-	for _, r := range rows {
-		fmt.Fprintf(w, "%#08x\t%d\t%d\t%s\n", r.id, r.rules, r.denys, policyFields(r.flags))
+		fmt.Fprintf(w, "%#08x\t%d\t%d\t%d\t%s\n", id, users[id], v.Nrules, denys, policyFields(v.Flags))
 	}
 	fmt.Fprintln(w)
-	return nil
 }
 
 func policyFields(flags uint32) string {

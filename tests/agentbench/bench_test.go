@@ -427,7 +427,7 @@ func measureUpdates(b *testing.B, client kubernetes.Interface, m *bpf.PodwallMap
 	for u := range updates {
 		p := local[u%len(local)]
 		ifindex := uint32(p.tp.HostIfindex)
-		var before bpf.PodwallEndpoint
+		var before bpf.PodwallEndpointEntry
 		require.NoError(b, m.Endpoints.Lookup(ifindex, &before), "endpoint of %s/%s", p.ns, p.name)
 		patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
 			"annotations": map[string]string{compiler.AnnotationKey: updatedPolicy(u)},
@@ -441,10 +441,10 @@ func measureUpdates(b *testing.B, client kubernetes.Interface, m *bpf.PodwallMap
 		cancel()
 		require.NoError(b, err, "update %d", u)
 		for {
-			var cur bpf.PodwallEndpoint
+			var cur bpf.PodwallEndpointEntry
 			require.NoError(b, m.Endpoints.Lookup(ifindex, &cur))
-			if cur.Policy != before.Policy {
-				require.Equal(b, uint8(compiler.ModeEnforce), cur.Mode)
+			if cur.Ep.Policy != before.Ep.Policy {
+				require.Equal(b, uint8(compiler.ModeEnforce), cur.Ep.Mode)
 				break
 			}
 			if time.Since(start) > changeWait {
@@ -498,10 +498,10 @@ func requireState(b *testing.B, m *bpf.PodwallMaps, tp *topo.Topology, pods []po
 func kernelState(m *bpf.PodwallMaps) (map[uint32]bpf.PodwallEndpoint, map[bpf.PodwallIpAddr]uint32, error) {
 	eps := map[uint32]bpf.PodwallEndpoint{}
 	var k uint32
-	var v bpf.PodwallEndpoint
+	var v bpf.PodwallEndpointEntry
 	it := m.Endpoints.Iterate()
 	for it.Next(&k, &v) {
-		eps[k] = v
+		eps[k] = v.Ep
 	}
 	ipc := map[bpf.PodwallIpAddr]uint32{}
 	var a bpf.PodwallIpAddr

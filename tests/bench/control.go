@@ -50,8 +50,7 @@ func MapSize(s *compiler.State) (entries, bytes int) {
 		entries += n
 		bytes += n * (binary.Size(key) + binary.Size(value))
 	}
-	add(len(s.Endpoints), uint32(0), bpf.PodwallEndpoint{})
-	add(len(s.Policies), uint32(0), bpf.PodwallPolicy{})
+	add(len(s.Endpoints), uint32(0), bpf.PodwallEndpointEntry{})
 	add(len(s.IPCache), bpf.PodwallIpAddr{}, uint32(0))
 	for _, p := range s.Policies {
 		add(len(p.Ident), bpf.PodwallIdentKey{}, bpf.PodwallRuleVec{})

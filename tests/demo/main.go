@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"syscall"
@@ -28,10 +29,10 @@ import (
 	"time"
 
 	"github.com/podwall/podwall/agent/netif"
-	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/k8s"
 	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/maps"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -515,28 +516,9 @@ func (d *checker) kernelHolds(want *compiler.State) (bool, error) {
 		return false, err
 	}
 	defer m.Close()
-	n := 0
-	var k uint32
-	var v bpf.PodwallEndpoint
-	it := m.Endpoints.Iterate()
-	for it.Next(&k, &v) {
-		n++
-		if want.Endpoints[k] != v {
-			return false, nil
-		}
+	got, err := maps.Read(m)
+	if err != nil {
+		return false, err
 	}
-	if it.Err() != nil || n != len(want.Endpoints) {
-		return false, it.Err()
-	}
-	n = 0
-	var a bpf.PodwallIpAddr
-	var id uint32
-	it = m.Ipcache.Iterate()
-	for it.Next(&a, &id) {
-		n++
-		if got, ok := want.IPCache[a]; !ok || got != id {
-			return false, nil
-		}
-	}
-	return n == len(want.IPCache), it.Err()
+	return reflect.DeepEqual(maps.Want(want), got), nil
 }

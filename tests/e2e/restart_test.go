@@ -248,9 +248,9 @@ func dropsTo(events []bpf.PodwallEvent, port uint16) []string {
 // endpoint reads a pod's entry of the endpoints map.
 func (c *cluster) endpoint(t *testing.T, p *pod) bpf.PodwallEndpoint {
 	t.Helper()
-	var ep bpf.PodwallEndpoint
-	require.NoError(t, c.dp.Maps().Endpoints.Lookup(uint32(p.HostIfindex), &ep), "look up endpoint of %s", p.Name)
-	return ep
+	var e bpf.PodwallEndpointEntry
+	require.NoError(t, c.dp.Maps().Endpoints.Lookup(uint32(p.HostIfindex), &e), "look up endpoint of %s", p.Name)
+	return e.Ep
 }
 
 // conntrack reads the conntrack entry of a stream to a pod, keyed from the pod's side.

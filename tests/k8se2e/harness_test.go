@@ -2,7 +2,6 @@ package k8se2e
 
 import (
 	"context"
-	"errors"
 	"net/netip"
 	"testing"
 	"time"
@@ -17,9 +16,9 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"github.com/podwall/podwall/agent/netif"
-	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/maps"
 	"github.com/podwall/podwall/tests/kapi"
 	"github.com/podwall/podwall/tests/topo"
 )
@@ -222,75 +221,14 @@ func (e *env) expected(opts compiler.Options) *compiler.State {
 	return compiler.Compile(in)
 }
 
-// mapState is the content of every map the agent writes.
-type mapState struct {
-	Endpoints map[uint32]bpf.PodwallEndpoint
-	Policies  map[uint32]bpf.PodwallPolicy
-	IPCache   map[bpf.PodwallIpAddr]uint32
-	Ident     map[bpf.PodwallIdentKey]bpf.PodwallRuleVec
-	CIDR      map[bpf.PodwallCidrKey]bpf.PodwallRuleVec
-	Port      map[bpf.PodwallPortKey]bpf.PodwallRuleVec
-	ICMP      map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec
-}
-
-// flatten lays a compiled state out map by map.
-func flatten(s *compiler.State) mapState {
-	m := mapState{
-		Endpoints: s.Endpoints,
-		Policies:  map[uint32]bpf.PodwallPolicy{},
-		IPCache:   s.IPCache,
-		Ident:     map[bpf.PodwallIdentKey]bpf.PodwallRuleVec{},
-		CIDR:      map[bpf.PodwallCidrKey]bpf.PodwallRuleVec{},
-		Port:      map[bpf.PodwallPortKey]bpf.PodwallRuleVec{},
-		ICMP:      map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec{},
-	}
-	for id, p := range s.Policies {
-		m.Policies[id] = p.Record
-		for k, v := range p.Ident {
-			m.Ident[k] = v
-		}
-		for k, v := range p.CIDR {
-			m.CIDR[k] = v
-		}
-		for k, v := range p.Port {
-			m.Port[k] = v
-		}
-		for k, v := range p.ICMP {
-			m.ICMP[k] = v
-		}
-	}
-	return m
-}
-
 // kernelState reads every map the agent writes from the pins on the test's bpffs.
-func (e *env) kernelState() (mapState, error) {
+func (e *env) kernelState() (maps.Contents, error) {
 	m, err := loader.OpenMaps(e.bpffs)
 	if err != nil {
-		return mapState{}, err
+		return maps.Contents{}, err
 	}
 	defer m.Close()
-	var s mapState
-	errs := []error{
-		dump(m.Endpoints, &s.Endpoints),
-		dump(m.Policies, &s.Policies),
-		dump(m.Ipcache, &s.IPCache),
-		dump(m.PolIdent, &s.Ident),
-		dump(m.PolCidr, &s.CIDR),
-		dump(m.PolPort, &s.Port),
-		dump(m.PolIcmp, &s.ICMP),
-	}
-	return s, errors.Join(errs...)
-}
-
-func dump[K comparable, V any](m *ebpf.Map, out *map[K]V) error {
-	*out = map[K]V{}
-	var k K
-	var v V
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		(*out)[k] = v
-	}
-	return it.Err()
+	return maps.Read(m)
 }
 
 // awaitApplied waits until the kernel's maps hold exactly what the API's pods compile to, and
@@ -298,7 +236,7 @@ func dump[K comparable, V any](m *ebpf.Map, out *map[K]V) error {
 func (e *env) awaitApplied(opts compiler.Options) *compiler.State {
 	e.t.Helper()
 	want := e.expected(opts)
-	flat := flatten(want)
+	flat := maps.Want(want)
 	deadline := time.Now().Add(applyWait)
 	for {
 		got, err := e.kernelState()
@@ -310,7 +248,6 @@ func (e *env) awaitApplied(opts compiler.Options) *compiler.State {
 			// Map by map, so that a failure says which one differs.
 			require.Equal(e.t, flat.Endpoints, got.Endpoints, "endpoints map")
 			require.Equal(e.t, flat.IPCache, got.IPCache, "ipcache map")
-			require.Equal(e.t, flat.Policies, got.Policies, "policies map")
 			require.Equal(e.t, flat, got, "policy classifier maps")
 		}
 		time.Sleep(10 * time.Millisecond)

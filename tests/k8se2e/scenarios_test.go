@@ -2,6 +2,7 @@ package k8se2e
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"sync"
@@ -70,8 +71,8 @@ func TestScenarios(t *testing.T) {
 		)
 		code, body := a.get(t, "/readyz")
 		require.Equal(t, http.StatusOK, code, body)
-		require.Equal(t, 5.0, a.metric(t, "podwall_endpoints"))
-		require.Equal(t, 0.0, a.metric(t, "podwall_invalid_policies"))
+		a.awaitMetric(t, 5.0, "podwall_endpoints")
+		a.awaitMetric(t, 0.0, "podwall_invalid_policies")
 		require.Positive(t, a.metric(t, `podwall_verdicts_total{reason="allow-rule"}`))
 		require.Positive(t, a.metric(t, `podwall_verdicts_total{reason="no-rule"}`))
 	})
@@ -129,12 +130,12 @@ func TestScenarios(t *testing.T) {
 		require.Equal(t, corev1.EventTypeWarning, ev.Type)
 		require.Equal(t, e.uid(webKey), ev.InvolvedObject.UID)
 		require.Equal(t, corev1.EventSource{Component: k8s.Component, Host: nodeName}, ev.Source)
-		require.Equal(t, 1.0, a.metric(t, "podwall_invalid_policies"))
+		a.awaitMetric(t, 1.0, "podwall_invalid_policies")
 
 		e.update(webKey, func(p *podSpec) { p.annotations = nil })
 		e.awaitApplied(defaults)
 		expect(t, tcp("worker to web: fixed, default policy again", worker.NS, none, web.IPv4, port, true))
-		require.Equal(t, 0.0, a.metric(t, "podwall_invalid_policies"))
+		a.awaitMetric(t, 0.0, "podwall_invalid_policies")
 	})
 
 	t.Run("moved to another namespace", func(t *testing.T) {
@@ -276,6 +277,13 @@ func (f *flows) stop(t *testing.T) {
 		require.Zero(t, f.wrong[i].Load(), "%s (pass %v): went against SPEC; first: %v", fl.name, fl.pass, f.first[i].Load())
 		require.Greater(t, f.ok[i].Load(), int64(5), "%s: too few exchanges to tell", fl.name)
 	}
+}
+
+// awaitMetric waits until a gauge reads want: the agent sets its gauges once an apply is
+// done, a little after the maps hold the new state.
+func (p *agentProcess) awaitMetric(t *testing.T, want float64, series string) {
+	t.Helper()
+	requireEventually(t, func() bool { return p.metric(t, series) == want }, fmt.Sprintf("%s reads %v", series, want))
 }
 
 func requireEventually(t *testing.T, cond func() bool, what string) {

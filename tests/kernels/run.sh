@@ -187,8 +187,12 @@ boot() {
 	log "booting $version (at most ${timeout_s}s)"
 	start=$SECONDS
 	# -nodefaults and -nic none: no network device at all, only the serial console and 9p.
+	# thread=single: the guest's CPUs take turns on one host thread. With a thread each, a
+	# guest CPU ran code another had just patched (a static key that attaching tc programs
+	# turns on) and the 6.12 guest died of an "Oops: int3" in __netif_receive_skb_core; the
+	# guest stays SMP either way.
 	timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 \
-		-accel tcg -cpu max -machine pc -m "$memory" -smp "$cpus" \
+		-accel tcg,thread=single -cpu max -machine pc -m "$memory" -smp "$cpus" \
 		-nodefaults -nic none -display none -no-reboot -serial "file:$output" \
 		-kernel "$vmlinuz" -initrd "$initrd" -append "$cmdline" \
 		-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \

@@ -191,10 +191,10 @@ func (c *cluster) kernelState() (map[uint32]bpf.PodwallEndpoint, map[bpf.Podwall
 	defer m.Close()
 	eps := map[uint32]bpf.PodwallEndpoint{}
 	var k uint32
-	var v bpf.PodwallEndpoint
+	var v bpf.PodwallEndpointEntry
 	it := m.Endpoints.Iterate()
 	for it.Next(&k, &v) {
-		eps[k] = v
+		eps[k] = v.Ep
 	}
 	ipc := map[bpf.PodwallIpAddr]uint32{}
 	var a bpf.PodwallIpAddr
@@ -397,6 +397,13 @@ func (r *runningAgent) metric(name string, labels ...string) float64 {
 
 func zapString(key, value string) zapcore.Field {
 	return zapcore.Field{Key: key, Type: zapcore.StringType, String: value}
+}
+
+// awaitMetric waits until a gauge reads want: the agent sets its gauges once an apply is
+// done, a little after the maps hold the new state.
+func (r *runningAgent) awaitMetric(t *testing.T, want float64, name string, labels ...string) {
+	t.Helper()
+	requireEventually(t, func() bool { return r.metric(name, labels...) == want }, fmt.Sprintf("%s%v reads %v", name, labels, want))
 }
 
 func requireEventually(t *testing.T, cond func() bool, what string) {

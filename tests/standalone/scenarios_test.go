@@ -68,10 +68,10 @@ func TestScenarios(t *testing.T) {
 			tcp("other namespace to web: default, same namespace only", intruder.NS, none, web.IPv4, port, false),
 			tcp("outside world to dns: kube-system is open", client.NS, none, dns.IPv4, port, true),
 		)
-		require.Equal(t, 5.0, a.metric("podwall_endpoints"))
+		a.awaitMetric(t, 5.0, "podwall_endpoints")
 		require.ElementsMatch(t, []int{api.HostIfindex, web.HostIfindex, worker.HostIfindex, intruder.HostIfindex, dns.HostIfindex}, a.dp.Attached())
-		require.Equal(t, 0.0, a.metric("podwall_invalid_policies"))
-		require.Equal(t, 1.0, a.metric("podwall_policy_problems", "kind", "ignored-policy"))
+		a.awaitMetric(t, 0.0, "podwall_invalid_policies")
+		a.awaitMetric(t, 1.0, "podwall_policy_problems", "kind", "ignored-policy")
 		require.Positive(t, a.metric("podwall_verdicts_total", "reason", "allow-rule"))
 		require.Positive(t, a.metric("podwall_verdicts_total", "reason", "no-rule"))
 	})
@@ -104,7 +104,7 @@ func TestScenarios(t *testing.T) {
 			tcp("worker to web: isolated, invalid policy", worker.NS, none, web.IPv4, port, false),
 			tcp("node to web: the node's own traffic still passes", node, none, web.IPv4, port, true),
 		)
-		require.Equal(t, 1.0, a.metric("podwall_invalid_policies"))
+		a.awaitMetric(t, 1.0, "podwall_invalid_policies")
 		logged := a.logs.FilterMessage(perr.Error()).FilterField(zapString("pod", "shop/web"))
 		require.Equal(t, 1, logged.Len(), "the parser's message is logged once; log:\n%s", a.logText())
 
@@ -112,7 +112,7 @@ func TestScenarios(t *testing.T) {
 		c.write(all(), namespaces...)
 		c.awaitApplied(defaults)
 		expect(t, tcp("worker to web: fixed, default policy again", worker.NS, none, web.IPv4, port, true))
-		require.Equal(t, 0.0, a.metric("podwall_invalid_policies"))
+		a.awaitMetric(t, 0.0, "podwall_invalid_policies")
 	})
 
 	t.Run("broken file keeps the last state", func(t *testing.T) {
@@ -179,7 +179,7 @@ func TestInterfaces(t *testing.T) {
 	c.write(specs, "shop")
 	a := c.startAgentUnready(defaults)
 	requireEventually(t, func() bool { return a.metric("podwall_interfaces_not_found") == 1 }, "late pod reported")
-	require.Equal(t, 2.0, a.metric("podwall_endpoints"), "the others are guarded meanwhile")
+	a.awaitMetric(t, 2.0, "podwall_endpoints") // the others are guarded meanwhile
 	require.Equal(t, 1, a.logs.FilterMessageSnippet("interface not found").FilterField(zapString("pod", "shop/late")).Len(),
 		"reported once; log:\n%s", a.logText())
 	expect(t, tcp("frontend to api: rule 1 allows", web.NS, none, api.IPv4, port, true))
@@ -192,7 +192,7 @@ func TestInterfaces(t *testing.T) {
 	c.write(specs, "shop")
 	a.awaitReady()
 	c.awaitApplied(defaults)
-	require.Equal(t, 0.0, a.metric("podwall_interfaces_not_found"))
+	a.awaitMetric(t, 0.0, "podwall_interfaces_not_found")
 	require.Contains(t, a.dp.Attached(), late.HostIfindex)
 	expect(t,
 		tcp("late frontend to api: rule 1 allows", late.NS, none, api.IPv4, port, true),
@@ -207,7 +207,7 @@ func TestInterfaces(t *testing.T) {
 	require.NoError(t, nl.LinkDel(link))
 	requireEventually(t, func() bool { return a.metric("podwall_interfaces_not_found") == 1 }, "gone interface reported")
 	requireEventually(t, func() bool { return !slices.Contains(a.dp.Attached(), web.HostIfindex) }, "gone interface detached")
-	require.Equal(t, 2.0, a.metric("podwall_endpoints"))
+	a.awaitMetric(t, 2.0, "podwall_endpoints")
 }
 
 // TestDefaultPolicy restarts the agent with each --default-policy.
