@@ -317,48 +317,69 @@ static __always_inline __u8 proto_class(const struct pkt *p)
 	return PC_OTHER;
 }
 
-static __always_inline void and_vec(__u64 *r, const __u64 *v)
+/* and_into sets r to a & b. */
+static __always_inline void and_into(struct rule_vec *r, const __u64 *a, const __u64 *b)
 {
 #pragma unroll
 	for (int i = 0; i < VEC_WORDS; i++)
-		r[i] &= v[i];
+		r->bits[i] = a[i] & b[i];
 }
 
-/* lowest_bit returns the index of the lowest bit set in both a and b, or -1 when none is.
- * clang-14 crashes on __builtin_ctzll for BPF; popcount of the bits below the lowest set bit
- * is the same number. */
-static __always_inline int lowest_bit(const __u64 *a, const __u64 *b)
-{
-	__u64 w = 0;
-	int base = 0;
-
-#pragma unroll
-	for (int i = 0; i < VEC_WORDS; i++) {
-		w = a[i] & b[i];
-		if (w) {
-			base = i * 64;
-			break;
-		}
-	}
-	if (!w)
-		return -1;
-	return base + __builtin_popcountll((w & -w) - 1);
-}
-
-/* and_lookup ands r with the vector of key in map, or with wild when the key is missing. Each
- * branch does its own AND so that the verifier sees the same state after both and prunes. */
-static __always_inline void and_lookup(__u64 *r, void *map, const void *key, const __u64 *wild)
+/* and_lookup sets r to a & the vector of key in map, or a & wild when the key is missing.
+ * Each branch does its own AND so that the verifier sees the same state after both and
+ * prunes. */
+static __always_inline void and_lookup(struct rule_vec *r, const __u64 *a, void *map,
+				       const void *key, const __u64 *wild)
 {
 	struct rule_vec *m = bpf_map_lookup_elem(map, key);
 
 	if (m)
-		and_vec(r, m->bits);
+		and_into(r, a, m->bits);
 	else
-		and_vec(r, wild);
+		and_into(r, a, wild);
 }
 
-static __always_inline void and_port(__u64 *r, const struct judge *c, __u8 class, __u8 dir,
-				     __be16 port, const __u64 *wild)
+/* lowest_bit is the index of the lowest bit set in w, which is not 0. clang-14 crashes on
+ * __builtin_ctzll for BPF; popcount of the bits below the lowest set bit is the same number. */
+static __always_inline int lowest_bit(__u64 w)
+{
+	return __builtin_popcountll((w & -w) - 1);
+}
+
+/* decide ends step 10: R = r & a & b, then deny before allow, the deciding rule being the
+ * lowest set bit (c->rule). One pass over the words: it visits every word, since a deny bit
+ * in the last word beats an allow bit in the first, so it costs the same for 1 rule as for
+ * 1024, and R is never stored. A global function, verified once whatever map each vector
+ * comes from (as a static one, every combination of lookup hits and misses took the verifier
+ * past its million instructions). */
+__noinline int decide(const struct policy *pol, struct judge *c, const struct rule_vec *r,
+		      const struct rule_vec *a, const struct rule_vec *b)
+{
+	int allow = -1;
+
+	if (!pol || !c || !r || !a || !b)
+		/* Never: the caller's. The verifier wants the test; fail closed. */
+		return REASON_NO_RULE;
+#pragma unroll
+	for (int i = 0; i < VEC_WORDS; i++) {
+		__u64 w = r->bits[i] & a->bits[i] & b->bits[i];
+		__u64 deny = w & pol->deny[i];
+
+		if (deny) {
+			c->rule = i * 64 + lowest_bit(deny);
+			return REASON_DENY_RULE;
+		}
+		if (w && allow < 0)
+			allow = i * 64 + lowest_bit(w);
+	}
+	if (allow < 0)
+		return REASON_NO_RULE;
+	c->rule = allow;
+	return REASON_ALLOW_RULE;
+}
+
+static __always_inline struct rule_vec *port_vec(const struct judge *c, __u8 class, __u8 dir,
+						 __be16 port)
 {
 	struct port_key k = {
 		.prefixlen = 48 + 16,
@@ -368,18 +389,24 @@ static __always_inline void and_port(__u64 *r, const struct judge *c, __u8 class
 		.port = port,
 	};
 
-	and_lookup(r, &pol_port, &k, wild);
+	return bpf_map_lookup_elem(&pol_port, &k);
 }
 
-/* classify is step 10: R = proto[fam][class] & ident & cidr & sport & dport & icmp, then deny
- * before allow, the deciding rule being the lowest set bit (c->rule). */
+/* classify is step 10: R = proto[fam][class] & ident & cidr & sport & dport & icmp.
+ *
+ * A field no rule constrains needs no lookup. A packet needs at most two of the last three
+ * fields: a rule with ports is of tcp or udp and one with an ICMP type of icmp or icmpv6, so
+ * proto[fam][class] of an ICMP or other packet holds only rules that leave ports free, and of
+ * a TCP, UDP or other packet only rules that leave the type free (the compiler keeps it so,
+ * TestProtoMasksLeaveOtherProtocolsFieldsFree). */
 __noinline int classify(const struct policy *pol, struct judge *c)
 {
+	const struct rule_vec *a, *b;
 	const struct pkt *p;
-	bool v6, has_l4, has_ports;
-	__u64 r[VEC_WORDS];
+	struct rule_vec r;
+	bool v6, has_l4;
+	const __u64 *proto;
 	__u8 class;
-	int res;
 
 	if (!pol || !c)
 		/* Never: both are the caller's. The verifier wants the test; fail closed. */
@@ -388,15 +415,14 @@ __noinline int classify(const struct policy *pol, struct judge *c)
 	v6 = p->src.family == FAM_V6;
 	class = proto_class(p);
 	has_l4 = p->frag != FRAG_LATER;
-	has_ports = has_l4 && (class == PC_TCP || class == PC_UDP);
-	/* Keeps r an array in memory: split into 16 registers, it spills several times over. */
-	asm volatile("" : : "r"(r) : "memory");
+	proto = pol->proto[v6][class];
 
-	__builtin_memcpy(r, pol->proto[v6][class], sizeof(r));
 	if (pol->flags & PF_IDENT) {
 		struct ident_key k = { .policy = c->policy, .identity = c->identity };
 
-		and_lookup(r, &pol_ident, &k, pol->wild_ident);
+		and_lookup(&r, proto, &pol_ident, &k, pol->wild_ident);
+	} else {
+		__builtin_memcpy(r.bits, proto, sizeof(r.bits));
 	}
 	if (pol->flags & PF_CIDR) {
 		struct cidr_key k = {
@@ -405,52 +431,39 @@ __noinline int classify(const struct policy *pol, struct judge *c)
 			.ip = p->src,
 		};
 
-		and_lookup(r, &pol_cidr, &k, pol->wild_cidr);
+		and_lookup(&r, r.bits, &pol_cidr, &k, pol->wild_cidr);
 	}
-	if (pol->flags & PF_SPORT) {
-		if (has_ports)
-			and_port(r, c, class, DIR_SRC, p->sport, pol->wild_sport);
-		else
-			and_vec(r, pol->wild_sport);
-	}
-	if (pol->flags & PF_DPORT) {
-		if (has_ports)
-			and_port(r, c, class, DIR_DST, p->dport, pol->wild_dport);
-		else
-			and_vec(r, pol->wild_dport);
-	}
-	if (pol->flags & PF_ICMP) {
+
+	/* r & r is r: the vector of a field that needs nothing. */
+	a = b = &r;
+	if (class == PC_TCP || class == PC_UDP) {
+		if (pol->flags & PF_SPORT) {
+			a = has_l4 ? port_vec(c, class, DIR_SRC, p->sport) : NULL;
+			if (!a)
+				a = (const struct rule_vec *)pol->wild_sport;
+		}
+		if (pol->flags & PF_DPORT) {
+			b = has_l4 ? port_vec(c, class, DIR_DST, p->dport) : NULL;
+			if (!b)
+				b = (const struct rule_vec *)pol->wild_dport;
+		}
+	} else if (class == PC_ICMP && (pol->flags & PF_ICMP)) {
 		struct icmp_key k = {
 			.policy = c->policy,
 			.family = p->src.family,
 			.type = p->icmp_type,
 			.code = p->icmp_code,
 		};
-		struct rule_vec *m = NULL;
 
-		if (has_l4 && class == PC_ICMP)
-			m = bpf_map_lookup_elem(&pol_icmp, &k);
-		if (m) {
-			and_vec(r, m->bits);
-		} else if (has_l4 && class == PC_ICMP) {
+		a = has_l4 ? bpf_map_lookup_elem(&pol_icmp, &k) : NULL;
+		if (!a && has_l4) {
 			k.code = ICMP_ANY_CODE;
-			and_lookup(r, &pol_icmp, &k, pol->wild_icmp);
-		} else {
-			and_vec(r, pol->wild_icmp);
+			a = bpf_map_lookup_elem(&pol_icmp, &k);
 		}
+		if (!a)
+			a = (const struct rule_vec *)pol->wild_icmp;
 	}
-
-	res = lowest_bit(r, pol->deny);
-	if (res >= 0) {
-		c->rule = res;
-		return REASON_DENY_RULE;
-	}
-	res = lowest_bit(r, r);
-	if (res >= 0) {
-		c->rule = res;
-		return REASON_ALLOW_RULE;
-	}
-	return REASON_NO_RULE;
+	return decide(pol, c, &r, a, b);
 }
 
 static __always_inline bool drops(enum reason reason)
@@ -552,6 +565,25 @@ __noinline int finish(struct __sk_buff *skb, const struct judge *c, enum reason 
 	return TCX_NEXT;
 }
 
+/* first_fragment_verdict is the verdict the first fragment of p's datagram got, 0 when it
+ * was not seen. A global function: its key is on a stack frame of its own, not to_pod's. */
+__noinline __u8 first_fragment_verdict(const struct pkt *p)
+{
+	struct frag_entry *f;
+	struct frag_key k = {};
+
+	if (!p)
+		return 0;
+	k.src = p->src;
+	k.dst = p->dst;
+	k.id = p->frag_id;
+	k.proto = p->frag_proto;
+	f = bpf_map_lookup_elem(&frags, &k);
+	if (!f)
+		return 0;
+	return f->verdict == VERDICT_DROP ? VERDICT_DROP : VERDICT_PASS;
+}
+
 /* pass_tracked ends a packet that passes on its conntrack entry e (step 6): all that finish
  * does for a pass that is not a first fragment, inline (the call and its tests cost an
  * established flow 7 ns in 130). */
@@ -629,18 +661,9 @@ int to_pod(struct __sk_buff *skb)
 
 	/* 5 */
 	if (c.p.frag == FRAG_LATER) {
-		struct frag_key fk = {
-			.src = c.p.src,
-			.dst = c.p.dst,
-			.id = c.p.frag_id,
-			.proto = c.p.frag_proto,
-		};
-		struct frag_entry *f = bpf_map_lookup_elem(&frags, &fk);
-
-		if (f) {
-			c.frag_verdict = f->verdict == VERDICT_DROP ? VERDICT_DROP : VERDICT_PASS;
+		c.frag_verdict = first_fragment_verdict(&c.p);
+		if (c.frag_verdict)
 			return finish(skb, &c, REASON_FRAGMENT);
-		}
 	}
 
 	/* 6, with the endpoint's generation: an entry allowed under it, stamped with an older
