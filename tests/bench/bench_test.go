@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/tests/benchdoc"
 )
@@ -183,11 +184,11 @@ func excerpts(b *testing.B, judged []*setup) []Excerpt {
 	return []Excerpt{
 		{Title: fmt.Sprintf("The pod's policy at %d rules (cluster.go):", rules),
 			Text: strings.ReplaceAll(PolicyText(rules), "; ", ";\n") + "\n"},
-		{Title: "podwall: one policy record and its classifier entries, shared by every pod with the same folded policy; " +
-			"the baselines below are written from this same compiled state:",
-			Text: fmt.Sprintf("policies: 1 record (%d bytes)\npol_ident: %d entries\npol_cidr: %d entries\n"+
+		{Title: "podwall: the pod's endpoint entry, which holds the policy's record, and the policy's classifier entries, " +
+			"shared by every pod with the same folded policy; the baselines below are written from this same compiled state:",
+			Text: fmt.Sprintf("endpoints: 1 entry (%d bytes)\npol_ident: %d entries\npol_cidr: %d entries\n"+
 				"pol_port: %d entries\npol_icmp: %d entries\n",
-				binary.Size(p.Record), len(p.Ident), len(p.CIDR), len(p.Port), len(p.ICMP))},
+				binary.Size(bpf.PodwallEndpointEntry{}), len(p.Ident), len(p.CIDR), len(p.Port), len(p.ICMP))},
 		{Title: "iptables + ipset (IPv4; ip6tables gets the same for IPv6), iptables-restore input:",
 			Text: felix.Rules},
 		{Title: "and the start of its ipset restore input:", Text: head(felix.IPSets, 6)},

@@ -100,7 +100,7 @@ func (s *setup) install(st *compiler.State) (string, error) {
 			return "", fmt.Errorf("apply: %w", err)
 		}
 		p := st.Policies[st.Endpoints[s.target.Ifindex].Policy]
-		return "1 policy record, " + plural(len(p.Ident)+len(p.CIDR)+len(p.Port)+len(p.ICMP), "classifier entry"), nil
+		return "1 endpoint entry, " + plural(len(p.Ident)+len(p.CIDR)+len(p.Port)+len(p.ICMP), "classifier entry"), nil
 	case IPTables:
 		return s.installFelix(st)
 	case NFTables:
