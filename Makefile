@@ -65,7 +65,7 @@ test-kernels: deps bpffs
 	tests/kernels/run.sh
 
 bench: deps bpffs k8s-bins
-	$(GO) test -run '^$$' -bench '^BenchmarkVerdict$$' -benchtime 1000000x -count 5 ./tests/differential \
+	$(GO) test -run '^$$' -bench '^BenchmarkVerdict$$' -benchtime 1000000x -count 9 ./tests/differential \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md
 	$(GO) test -run '^$$' -bench '^BenchmarkEnforcers$$' -benchtime 1x -timeout 30m ./tests/bench \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md -iperf-seconds 2 -repetitions 3
