@@ -40,10 +40,10 @@ func (e *epoch) set(v uint32) error {
 func (e *epoch) changing() bool { return e.cur&1 == 1 }
 
 // around frames the steps that change the endpoints with the two epochs. Between the last step
-// and the even epoch it waits until every program run that may have read an endpoint from
-// before the steps has ended: a run that reads the even epoch then reads the new endpoints,
-// even on a CPU that reorders loads, so it never stamps a flow with the new epoch and an old
-// generation.
+// and the even epoch it waits for an RCU grace period: a program run (an RCU read-side
+// critical section) that reads the even epoch then wholly follows the start of the grace
+// period and sees the steps' writes, even on a CPU that reorders loads, so it never stamps a
+// flow with the new epoch and an old generation.
 func (e *epoch) around(steps ...func() error) []func() error {
 	out := []func() error{func() error { return e.set(e.cur | 1) }}
 	out = append(out, steps...)
