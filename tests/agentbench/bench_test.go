@@ -21,7 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -34,6 +33,7 @@ import (
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/loader"
 	"github.com/podwall/podwall/tests/kapi"
+	"github.com/podwall/podwall/tests/pinned"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -405,12 +405,12 @@ func BenchmarkAgent(b *testing.B) {
 	for u := range updates {
 		pods[u%localPods].annotations = map[string]string{compiler.AnnotationKey: updatedPolicy(u)}
 	}
-	requireState(b, m, tp, pods)
+	requireState(b, bpffs, tp, pods)
 
 	agent.terminate(b)
 	agent, r.resyncWarm = startAgent(b, bin, agentArgs...)
 	r.rssRestarted, _ = agent.memory(b)
-	requireState(b, m, tp, pods)
+	requireState(b, bpffs, tp, pods)
 	agent.terminate(b)
 
 	r.report(b)
@@ -458,9 +458,9 @@ func measureUpdates(b *testing.B, client kubernetes.Interface, m *bpf.PodwallMap
 	return latency, write
 }
 
-// requireState requires that the pinned endpoints and ipcache are what compiler.Compile makes
-// of the pods.
-func requireState(b *testing.B, m *bpf.PodwallMaps, tp *topo.Topology, pods []podSpec) {
+// requireState requires that the maps pinned under bpffs hold what compiler.Compile makes of
+// the pods.
+func requireState(b *testing.B, bpffs string, tp *topo.Topology, pods []podSpec) {
 	b.Helper()
 	in := compiler.Input{Options: compiler.Options{
 		DefaultPolicy: compiler.DefaultNamespace, OpenNamespaces: []string{"kube-system"}, AllowHost: true, LegacyKey: true,
@@ -478,39 +478,7 @@ func requireState(b *testing.B, m *bpf.PodwallMaps, tp *topo.Topology, pods []po
 	require.NoError(b, err)
 	want := compiler.Compile(in)
 	require.Empty(b, want.Problems)
-
-	deadline := time.Now().Add(changeWait)
-	for {
-		eps, ipc, err := kernelState(m)
-		if err == nil && assert.ObjectsAreEqual(want.Endpoints, eps) && assert.ObjectsAreEqual(want.IPCache, ipc) {
-			return
-		}
-		if time.Now().After(deadline) {
-			require.NoError(b, err)
-			require.Equal(b, want.Endpoints, eps, "endpoints map")
-			require.Equal(b, len(want.IPCache), len(ipc), "ipcache entries")
-			require.Equal(b, want.IPCache, ipc, "ipcache map")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func kernelState(m *bpf.PodwallMaps) (map[uint32]bpf.PodwallEndpoint, map[bpf.PodwallIpAddr]uint32, error) {
-	eps := map[uint32]bpf.PodwallEndpoint{}
-	var k uint32
-	var v bpf.PodwallEndpointEntry
-	it := m.Endpoints.Iterate()
-	for it.Next(&k, &v) {
-		eps[k] = v.Ep
-	}
-	ipc := map[bpf.PodwallIpAddr]uint32{}
-	var a bpf.PodwallIpAddr
-	var id uint32
-	it2 := m.Ipcache.Iterate()
-	for it2.Next(&a, &id) {
-		ipc[a] = id
-	}
-	return eps, ipc, errors.Join(it.Err(), it2.Err())
+	pinned.Await(b, bpffs, want, changeWait)
 }
 
 // result is what one run measured.

@@ -8,7 +8,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -17,9 +16,8 @@ import (
 
 	"github.com/podwall/podwall/agent/netif"
 	"github.com/podwall/podwall/compiler"
-	"github.com/podwall/podwall/loader"
-	"github.com/podwall/podwall/maps"
 	"github.com/podwall/podwall/tests/kapi"
+	"github.com/podwall/podwall/tests/pinned"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -29,10 +27,6 @@ const (
 	otherNode = "node-2"
 	// port and otherPort are where every pod runs TCP and UDP echo servers.
 	port, otherPort = 8080, 9090
-	// dropWait is how long a check waits for an answer that must not come; answers on veth
-	// pairs take well under a millisecond.
-	dropWait = 250 * time.Millisecond
-	passWait = 2 * time.Second
 	// applyWait bounds the wait for the agent to apply a change made in the API.
 	applyWait = 15 * time.Second
 	// apiTimeout bounds the test's own calls to the API server.
@@ -221,37 +215,10 @@ func (e *env) expected(opts compiler.Options) *compiler.State {
 	return compiler.Compile(in)
 }
 
-// kernelState reads every map the agent writes from the pins on the test's bpffs.
-func (e *env) kernelState() (maps.Contents, error) {
-	m, err := loader.OpenMaps(e.bpffs)
-	if err != nil {
-		return maps.Contents{}, err
-	}
-	defer m.Close()
-	return maps.Read(m)
-}
-
-// awaitApplied waits until the kernel's maps hold exactly what the API's pods compile to, and
-// returns that state.
-func (e *env) awaitApplied(opts compiler.Options) *compiler.State {
+// awaitApplied waits until the kernel's maps hold exactly what the API's pods compile to.
+func (e *env) awaitApplied(opts compiler.Options) {
 	e.t.Helper()
-	want := e.expected(opts)
-	flat := maps.Want(want)
-	deadline := time.Now().Add(applyWait)
-	for {
-		got, err := e.kernelState()
-		if err == nil && assert.ObjectsAreEqual(flat, got) {
-			return want
-		}
-		if time.Now().After(deadline) {
-			require.NoError(e.t, err, "read maps")
-			// Map by map, so that a failure says which one differs.
-			require.Equal(e.t, flat.Endpoints, got.Endpoints, "endpoints map")
-			require.Equal(e.t, flat.IPCache, got.IPCache, "ipcache map")
-			require.Equal(e.t, flat, got, "policy classifier maps")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	pinned.Await(e.t, e.bpffs, e.expected(opts), applyWait)
 }
 
 // tcxPrograms counts the programs attached with tcx to an interface of the node, both ways.
@@ -296,52 +263,5 @@ func (e *env) awaitEvent(k podKey, reason, message string) corev1.Event {
 				reason, k.ns, k.name, message, applyWait, seen)
 		}
 		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// check is one exchange and whether SPEC lets it through.
-type check struct {
-	name string
-	udp  bool
-	from *topo.Netns
-	src  netip.Addr // optional: send from this address
-	to   netip.Addr
-	port uint16
-	pass bool
-}
-
-// tcp is a check of a TCP connection with one echoed message.
-func tcp(name string, from *topo.Netns, src, to netip.Addr, port uint16, pass bool) check {
-	return check{name: name, from: from, src: src, to: to, port: port, pass: pass}
-}
-
-// udp is a check of one echoed UDP datagram.
-func udp(name string, from *topo.Netns, src, to netip.Addr, port uint16, pass bool) check {
-	return check{name: name, udp: true, from: from, src: src, to: to, port: port, pass: pass}
-}
-
-// expect runs each check: a pass must be answered, a drop must get no answer at all (not even
-// a refusal).
-func expect(t *testing.T, checks ...check) {
-	t.Helper()
-	for _, ck := range checks {
-		opts := []topo.Option{topo.Timeout(dropWait)}
-		if ck.pass {
-			opts = []topo.Option{topo.Timeout(passWait)}
-		}
-		if ck.src.IsValid() {
-			opts = append(opts, topo.From(ck.src))
-		}
-		to := netip.AddrPortFrom(ck.to, ck.port)
-		send := topo.TCPEcho
-		if ck.udp {
-			send = topo.UDPEcho
-		}
-		err := send(ck.from, to, opts...)
-		if ck.pass {
-			require.NoError(t, err, "%s: must pass", ck.name)
-		} else {
-			require.ErrorIs(t, err, topo.ErrNoAnswer, "%s: must be dropped", ck.name)
-		}
 	}
 }

@@ -30,7 +30,7 @@ func TestAgentRestart(t *testing.T) {
 	}
 	first := e.startAgent(bin)
 	e.awaitApplied(defaults)
-	expect(t, tcp("worker to web: default, same namespace", worker.NS, none, web.IPv4, port, true))
+	topo.Expect(t, topo.TCP("worker to web: default, same namespace", worker.NS, none, web.IPv4, port, true))
 
 	conn, err := topo.DialTCP(t, web.NS, netip.AddrPortFrom(api.IPv4, otherPort))
 	require.NoError(t, err)
@@ -55,8 +55,8 @@ func TestAgentRestart(t *testing.T) {
 		"the second agent took the pinned links over")
 
 	e.awaitApplied(defaults)
-	expect(t,
-		tcp("worker to web: the change made while no agent ran applies", worker.NS, none, web.IPv4, port, false),
-		udp("frontend to api: still allowed", web.NS, none, api.IPv6, port, true),
+	topo.Expect(t,
+		topo.TCP("worker to web: the change made while no agent ran applies", worker.NS, none, web.IPv4, port, false),
+		topo.UDP("frontend to api: still allowed", web.NS, none, api.IPv6, port, true),
 	)
 }

@@ -54,20 +54,20 @@ func TestScenarios(t *testing.T) {
 
 	t.Run("initial", func(t *testing.T) {
 		e.awaitApplied(defaults)
-		expect(t,
-			tcp("frontend to api: rule 1 allows", web.NS, none, api.IPv4, port, true),
-			tcp("frontend to api over IPv6: rule 1 allows", web.NS, none, api.IPv6, port, true),
-			tcp("frontend to api, other port: no rule", web.NS, none, api.IPv4, otherPort, false),
-			udp("frontend to api over UDP: no rule", web.NS, none, api.IPv4, port, false),
-			tcp("worker to api: no rule", worker.NS, none, api.IPv4, port, false),
-			tcp("worker to api over IPv6: no rule", worker.NS, none, api.IPv6, port, false),
-			tcp("frontend of another namespace to api: labels are namespaced", intruder.NS, none, api.IPv4, port, false),
-			tcp("frontend pod of another node to api: rule 1 allows", client.NS, remoteIP, api.IPv4, port, true),
-			tcp("outside world to api: no rule", client.NS, none, api.IPv4, port, false),
-			tcp("node to api: the node's own traffic passes", node, none, api.IPv4, otherPort, true),
-			udp("worker to web: default, same namespace", worker.NS, none, web.IPv4, port, true),
-			tcp("other namespace to web: default, same namespace only", intruder.NS, none, web.IPv4, port, false),
-			tcp("outside world to dns: kube-system is open", client.NS, none, dns.IPv4, port, true),
+		topo.Expect(t,
+			topo.TCP("frontend to api: rule 1 allows", web.NS, none, api.IPv4, port, true),
+			topo.TCP("frontend to api over IPv6: rule 1 allows", web.NS, none, api.IPv6, port, true),
+			topo.TCP("frontend to api, other port: no rule", web.NS, none, api.IPv4, otherPort, false),
+			topo.UDP("frontend to api over UDP: no rule", web.NS, none, api.IPv4, port, false),
+			topo.TCP("worker to api: no rule", worker.NS, none, api.IPv4, port, false),
+			topo.TCP("worker to api over IPv6: no rule", worker.NS, none, api.IPv6, port, false),
+			topo.TCP("frontend of another namespace to api: labels are namespaced", intruder.NS, none, api.IPv4, port, false),
+			topo.TCP("frontend pod of another node to api: rule 1 allows", client.NS, remoteIP, api.IPv4, port, true),
+			topo.TCP("outside world to api: no rule", client.NS, none, api.IPv4, port, false),
+			topo.TCP("node to api: the node's own traffic passes", node, none, api.IPv4, otherPort, true),
+			topo.UDP("worker to web: default, same namespace", worker.NS, none, web.IPv4, port, true),
+			topo.TCP("other namespace to web: default, same namespace only", intruder.NS, none, web.IPv4, port, false),
+			topo.TCP("outside world to dns: kube-system is open", client.NS, none, dns.IPv4, port, true),
 		)
 		code, body := a.get(t, "/readyz")
 		require.Equal(t, http.StatusOK, code, body)
@@ -86,20 +86,20 @@ func TestScenarios(t *testing.T) {
 		e.setIPs(lateKey)
 		e.awaitApplied(defaults)
 		require.Equal(t, 2, e.tcxPrograms(late.HostIfindex), "attached both ways")
-		expect(t,
-			tcp("new frontend to api: rule 1 allows", late.NS, none, api.IPv4, port, true),
-			tcp("worker to the new pod: default, same namespace", worker.NS, none, late.IPv6, port, true),
-			tcp("other namespace to the new pod: default, same namespace only", intruder.NS, none, late.IPv4, port, false),
+		topo.Expect(t,
+			topo.TCP("new frontend to api: rule 1 allows", late.NS, none, api.IPv4, port, true),
+			topo.TCP("worker to the new pod: default, same namespace", worker.NS, none, late.IPv6, port, true),
+			topo.TCP("other namespace to the new pod: default, same namespace only", intruder.NS, none, late.IPv4, port, false),
 		)
 	})
 
 	t.Run("relabelled", func(t *testing.T) {
 		e.update(workerKey, func(p *podSpec) { p.labels = map[string]string{"role": "frontend"} })
 		e.awaitApplied(defaults)
-		expect(t, tcp("worker, now a frontend, to api: rule 1 allows", worker.NS, none, api.IPv4, port, true))
+		topo.Expect(t, topo.TCP("worker, now a frontend, to api: rule 1 allows", worker.NS, none, api.IPv4, port, true))
 		e.update(workerKey, func(p *podSpec) { p.labels = map[string]string{"role": "worker", "tier": "batch"} })
 		e.awaitApplied(defaults)
-		expect(t, tcp("worker, a worker again, to api: no rule", worker.NS, none, api.IPv6, port, false))
+		topo.Expect(t, topo.TCP("worker, a worker again, to api: no rule", worker.NS, none, api.IPv6, port, false))
 	})
 
 	t.Run("re-annotated", func(t *testing.T) {
@@ -107,11 +107,11 @@ func TestScenarios(t *testing.T) {
 			p.annotations = policy("allow tcp from label role=frontend to ports 9090; allow udp from label tier=batch")
 		})
 		e.awaitApplied(defaults)
-		expect(t,
-			tcp("frontend to api, new port: rule 1 allows", web.NS, none, api.IPv4, otherPort, true),
-			tcp("frontend to api, old port: no rule", web.NS, none, api.IPv4, port, false),
-			udp("batch worker to api over UDP: rule 2 allows", worker.NS, none, api.IPv6, port, true),
-			tcp("batch worker to api over TCP: no rule", worker.NS, none, api.IPv4, otherPort, false),
+		topo.Expect(t,
+			topo.TCP("frontend to api, new port: rule 1 allows", web.NS, none, api.IPv4, otherPort, true),
+			topo.TCP("frontend to api, old port: no rule", web.NS, none, api.IPv4, port, false),
+			topo.UDP("batch worker to api over UDP: rule 2 allows", worker.NS, none, api.IPv6, port, true),
+			topo.TCP("batch worker to api over TCP: no rule", worker.NS, none, api.IPv4, otherPort, false),
 		)
 	})
 
@@ -121,10 +121,10 @@ func TestScenarios(t *testing.T) {
 		require.Error(t, perr)
 		e.update(webKey, func(p *podSpec) { p.annotations = policy(bad) })
 		e.awaitApplied(defaults)
-		expect(t,
-			tcp("worker to web: isolated, invalid policy", worker.NS, none, web.IPv4, port, false),
-			tcp("api to web: isolated, though rule 1 alone would allow it", api.NS, none, web.IPv6, port, false),
-			tcp("node to web: the node's own traffic still passes", node, none, web.IPv4, port, true),
+		topo.Expect(t,
+			topo.TCP("worker to web: isolated, invalid policy", worker.NS, none, web.IPv4, port, false),
+			topo.TCP("api to web: isolated, though rule 1 alone would allow it", api.NS, none, web.IPv6, port, false),
+			topo.TCP("node to web: the node's own traffic still passes", node, none, web.IPv4, port, true),
 		)
 		ev := e.awaitEvent(webKey, agent.ReasonInvalidPolicy, perr.Error())
 		require.Equal(t, corev1.EventTypeWarning, ev.Type)
@@ -134,30 +134,30 @@ func TestScenarios(t *testing.T) {
 
 		e.update(webKey, func(p *podSpec) { p.annotations = nil })
 		e.awaitApplied(defaults)
-		expect(t, tcp("worker to web: fixed, default policy again", worker.NS, none, web.IPv4, port, true))
+		topo.Expect(t, topo.TCP("worker to web: fixed, default policy again", worker.NS, none, web.IPv4, port, true))
 		a.awaitMetric(t, 0.0, "podwall_invalid_policies")
 	})
 
 	t.Run("moved to another namespace", func(t *testing.T) {
 		// Deleted from one namespace and created in another: same interface, same addresses.
 		moved := podSpec{ns: "shop", name: "intruder", tp: intruder, labels: map[string]string{"role": "frontend"}}
-		expect(t, tcp("intruder to web: other namespace", intruder.NS, none, web.IPv4, port, false))
+		topo.Expect(t, topo.TCP("intruder to web: other namespace", intruder.NS, none, web.IPv4, port, false))
 		e.delete(podKey{"other", "intruder"})
 		e.create(moved)
 		e.awaitApplied(defaults)
-		expect(t,
-			tcp("moved frontend to api: rule 1 allows", intruder.NS, none, api.IPv4, otherPort, true),
-			tcp("moved pod to web: same namespace now", intruder.NS, none, web.IPv4, port, true),
-			tcp("outside world to moved pod: default, same namespace only", client.NS, none, intruder.IPv4, port, false),
+		topo.Expect(t,
+			topo.TCP("moved frontend to api: rule 1 allows", intruder.NS, none, api.IPv4, otherPort, true),
+			topo.TCP("moved pod to web: same namespace now", intruder.NS, none, web.IPv4, port, true),
+			topo.TCP("outside world to moved pod: default, same namespace only", client.NS, none, intruder.IPv4, port, false),
 		)
 	})
 
 	t.Run("deleted", func(t *testing.T) {
-		expect(t, tcp("outside world to worker: default, same namespace only", client.NS, none, worker.IPv4, port, false))
+		topo.Expect(t, topo.TCP("outside world to worker: default, same namespace only", client.NS, none, worker.IPv4, port, false))
 		e.delete(workerKey)
 		e.awaitApplied(defaults)
 		requireEventually(t, func() bool { return e.tcxPrograms(worker.HostIfindex) == 0 }, "worker detached")
-		expect(t, tcp("outside world to worker: no longer a pod, not guarded", client.NS, none, worker.IPv4, port, true))
+		topo.Expect(t, topo.TCP("outside world to worker: no longer a pod, not guarded", client.NS, none, worker.IPv4, port, true))
 	})
 
 	t.Run("namespace created and deleted", func(t *testing.T) {
@@ -165,14 +165,14 @@ func TestScenarios(t *testing.T) {
 		e.create(podSpec{ns: "lab", name: "probe", tp: worker, labels: map[string]string{"role": "probe"},
 			annotations: policy("allow from cidr 10.99.0.0/16")})
 		e.awaitApplied(defaults)
-		expect(t,
-			tcp("outside world to the new namespace's pod: rule 1 allows", client.NS, none, worker.IPv4, port, true),
-			tcp("shop to the new namespace's pod: no rule", web.NS, none, worker.IPv4, port, false),
+		topo.Expect(t,
+			topo.TCP("outside world to the new namespace's pod: rule 1 allows", client.NS, none, worker.IPv4, port, true),
+			topo.TCP("shop to the new namespace's pod: no rule", web.NS, none, worker.IPv4, port, false),
 		)
 		e.deleteNamespace("lab")
 		e.awaitApplied(defaults)
 		requireEventually(t, func() bool { return e.tcxPrograms(worker.HostIfindex) == 0 }, "probe detached")
-		expect(t, tcp("shop to a pod of a deleted namespace: not guarded", web.NS, none, worker.IPv4, port, true))
+		topo.Expect(t, topo.TCP("shop to a pod of a deleted namespace: not guarded", web.NS, none, worker.IPv4, port, true))
 	})
 
 	t.Run("watch cut and restored", func(t *testing.T) {
@@ -192,10 +192,10 @@ func TestScenarios(t *testing.T) {
 		})
 		flows.stop(t)
 		e.awaitApplied(defaults)
-		expect(t,
-			tcp("outside world to web: the new rule 1 allows", client.NS, none, web.IPv4, port, true),
-			tcp("api to web: no rule now", api.NS, none, web.IPv4, port, false),
-			udp("web, now batch tier, to api over UDP: rule 2 allows", web.NS, none, api.IPv4, port, true),
+		topo.Expect(t,
+			topo.TCP("outside world to web: the new rule 1 allows", client.NS, none, web.IPv4, port, true),
+			topo.TCP("api to web: no rule now", api.NS, none, web.IPv4, port, false),
+			topo.UDP("web, now batch tier, to api over UDP: rule 2 allows", web.NS, none, api.IPv4, port, true),
 		)
 		code, body := a.get(t, "/healthz")
 		require.Equal(t, http.StatusOK, code, body)
@@ -228,9 +228,9 @@ func startFlows(t *testing.T, all ...flow) *flows {
 		f.ok = append(f.ok, new(atomic.Int64))
 		f.wrong = append(f.wrong, new(atomic.Int64))
 		f.first = append(f.first, new(atomic.Value))
-		timeout := dropWait / 5
+		timeout := topo.DropWait / 5
 		if fl.pass {
-			timeout = passWait
+			timeout = topo.PassWait
 		}
 		f.wg.Go(func() {
 			for {

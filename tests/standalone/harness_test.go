@@ -2,7 +2,6 @@ package standalone
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -25,11 +24,11 @@ import (
 
 	"github.com/podwall/podwall/agent"
 	"github.com/podwall/podwall/agent/netif"
-	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/datapath"
 	"github.com/podwall/podwall/k8s"
 	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/tests/pinned"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -37,9 +36,6 @@ const (
 	nodeName = "node-1"
 	// port and otherPort are where every pod runs TCP and UDP echo servers.
 	port, otherPort = 8080, 9090
-	// dropWait is how long a check waits for an answer that must not come; answers on veth
-	// pairs take well under a millisecond.
-	dropWait = 250 * time.Millisecond
 	// applyWait bounds the wait for the agent to apply a change of the file.
 	applyWait = 10 * time.Second
 )
@@ -182,95 +178,11 @@ func (c *cluster) expected(opts compiler.Options) *compiler.State {
 	return compiler.Compile(compiler.Input{Pods: pods, Endpoints: eps, HostIPs: host, Options: opts})
 }
 
-// kernelState reads the endpoints and the ipcache from the pinned maps.
-func (c *cluster) kernelState() (map[uint32]bpf.PodwallEndpoint, map[bpf.PodwallIpAddr]uint32, error) {
-	m, err := loader.OpenMaps(c.bpffs)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer m.Close()
-	eps := map[uint32]bpf.PodwallEndpoint{}
-	var k uint32
-	var v bpf.PodwallEndpointEntry
-	it := m.Endpoints.Iterate()
-	for it.Next(&k, &v) {
-		eps[k] = v.Ep
-	}
-	ipc := map[bpf.PodwallIpAddr]uint32{}
-	var a bpf.PodwallIpAddr
-	var id uint32
-	it2 := m.Ipcache.Iterate()
-	for it2.Next(&a, &id) {
-		ipc[a] = id
-	}
-	return eps, ipc, errors.Join(it.Err(), it2.Err())
-}
-
-// awaitApplied waits until the kernel's maps hold what the file as last written compiles to:
-// the same endpoints (ifindex, policy id, generation, mode) and the same ipcache.
-func (c *cluster) awaitApplied(opts compiler.Options) *compiler.State {
+// awaitApplied waits until the kernel's maps hold exactly what the file as last written
+// compiles to.
+func (c *cluster) awaitApplied(opts compiler.Options) {
 	c.t.Helper()
-	want := c.expected(opts)
-	deadline := time.Now().Add(applyWait)
-	for {
-		eps, ipc, err := c.kernelState()
-		if err == nil && assert.ObjectsAreEqual(want.Endpoints, eps) && assert.ObjectsAreEqual(want.IPCache, ipc) {
-			return want
-		}
-		if time.Now().After(deadline) {
-			require.NoError(c.t, err, "read maps")
-			require.Equal(c.t, want.Endpoints, eps, "endpoints map")
-			require.Equal(c.t, want.IPCache, ipc, "ipcache map")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// check is one exchange and whether SPEC lets it through.
-type check struct {
-	name string
-	udp  bool
-	from *topo.Netns
-	src  netip.Addr // optional: send from this address
-	to   netip.Addr
-	port uint16
-	pass bool
-}
-
-// tcp is a check of a TCP connection with one echoed message.
-func tcp(name string, from *topo.Netns, src, to netip.Addr, port uint16, pass bool) check {
-	return check{name: name, from: from, src: src, to: to, port: port, pass: pass}
-}
-
-// udp is a check of one echoed UDP datagram.
-func udp(name string, from *topo.Netns, src, to netip.Addr, port uint16, pass bool) check {
-	return check{name: name, udp: true, from: from, src: src, to: to, port: port, pass: pass}
-}
-
-// expect runs each check: a pass must be answered, a drop must get no answer at all (not even
-// a refusal).
-func expect(t *testing.T, checks ...check) {
-	t.Helper()
-	for _, ck := range checks {
-		opts := []topo.Option{topo.Timeout(dropWait)}
-		if ck.pass {
-			opts = []topo.Option{topo.Timeout(2 * time.Second)}
-		}
-		if ck.src.IsValid() {
-			opts = append(opts, topo.From(ck.src))
-		}
-		to := netip.AddrPortFrom(ck.to, ck.port)
-		send := topo.TCPEcho
-		if ck.udp {
-			send = topo.UDPEcho
-		}
-		err := send(ck.from, to, opts...)
-		if ck.pass {
-			require.NoError(t, err, "%s: must pass", ck.name)
-		} else {
-			require.ErrorIs(t, err, topo.ErrNoAnswer, "%s: must be dropped", ck.name)
-		}
-	}
+	pinned.Await(c.t, c.bpffs, c.expected(opts), applyWait)
 }
 
 // runningAgent is the agent running in-process.

@@ -123,9 +123,9 @@ func TestRestartAndUninstall(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, body)
 	code, _ = httpGet(t, c.tp.Node, "http://"+metricsAddr+"/healthz")
 	require.Equal(t, http.StatusOK, code)
-	expect(t,
-		udp("frontend to api: rule 1 allows", web.NS, none, api.IPv4, port, true),
-		udp("worker to api: no rule", worker.NS, none, api.IPv4, port, false),
+	topo.Expect(t,
+		topo.UDP("frontend to api: rule 1 allows", web.NS, none, api.IPv4, port, true),
+		topo.UDP("worker to api: no rule", worker.NS, none, api.IPv4, port, false),
 	)
 	_, metrics := httpGet(t, c.tp.Node, "http://"+metricsAddr+"/metrics")
 	require.Contains(t, metrics, "podwall_endpoints 3\n")
@@ -196,8 +196,8 @@ func TestRestartAndUninstall(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist, "pinned state removed")
 	_, err = os.Stat(filepath.Dir(loader.StateDir(c.bpffs)))
 	require.ErrorIs(t, err, os.ErrNotExist, "podwall's folder removed")
-	expect(t,
-		udp("worker to api: nothing guards it any more", worker.NS, none, api.IPv4, port, true),
-		tcp("worker to api over TCP: nothing guards it any more", worker.NS, none, api.IPv6, otherPort, true),
+	topo.Expect(t,
+		topo.UDP("worker to api: nothing guards it any more", worker.NS, none, api.IPv4, port, true),
+		topo.TCP("worker to api over TCP: nothing guards it any more", worker.NS, none, api.IPv6, otherPort, true),
 	)
 }

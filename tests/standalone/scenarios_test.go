@@ -54,19 +54,19 @@ func TestScenarios(t *testing.T) {
 
 	t.Run("initial", func(t *testing.T) {
 		c.awaitApplied(defaults)
-		expect(t,
-			tcp("frontend to api: rule 1 allows", web.NS, none, api.IPv4, port, true),
-			tcp("frontend to api over IPv6: rule 1 allows", web.NS, none, api.IPv6, port, true),
-			tcp("frontend to api, other port: no rule", web.NS, none, api.IPv4, otherPort, false),
-			tcp("worker to api: no rule", worker.NS, none, api.IPv4, port, false),
-			tcp("worker to api over IPv6: no rule", worker.NS, none, api.IPv6, port, false),
-			tcp("frontend of another namespace to api: labels are namespaced", intruder.NS, none, api.IPv4, port, false),
-			tcp("frontend pod of another node to api: rule 1 allows", client.NS, remoteIP, api.IPv4, port, true),
-			tcp("outside world to api: no rule", client.NS, none, api.IPv4, port, false),
-			tcp("node to api: the node's own traffic passes", node, none, api.IPv4, otherPort, true),
-			tcp("worker to web: default, same namespace", worker.NS, none, web.IPv4, port, true),
-			tcp("other namespace to web: default, same namespace only", intruder.NS, none, web.IPv4, port, false),
-			tcp("outside world to dns: kube-system is open", client.NS, none, dns.IPv4, port, true),
+		topo.Expect(t,
+			topo.TCP("frontend to api: rule 1 allows", web.NS, none, api.IPv4, port, true),
+			topo.TCP("frontend to api over IPv6: rule 1 allows", web.NS, none, api.IPv6, port, true),
+			topo.TCP("frontend to api, other port: no rule", web.NS, none, api.IPv4, otherPort, false),
+			topo.TCP("worker to api: no rule", worker.NS, none, api.IPv4, port, false),
+			topo.TCP("worker to api over IPv6: no rule", worker.NS, none, api.IPv6, port, false),
+			topo.TCP("frontend of another namespace to api: labels are namespaced", intruder.NS, none, api.IPv4, port, false),
+			topo.TCP("frontend pod of another node to api: rule 1 allows", client.NS, remoteIP, api.IPv4, port, true),
+			topo.TCP("outside world to api: no rule", client.NS, none, api.IPv4, port, false),
+			topo.TCP("node to api: the node's own traffic passes", node, none, api.IPv4, otherPort, true),
+			topo.TCP("worker to web: default, same namespace", worker.NS, none, web.IPv4, port, true),
+			topo.TCP("other namespace to web: default, same namespace only", intruder.NS, none, web.IPv4, port, false),
+			topo.TCP("outside world to dns: kube-system is open", client.NS, none, dns.IPv4, port, true),
 		)
 		a.awaitMetric(t, 5.0, "podwall_endpoints")
 		require.ElementsMatch(t, []int{api.HostIfindex, web.HostIfindex, worker.HostIfindex, intruder.HostIfindex, dns.HostIfindex}, a.dp.Attached())
@@ -80,16 +80,16 @@ func TestScenarios(t *testing.T) {
 		workerSpec.labels = map[string]string{"role": "frontend"}
 		c.write(all(), namespaces...)
 		c.awaitApplied(defaults)
-		expect(t, tcp("worker, now a frontend, to api: rule 1 allows", worker.NS, none, api.IPv4, port, true))
+		topo.Expect(t, topo.TCP("worker, now a frontend, to api: rule 1 allows", worker.NS, none, api.IPv4, port, true))
 	})
 
 	t.Run("re-annotated", func(t *testing.T) {
 		apiSpec.annotations = policy("allow tcp from label role=frontend to ports 9090")
 		c.write(all(), namespaces...)
 		c.awaitApplied(defaults)
-		expect(t,
-			tcp("frontend to api, new port: rule 1 allows", web.NS, none, api.IPv4, otherPort, true),
-			tcp("frontend to api, old port: no rule", web.NS, none, api.IPv4, port, false),
+		topo.Expect(t,
+			topo.TCP("frontend to api, new port: rule 1 allows", web.NS, none, api.IPv4, otherPort, true),
+			topo.TCP("frontend to api, old port: no rule", web.NS, none, api.IPv4, port, false),
 		)
 	})
 
@@ -100,9 +100,9 @@ func TestScenarios(t *testing.T) {
 		webSpec.annotations = policy(bad)
 		c.write(all(), namespaces...)
 		c.awaitApplied(defaults)
-		expect(t,
-			tcp("worker to web: isolated, invalid policy", worker.NS, none, web.IPv4, port, false),
-			tcp("node to web: the node's own traffic still passes", node, none, web.IPv4, port, true),
+		topo.Expect(t,
+			topo.TCP("worker to web: isolated, invalid policy", worker.NS, none, web.IPv4, port, false),
+			topo.TCP("node to web: the node's own traffic still passes", node, none, web.IPv4, port, true),
 		)
 		a.awaitMetric(t, 1.0, "podwall_invalid_policies")
 		logged := a.logs.FilterMessage(perr.Error()).FilterField(zapString("pod", "shop/web"))
@@ -111,7 +111,7 @@ func TestScenarios(t *testing.T) {
 		webSpec.annotations = nil
 		c.write(all(), namespaces...)
 		c.awaitApplied(defaults)
-		expect(t, tcp("worker to web: fixed, default policy again", worker.NS, none, web.IPv4, port, true))
+		topo.Expect(t, topo.TCP("worker to web: fixed, default policy again", worker.NS, none, web.IPv4, port, true))
 		a.awaitMetric(t, 0.0, "podwall_invalid_policies")
 	})
 
@@ -122,9 +122,9 @@ func TestScenarios(t *testing.T) {
 		c.last = good
 		requireEventually(t, func() bool { return a.metric("podwall_source_errors_total") > errs }, "source error counted")
 		c.awaitApplied(defaults)
-		expect(t,
-			tcp("frontend to api: still allowed", web.NS, none, api.IPv4, otherPort, true),
-			tcp("other namespace to web: still dropped", intruder.NS, none, web.IPv4, port, false),
+		topo.Expect(t,
+			topo.TCP("frontend to api: still allowed", web.NS, none, api.IPv4, otherPort, true),
+			topo.TCP("other namespace to web: still dropped", intruder.NS, none, web.IPv4, port, false),
 		)
 	})
 
@@ -133,18 +133,18 @@ func TestScenarios(t *testing.T) {
 		intruderSpec.ns = "shop"
 		c.write(all(), namespaces...)
 		c.awaitApplied(defaults)
-		expect(t,
-			tcp("moved frontend to api: rule 1 allows", intruder.NS, none, api.IPv4, otherPort, true),
-			tcp("moved pod to web: same namespace now", intruder.NS, none, web.IPv4, port, true),
+		topo.Expect(t,
+			topo.TCP("moved frontend to api: rule 1 allows", intruder.NS, none, api.IPv4, otherPort, true),
+			topo.TCP("moved pod to web: same namespace now", intruder.NS, none, web.IPv4, port, true),
 		)
 	})
 
 	t.Run("deleted", func(t *testing.T) {
-		expect(t, tcp("outside world to worker: default, same namespace only", client.NS, none, worker.IPv4, port, false))
+		topo.Expect(t, topo.TCP("outside world to worker: default, same namespace only", client.NS, none, worker.IPv4, port, false))
 		c.write(slices.DeleteFunc(all(), func(p podSpec) bool { return p.name == "worker" }), namespaces...)
 		c.awaitApplied(defaults)
 		requireEventually(t, func() bool { return !slices.Contains(a.dp.Attached(), worker.HostIfindex) }, "worker detached")
-		expect(t, tcp("outside world to worker: no longer a pod, not guarded", client.NS, none, worker.IPv4, port, true))
+		topo.Expect(t, topo.TCP("outside world to worker: no longer a pod, not guarded", client.NS, none, worker.IPv4, port, true))
 	})
 
 	t.Run("namespace created and deleted", func(t *testing.T) {
@@ -153,13 +153,13 @@ func TestScenarios(t *testing.T) {
 		others := slices.DeleteFunc(all(), func(p podSpec) bool { return p.name == "worker" })
 		c.write(append(others, lab), append(namespaces, "lab")...)
 		c.awaitApplied(defaults)
-		expect(t,
-			tcp("outside world to the new namespace's pod: rule 1 allows", client.NS, none, worker.IPv4, port, true),
-			tcp("shop to the new namespace's pod: no rule", web.NS, none, worker.IPv4, port, false),
+		topo.Expect(t,
+			topo.TCP("outside world to the new namespace's pod: rule 1 allows", client.NS, none, worker.IPv4, port, true),
+			topo.TCP("shop to the new namespace's pod: no rule", web.NS, none, worker.IPv4, port, false),
 		)
 		c.write(others, namespaces...)
 		c.awaitApplied(defaults)
-		expect(t, tcp("shop to a pod of a deleted namespace: not guarded", web.NS, none, worker.IPv4, port, true))
+		topo.Expect(t, topo.TCP("shop to a pod of a deleted namespace: not guarded", web.NS, none, worker.IPv4, port, true))
 	})
 }
 
@@ -182,7 +182,7 @@ func TestInterfaces(t *testing.T) {
 	a.awaitMetric(t, 2.0, "podwall_endpoints") // the others are guarded meanwhile
 	require.Equal(t, 1, a.logs.FilterMessageSnippet("interface not found").FilterField(zapString("pod", "shop/late")).Len(),
 		"reported once; log:\n%s", a.logText())
-	expect(t, tcp("frontend to api: rule 1 allows", web.NS, none, api.IPv4, port, true))
+	topo.Expect(t, topo.TCP("frontend to api: rule 1 allows", web.NS, none, api.IPv4, port, true))
 	_, err := os.Stat(a.ready)
 	require.ErrorIs(t, err, os.ErrNotExist, "not ready while a pod is not guarded")
 
@@ -194,10 +194,10 @@ func TestInterfaces(t *testing.T) {
 	c.awaitApplied(defaults)
 	a.awaitMetric(t, 0.0, "podwall_interfaces_not_found")
 	require.Contains(t, a.dp.Attached(), late.HostIfindex)
-	expect(t,
-		tcp("late frontend to api: rule 1 allows", late.NS, none, api.IPv4, port, true),
-		tcp("api to late: default, same namespace", api.NS, none, late.IPv4, port, true),
-		tcp("node to late", c.tp.Node, none, late.IPv6, port, true),
+	topo.Expect(t,
+		topo.TCP("late frontend to api: rule 1 allows", late.NS, none, api.IPv4, port, true),
+		topo.TCP("api to late: default, same namespace", api.NS, none, late.IPv4, port, true),
+		topo.TCP("node to late", c.tp.Node, none, late.IPv6, port, true),
 	)
 
 	// The interface goes while the pod is still listed.
@@ -233,10 +233,10 @@ func TestDefaultPolicy(t *testing.T) {
 			opts.DefaultPolicy = tt.policy
 			a := c.startAgent(opts)
 			c.awaitApplied(opts)
-			expect(t,
-				tcp("same namespace", a1.NS, none, a2.IPv4, port, tt.sameNS),
-				tcp("other namespace", b1.NS, none, a2.IPv6, port, tt.otherNS),
-				tcp("node", c.tp.Node, none, a2.IPv4, port, tt.host),
+			topo.Expect(t,
+				topo.TCP("same namespace", a1.NS, none, a2.IPv4, port, tt.sameNS),
+				topo.TCP("other namespace", b1.NS, none, a2.IPv6, port, tt.otherNS),
+				topo.TCP("node", c.tp.Node, none, a2.IPv4, port, tt.host),
 			)
 			a.stop()
 		})
@@ -256,11 +256,11 @@ func TestBridged(t *testing.T) {
 	a := c.startAgent(defaults)
 	c.awaitApplied(defaults)
 	require.ElementsMatch(t, []int{api.HostIfindex, web.HostIfindex, worker.HostIfindex}, a.dp.Attached())
-	expect(t,
-		tcp("frontend to api: rule 1 allows", web.NS, none, api.IPv4, port, true),
-		tcp("frontend to api over IPv6: rule 1 allows", web.NS, none, api.IPv6, port, true),
-		tcp("worker to api: no rule", worker.NS, none, api.IPv4, port, false),
-		tcp("worker to api over IPv6: no rule", worker.NS, none, api.IPv6, port, false),
-		tcp("api to worker: default, same namespace", api.NS, none, worker.IPv4, port, true),
+	topo.Expect(t,
+		topo.TCP("frontend to api: rule 1 allows", web.NS, none, api.IPv4, port, true),
+		topo.TCP("frontend to api over IPv6: rule 1 allows", web.NS, none, api.IPv6, port, true),
+		topo.TCP("worker to api: no rule", worker.NS, none, api.IPv4, port, false),
+		topo.TCP("worker to api over IPv6: no rule", worker.NS, none, api.IPv6, port, false),
+		topo.TCP("api to worker: default, same namespace", api.NS, none, worker.IPv4, port, true),
 	)
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"github.com/vishvananda/netlink"
@@ -129,6 +130,23 @@ func TestFailures(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestExpect runs checks that go as they say: answered exchanges that must pass, and
+// exchanges to an address nobody answers for that must be dropped.
+func TestExpect(t *testing.T) {
+	tp := New(t, Bridged)
+	pod := tp.AddPod("pod")
+	pod.Echo(t, port)
+	nobody := netip.MustParseAddr("10.244.0.200")
+	start := time.Now()
+	Expect(t,
+		TCP("tcp to the pod", tp.Node, netip.Addr{}, pod.IPv4, port, true),
+		UDP("udp to the pod from the node's address", tp.Node, tp.NodeIPv6, pod.IPv6, port, true),
+		TCP("tcp to nobody", tp.Node, netip.Addr{}, nobody, port, false),
+		UDP("udp to nobody", tp.Node, netip.Addr{}, nobody, port, false),
+	)
+	require.Less(t, time.Since(start), PassWait, "a drop waits DropWait, not PassWait")
 }
 
 // TestNamespaces checks that Do runs in the namespace, that sysctls are per namespace
