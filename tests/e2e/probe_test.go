@@ -119,8 +119,9 @@ var everything = []flow{tcpTo(portWeb), udpTo(portWeb), ping}
 func (f flow) v4() flow { f.only = 4; return f }
 func (f flow) v6() flow { f.only = 6; return f }
 
-// from sends from a chosen source port. A source port is used by one flow only, in the whole
-// test: a second use would find the first one's conntrack entry (or TIME_WAIT socket).
+// from sends from a chosen source port, one of topo.ChosenPorts, which no other socket gets
+// as its ephemeral port. A source port is used by one flow only, in the whole test: a second
+// use would find the first one's conntrack entry (or TIME_WAIT socket).
 func (f flow) from(port uint16) flow { f.srcPort = port; return f }
 
 func (f flow) String() string {

@@ -68,8 +68,15 @@ func NewNetns(tb testing.TB, role string) *Netns {
 	// Datagram ICMP sockets (what Ping uses) are allowed only to the groups in this range;
 	// the default ("1 0") allows nobody.
 	require.NoError(tb, n.Sysctl("net/ipv4/ping_group_range", "0 2147483647"))
+	require.NoError(tb, n.Sysctl("net/ipv4/ip_local_reserved_ports", ChosenPorts))
 	return n
 }
+
+// ChosenPorts are the source ports tests bind themselves (a `from ports` rule's probes). Every
+// namespace reserves them (both families), so the kernel never hands one out as the ephemeral
+// port of another probe running at the same time, which would make that bind fail with
+// EADDRINUSE.
+const ChosenPorts = "40000-40999"
 
 // newNamed creates and registers a namespace from a thread of its own, so that the
 // goroutine that asked never changes namespace.

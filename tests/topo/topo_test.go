@@ -150,7 +150,8 @@ func TestExpect(t *testing.T) {
 }
 
 // TestNamespaces checks that Do runs in the namespace, that sysctls are per namespace
-// (forwarding only on the node), and that cleanup leaves no namespace and no link behind.
+// (forwarding only on the node; ChosenPorts reserved everywhere), and that cleanup leaves no
+// namespace and no link behind.
 func TestNamespaces(t *testing.T) {
 	var made []string
 	var hostIfnames []string
@@ -182,6 +183,9 @@ func TestNamespaces(t *testing.T) {
 					require.NoError(t, err)
 					require.Equal(t, tc.forward, v, "%s in %s", key, tc.ns.Name)
 				}
+				reserved, err := tc.ns.ReadSysctl("net/ipv4/ip_local_reserved_ports")
+				require.NoError(t, err)
+				require.Equal(t, ChosenPorts, reserved, "ports tests choose are reserved in %s", tc.ns.Name)
 			}
 			link, err := tp.Node.Handle().LinkByIndex(pod.HostIfindex)
 			require.NoError(t, err)
