@@ -64,7 +64,11 @@ func printSection(w *tabwriter.Writer, m *bpf.PodwallMaps, section string) error
 		if err != nil {
 			return err
 		}
-		printEndpoints(w, rows)
+		var epoch uint32
+		if err := m.Epoch.Lookup(uint32(0), &epoch); err != nil {
+			return fmt.Errorf("read map epoch: %w", err)
+		}
+		printEndpoints(w, rows, epoch)
 		return nil
 	case "policies":
 		rows, err := readEndpoints(m.Endpoints)
@@ -102,7 +106,14 @@ func readEndpoints(m *ebpf.Map) (map[uint32]bpf.PodwallEndpointEntry, error) {
 	return rows, nil
 }
 
-func printEndpoints(w *tabwriter.Writer, rows map[uint32]bpf.PodwallEndpointEntry) {
+// printEndpoints prints the endpoints and the conntrack epoch, whose parity says whether an
+// agent is changing them (docs/ARCHITECTURE.md, "Conntrack epoch").
+func printEndpoints(w *tabwriter.Writer, rows map[uint32]bpf.PodwallEndpointEntry, epoch uint32) {
+	state := "established flows pass on it"
+	if epoch&1 == 1 {
+		state = "odd: endpoints are being changed, or an apply failed midway; flows are judged on their generation"
+	}
+	fmt.Fprintf(w, "conntrack epoch %d (%s)\n", epoch, state)
 	fmt.Fprintf(w, "ENDPOINT (ifindex)\tMODE\tPOLICY\tGENERATION\tALLOW HOST\n")
 	for _, k := range slices.Sorted(maps.Keys(rows)) {
 		v := rows[k].Ep

@@ -83,6 +83,7 @@ func TestMapsPrintsThePinnedState(t *testing.T) {
 	dir := pinnedState(t)
 	out, stderr, code := runInProcess([]string{"maps", "--bpffs", dir}, "")
 	require.Equal(t, 0, code, stderr)
+	require.Regexp(t, `(?m)^conntrack epoch 2 \(established flows pass on it\)$`, out)
 	require.Regexp(t, `(?m)^1\s+isolate\s+-\s+0x[0-9a-f]+\s+false$`, out)
 	require.Regexp(t, `(?m)^10\.0\.0\.2\s+0x[0-9a-f]+$`, out)
 	require.Regexp(t, `(?m)^isolated\s+1$`, out)
