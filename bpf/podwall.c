@@ -530,6 +530,16 @@ static __always_inline void send_event(struct __sk_buff *skb, const struct judge
 	bpf_ringbuf_submit(ev, 0);
 }
 
+/* frag_key_of sets k to the frags key of p's datagram. */
+static __always_inline void frag_key_of(const struct pkt *p, struct frag_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->src = p->src;
+	k->dst = p->dst;
+	k->id = p->frag_id;
+	k->proto = p->frag_proto;
+}
+
 /* finish ends every verdict of to_pod: it counts the reason, records a first fragment's
  * verdict for the fragments that follow (step 11), sends the event, and returns the action. */
 __noinline int finish(struct __sk_buff *skb, const struct judge *c, enum reason reason)
@@ -544,14 +554,10 @@ __noinline int finish(struct __sk_buff *skb, const struct judge *c, enum reason 
 		verdict = c->frag_verdict;
 	count(reason);
 	if (c->p.frag == FRAG_FIRST) {
-		struct frag_key k = {
-			.src = c->p.src,
-			.dst = c->p.dst,
-			.id = c->p.frag_id,
-			.proto = c->p.frag_proto,
-		};
 		struct frag_entry f = { .verdict = verdict };
+		struct frag_key k;
 
+		frag_key_of(&c->p, &k);
 		if (bpf_map_update_elem(&frags, &k, &f, BPF_ANY))
 			count(REASON_CT_FULL);
 	}
@@ -570,14 +576,11 @@ __noinline int finish(struct __sk_buff *skb, const struct judge *c, enum reason 
 __noinline __u8 first_fragment_verdict(const struct pkt *p)
 {
 	struct frag_entry *f;
-	struct frag_key k = {};
+	struct frag_key k;
 
 	if (!p)
 		return 0;
-	k.src = p->src;
-	k.dst = p->dst;
-	k.id = p->frag_id;
-	k.proto = p->frag_proto;
+	frag_key_of(p, &k);
 	f = bpf_map_lookup_elem(&frags, &k);
 	if (!f)
 		return 0;
