@@ -214,6 +214,9 @@ static __always_inline bool ct_tuple(const struct pkt *p, const bool pod_is_dst,
 	return true;
 }
 
+/* An odd epoch: one no entry passes on, for a packet that read none. */
+#define NO_EPOCH 1
+
 /* read_epoch is the node's conntrack epoch. It must be read before the endpoint: an entry
  * stamped with an epoch is then never stamped with a generation older than that epoch (the
  * agent writes the odd epoch, then the endpoints, then the new even epoch). */
@@ -222,7 +225,7 @@ static __always_inline __u32 read_epoch(void)
 	__u32 zero = 0, *v = bpf_map_lookup_elem(&epoch, &zero);
 
 	/* Never missing (an array of one); if it were, no entry could vouch for itself. */
-	return v ? *v : 1;
+	return v ? *v : NO_EPOCH;
 }
 
 /* ct_passes: the entry lets the flow's packets reach the pod (step 6). A CT_IN entry passes
@@ -302,8 +305,8 @@ __noinline int icmp_error_passes(struct __sk_buff *skb, const struct judge *c)
 		return 0;
 	e = bpf_map_lookup_elem(&conntrack, &k);
 	/* An ICMP error is not tracked, so no epoch was read before the endpoint: the
-	 * generation alone vouches (an odd epoch matches no entry). */
-	return e && ct_passes(e, k.proto, c->generation, 1, c->now);
+	 * generation alone vouches. */
+	return e && ct_passes(e, k.proto, c->generation, NO_EPOCH, c->now);
 }
 
 static __always_inline __u8 proto_class(const struct pkt *p)
