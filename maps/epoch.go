@@ -21,11 +21,21 @@ type epoch struct {
 // zero is the key of the epoch's only element.
 var zero uint32
 
-func (e *epoch) load() error {
-	if err := e.m.Lookup(&zero, &e.cur); err != nil {
-		return fmt.Errorf("read map %s: %w", bpf.PodwallMapEpoch, err)
+// ReadEpoch reads the node's conntrack epoch from the epoch map. changing says it is odd: an
+// agent is changing the endpoints, or an apply failed between its two epochs.
+func ReadEpoch(m *ebpf.Map) (value uint32, changing bool, err error) {
+	if err := m.Lookup(&zero, &value); err != nil {
+		return 0, false, fmt.Errorf("read map %s: %w", bpf.PodwallMapEpoch, err)
 	}
-	return nil
+	return value, odd(value), nil
+}
+
+func odd(v uint32) bool { return v&1 == 1 }
+
+func (e *epoch) load() error {
+	var err error
+	e.cur, _, err = ReadEpoch(e.m)
+	return err
 }
 
 func (e *epoch) set(v uint32) error {
@@ -37,7 +47,7 @@ func (e *epoch) set(v uint32) error {
 }
 
 // changing says whether the epoch is odd: an apply failed between its two epochs.
-func (e *epoch) changing() bool { return e.cur&1 == 1 }
+func (e *epoch) changing() bool { return odd(e.cur) }
 
 // around frames the steps that change the endpoints with the two epochs. Between the last step
 // and the even epoch it waits for an RCU grace period: a program run (an RCU read-side

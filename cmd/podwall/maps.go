@@ -15,6 +15,7 @@ import (
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/loader"
+	pwmaps "github.com/podwall/podwall/maps"
 )
 
 // mapSections are the parts of the pinned state `podwall maps` can print, in print order.
@@ -41,12 +42,20 @@ ipcache, conntrack, stats; all of them by default.`,
 				return fmt.Errorf("open pinned maps: %w", err)
 			}
 			defer m.Close()
+			// One read of the endpoints map serves both sections that show it, so that they
+			// agree.
+			var endpoints map[uint32]bpf.PodwallEndpointEntry
+			if slices.Contains(args, "endpoints") || slices.Contains(args, "policies") {
+				if endpoints, err = readEndpoints(m.Endpoints); err != nil {
+					return err
+				}
+			}
 			w := tabwriter.NewWriter(d.stdout, 0, 4, 2, ' ', 0)
 			for _, s := range mapSections {
 				if !slices.Contains(args, s) {
 					continue
 				}
-				if err := printSection(w, m, s); err != nil {
+				if err := printSection(w, m, endpoints, s); err != nil {
 					return err
 				}
 			}
@@ -57,25 +66,18 @@ ipcache, conntrack, stats; all of them by default.`,
 	return cmd
 }
 
-func printSection(w *tabwriter.Writer, m *bpf.PodwallMaps, section string) error {
+// printSection prints one section; endpoints is what the endpoints map holds.
+func printSection(w *tabwriter.Writer, m *bpf.PodwallMaps, endpoints map[uint32]bpf.PodwallEndpointEntry, section string) error {
 	switch section {
 	case "endpoints":
-		rows, err := readEndpoints(m.Endpoints)
+		epoch, changing, err := pwmaps.ReadEpoch(m.Epoch)
 		if err != nil {
 			return err
 		}
-		var epoch uint32
-		if err := m.Epoch.Lookup(uint32(0), &epoch); err != nil {
-			return fmt.Errorf("read map epoch: %w", err)
-		}
-		printEndpoints(w, rows, epoch)
+		printEndpoints(w, endpoints, epoch, changing)
 		return nil
 	case "policies":
-		rows, err := readEndpoints(m.Endpoints)
-		if err != nil {
-			return err
-		}
-		printPolicies(w, rows)
+		printPolicies(w, endpoints)
 		return nil
 	case "ipcache":
 		return printIPCache(w, m.Ipcache)
@@ -108,9 +110,9 @@ func readEndpoints(m *ebpf.Map) (map[uint32]bpf.PodwallEndpointEntry, error) {
 
 // printEndpoints prints the endpoints and the conntrack epoch, whose parity says whether an
 // agent is changing them (docs/ARCHITECTURE.md, "Conntrack epoch").
-func printEndpoints(w *tabwriter.Writer, rows map[uint32]bpf.PodwallEndpointEntry, epoch uint32) {
+func printEndpoints(w *tabwriter.Writer, rows map[uint32]bpf.PodwallEndpointEntry, epoch uint32, changing bool) {
 	state := "established flows pass on it"
-	if epoch&1 == 1 {
+	if changing {
 		state = "odd: endpoints are being changed, or an apply failed midway; flows are judged on their generation"
 	}
 	fmt.Fprintf(w, "conntrack epoch %d (%s)\n", epoch, state)
