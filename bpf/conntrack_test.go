@@ -57,8 +57,8 @@ func TestConntrackEntries(t *testing.T) {
 		reason PodwallReason
 		want   PodwallCtEntry // LastSeen: 0 unchanged, 1 now
 	}{
-		{"reply, seen just now: not refreshed", PodwallCtEntry{LastSeen: second / 2, Flags: ctOut}, rsReply, PodwallCtEntry{Flags: ctOut}},
-		{"reply, seen a while ago: refreshed", PodwallCtEntry{LastSeen: 10 * second, Flags: ctOut}, rsReply, PodwallCtEntry{LastSeen: 1, Flags: ctOut}},
+		{"reply, seen just now: not refreshed", PodwallCtEntry{LastSeen: second / 2, Flags: ctOut}, rsReply, PodwallCtEntry{Flags: ctOut | ctAnswered}},
+		{"reply, seen a while ago: refreshed", PodwallCtEntry{LastSeen: 10 * second, Flags: ctOut}, rsReply, PodwallCtEntry{LastSeen: 1, Flags: ctOut | ctAnswered}},
 		{"established, refreshed", PodwallCtEntry{LastSeen: 10 * second, Generation: genMain, Flags: ctIn}, rsEstablished, PodwallCtEntry{LastSeen: 1, Generation: genMain, Epoch: 2, Flags: ctIn}},
 		{"expired reply is judged", PodwallCtEntry{LastSeen: 3 * 3600 * second, Flags: ctOut}, rsNoRule, PodwallCtEntry{Flags: ctOut}},
 		{"expired inbound flow is judged", PodwallCtEntry{LastSeen: 3 * 3600 * second, Generation: genMain, Flags: ctIn}, rsNoRule, PodwallCtEntry{Generation: genMain, Flags: ctIn}},
@@ -123,7 +123,7 @@ func TestConntrackEntries(t *testing.T) {
 		_, reason := f.toPod(in4(xV4, tcp(40000, 80, tcpSYN|tcpACK)))
 		require.Equal(t, rsReply, reason)
 		e, _ := f.ct(ctKey(podV4, xV4, 80, 40000, protoTCP))
-		require.Equal(t, uint8(ctOut), e.Flags, "still the pod's own flow")
+		require.Equal(t, uint8(ctOut|ctAnswered), e.Flags, "still the pod's own flow, answered")
 	})
 }
 

@@ -14,12 +14,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// skbContext is a __sk_buff context for BPF_PROG_TEST_RUN that sets only ifindex (offset 40:
-// len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto,
-// priority, ingress_ifindex come first, all __u32). The kernel takes a shorter context and
-// zero-fills the rest.
-func skbContext(ifindex uint32) []byte {
+// skbContext is a __sk_buff context for BPF_PROG_TEST_RUN that sets only ingress_ifindex
+// (offset 36) and ifindex (offset 40): len, pkt_type, mark, queue_mapping, protocol,
+// vlan_present, vlan_tci, vlan_proto and priority come first, all __u32. The kernel takes a
+// shorter context and zero-fills the rest.
+func skbContext(ifindex, ingress uint32) []byte {
 	ctx := make([]byte, 44)
+	binary.NativeEndian.PutUint32(ctx[36:], ingress)
 	binary.NativeEndian.PutUint32(ctx[40:], ifindex)
 	return ctx
 }
@@ -36,14 +37,14 @@ func TestContextIfindex(t *testing.T) {
 	frame := in4(xV4, tcp(40000, 80, tcpSYN))
 	require.NoError(t, f.objs.Endpoints.Put(idx, PodwallEndpointEntry{Ep: PodwallEndpoint{Policy: polMain, Generation: genMain, Mode: modeIsolate}}))
 
-	_, reason := f.toPodWith(&ebpf.RunOptions{Data: frame})
+	_, reason := f.toPodWith(&ebpf.RunOptions{Data: frame, Context: skbContext(0, forwardedFrom)})
 	require.Equal(t, rsAllow, reason, "no context: loopback, ifindex 1")
-	_, reason = f.toPodWith(&ebpf.RunOptions{Data: frame, Context: skbContext(1)})
+	_, reason = f.toPodWith(&ebpf.RunOptions{Data: frame, Context: skbContext(1, forwardedFrom)})
 	require.Equal(t, rsEstablished, reason, "ifindex 1: loopback again")
-	_, reason = f.toPodWith(&ebpf.RunOptions{Data: in4(xV4, tcp(40001, 80, tcpSYN)), Context: skbContext(idx)})
+	_, reason = f.toPodWith(&ebpf.RunOptions{Data: in4(xV4, tcp(40001, 80, tcpSYN)), Context: skbContext(idx, forwardedFrom)})
 	require.Equal(t, rsIsolated, reason, "the veth's endpoint")
 
-	_, err := f.objs.ToPod.Run(&ebpf.RunOptions{Data: frame, Context: skbContext(idx + 100)})
+	_, err := f.objs.ToPod.Run(&ebpf.RunOptions{Data: frame, Context: skbContext(idx+100, forwardedFrom)})
 	require.ErrorIs(t, err, unix.ENODEV)
 }
 

@@ -49,7 +49,8 @@ var verdictReasons = []PodwallReason{
 	PodwallReasonREASON_ESTABLISHED, PodwallReasonREASON_ICMP_ERROR, PodwallReasonREASON_HOST,
 	PodwallReasonREASON_ND, PodwallReasonREASON_FRAGMENT, PodwallReasonREASON_ALLOW_RULE,
 	PodwallReasonREASON_DENY_RULE, PodwallReasonREASON_NO_RULE, PodwallReasonREASON_ISOLATED,
-	PodwallReasonREASON_MALFORMED, PodwallReasonREASON_NOT_IP,
+	PodwallReasonREASON_MALFORMED, PodwallReasonREASON_NOT_IP, PodwallReasonREASON_VLAN,
+	PodwallReasonREASON_ARP,
 }
 
 type fixture struct {
@@ -120,6 +121,9 @@ func ipAddr(s string) PodwallIpAddr {
 // between an odd and a new even conntrack epoch, as maps.Applier does.
 func (f *fixture) setEndpoint(ep PodwallEndpoint) {
 	f.tb.Helper()
+	if ep.Addr4.Family == 0 && ep.Addr6.Family == 0 {
+		ep.Addr4, ep.Addr6 = ipAddr(podV4), ipAddr(podV6)
+	}
 	e := PodwallEndpointEntry{Ep: ep}
 	if ep.Mode == 0 /* MODE_ENFORCE */ {
 		rec, ok := f.records[ep.Policy]
@@ -246,11 +250,34 @@ func run(tb testing.TB, prog *ebpf.Program, frame []byte) uint32 {
 	return ret
 }
 
-// toPod runs to_pod on frame and returns its action and the one verdict reason counted.
+// toPod runs to_pod on frame and returns its action and the one verdict reason counted. A
+// frame from one of the node's addresses comes from the node's own stack; any other was
+// forwarded (fromNode).
 func (f *fixture) toPod(frame []byte) (uint32, PodwallReason) {
 	f.tb.Helper()
-	return f.toPodWith(&ebpf.RunOptions{Data: frame})
+	return f.toPodWith(&ebpf.RunOptions{Data: frame, Context: skbContext(podIfindex, fromNode(frame))})
 }
+
+// fromNode is the ingress ifindex of a frame to the pod, as the tests' node gives it: 0 (the
+// node's own stack sent it) when its source is one of the node's addresses, else that of an
+// interface it was forwarded from, forwardedFrom.
+func fromNode(frame []byte) uint32 {
+	var src netip.Addr
+	switch binary.BigEndian.Uint16(frame[12:]) {
+	case 0x0800:
+		src = netip.AddrFrom4([4]byte(frame[26:30]))
+	case 0x86dd:
+		src = netip.AddrFrom16([16]byte(frame[22:38]))
+	}
+	if src == netip.MustParseAddr(hostV4) || src == netip.MustParseAddr(hostV6) {
+		return 0
+	}
+	return forwardedFrom
+}
+
+// forwardedFrom is the ingress ifindex of forwarded frames: loopback, the one device every
+// namespace has.
+const forwardedFrom = 1
 
 func (f *fixture) toPodWith(opts *ebpf.RunOptions) (uint32, PodwallReason) {
 	f.tb.Helper()
@@ -273,7 +300,7 @@ func (f *fixture) toPodWith(opts *ebpf.RunOptions) (uint32, PodwallReason) {
 	return ret, counted
 }
 
-// fromPod runs from_pod, which always passes.
+// fromPod runs from_pod on a frame the pod sends with its own address, which passes.
 func (f *fixture) fromPod(frame []byte) {
 	f.tb.Helper()
 	require.Equal(f.tb, actNext, run(f.tb, f.objs.FromPod, frame))
@@ -294,7 +321,7 @@ func ctKey(pod, remote string, podPort, remotePort uint16, proto uint8) PodwallC
 	return PodwallCtKey{
 		Pod: ipAddr(pod), Remote: ipAddr(remote),
 		PodPort: podPort>>8 | podPort<<8, RemotePort: remotePort>>8 | remotePort<<8,
-		Proto: proto,
+		Proto: proto, Ifindex: podIfindex,
 	}
 }
 

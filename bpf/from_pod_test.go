@@ -7,8 +7,10 @@ import (
 )
 
 const (
-	ctOut = 1
-	ctIn  = 2
+	ctOut      = 1
+	ctIn       = 2
+	ctAnswered = 4
+	ctClosing  = 8
 )
 
 func TestFromPodOpensFlows(t *testing.T) {
@@ -72,11 +74,11 @@ func TestFromPodExistingEntries(t *testing.T) {
 		wantFlags uint8
 		refreshed bool
 	}{
-		{"the pod answers a live inbound flow", ctIn, 0, out4(worldV4, udp(5353, 53)), ctIn, false},
-		{"refreshed at most once a second", ctIn, second / 2, out4(worldV4, udp(5353, 53)), ctIn, false},
-		{"refreshed after a second", ctIn, 2 * second, out4(worldV4, udp(5353, 53)), ctIn, true},
+		{"the pod answers a live inbound flow", ctIn, 0, out4(worldV4, udp(5353, 53)), ctIn | ctAnswered, false},
+		{"refreshed at most once a second", ctIn, second / 2, out4(worldV4, udp(5353, 53)), ctIn | ctAnswered, false},
+		{"refreshed after a second", ctIn, 2 * second, out4(worldV4, udp(5353, 53)), ctIn | ctAnswered, true},
 		{"an opening packet on an expired entry starts a flow of the pod", ctIn, 200 * second, out4(worldV4, udp(5353, 53)), ctOut, true},
-		{"both bits kept", ctIn | ctOut, 2 * second, out4(worldV4, udp(5353, 53)), ctIn | ctOut, true},
+		{"both bits kept", ctIn | ctOut, 2 * second, out4(worldV4, udp(5353, 53)), ctIn | ctOut | ctAnswered, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,6 +11,11 @@
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
+#define ETH_P_ARP 0x0806
+/* The tag protocol identifiers of 802.1Q, 802.1ad and the pre-standard QinQ. */
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+#define ETH_P_QINQ 0x9100
 
 /* IPv6 next header values: the extension headers walked, and ICMPv6. */
 #define NH_HOP 0
@@ -34,7 +39,9 @@
 #define ICMPV6_ECHO_REQUEST 128
 #define ICMPV6_ECHO_REPLY 129
 
+#define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
 #define TCP_FLAG_ACK 0x10
 
 enum frag_kind {
@@ -45,8 +52,10 @@ enum frag_kind {
 
 enum parse_result {
 	PARSE_OK,
-	PARSE_NOT_IP,
+	PARSE_NOT_IP, /* neither IP nor ARP */
 	PARSE_MALFORMED,
+	PARSE_VLAN, /* a tagged frame: 802.1Q, 802.1ad or QinQ */
+	PARSE_ARP,
 };
 
 /* A parsed packet. Ports and the echo identifier stay in network byte order, as in the map
@@ -56,6 +65,7 @@ struct pkt {
 	struct ip_addr dst;
 	__u32 frag_id; /* host byte order */
 	__u32 l4_off;  /* offset of the L4 header from the start of the frame */
+	__u32 end;     /* where the IP packet ends: no header is read past it */
 	__be16 sport;  /* TCP, UDP */
 	__be16 dport;
 	__be16 echo_id; /* ICMP(v6) echo request and reply */
@@ -79,14 +89,15 @@ struct pkt {
 		__p;                                                                               \
 	})
 
-/* hdr returns a pointer to len bytes of the packet at off, or NULL when the packet is shorter.
+/* hdr returns a pointer to len bytes of the packet at off, or NULL when they do not all lie
+ * before end (the end of the IP packet the header belongs to, or of the frame).
  * Every earlier packet pointer is invalid after a call (it may pull): callers copy the fields
  * they need into plain values at once. */
-static __always_inline void *hdr(struct __sk_buff *skb, __u64 off, const __u32 len)
+static __always_inline void *hdr(struct __sk_buff *skb, __u64 off, const __u32 len, __u32 end)
 {
 	void *data, *data_end, *h;
 
-	if (off > HDR_MAX_OFF)
+	if (off > HDR_MAX_OFF || off + len > end)
 		return NULL;
 	/* A no-op after the test above, but clang may turn that test into arithmetic on another
 	 * register; this bounds the very register the pointer is built from. */
@@ -140,12 +151,12 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p, const 
 	if (p->frag == FRAG_LATER)
 		return PARSE_OK;
 	if (p->proto == IPPROTO_TCP && outer) {
-		l4 = hdr(skb, p->l4_off, sizeof(struct tcphdr));
+		l4 = hdr(skb, p->l4_off, sizeof(struct tcphdr), p->end);
 		if (!l4)
 			return PARSE_MALFORMED;
 		p->tcp_flags = l4[13];
 	} else if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP || is_icmp(p)) {
-		l4 = hdr(skb, p->l4_off, 8);
+		l4 = hdr(skb, p->l4_off, 8, p->end);
 		if (!l4)
 			return PARSE_MALFORMED;
 	} else {
@@ -162,10 +173,27 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p, const 
 	return PARSE_OK;
 }
 
-static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct pkt *p,
-				      const bool outer)
+/* ip_end is where an IP packet at off whose length fields say len (total length, header
+ * included) ends, or 0 when they lie: shorter than the header, or longer than the frame (end).
+ * Ethernet pads short frames, so a frame may be longer. A GSO packet larger than 64 KiB (BIG
+ * TCP) has a length field of 0 (big) and ends with the frame. */
+static __always_inline __u32 ip_end(struct __sk_buff *skb, __u32 off, __u32 len, __u32 hlen,
+				    bool big, __u32 end)
 {
-	struct iphdr *ip = hdr(skb, off, sizeof(*ip));
+	if (big && skb->gso_size)
+		return end;
+	if (len < hlen || off + len > end)
+		return 0;
+	return off + len;
+}
+
+/* parse_ipv4 reads an IPv4 packet at off. An outer packet must lie within the frame and its
+ * length field must tell the truth; a quoted one (an ICMP error's) is cut short by nature, so
+ * it is read up to end, the end of the error that quotes it. */
+static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct pkt *p,
+				      const bool outer, __u32 end)
+{
+	struct iphdr *ip = hdr(skb, off, sizeof(*ip), end);
 	__u16 frag;
 	__u8 vihl;
 
@@ -186,6 +214,14 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct p
 		p->frag = FRAG_FIRST;
 	p->frag_id = bpf_ntohs(ip->id);
 	p->frag_proto = ip->protocol;
+	p->end = end;
+	if (outer) {
+		__u32 len = bpf_ntohs(ip->tot_len);
+
+		p->end = ip_end(skb, off, len, (vihl & 0xf) * 4, len == 0, end);
+		if (!p->end)
+			return PARSE_MALFORMED;
+	}
 	p->l4_off = off + (vihl & 0xf) * 4;
 	return parse_l4(skb, p, outer);
 }
@@ -197,9 +233,9 @@ static __always_inline bool is_ext_hdr(__u8 nh)
 }
 
 static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct pkt *p,
-				      const bool outer)
+				      const bool outer, __u32 end)
 {
-	struct ipv6hdr *ip6 = hdr(skb, off, sizeof(*ip6));
+	struct ipv6hdr *ip6 = hdr(skb, off, sizeof(*ip6), end);
 	bool seen_frag = false;
 	__u8 nh, *eh;
 
@@ -212,6 +248,15 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct p
 	__builtin_memcpy(p->src.addr, &ip6->saddr, 16);
 	__builtin_memcpy(p->dst.addr, &ip6->daddr, 16);
 	nh = ip6->nexthdr;
+	p->end = end;
+	if (outer) {
+		/* The payload length counts what follows the fixed header. */
+		__u32 plen = bpf_ntohs(ip6->payload_len);
+
+		p->end = ip_end(skb, off, plen + sizeof(*ip6), sizeof(*ip6), plen == 0, end);
+		if (!p->end)
+			return PARSE_MALFORMED;
+	}
 	off += sizeof(*ip6);
 
 	for (int i = 0; i < MAX_EXT_HDRS && is_ext_hdr(nh); i++) {
@@ -222,7 +267,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct p
 			if (seen_frag)
 				return PARSE_MALFORMED;
 			seen_frag = true;
-			eh = hdr(skb, off, 8);
+			eh = hdr(skb, off, 8, p->end);
 			if (!eh)
 				return PARSE_MALFORMED;
 			nh = eh[0];
@@ -242,7 +287,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct p
 			}
 			continue;
 		}
-		eh = hdr(skb, off, 2);
+		eh = hdr(skb, off, 2, p->end);
 		if (!eh)
 			return PARSE_MALFORMED;
 		/* AH counts its length in 4-byte units minus 2, the others in 8-byte units
@@ -267,27 +312,39 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct p
 __noinline int parse_frame(struct __sk_buff *skb, struct pkt *p)
 {
 	struct ethhdr *eth;
+	__u32 len;
+	__be16 proto;
 
 	if (!skb || !p)
 		return PARSE_MALFORMED;
-	eth = hdr(skb, 0, ETH_HLEN);
+	len = skb->len;
+	eth = hdr(skb, 0, ETH_HLEN, len);
 	if (!eth)
 		return PARSE_MALFORMED;
-	if (eth->h_proto == bpf_htons(ETH_P_IP))
-		return parse_ipv4(skb, ETH_HLEN, p, true);
-	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		return parse_ipv6(skb, ETH_HLEN, p, true);
+	proto = eth->h_proto;
+	/* A tag the kernel took out of the frame (skb->vlan_tci) is a tag all the same. */
+	if (skb->vlan_present || proto == bpf_htons(ETH_P_8021Q) ||
+	    proto == bpf_htons(ETH_P_8021AD) || proto == bpf_htons(ETH_P_QINQ))
+		return PARSE_VLAN;
+	if (proto == bpf_htons(ETH_P_IP))
+		return parse_ipv4(skb, ETH_HLEN, p, true, len);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return parse_ipv6(skb, ETH_HLEN, p, true, len);
+	if (proto == bpf_htons(ETH_P_ARP))
+		return PARSE_ARP;
 	return PARSE_NOT_IP;
 }
 
-/* parse_quoted reads the packet an ICMP(v6) error quotes, at off, of the error's family. */
-__noinline int parse_quoted(struct __sk_buff *skb, __u32 off, __u8 family, struct pkt *p)
+/* parse_quoted reads the packet an ICMP(v6) error quotes, at off, of the error's family, up
+ * to end, where the error ends. */
+__noinline int parse_quoted(struct __sk_buff *skb, __u32 off, __u8 family, __u32 end,
+			    struct pkt *p)
 {
 	if (!skb || !p)
 		return PARSE_MALFORMED;
 	if (family == FAM_V4)
-		return parse_ipv4(skb, off, p, false);
-	return parse_ipv6(skb, off, p, false);
+		return parse_ipv4(skb, off, p, false, end);
+	return parse_ipv6(skb, off, p, false, end);
 }
 
 #endif

@@ -63,12 +63,33 @@ struct {
 	__type(value, struct rule_vec);
 } pol_icmp SEC(".maps");
 
+/* A hash, not an LRU: an insert never evicts, so no flood of new flows can push out another
+ * pod's idle connection; ct_gc removes what expired, and ct_used caps each pod's share. The
+ * agent sizes it (--conntrack-size). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 262144);
 	__type(key, struct ct_key);
 	__type(value, struct ct_entry);
 } conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32); /* the ifindex of ct_key */
+	__type(value, struct ct_count);
+} ct_used SEC(".maps");
+
+/* ct_flush: the addresses that left the ipcache, whose entries the next ct_gc run with flush
+ * set removes (a pod that reuses one starts clean). The agent fills and empties it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ip_addr);
+	__type(value, __u8);
+} ct_flush SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -104,6 +125,16 @@ struct {
 volatile const __u64 ct_timeout_tcp_ns = 2 * 3600 * NSEC_PER_SEC;
 volatile const __u64 ct_timeout_udp_ns = 120 * NSEC_PER_SEC;
 volatile const __u64 ct_timeout_icmp_ns = 30 * NSEC_PER_SEC;
+/* TCP before the side that did not open it answered (a SYN left unanswered), and after a FIN
+ * or RST: a closed or refused connection is no pinhole for the 2 hours of an open one. */
+volatile const __u64 ct_timeout_tcp_syn_ns = 60 * NSEC_PER_SEC;
+volatile const __u64 ct_timeout_tcp_close_ns = 10 * NSEC_PER_SEC;
+/* How long a first fragment's verdict holds for the fragments that follow (the kernel's own
+ * reassembly gives up after ipfrag_time, 30 s). */
+volatile const __u64 frag_timeout_ns = 30 * NSEC_PER_SEC;
+/* The most conntrack entries one pod interface may hold: a pod that floods new flows fills its
+ * own share, not the table (the agent sets it, --conntrack-per-pod). */
+volatile const __u32 ct_endpoint_max = 65536;
 /* Events: on average at most events_per_sec drops and as many newly allowed flows, in bursts of
  * at most events_burst each; 0 sends none. */
 volatile const __u32 events_per_sec = 1000;
@@ -170,10 +201,15 @@ static __always_inline void count(__u32 reason)
 		*n += 1;
 }
 
-static __always_inline __u64 ct_timeout(__u8 proto)
+static __always_inline __u64 ct_timeout(const struct ct_entry *e, __u8 proto)
 {
-	if (proto == IPPROTO_TCP)
+	if (proto == IPPROTO_TCP) {
+		if (e->flags & CT_CLOSING)
+			return ct_timeout_tcp_close_ns;
+		if (!(e->flags & CT_ANSWERED))
+			return ct_timeout_tcp_syn_ns;
 		return ct_timeout_tcp_ns;
+	}
 	if (proto == IPPROTO_UDP)
 		return ct_timeout_udp_ns;
 	return ct_timeout_icmp_ns;
@@ -181,7 +217,54 @@ static __always_inline __u64 ct_timeout(__u8 proto)
 
 static __always_inline bool ct_live(const struct ct_entry *e, __u8 proto, __u64 now)
 {
-	return ct_age(e, now) < (__s64)ct_timeout(proto);
+	return ct_age(e, now) < (__s64)ct_timeout(e, proto);
+}
+
+/* ct_observe notes what a packet of the flow says about it: a packet of the side that did not
+ * open it (the pod's when from_pod and the entry has CT_IN, the remote's when to_pod and it
+ * has CT_OUT) answers it; a TCP FIN or RST closes it. A store only when a bit is new. */
+static __always_inline void ct_observe(struct ct_entry *e, const struct pkt *p, __u8 opener)
+{
+	__u8 add = e->flags & opener ? CT_ANSWERED : 0;
+
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
+		add |= CT_CLOSING;
+	if ((e->flags & add) != add)
+		e->flags |= add;
+}
+
+/* is_syn: a TCP packet that opens a connection, a SYN without ACK. */
+static __always_inline bool is_syn(const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP &&
+	       (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
+/* ct_insert records a new flow of the pod interface k->ifindex, within its share: 0, or the
+ * reason it was not recorded (counted by the caller). Another CPU recording the same flow
+ * first is no failure. */
+static __always_inline int ct_insert(const struct ct_key *k, const struct ct_entry *v)
+{
+	struct ct_count *n = bpf_map_lookup_elem(&ct_used, &k->ifindex);
+	long err;
+
+	if (!n) {
+		struct ct_count zero = {};
+
+		bpf_map_update_elem(&ct_used, &k->ifindex, &zero, BPF_NOEXIST);
+		n = bpf_map_lookup_elem(&ct_used, &k->ifindex);
+		if (!n)
+			return REASON_CT_FULL;
+	}
+	if (n->entries >= (__s64)ct_endpoint_max)
+		return REASON_CT_QUOTA;
+	err = bpf_map_update_elem(&conntrack, k, v, BPF_NOEXIST);
+	if (err == -17 /* EEXIST */)
+		return 0;
+	if (err)
+		return REASON_CT_FULL;
+	__sync_fetch_and_add(&n->entries, 1);
+	return 0;
 }
 
 static __always_inline void ct_refresh(struct ct_entry *e, __u64 now)
@@ -192,9 +275,10 @@ static __always_inline void ct_refresh(struct ct_entry *e, __u64 now)
 }
 
 /* ct_tuple fills k with the packet's flow oriented from the pod, which is the destination
- * when pod_is_dst, else the source. It is false for packets conntrack does not follow:
- * non-first fragments, ICMP other than echo, protocols other than TCP and UDP. */
-static __always_inline bool ct_tuple(const struct pkt *p, const bool pod_is_dst,
+ * when pod_is_dst, else the source, on the pod interface ifindex. It is false for packets
+ * conntrack does not follow: non-first fragments, ICMP other than echo, protocols other than
+ * TCP and UDP. */
+static __always_inline bool ct_tuple(const struct pkt *p, const bool pod_is_dst, __u32 ifindex,
 				     struct ct_key *k)
 {
 	if (p->frag == FRAG_LATER)
@@ -211,7 +295,16 @@ static __always_inline bool ct_tuple(const struct pkt *p, const bool pod_is_dst,
 	k->pod = pod_is_dst ? p->dst : p->src;
 	k->remote = pod_is_dst ? p->src : p->dst;
 	k->proto = p->proto;
+	k->ifindex = ifindex;
 	return true;
+}
+
+/* addr_eq: a and b are the same address of the same family. */
+static __always_inline bool addr_eq(const struct ip_addr *a, const struct ip_addr *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	return !((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4]));
 }
 
 /* An odd epoch: one no entry passes on, for a packet that read none. */
@@ -231,11 +324,14 @@ static __always_inline __u32 read_epoch(void)
 /* ct_passes: the entry lets the flow's packets reach the pod (step 6). A CT_IN entry passes
  * when it was allowed under the endpoint's current generation: its epoch is the current even
  * one, or its generation is the endpoint's. generation 0 is not known yet (the endpoint was
- * not looked up; a real generation is never 0). */
-static __always_inline int ct_passes(const struct ct_entry *e, __u8 proto, __u32 generation,
-				     __u32 epoch_now, __u64 now)
+ * not looked up; a real generation is never 0). A SYN on a closing TCP flow opens a new
+ * connection on the same ports: it is judged as new. */
+static __always_inline int ct_passes(const struct ct_entry *e, __u8 proto, bool syn,
+				     __u32 generation, __u32 epoch_now, __u64 now)
 {
 	if (!ct_live(e, proto, now))
+		return 0;
+	if ((e->flags & CT_CLOSING) && syn)
 		return 0;
 	if (e->flags & CT_OUT)
 		return REASON_REPLY;
@@ -249,8 +345,10 @@ static __always_inline int ct_passes(const struct ct_entry *e, __u8 proto, __u32
 }
 
 /* track_in records an inbound flow that just passed, under the endpoint's generation. e is the
- * flow's entry if step 6 looked it up. A live entry keeps its CT_OUT bit; an expired one is a
- * flow that ended, so it starts over. */
+ * flow's entry if step 6 looked it up. A live entry keeps its CT_OUT and TCP bits; an expired
+ * one, or a closing one that a SYN opens again, is a flow that ended, so it starts over,
+ * replaced whole by one update (a store through e could land in an element the collector
+ * freed and the map gave to another flow). */
 static __always_inline void track_in(struct judge *c, const struct ct_key *k, struct ct_entry *e)
 {
 	__u64 now = c->now;
@@ -260,19 +358,22 @@ static __always_inline void track_in(struct judge *c, const struct ct_key *k, st
 		.epoch = c->epoch,
 		.flags = CT_IN,
 	};
+	int res;
 
-	if (e) {
-		if (ct_live(e, k->proto, now))
-			e->flags |= CT_IN;
-		else
-			e->flags = CT_IN;
+	if (e && ct_live(e, k->proto, now) && !((e->flags & CT_CLOSING) && is_syn(&c->p))) {
+		e->flags |= CT_IN;
 		e->generation = c->generation;
 		e->epoch = c->epoch;
 		e->last_seen = now;
 		return;
 	}
-	if (bpf_map_update_elem(&conntrack, k, &fresh, BPF_ANY))
-		count(REASON_CT_FULL);
+	if (e) {
+		bpf_map_update_elem(&conntrack, k, &fresh, BPF_EXIST);
+		return;
+	}
+	res = ct_insert(k, &fresh);
+	if (res)
+		count(res);
 }
 
 static __always_inline bool is_icmp_error(const struct pkt *p)
@@ -299,14 +400,16 @@ __noinline int icmp_error_passes(struct __sk_buff *skb, const struct judge *c)
 
 	if (!skb || !c)
 		return 0;
-	/* The quoted packet is the pod's: its source is the pod. */
-	if (parse_quoted(skb, c->p.l4_off + 8, c->p.src.family, &in) != PARSE_OK ||
-	    !ct_tuple(&in, false, &k))
+	/* The quoted packet is the pod's: its source is the pod the error goes to, and its flow
+	 * is one of this interface. */
+	if (parse_quoted(skb, c->p.l4_off + 8, c->p.src.family, c->p.end, &in) != PARSE_OK ||
+	    !addr_eq(&in.src, &c->p.dst) ||
+	    !ct_tuple(&in, false, skb->ifindex, &k))
 		return 0;
 	e = bpf_map_lookup_elem(&conntrack, &k);
 	/* An ICMP error is not tracked, so no epoch was read before the endpoint: the
 	 * generation alone vouches. */
-	return e && ct_passes(e, k.proto, c->generation, NO_EPOCH, c->now);
+	return e && ct_passes(e, k.proto, false, c->generation, NO_EPOCH, c->now);
 }
 
 static __always_inline __u8 proto_class(const struct pkt *p)
@@ -472,8 +575,8 @@ __noinline int classify(const struct policy *pol, struct judge *c)
 static __always_inline bool drops(enum reason reason)
 {
 	return reason == REASON_DENY_RULE || reason == REASON_NO_RULE ||
-	       reason == REASON_ISOLATED ||
-	       reason == REASON_MALFORMED;
+	       reason == REASON_ISOLATED || reason == REASON_MALFORMED ||
+	       reason == REASON_NOT_IP || reason == REASON_VLAN || reason == REASON_SPOOFED;
 }
 
 /* event_allowed is the rate limit: a generic cell rate algorithm per kind of event, in ns
@@ -557,7 +660,7 @@ __noinline int finish(struct __sk_buff *skb, const struct judge *c, enum reason 
 		verdict = c->frag_verdict;
 	count(reason);
 	if (c->p.frag == FRAG_FIRST) {
-		struct frag_entry f = { .verdict = verdict };
+		struct frag_entry f = { .seen = c->now, .verdict = verdict };
 		struct frag_key k;
 
 		frag_key_of(&c->p, &k);
@@ -575,17 +678,24 @@ __noinline int finish(struct __sk_buff *skb, const struct judge *c, enum reason 
 }
 
 /* first_fragment_verdict is the verdict the first fragment of p's datagram got, 0 when it
- * was not seen. A global function: its key is on a stack frame of its own, not to_pod's. */
-__noinline __u8 first_fragment_verdict(const struct pkt *p)
+ * was not seen or was seen longer than frag_timeout_ns before now. A global function: its key
+ * is on a stack frame of its own, not to_pod's. */
+__noinline __u8 first_fragment_verdict(const struct pkt *p, __u64 now)
 {
 	struct frag_entry *f;
 	struct frag_key k;
+	__s64 age;
 
 	if (!p)
 		return 0;
 	frag_key_of(p, &k);
 	f = bpf_map_lookup_elem(&frags, &k);
 	if (!f)
+		return 0;
+	age = now - f->seen;
+	if (jiffy_ns)
+		age *= jiffy_ns;
+	if (age >= (__s64)frag_timeout_ns)
 		return 0;
 	return f->verdict == VERDICT_DROP ? VERDICT_DROP : VERDICT_PASS;
 }
@@ -596,6 +706,7 @@ __noinline __u8 first_fragment_verdict(const struct pkt *p)
 static __always_inline int pass_tracked(struct __sk_buff *skb, const struct judge *c,
 					struct ct_entry *e, int reason)
 {
+	ct_observe(e, &c->p, CT_OUT);
 	ct_refresh(e, c->now);
 	if (c->p.frag != FRAG_FIRST) {
 		count(reason);
@@ -616,21 +727,23 @@ int to_pod(struct __sk_buff *skb)
 	struct ct_entry *e = NULL;
 	struct endpoint_entry *ee;
 	__u32 ifindex = skb->ifindex, *id;
-	bool tracked = false, trackable;
+	bool tracked = false, trackable, syn = false;
 	int parsed, res;
 
 	/* 2 */
 	c.now = ct_clock();
 	parsed = parse_frame(skb, &c.p);
-	if (parsed == PARSE_OK)
-		tracked = ct_tuple(&c.p, true, &k);
+	if (parsed == PARSE_OK) {
+		tracked = ct_tuple(&c.p, true, ifindex, &k);
+		syn = is_syn(&c.p);
+	}
 
 	/* 6, before the endpoint */
 	if (tracked) {
 		c.epoch = read_epoch();
 		e = bpf_map_lookup_elem(&conntrack, &k);
 		if (e) {
-			res = ct_passes(e, k.proto, 0, c.epoch, c.now);
+			res = ct_passes(e, k.proto, syn, 0, c.epoch, c.now);
 			if (res)
 				return pass_tracked(skb, &c, e, res);
 		}
@@ -645,11 +758,18 @@ int to_pod(struct __sk_buff *skb)
 	c.mode = ee->ep.mode;
 	c.ep_flags = ee->ep.flags;
 
-	/* 2 */
-	if (parsed == PARSE_NOT_IP)
-		return finish(skb, &c, REASON_NOT_IP);
-	if (parsed != PARSE_OK)
-		return finish(skb, &c, c.mode == MODE_OPEN ? REASON_OPEN : REASON_MALFORMED);
+	/* 2: only IP and ARP reach a pod that is not open. */
+	if (parsed != PARSE_OK) {
+		if (c.mode == MODE_OPEN)
+			return finish(skb, &c, REASON_OPEN);
+		if (parsed == PARSE_ARP)
+			return finish(skb, &c, REASON_ARP);
+		if (parsed == PARSE_VLAN)
+			return finish(skb, &c, REASON_VLAN);
+		if (parsed == PARSE_NOT_IP)
+			return finish(skb, &c, REASON_NOT_IP);
+		return finish(skb, &c, REASON_MALFORMED);
+	}
 	/* An inbound echo reply answers the pod's request: it never opens a flow. */
 	trackable = tracked && !is_echo_reply(&c.p);
 
@@ -667,7 +787,7 @@ int to_pod(struct __sk_buff *skb)
 
 	/* 5 */
 	if (c.p.frag == FRAG_LATER) {
-		c.frag_verdict = first_fragment_verdict(&c.p);
+		c.frag_verdict = first_fragment_verdict(&c.p, c.now);
 		if (c.frag_verdict)
 			return finish(skb, &c, REASON_FRAGMENT);
 	}
@@ -675,7 +795,7 @@ int to_pod(struct __sk_buff *skb)
 	/* 6, with the endpoint's generation: an entry allowed under it, stamped with an older
 	 * epoch, is stamped with this one, so its next packets pass before the endpoint. */
 	if (e) {
-		res = ct_passes(e, k.proto, c.generation, c.epoch, c.now);
+		res = ct_passes(e, k.proto, syn, c.generation, c.epoch, c.now);
 		if (res) {
 			if (res == REASON_ESTABLISHED && e->epoch != c.epoch)
 				e->epoch = c.epoch;
@@ -687,13 +807,20 @@ int to_pod(struct __sk_buff *skb)
 	if (is_icmp_error(&c.p) && icmp_error_passes(skb, &c))
 		return finish(skb, &c, REASON_ICMP_ERROR);
 
-	/* 8 */
+	/* 8: the node is where the packet came from, not the source it claims. A packet the
+	 * node's own stack sent was never received on an interface (ingress_ifindex 0); one
+	 * that was, forwarded from a pod, another node or a NodePort's masquerade, is not the
+	 * node's, whatever its source, and a node address it carries has no labels. */
 	id = bpf_map_lookup_elem(&ipcache, &c.p.src);
 	c.identity = id ? *id : ID_WORLD;
-	if (c.identity == ID_HOST && (c.ep_flags & EP_ALLOW_HOST)) {
-		if (trackable)
-			track_in(&c, &k, e);
-		return finish(skb, &c, REASON_HOST);
+	if (skb->ingress_ifindex == 0) {
+		if (c.ep_flags & EP_ALLOW_HOST) {
+			if (trackable)
+				track_in(&c, &k, e);
+			return finish(skb, &c, REASON_HOST);
+		}
+	} else if (c.identity == ID_HOST) {
+		c.identity = ID_WORLD;
 	}
 
 	/* 9 */
@@ -709,46 +836,172 @@ int to_pod(struct __sk_buff *skb)
 	return finish(skb, &c, res);
 }
 
-/* from_pod records the flows the pod opens, so that their replies pass; it never drops. */
+/* own_source: the packet's source is the pod's own address, or it is one of the link-local
+ * control messages a pod's kernel sends before and beside its address: neighbour discovery
+ * (133-137) and multicast listener reports (130-132, 143), from a link-local or the
+ * unspecified address. *control says which. */
+static __always_inline bool own_source(const struct endpoint *ep, const struct pkt *p,
+				       bool *control)
+{
+	const __u8 *a = p->src.addr;
+	bool link_local;
+
+	*control = false;
+	if (p->src.family == FAM_V4)
+		return ep->addr4.family && addr_eq(&p->src, &ep->addr4);
+	if (ep->addr6.family && addr_eq(&p->src, &ep->addr6))
+		return true;
+	link_local = (a[0] == 0xfe && (a[1] & 0xc0) == 0x80) ||
+		     !(a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9] |
+		       a[10] | a[11] | a[12] | a[13] | a[14] | a[15]);
+	*control = link_local && is_icmp(p) && p->frag == FRAG_NONE &&
+		   ((p->icmp_type >= 130 && p->icmp_type <= 137) || p->icmp_type == 143);
+	return *control;
+}
+
+/* arp_source_ok: an ARP packet of the pod claims no address but its own IPv4 one (or none,
+ * 0.0.0.0, as a probe does), so a pod cannot take another's address on a bridge. */
+static __always_inline bool arp_source_ok(struct __sk_buff *skb, const struct endpoint *ep)
+{
+	/* Ethernet, then the ARP header (8 bytes) and the sender's 6-byte hardware address. */
+	__u8 *spa = hdr(skb, ETH_HLEN + 14, 4, skb->len);
+	__u32 claimed;
+
+	if (!spa)
+		return true; /* not an IPv4-over-Ethernet ARP packet: nothing claimed */
+	__builtin_memcpy(&claimed, spa, 4);
+	return claimed == 0 || (ep->addr4.family && claimed == *(__u32 *)ep->addr4.addr);
+}
+
+/* from_pod checks and records what the pod sends. A packet whose source is not the pod's own
+ * address is dropped (SPEC 8), before it can record or refresh any flow; everything else
+ * passes, and the flows it opens are recorded, so that their replies pass. An interface whose
+ * entry is not written yet has no addresses to check: its flows are recorded all the same,
+ * bound to it, so a connection the pod opens before its entry still gets its replies. */
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
-	struct pkt p = {};
+	struct judge c = {};
 	struct ct_key k = {};
+	struct endpoint_entry *ee;
 	struct ct_entry *e;
-	__u64 now;
-	bool opens;
+	__u32 ifindex = skb->ifindex;
+	bool opens, control;
+	int parsed;
 
-	if (parse_frame(skb, &p) != PARSE_OK || !ct_tuple(&p, false, &k))
+	parsed = parse_frame(skb, &c.p);
+	ee = bpf_map_lookup_elem(&endpoints, &ifindex);
+	if (ee && parsed == PARSE_ARP && !arp_source_ok(skb, &ee->ep)) {
+		count(REASON_SPOOFED);
+		/* An ARP packet claiming another's address: the pod would take its traffic. */
+		return TC_ACT_SHOT;
+	}
+	if (parsed != PARSE_OK)
+		return TCX_NEXT;
+	if (ee && !own_source(&ee->ep, &c.p, &control)) {
+		c.now = ct_clock();
+		c.policy = ee->ep.policy;
+		count(REASON_SPOOFED);
+		send_event(skb, &c, REASON_SPOOFED, VERDICT_DROP);
+		/* A source that is not the pod's: a forged packet, which must neither reach
+		 * anyone nor record a flow that would pass the forged address's replies. */
+		return TC_ACT_SHOT;
+	}
+	if ((ee && control) || !ct_tuple(&c.p, false, ifindex, &k))
 		return TCX_NEXT;
 	/* A packet that opens a flow: a TCP SYN without ACK, any UDP, an echo request. A TCP
 	 * packet mid-stream opens nothing, so an evicted inbound flow is judged again rather
 	 * than turned into one of the pod's. */
-	if (p.proto == IPPROTO_TCP)
-		opens = (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	if (c.p.proto == IPPROTO_TCP)
+		opens = is_syn(&c.p);
 	else
-		opens = p.proto == IPPROTO_UDP || is_echo_request(&p);
+		opens = c.p.proto == IPPROTO_UDP || is_echo_request(&c.p);
 
-	now = ct_clock();
+	c.now = ct_clock();
 	e = bpf_map_lookup_elem(&conntrack, &k);
 	if (e) {
-		/* The pod answering an inbound flow does not make it the pod's own; only an
-		 * opening packet on an expired entry starts a new flow of the pod. */
-		if (opens && !ct_live(e, k.proto, now)) {
-			e->flags = CT_OUT;
-			e->last_seen = now;
-		} else {
-			ct_refresh(e, now);
+		struct ct_entry next;
+
+		if (ct_live(e, k.proto, c.now) && !(opens && (e->flags & CT_CLOSING))) {
+			/* The pod answering an inbound flow does not make it the pod's own. */
+			ct_observe(e, &c.p, CT_IN);
+			ct_refresh(e, c.now);
+			return TCX_NEXT;
 		}
+		/* A flow that ended (expired, or closed and opened again on the same ports)
+		 * starts over as the pod's own when this packet opens one; else the pod's
+		 * packet brings it back as it was. Replaced whole by one update, never through
+		 * e (see track_in). */
+		next = *e;
+		next.last_seen = c.now;
+		if (opens) {
+			next.flags = CT_OUT;
+			next.generation = 0;
+			next.epoch = 0;
+		}
+		bpf_map_update_elem(&conntrack, &k, &next, BPF_EXIST);
 		return TCX_NEXT;
 	}
 	if (opens) {
-		struct ct_entry fresh = { .last_seen = now, .flags = CT_OUT };
-		long err = bpf_map_update_elem(&conntrack, &k, &fresh, BPF_NOEXIST);
+		struct ct_entry fresh = { .last_seen = c.now, .flags = CT_OUT };
+		int res = ct_insert(&k, &fresh);
 
-		/* -EEXIST: another CPU recorded the flow first. */
-		if (err && err != -17)
-			count(REASON_CT_FULL);
+		if (res)
+			count(res);
 	}
 	return TCX_NEXT;
+}
+
+/* The garbage collector's pass over one conntrack entry: remove it when it expired, or when
+ * run with flush and one of its addresses is in ct_flush; keep its pod's count. */
+static long gc_entry(struct bpf_map *map, const struct ct_key *k, struct ct_entry *e,
+		     struct ct_gc_run *run)
+{
+	bool flush = run->flush && (bpf_map_lookup_elem(&ct_flush, &k->pod) ||
+				    bpf_map_lookup_elem(&ct_flush, &k->remote));
+	struct ct_count *n;
+	/* ct_clock, but a syscall program has no coarse clock: the fine one runs up to a tick
+	 * ahead, so an entry may go that much before its time. */
+	__u64 now = jiffy_ns ? bpf_jiffies64() : bpf_ktime_get_ns();
+
+	if (!flush && ct_live(e, k->proto, now)) {
+		run->live++;
+		return 0;
+	}
+	if (bpf_map_delete_elem(map, k))
+		return 0;
+	if (flush)
+		run->flushed++;
+	else
+		run->expired++;
+	n = bpf_map_lookup_elem(&ct_used, &k->ifindex);
+	if (n)
+		__sync_fetch_and_add(&n->entries, -1);
+	return 0;
+}
+
+/* gc_count drops the count of an interface that holds no entry and is no endpoint (a pod that
+ * is gone, or one whose entry is not written yet and will count again from 0). */
+static long gc_count(struct bpf_map *map, const __u32 *ifindex, struct ct_count *n, void *ctx)
+{
+	if (n->entries <= 0 && !bpf_map_lookup_elem(&endpoints, ifindex))
+		bpf_map_delete_elem(map, ifindex);
+	return 0;
+}
+
+/* ct_gc is conntrack's garbage collector, run by the agent (BPF_PROG_TEST_RUN): the table
+ * evicts nothing by itself. A program rather than the agent's own deletes, so that the counts
+ * of ct_used go down atomically beside the data path's increments. */
+SEC("syscall")
+int ct_gc(struct ct_gc_run *args)
+{
+	/* The callbacks' context must be on the stack. */
+	struct ct_gc_run run = { .flush = args->flush };
+
+	bpf_for_each_map_elem(&conntrack, gc_entry, &run, 0);
+	bpf_for_each_map_elem(&ct_used, gc_count, NULL, 0);
+	args->live = run.live;
+	args->expired = run.expired;
+	args->flushed = run.flushed;
+	return 0;
 }

@@ -52,12 +52,13 @@
 /* icmp_key.code when a rule states a type but no code. */
 #define ICMP_ANY_CODE 0xffff
 
-/* An IP address of either family: IPv4 in the first 4 bytes, the rest zero. */
+/* An IP address of either family: IPv4 in the first 4 bytes, the rest zero. Aligned to 4 (every
+ * struct holds it at such an offset already) so that addr_eq compares words. */
 struct ip_addr {
 	__u8 family; /* FAM_V4 or FAM_V6 */
 	__u8 pad[3];
 	__u8 addr[16];
-};
+} __attribute__((aligned(4)));
 
 /* A local pod, as its endpoint_entry holds it. */
 struct endpoint {
@@ -66,6 +67,10 @@ struct endpoint {
 	__u8 mode;
 	__u8 flags;
 	__u8 pad[2];
+	/* The pod's own addresses, the only sources from_pod lets its packets carry (SPEC 8);
+	 * family 0 when the pod has none of that family. */
+	struct ip_addr addr4;
+	struct ip_addr addr6;
 };
 
 /* A compiled policy's record, in the entry of each endpoint it judges. Rule bit i is rule i
@@ -137,7 +142,9 @@ struct icmp_key {
 	__u16 code;
 };
 
-/* conntrack (LRU hash): oriented from the pod, whichever side opened it. */
+/* conntrack (hash, no eviction: see ARCHITECTURE "Conntrack under pressure"): oriented from
+ * the pod, whichever side opened it, and bound to the pod's interface, so an entry only ever
+ * passes packets to the interface whose packets made it (SPEC 8). */
 struct ct_key {
 	struct ip_addr pod;
 	struct ip_addr remote;
@@ -145,11 +152,14 @@ struct ct_key {
 	__u16 remote_port; /* ICMP echo: 0 */
 	__u8 proto;        /* IP protocol number */
 	__u8 pad[3];
+	__u32 ifindex; /* the pod's host-side interface */
 };
 
 /* ct_entry.flags */
-#define CT_OUT 1 /* the pod opened it: the other side's packets are replies (SPEC 3.1) */
-#define CT_IN 2  /* opened from outside and allowed under ct_entry.generation */
+#define CT_OUT 1      /* the pod opened it: the other side's packets are replies (SPEC 3.1) */
+#define CT_IN 2       /* opened from outside and allowed under ct_entry.generation */
+#define CT_ANSWERED 4 /* the side that did not open it sent a packet */
+#define CT_CLOSING 8  /* TCP: a FIN or RST was seen */
 
 struct ct_entry {
 	__u64 last_seen; /* bpf_jiffies64, or with jiffy_ns 0 bpf_ktime_get_coarse_ns */
@@ -175,8 +185,24 @@ struct frag_key {
 };
 
 struct frag_entry {
+	__u64 seen;   /* ct_clock() of the first fragment: the entry counts for frag_timeout_ns */
 	__u8 verdict; /* VERDICT_* */
 	__u8 pad[7];
+};
+
+/* ct_used: per pod interface, the conntrack entries it holds, against ct_endpoint_max. The
+ * data path adds, the garbage collector (ct_gc) subtracts; signed, since a race of the two
+ * may leave it a little off, and a count under the truth only lets a pod have a few more. */
+struct ct_count {
+	__s64 entries;
+};
+
+/* The argument and result of one run of ct_gc. */
+struct ct_gc_run {
+	__u32 flush;   /* in: also remove the entries of the addresses in ct_flush */
+	__u32 live;    /* out: entries kept */
+	__u32 expired; /* out: entries removed because they expired */
+	__u32 flushed; /* out: entries removed because an address of theirs is in ct_flush */
 };
 
 /* Why a packet got its verdict: event.reason and the index of the stats map. */
@@ -194,9 +220,13 @@ enum reason {
 	REASON_NO_RULE, /* no allow rule matched */
 	REASON_ISOLATED,
 	REASON_MALFORMED, /* headers that cannot be parsed: fail closed */
-	REASON_CT_FULL,   /* a conntrack or fragment update failed (the packet still passes) */
-	REASON_NOT_IP,    /* not IPv4 or IPv6 (ARP, ...): passed on untouched */
+	REASON_CT_FULL,   /* a conntrack or fragment insert failed (the packet keeps its verdict) */
+	REASON_NOT_IP,    /* neither IPv4, IPv6 nor ARP: dropped unless the pod is open */
 	REASON_EVENT_LOST, /* an event was not sent: the ring buffer was full (not a verdict) */
+	REASON_SPOOFED,    /* from_pod: a source that is not the pod's own address (SPEC 8) */
+	REASON_VLAN,       /* an 802.1Q/802.1ad tagged frame: dropped unless the pod is open */
+	REASON_ARP,        /* ARP: passed */
+	REASON_CT_QUOTA,   /* a new flow was not recorded: its pod holds ct_endpoint_max entries */
 	REASON_MAX,
 };
 

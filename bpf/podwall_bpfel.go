@@ -20,6 +20,11 @@ type PodwallCidrKey struct {
 	Ip        PodwallIpAddr
 }
 
+type PodwallCtCount struct {
+	_       structs.HostLayout
+	Entries int64
+}
+
 type PodwallCtEntry struct {
 	_          structs.HostLayout
 	LastSeen   uint64
@@ -27,6 +32,14 @@ type PodwallCtEntry struct {
 	Epoch      uint32
 	Flags      uint8
 	Pad        [7]uint8
+}
+
+type PodwallCtGcRun struct {
+	_       structs.HostLayout
+	Flush   uint32
+	Live    uint32
+	Expired uint32
+	Flushed uint32
 }
 
 type PodwallCtKey struct {
@@ -37,6 +50,7 @@ type PodwallCtKey struct {
 	RemotePort uint16
 	Proto      uint8
 	Pad        [3]uint8
+	Ifindex    uint32
 }
 
 type PodwallEndpoint struct {
@@ -46,6 +60,8 @@ type PodwallEndpoint struct {
 	Mode       uint8
 	Flags      uint8
 	Pad        [2]uint8
+	Addr4      PodwallIpAddr
+	Addr6      PodwallIpAddr
 }
 
 type PodwallEndpointEntry struct {
@@ -74,6 +90,7 @@ type PodwallEvent struct {
 
 type PodwallFragEntry struct {
 	_       structs.HostLayout
+	Seen    uint64
 	Verdict uint8
 	Pad     [7]uint8
 }
@@ -149,7 +166,11 @@ const (
 	PodwallReasonREASON_CT_FULL      PodwallReason = 13
 	PodwallReasonREASON_NOT_IP       PodwallReason = 14
 	PodwallReasonREASON_EVENT_LOST   PodwallReason = 15
-	PodwallReasonREASON_MAX          PodwallReason = 16
+	PodwallReasonREASON_SPOOFED      PodwallReason = 16
+	PodwallReasonREASON_VLAN         PodwallReason = 17
+	PodwallReasonREASON_ARP          PodwallReason = 18
+	PodwallReasonREASON_CT_QUOTA     PodwallReason = 19
+	PodwallReasonREASON_MAX          PodwallReason = 20
 )
 
 type PodwallRuleVec struct {
@@ -161,25 +182,32 @@ type PodwallRuleVec struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	PodwallMapConntrack       = "conntrack"
-	PodwallMapEndpoints       = "endpoints"
-	PodwallMapEpoch           = "epoch"
-	PodwallMapEvents          = "events"
-	PodwallMapFrags           = "frags"
-	PodwallMapIpcache         = "ipcache"
-	PodwallMapPolCidr         = "pol_cidr"
-	PodwallMapPolIcmp         = "pol_icmp"
-	PodwallMapPolIdent        = "pol_ident"
-	PodwallMapPolPort         = "pol_port"
-	PodwallMapStats           = "stats"
-	PodwallProgFromPod        = "from_pod"
-	PodwallProgToPod          = "to_pod"
-	PodwallVarCtTimeoutIcmpNs = "ct_timeout_icmp_ns"
-	PodwallVarCtTimeoutTcpNs  = "ct_timeout_tcp_ns"
-	PodwallVarCtTimeoutUdpNs  = "ct_timeout_udp_ns"
-	PodwallVarEventsBurst     = "events_burst"
-	PodwallVarEventsPerSec    = "events_per_sec"
-	PodwallVarJiffyNs         = "jiffy_ns"
+	PodwallMapConntrack           = "conntrack"
+	PodwallMapCtFlush             = "ct_flush"
+	PodwallMapCtUsed              = "ct_used"
+	PodwallMapEndpoints           = "endpoints"
+	PodwallMapEpoch               = "epoch"
+	PodwallMapEvents              = "events"
+	PodwallMapFrags               = "frags"
+	PodwallMapIpcache             = "ipcache"
+	PodwallMapPolCidr             = "pol_cidr"
+	PodwallMapPolIcmp             = "pol_icmp"
+	PodwallMapPolIdent            = "pol_ident"
+	PodwallMapPolPort             = "pol_port"
+	PodwallMapStats               = "stats"
+	PodwallProgCtGc               = "ct_gc"
+	PodwallProgFromPod            = "from_pod"
+	PodwallProgToPod              = "to_pod"
+	PodwallVarCtEndpointMax       = "ct_endpoint_max"
+	PodwallVarCtTimeoutIcmpNs     = "ct_timeout_icmp_ns"
+	PodwallVarCtTimeoutTcpCloseNs = "ct_timeout_tcp_close_ns"
+	PodwallVarCtTimeoutTcpNs      = "ct_timeout_tcp_ns"
+	PodwallVarCtTimeoutTcpSynNs   = "ct_timeout_tcp_syn_ns"
+	PodwallVarCtTimeoutUdpNs      = "ct_timeout_udp_ns"
+	PodwallVarEventsBurst         = "events_burst"
+	PodwallVarEventsPerSec        = "events_per_sec"
+	PodwallVarFragTimeoutNs       = "frag_timeout_ns"
+	PodwallVarJiffyNs             = "jiffy_ns"
 )
 
 // LoadPodwall returns the embedded CollectionSpec for Podwall.
@@ -224,6 +252,7 @@ type PodwallSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PodwallProgramSpecs struct {
+	CtGc    *ebpf.ProgramSpec `ebpf:"ct_gc"`
 	FromPod *ebpf.ProgramSpec `ebpf:"from_pod"`
 	ToPod   *ebpf.ProgramSpec `ebpf:"to_pod"`
 }
@@ -233,6 +262,8 @@ type PodwallProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type PodwallMapSpecs struct {
 	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
+	CtFlush   *ebpf.MapSpec `ebpf:"ct_flush"`
+	CtUsed    *ebpf.MapSpec `ebpf:"ct_used"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
 	Epoch     *ebpf.MapSpec `ebpf:"epoch"`
 	Events    *ebpf.MapSpec `ebpf:"events"`
@@ -249,12 +280,16 @@ type PodwallMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PodwallVariableSpecs struct {
-	CtTimeoutIcmpNs *ebpf.VariableSpec `ebpf:"ct_timeout_icmp_ns"`
-	CtTimeoutTcpNs  *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
-	CtTimeoutUdpNs  *ebpf.VariableSpec `ebpf:"ct_timeout_udp_ns"`
-	EventsBurst     *ebpf.VariableSpec `ebpf:"events_burst"`
-	EventsPerSec    *ebpf.VariableSpec `ebpf:"events_per_sec"`
-	JiffyNs         *ebpf.VariableSpec `ebpf:"jiffy_ns"`
+	CtEndpointMax       *ebpf.VariableSpec `ebpf:"ct_endpoint_max"`
+	CtTimeoutIcmpNs     *ebpf.VariableSpec `ebpf:"ct_timeout_icmp_ns"`
+	CtTimeoutTcpCloseNs *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_close_ns"`
+	CtTimeoutTcpNs      *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
+	CtTimeoutTcpSynNs   *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_syn_ns"`
+	CtTimeoutUdpNs      *ebpf.VariableSpec `ebpf:"ct_timeout_udp_ns"`
+	EventsBurst         *ebpf.VariableSpec `ebpf:"events_burst"`
+	EventsPerSec        *ebpf.VariableSpec `ebpf:"events_per_sec"`
+	FragTimeoutNs       *ebpf.VariableSpec `ebpf:"frag_timeout_ns"`
+	JiffyNs             *ebpf.VariableSpec `ebpf:"jiffy_ns"`
 }
 
 // PodwallObjects contains all objects after they have been loaded into the kernel.
@@ -278,6 +313,8 @@ func (o *PodwallObjects) Close() error {
 // It can be passed to LoadPodwallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PodwallMaps struct {
 	Conntrack *ebpf.Map `ebpf:"conntrack"`
+	CtFlush   *ebpf.Map `ebpf:"ct_flush"`
+	CtUsed    *ebpf.Map `ebpf:"ct_used"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
 	Epoch     *ebpf.Map `ebpf:"epoch"`
 	Events    *ebpf.Map `ebpf:"events"`
@@ -293,6 +330,8 @@ type PodwallMaps struct {
 func (m *PodwallMaps) Close() error {
 	return _PodwallClose(
 		m.Conntrack,
+		m.CtFlush,
+		m.CtUsed,
 		m.Endpoints,
 		m.Epoch,
 		m.Events,
@@ -310,24 +349,30 @@ func (m *PodwallMaps) Close() error {
 //
 // It can be passed to LoadPodwallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PodwallVariables struct {
-	CtTimeoutIcmpNs *ebpf.Variable `ebpf:"ct_timeout_icmp_ns"`
-	CtTimeoutTcpNs  *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
-	CtTimeoutUdpNs  *ebpf.Variable `ebpf:"ct_timeout_udp_ns"`
-	EventsBurst     *ebpf.Variable `ebpf:"events_burst"`
-	EventsPerSec    *ebpf.Variable `ebpf:"events_per_sec"`
-	JiffyNs         *ebpf.Variable `ebpf:"jiffy_ns"`
+	CtEndpointMax       *ebpf.Variable `ebpf:"ct_endpoint_max"`
+	CtTimeoutIcmpNs     *ebpf.Variable `ebpf:"ct_timeout_icmp_ns"`
+	CtTimeoutTcpCloseNs *ebpf.Variable `ebpf:"ct_timeout_tcp_close_ns"`
+	CtTimeoutTcpNs      *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
+	CtTimeoutTcpSynNs   *ebpf.Variable `ebpf:"ct_timeout_tcp_syn_ns"`
+	CtTimeoutUdpNs      *ebpf.Variable `ebpf:"ct_timeout_udp_ns"`
+	EventsBurst         *ebpf.Variable `ebpf:"events_burst"`
+	EventsPerSec        *ebpf.Variable `ebpf:"events_per_sec"`
+	FragTimeoutNs       *ebpf.Variable `ebpf:"frag_timeout_ns"`
+	JiffyNs             *ebpf.Variable `ebpf:"jiffy_ns"`
 }
 
 // PodwallPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to LoadPodwallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PodwallPrograms struct {
+	CtGc    *ebpf.Program `ebpf:"ct_gc"`
 	FromPod *ebpf.Program `ebpf:"from_pod"`
 	ToPod   *ebpf.Program `ebpf:"to_pod"`
 }
 
 func (p *PodwallPrograms) Close() error {
 	return _PodwallClose(
+		p.CtGc,
 		p.FromPod,
 		p.ToPod,
 	)

@@ -113,6 +113,8 @@ const (
 	rsIsolated    = PodwallReasonREASON_ISOLATED
 	rsMalformed   = PodwallReasonREASON_MALFORMED
 	rsNotIP       = PodwallReasonREASON_NOT_IP
+	rsVLAN        = PodwallReasonREASON_VLAN
+	rsARP         = PodwallReasonREASON_ARP
 )
 
 func TestToPod(t *testing.T) {
@@ -135,11 +137,19 @@ func TestToPod(t *testing.T) {
 			pass("tcp", in4(worldV4, tcp(1, 2, syn)), rsNotEndpoint),
 			pass("malformed", v4{src: xV4, dst: podV4, ihl: 4}.frame(tcp(1, 80, syn)), rsNotEndpoint),
 		}},
-		{"non-IP passes", []step{
-			pass("arp", ether(0x0806, make([]byte, 28)), rsNotIP),
-			pass("vlan", ether(0x8100, make([]byte, 46)), rsNotIP),
+		{"only IP and ARP reach a pod that is not open", []step{
+			pass("arp", ether(0x0806, make([]byte, 28)), rsARP),
+			drop("802.1Q", ether(0x8100, make([]byte, 46)), rsVLAN),
+			drop("802.1Q carrying IPv4", ether(0x8100, append([]byte{0, 0, 0x08, 0}, in4(xV4, tcp(40000, 80, syn))[14:]...)), rsVLAN),
+			drop("802.1ad", ether(0x88a8, make([]byte, 46)), rsVLAN),
+			drop("QinQ", ether(0x9100, make([]byte, 46)), rsVLAN),
+			drop("another ethertype", ether(0x88cc, make([]byte, 46)), rsNotIP),
 			change("isolate", setMode(modeIsolate)),
-			pass("arp, isolated", ether(0x0806, make([]byte, 28)), rsNotIP),
+			pass("arp, isolated", ether(0x0806, make([]byte, 28)), rsARP),
+			drop("802.1Q, isolated", ether(0x8100, make([]byte, 46)), rsVLAN),
+			change("open", setMode(modeOpen)),
+			pass("802.1Q, open", ether(0x8100, make([]byte, 46)), rsOpen),
+			pass("another ethertype, open", ether(0x88cc, make([]byte, 46)), rsOpen),
 		}},
 		{"each field of the rules", []step{
 			pass("label", in4(xV4, tcp(40000, 80, syn)), rsAllow).by(0),

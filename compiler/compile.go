@@ -20,12 +20,14 @@ type podKey struct{ namespace, name string }
 type cluster struct {
 	pods map[podKey]*clusterPod
 	// dups says whether two pods shared a name: they are left out of pods.
-	dups     bool
-	hostIPs  []netip.Addr // usable
-	podTags  map[podKey][]string
-	podIDs   map[podKey]uint32
-	tagIDs   map[string][]uint32 // tag -> the identities that have it, ascending
-	ipcache  map[bpf.PodwallIpAddr]uint32
+	dups    bool
+	hostIPs []netip.Addr // usable
+	podTags map[podKey][]string
+	podIDs  map[podKey]uint32
+	tagIDs  map[string][]uint32 // tag -> the identities that have it, ascending
+	ipcache map[bpf.PodwallIpAddr]uint32
+	// owners are the pods the ipcache gives each pod address to.
+	owners   map[bpf.PodwallIpAddr]podKey
 	idents   map[uint32][]string
 	digest   uint64
 	problems []Problem // duplicates and address conflicts
@@ -99,6 +101,7 @@ func newCluster(pods []Pod, hostIPs []netip.Addr, copyLabels bool) *cluster {
 		podIDs:  map[podKey]uint32{},
 		tagIDs:  map[string][]uint32{},
 		ipcache: map[bpf.PodwallIpAddr]uint32{},
+		owners:  map[bpf.PodwallIpAddr]podKey{},
 		idents:  map[uint32][]string{},
 	}
 	sorted := cl.uniquePods(pods, copyLabels)
@@ -207,6 +210,7 @@ func (cl *cluster) fillIPCache(pods []*Pod) {
 			switch o, ok := owner[k]; {
 			case !ok:
 				cl.ipcache[k] = id
+				cl.owners[k] = pk
 				owner[k] = name
 			case o != name:
 				cl.problem(pk, ProblemAddressConflict, fmt.Errorf("%s is also %s's: %w", a, o, ErrAddressConflict))
@@ -225,6 +229,7 @@ func (c *compilation) endpoints() {
 		ifindex uint32
 		mode    uint8
 		enc     string
+		pod     podKey
 	}
 	todo := make([]pending, 0, len(eps))
 	for i, ep := range eps {
@@ -242,7 +247,7 @@ func (c *compilation) endpoints() {
 		if pp.f != nil {
 			c.policies[pp.enc] = pp.f
 		}
-		todo = append(todo, pending{ifindex: ep.Ifindex, mode: pp.mode, enc: pp.enc})
+		todo = append(todo, pending{ifindex: ep.Ifindex, mode: pp.mode, enc: pp.enc, pod: k})
 	}
 
 	ids := c.policyIDs()
@@ -253,13 +258,41 @@ func (c *compilation) endpoints() {
 	}
 	for _, p := range todo {
 		id := ids[p.enc]
+		addr4, addr6 := c.cl.ownAddrs(p.pod)
 		c.state.Endpoints[p.ifindex] = bpf.PodwallEndpoint{
 			Policy:     id,
 			Generation: generation(p.mode, flags, id, digest),
 			Mode:       p.mode,
 			Flags:      flags,
+			Addr4:      addr4,
+			Addr6:      addr6,
 		}
 	}
+}
+
+// ownAddrs are the first IPv4 and IPv6 addresses of pod k that the ipcache gives to it, the
+// sources from_pod lets its packets carry; zero where it has none. An address another pod or
+// the node holds is not the pod's to send from, nor is a second one of a family (Kubernetes
+// gives a pod at most one of each), and a duplicate endpoint (k is then the zero key) has none:
+// in doubt, the pod's packets are dropped as forged.
+func (cl *cluster) ownAddrs(k podKey) (addr4, addr6 bpf.PodwallIpAddr) {
+	p, ok := cl.pods[k]
+	if !ok {
+		return addr4, addr6
+	}
+	for _, a := range p.IPs {
+		ak := addrKey(a)
+		if owner, ok := cl.owners[ak]; !ok || owner != k {
+			continue
+		}
+		switch {
+		case ak.Family == FamV4 && addr4.Family == 0:
+			addr4 = ak
+		case ak.Family == FamV6 && addr6.Family == 0:
+			addr6 = ak
+		}
+	}
+	return addr4, addr6
 }
 
 // podPolicy is what a local pod's annotation compiles to: its mode and, in ModeEnforce, its

@@ -68,8 +68,10 @@ const ICMPAnyCode = 0xffff
 
 // ct_entry.flags (CT_*).
 const (
-	CTOut = 1
-	CTIn  = 2
+	CTOut      = 1
+	CTIn       = 2
+	CTAnswered = 4 // the side that did not open the flow sent a packet
+	CTClosing  = 8 // TCP: a FIN or RST was seen
 )
 
 // frag_entry.verdict (VERDICT_*).
@@ -99,6 +101,10 @@ const (
 	ReasonCTFull      = Reason(bpf.PodwallReasonREASON_CT_FULL)
 	ReasonNotIP       = Reason(bpf.PodwallReasonREASON_NOT_IP)
 	ReasonEventLost   = Reason(bpf.PodwallReasonREASON_EVENT_LOST) // not a verdict: an event the ring buffer had no room for
+	ReasonSpoofed     = Reason(bpf.PodwallReasonREASON_SPOOFED)
+	ReasonVLAN        = Reason(bpf.PodwallReasonREASON_VLAN)
+	ReasonARP         = Reason(bpf.PodwallReasonREASON_ARP)
+	ReasonCTQuota     = Reason(bpf.PodwallReasonREASON_CT_QUOTA) // not a verdict: a flow its pod's conntrack share had no room for
 	NumReasons        = Reason(bpf.PodwallReasonREASON_MAX)
 )
 
@@ -119,6 +125,10 @@ var reasonNames = [NumReasons]string{
 	ReasonCTFull:      "ct-full",
 	ReasonNotIP:       "not-ip",
 	ReasonEventLost:   "event-lost",
+	ReasonSpoofed:     "spoofed",
+	ReasonVLAN:        "vlan",
+	ReasonARP:         "arp",
+	ReasonCTQuota:     "ct-quota",
 }
 
 // String is the reason's name in logs, metrics and `podwall explain`.

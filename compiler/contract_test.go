@@ -48,6 +48,8 @@ func TestConstantsMatchHeader(t *testing.T) {
 		"ICMP_ANY_CODE": ICMPAnyCode,
 		"CT_OUT":        CTOut,
 		"CT_IN":         CTIn,
+		"CT_ANSWERED":   CTAnswered,
+		"CT_CLOSING":    CTClosing,
 		"VERDICT_PASS":  VerdictPass,
 		"VERDICT_DROP":  VerdictDrop,
 	}

@@ -353,6 +353,8 @@ func (sc *scenario) randomPacket(rng *rand.Rand) (uint32, Packet) {
 		p.ICMPCode = pick(rng, []uint8{0, uint8(rng.IntN(256))})
 	}
 	p.Fragment = pick(rng, []FragKind{FragNone, FragNone, FragNone, FragNone, FragNone, FragNone, FragFirst, FragLater})
+	// Sent by the node's stack: mostly from its own addresses, sometimes from any.
+	p.FromNode = rng.IntN(8) == 0 || (slices.Contains(sc.input.HostIPs, p.Src) && rng.IntN(2) == 0)
 	return ifindex, p
 }
 
@@ -479,7 +481,7 @@ func (sc *scenario) judge(ifindex uint32, p Packet) spelled {
 	if p.Src.Is6() && p.Proto == protoICMPv6 && l4 && p.ICMPType >= 133 && p.ICMPType <= 137 {
 		return none(true, ReasonND)
 	}
-	if slices.Contains(sc.input.HostIPs, p.Src) && sc.input.AllowHost {
+	if p.FromNode && sc.input.AllowHost {
 		return none(true, ReasonHost)
 	}
 	if isolated {

@@ -26,7 +26,11 @@ const (
 // Packet is what the data path reads of a packet going to a pod. Ports are used with TCP and
 // UDP, ICMPType and ICMPCode with ICMP and ICMPv6, neither in a FragLater packet.
 type Packet struct {
-	Src, Dst           netip.Addr
+	Src, Dst netip.Addr
+	// FromNode says the node's own network stack sent the packet (to_pod sees it received
+	// on no interface). Only such a packet is from the node (SPEC 3.2), whatever its source;
+	// a forwarded one that carries a node address is judged as the world's.
+	FromNode           bool
 	Proto              uint8
 	SrcPort, DstPort   uint16
 	ICMPType, ICMPCode uint8
@@ -71,8 +75,12 @@ func Evaluate(s *State, ifindex uint32, p Packet) Verdict {
 		return pass(v, ReasonND)
 	}
 	v.Identity = s.IPCache[addrKey(p.Src)]
-	if v.Identity == IDHost && ep.Flags&EPAllowHost != 0 {
-		return pass(v, ReasonHost)
+	if p.FromNode {
+		if ep.Flags&EPAllowHost != 0 {
+			return pass(v, ReasonHost)
+		}
+	} else if v.Identity == IDHost {
+		v.Identity = IDWorld
 	}
 	if ep.Mode == ModeIsolate {
 		return drop(v, ReasonIsolated)

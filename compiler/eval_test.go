@@ -55,6 +55,7 @@ func TestEvaluate(t *testing.T) {
 		return p
 	}
 	later := func(p *Packet) { p.Fragment = FragLater }
+	node := func(p Packet) Packet { return with(p, func(p *Packet) { p.FromNode = true }) }
 	proto := func(n uint8, typ uint8) func(*Packet) {
 		return func(p *Packet) { p.Proto, p.ICMPType = n, typ }
 	}
@@ -74,7 +75,7 @@ func TestEvaluate(t *testing.T) {
 		{"malformed: mixed families", true, 1, Packet{Src: netip.MustParseAddr(world), Dst: netip.MustParseAddr("fd00::1")}, false, ReasonMalformed, -1},
 		{"malformed passes in open mode", true, 3, Packet{Src: netip.MustParseAddr(world), Dst: netip.MustParseAddr("fd00::1")}, true, ReasonOpen, -1},
 		{"unknown pod is isolated", true, 4, tcp("10.0.0.3", 80), false, ReasonIsolated, -1},
-		{"isolated pod still hears the node", true, 4, tcp(host, 80), true, ReasonHost, -1},
+		{"isolated pod still hears the node", true, 4, node(tcp(host, 80)), true, ReasonHost, -1},
 		{"invalid annotation isolates", true, 6, tcp("10.0.0.1", 80), false, ReasonIsolated, -1},
 		{"neighbour discovery passes an isolated pod", true, 6, with(tcp("fd00::2", 0), proto(protoICMPv6, 135)), true, ReasonND, -1},
 		{"label allows", true, 1, tcp("10.0.0.4", 80), true, ReasonAllowRule, 0},
@@ -98,9 +99,11 @@ func TestEvaluate(t *testing.T) {
 		{"cidr of any protocol", true, 1, with(tcp("fd00::2", 0), proto(132, 0)), true, ReasonAllowRule, 5},
 		{"cidr, later fragment", true, 1, with(with(tcp("fd00::2", 0), proto(132, 0)), later), true, ReasonAllowRule, 5},
 		{"cidr, address next to it", true, 1, with(tcp("fd00::3", 0), proto(132, 0)), false, ReasonNoRule, -1},
-		{"host", true, 1, tcp(host, 22), true, ReasonHost, -1},
-		{"host, flag off: judged by the rules", false, 1, tcp(host, 22), false, ReasonNoRule, -1},
-		{"host IPv6", true, 1, tcp("fd00:ffff::1", 22), true, ReasonHost, -1},
+		{"host", true, 1, node(tcp(host, 22)), true, ReasonHost, -1},
+		{"host, flag off: judged by the rules", false, 1, node(tcp(host, 22)), false, ReasonNoRule, -1},
+		{"host IPv6", true, 1, node(tcp("fd00:ffff::1", 22)), true, ReasonHost, -1},
+		{"the node from any source address", true, 1, node(tcp(world, 22)), true, ReasonHost, -1},
+		{"a forwarded packet with the node's address is the world's", true, 1, tcp(host, 22), false, ReasonNoRule, -1},
 		{"default namespace policy: same namespace", true, 2, tcp("10.0.0.3", 5432), true, ReasonAllowRule, 0},
 		{"default namespace policy: other namespace", true, 2, tcp("10.0.1.3", 5432), false, ReasonNoRule, -1},
 		{"default namespace policy: world", true, 2, tcp(world, 5432), false, ReasonNoRule, -1},

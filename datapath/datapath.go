@@ -16,6 +16,14 @@ type Datapath struct {
 
 	mu sync.Mutex // one Apply at a time: the applier's view of the maps is not shared
 	a  *maps.Applier
+	ct *maps.Conntrack
+}
+
+// CollectConntrack removes the conntrack entries that expired (see maps.Conntrack).
+func (d *Datapath) CollectConntrack() (maps.Collection, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ct.Collect(nil)
 }
 
 // Open loads the data path, reusing and repinning what a previous agent left.
@@ -24,7 +32,7 @@ func Open(cfg loader.Config) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open data path: %w", err)
 	}
-	return &Datapath{l: l, a: maps.NewApplier(l.Maps())}, nil
+	return &Datapath{l: l, a: maps.NewApplier(l.Objects()), ct: maps.NewConntrack(l.Objects())}, nil
 }
 
 // Apply makes the maps hold s.

@@ -236,6 +236,9 @@ func (l *Loader) Mode() Mode { return l.mode }
 // Maps are the pinned maps, valid until Close.
 func (l *Loader) Maps() *bpf.PodwallMaps { return &l.objs.PodwallMaps }
 
+// Objects are the loaded programs and the pinned maps, valid until Close.
+func (l *Loader) Objects() *bpf.PodwallObjects { return &l.objs }
+
 // Attached lists the ifindexes with podwall attached, in order.
 func (l *Loader) Attached() []int {
 	l.mu.Lock()

@@ -18,6 +18,11 @@ type Applier struct {
 	port      *table[bpf.PodwallPortKey, bpf.PodwallRuleVec]
 	icmp      *table[bpf.PodwallIcmpKey, bpf.PodwallRuleVec]
 	epoch     *epoch
+	ct        *Conntrack
+
+	// gone are the addresses that left the ipcache and whose conntrack entries are not
+	// flushed yet: a failed flush is tried again by the next Apply.
+	gone []bpf.PodwallIpAddr
 
 	// synced is false until the maps were read, and again after a failed apply, when what
 	// the kernel holds is no longer known.
@@ -28,7 +33,13 @@ type Applier struct {
 
 // NewApplier returns an applier for the maps of a loaded collection. It reads them on the
 // first Apply, so a restarted agent changes only what differs from what it finds pinned.
-func NewApplier(m *bpf.PodwallMaps) *Applier {
+func NewApplier(objs *bpf.PodwallObjects) *Applier {
+	a := newApplier(&objs.PodwallMaps)
+	a.ct = NewConntrack(objs)
+	return a
+}
+
+func newApplier(m *bpf.PodwallMaps) *Applier {
 	return &Applier{
 		endpoints: newTable[uint32, bpf.PodwallEndpointEntry](m.Endpoints, bpf.PodwallMapEndpoints),
 		ipcache:   newTable[bpf.PodwallIpAddr, uint32](m.Ipcache, bpf.PodwallMapIpcache),
@@ -71,7 +82,7 @@ func Want(s *compiler.State) Contents {
 
 // Read reads what the maps an Applier writes hold.
 func Read(m *bpf.PodwallMaps) (Contents, error) {
-	a := NewApplier(m)
+	a := newApplier(m)
 	if err := a.load(); err != nil {
 		return Contents{}, err
 	}
@@ -130,6 +141,28 @@ func (a *Applier) Apply(s *compiler.State) error {
 		}
 	}
 	a.last = s
+	if len(a.gone) > 0 {
+		if _, err := a.ct.Collect(a.gone); err != nil {
+			return fmt.Errorf("flush the conntrack entries of %d addresses that left the ipcache: %w", len(a.gone), err)
+		}
+		a.gone = nil
+	}
+	return nil
+}
+
+// pruneIPCache deletes the addresses s does not have, and keeps them to flush their
+// conntrack entries once the apply is done: a pod that reuses one starts clean.
+func (a *Applier) pruneIPCache(want map[bpf.PodwallIpAddr]uint32) error {
+	var gone []bpf.PodwallIpAddr
+	for k := range a.ipcache.present {
+		if _, ok := want[k]; !ok {
+			gone = append(gone, k)
+		}
+	}
+	if err := a.ipcache.prune(want); err != nil {
+		return err
+	}
+	a.gone = append(a.gone, gone...)
 	return nil
 }
 
@@ -141,7 +174,7 @@ func (a *Applier) full(s *compiler.State) []func() error {
 		func() error { return a.cidr.put(d.CIDR) },
 		func() error { return a.port.put(d.Port) },
 		func() error { return a.icmp.put(d.ICMP) },
-		func() error { return a.ipcache.prune(d.IPCache) },
+		func() error { return a.pruneIPCache(d.IPCache) },
 		func() error { return a.ipcache.put(d.IPCache) },
 	}
 	steps = append(steps, a.endpointSteps(d.Endpoints)...)
@@ -186,7 +219,7 @@ func (a *Applier) incremental(s *compiler.State) []func() error {
 	}
 	if !sameMap(s.IPCache, last.IPCache) {
 		steps = append(steps,
-			func() error { return a.ipcache.prune(s.IPCache) },
+			func() error { return a.pruneIPCache(s.IPCache) },
 			func() error { return a.ipcache.put(s.IPCache) })
 	}
 	steps = append(steps, a.endpointSteps(entries(s))...)

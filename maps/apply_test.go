@@ -13,23 +13,23 @@ import (
 
 // load gives the test a fresh, unpinned collection, with the ipcache shrunk to ipcacheMax
 // entries when that is not 0.
-func load(t *testing.T, ipcacheMax uint32) *bpf.PodwallMaps {
+func load(t *testing.T, ipcacheMax uint32) *bpf.PodwallObjects {
 	t.Helper()
 	spec, err := bpf.LoadPodwall()
 	require.NoError(t, err)
 	if ipcacheMax != 0 {
 		spec.Maps[bpf.PodwallMapIpcache].MaxEntries = ipcacheMax
 	}
-	var objs bpf.PodwallMaps
+	var objs bpf.PodwallObjects
 	require.NoError(t, spec.LoadAndAssign(&objs, nil))
 	t.Cleanup(func() { require.NoError(t, objs.Close()) })
 	return &objs
 }
 
 // dump reads every map the applier writes.
-func dump(t *testing.T, m *bpf.PodwallMaps) Contents {
+func dump(t *testing.T, m *bpf.PodwallObjects) Contents {
 	t.Helper()
-	c, err := Read(m)
+	c, err := Read(&m.PodwallMaps)
 	require.NoError(t, err)
 	return c
 }

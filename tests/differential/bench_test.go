@@ -184,7 +184,7 @@ func prepare(b *testing.B, ns *topo.Netns, d *datapath, s *compiler.State, flow 
 			return err
 		}
 		for range want {
-			o, err := d.run(1, fr)
+			o, err := d.run(1, false, fr)
 			if err != nil {
 				return err
 			}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -355,6 +356,9 @@ func (c *cluster) randomPacket(rng *rand.Rand) (uint32, compiler.Packet) {
 	}
 	p.Fragment = pick(rng, []compiler.FragKind{compiler.FragNone, compiler.FragNone, compiler.FragNone,
 		compiler.FragNone, compiler.FragNone, compiler.FragNone, compiler.FragFirst, compiler.FragLater})
+	// Sent by the node's own stack: mostly from its addresses, sometimes from any; and a
+	// node address on a forwarded packet, which is no claim to be the node.
+	p.FromNode = rng.IntN(8) == 0 || (slices.Contains(c.in.HostIPs, p.Src) && rng.IntN(2) == 0)
 	return ifindex, p
 }
 

@@ -59,7 +59,7 @@ func loadDatapath(tb testing.TB, edit func(*bpf.PodwallSpecs) error) *datapath {
 	d.events, err = ringbuf.NewReader(d.objs.Events)
 	require.NoError(tb, err)
 	tb.Cleanup(func() { d.events.Close() })
-	d.applier = maps.NewApplier(&d.objs.PodwallMaps)
+	d.applier = maps.NewApplier(&d.objs)
 
 	cpus, err := ebpf.PossibleCPU()
 	require.NoError(tb, err)
@@ -111,8 +111,8 @@ func (o outcome) String() string {
 // judge runs to_pod once on frame as if it arrived on the interface at ifindex, then forgets
 // the flow, so that the next packet is judged as the first of a new flow, as Evaluate judges
 // it.
-func (d *datapath) judge(ifindex uint32, frame []byte) (outcome, error) {
-	o, err := d.run(ifindex, frame)
+func (d *datapath) judge(ifindex uint32, fromNode bool, frame []byte) (outcome, error) {
+	o, err := d.run(ifindex, fromNode, frame)
 	if err != nil {
 		return o, err
 	}
@@ -123,9 +123,9 @@ func (d *datapath) judge(ifindex uint32, frame []byte) (outcome, error) {
 // calling thread's network namespace. The reason is the one verdict the stats map counted;
 // a run that counts none, two, or a side effect (a full conntrack, a lost event) is an
 // error.
-func (d *datapath) run(ifindex uint32, frame []byte) (outcome, error) {
+func (d *datapath) run(ifindex uint32, fromNode bool, frame []byte) (outcome, error) {
 	var o outcome
-	ret, err := d.objs.ToPod.Run(&ebpf.RunOptions{Data: frame, Context: skbContext(ifindex)})
+	ret, err := d.objs.ToPod.Run(&ebpf.RunOptions{Data: frame, Context: skbContext(ifindex, ingressOf(fromNode))})
 	if err != nil {
 		return o, fmt.Errorf("run to_pod on ifindex %d: %w", ifindex, err)
 	}
@@ -210,11 +210,22 @@ func empty[K any](m *ebpf.Map, name string, key *K) error {
 	}
 }
 
-// skbContext is a __sk_buff for BPF_PROG_TEST_RUN that sets only ifindex, at offset 40 after
-// ten __u32 fields (len ... ingress_ifindex); the kernel zero-fills the rest. The ifindex must
-// name an interface of the calling thread's network namespace.
-func skbContext(ifindex uint32) []byte {
+// skbContext is a __sk_buff for BPF_PROG_TEST_RUN that sets only ingress_ifindex (offset 36)
+// and ifindex (offset 40), after nine __u32 fields (len ... priority); the kernel zero-fills
+// the rest. The ifindex must name an interface of the calling thread's network namespace; an
+// ingress_ifindex of 0 is a packet the node's own stack sent.
+func skbContext(ifindex, ingress uint32) []byte {
 	ctx := make([]byte, 44)
+	binary.NativeEndian.PutUint32(ctx[36:], ingress)
 	binary.NativeEndian.PutUint32(ctx[40:], ifindex)
 	return ctx
+}
+
+// ingressOf is the ingress ifindex of a packet: 0 when the node's stack sent it, else that of
+// the loopback, as if forwarded from an interface.
+func ingressOf(fromNode bool) uint32 {
+	if fromNode {
+		return 0
+	}
+	return 1
 }

@@ -76,7 +76,7 @@ func TestDifferential(t *testing.T) {
 			ifindex, p := c.randomPacket(rng)
 			w := randomWire(rng, p)
 			want := compiler.Evaluate(s, ifindex, p)
-			got, err := d.judge(ifindex, frame(p, w))
+			got, err := d.judge(ifindex, p.FromNode, frame(p, w))
 			require.NoError(t, err, "cluster %d packet %d: %s (%s)", n, i, describe(p, w), replay)
 			judged++
 			count[want.Reason]++

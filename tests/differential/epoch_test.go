@@ -63,7 +63,7 @@ func TestEstablishedFlowsFollowTheEpoch(t *testing.T) {
 	verdicts := func(frames ...[]byte) []compiler.Reason {
 		var out []compiler.Reason
 		for _, f := range frames {
-			o, err := d.run(devices[0], f)
+			o, err := d.run(devices[0], false, f)
 			require.NoError(t, err)
 			out = append(out, o.reason)
 		}

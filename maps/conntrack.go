@@ -1,0 +1,75 @@
+package maps
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/podwall/podwall/bpf"
+)
+
+// Conntrack collects conntrack's garbage. The table is a hash that evicts nothing (an LRU
+// would let a flood of new flows push out another pod's idle connection), so its expired
+// entries stay until a run of the kernel's collector, the program ct_gc, removes them; and
+// so do the entries of an address that left the ipcache, which a pod reusing it must not
+// inherit.
+type Conntrack struct {
+	gc    *ebpf.Program
+	flush *ebpf.Map
+	table *ebpf.Map
+}
+
+// NewConntrack returns the collector of a loaded collection.
+func NewConntrack(objs *bpf.PodwallObjects) *Conntrack {
+	return &Conntrack{gc: objs.CtGc, flush: objs.CtFlush, table: objs.Conntrack}
+}
+
+// Collection is what one run of the collector found and did.
+type Collection struct {
+	// Live entries were kept; Expired and Flushed were removed.
+	Live, Expired, Flushed uint32
+	// Capacity is the table's size.
+	Capacity uint32
+}
+
+// Collect removes the expired entries, and those whose pod or remote address is one of
+// gone.
+func (c *Conntrack) Collect(gone []bpf.PodwallIpAddr) (Collection, error) {
+	col := Collection{Capacity: c.table.MaxEntries()}
+	// The flush list is bounded; more addresses than it holds take more runs.
+	chunk := int(c.flush.MaxEntries())
+	for first := true; first || len(gone) > 0; first = false {
+		n := min(len(gone), chunk)
+		run, err := c.run(gone[:n])
+		if err != nil {
+			return col, err
+		}
+		gone = gone[n:]
+		col.Live = run.Live
+		col.Expired += run.Expired
+		col.Flushed += run.Flushed
+	}
+	return col, nil
+}
+
+func (c *Conntrack) run(gone []bpf.PodwallIpAddr) (bpf.PodwallCtGcRun, error) {
+	var run bpf.PodwallCtGcRun
+	if len(gone) > 0 {
+		run.Flush = 1
+		marks := make([]uint8, len(gone))
+		if _, err := c.flush.BatchUpdate(gone, marks, nil); err != nil {
+			return run, fmt.Errorf("write %d addresses to flush into map %s: %w", len(gone), bpf.PodwallMapCtFlush, err)
+		}
+	}
+	_, err := c.gc.Run(&ebpf.RunOptions{Context: run, ContextOut: &run})
+	if err != nil {
+		err = fmt.Errorf("run conntrack collector: %w", err)
+	}
+	if len(gone) > 0 {
+		if _, derr := c.flush.BatchDelete(gone, nil); derr != nil && !errors.Is(derr, ebpf.ErrKeyNotExist) {
+			err = errors.Join(err, fmt.Errorf("empty map %s: %w", bpf.PodwallMapCtFlush, derr))
+		}
+	}
+	return run, err
+}

@@ -1,0 +1,106 @@
+package maps
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/compiler"
+)
+
+func addr(s string) bpf.PodwallIpAddr {
+	a := netip.MustParseAddr(s)
+	var ip bpf.PodwallIpAddr
+	if a.Is4() {
+		ip.Family = compiler.FamV4
+		b := a.As4()
+		copy(ip.Addr[:], b[:])
+	} else {
+		ip.Family = compiler.FamV6
+		ip.Addr = a.As16()
+	}
+	return ip
+}
+
+// now is the collector's clock when the programs count in ns (jiffy_ns 0, as a collection
+// loaded without the loader has it).
+func now(t *testing.T) uint64 {
+	var ts unix.Timespec
+	require.NoError(t, unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts))
+	return uint64(ts.Nano())
+}
+
+// TestCollectRemovesExpiredAndFlushedEntries: the collector keeps live entries, removes
+// expired ones, and with addresses to flush removes every entry that names one of them, on
+// the pod's side or the remote's; each pod interface's count goes down with its entries.
+func TestCollectRemovesExpiredAndFlushedEntries(t *testing.T) {
+	objs := load(t, 0)
+	ct := NewConntrack(objs)
+	const hour = uint64(3600e9)
+	key := func(pod, remote string, ifindex uint32) bpf.PodwallCtKey {
+		return bpf.PodwallCtKey{Pod: addr(pod), Remote: addr(remote), PodPort: 80, RemotePort: 40000, Proto: 6, Ifindex: ifindex}
+	}
+	t0 := now(t)
+	answered := uint8(compiler.CTOut | compiler.CTAnswered)
+	entries := map[bpf.PodwallCtKey]bpf.PodwallCtEntry{
+		key("10.0.0.2", "10.0.0.9", 7):  {LastSeen: t0, Flags: answered},                // live
+		key("10.0.0.2", "10.0.0.8", 7):  {LastSeen: t0 - 3*hour, Flags: answered},       // expired
+		key("10.0.0.3", "10.0.0.9", 8):  {LastSeen: t0 - 2*60e9, Flags: compiler.CTOut}, // an unanswered SYN, 2 min old
+		key("10.0.0.4", "10.0.0.2", 9):  {LastSeen: t0, Flags: answered},                // remote 10.0.0.4 leaves
+		key("10.0.0.5", "10.0.0.6", 10): {LastSeen: t0, Flags: answered},                // pod 10.0.0.5 leaves
+	}
+	used := map[uint32]int64{7: 2, 8: 1, 9: 1, 10: 1}
+	for k, v := range entries {
+		require.NoError(t, objs.Conntrack.Put(k, v))
+	}
+	for ifindex, n := range used {
+		require.NoError(t, objs.CtUsed.Put(ifindex, bpf.PodwallCtCount{Entries: n}))
+	}
+
+	col, err := ct.Collect(nil)
+	require.NoError(t, err)
+	require.Equal(t, Collection{Live: 3, Expired: 2, Capacity: objs.Conntrack.MaxEntries()}, col)
+	col, err = ct.Collect([]bpf.PodwallIpAddr{addr("10.0.0.5"), addr("10.0.0.2")})
+	require.NoError(t, err)
+	require.Equal(t, Collection{Live: 0, Flushed: 3, Capacity: objs.Conntrack.MaxEntries()}, col,
+		"10.0.0.2 is the pod of one entry and the remote of another")
+
+	var k bpf.PodwallCtKey
+	var v bpf.PodwallCtEntry
+	it := objs.Conntrack.Iterate()
+	require.False(t, it.Next(&k, &v), "an entry is left: %+v", k)
+	require.NoError(t, it.Err())
+	// The counts of interfaces that are no endpoint went to 0 and are gone.
+	var n bpf.PodwallCtCount
+	for ifindex := range used {
+		require.ErrorIs(t, objs.CtUsed.Lookup(ifindex, &n), ebpf.ErrKeyNotExist, "count of %d", ifindex)
+	}
+	// The flush list is empty again.
+	var a bpf.PodwallIpAddr
+	var mark uint8
+	require.False(t, objs.CtFlush.Iterate().Next(&a, &mark))
+}
+
+// TestApplyFlushesTheConntrackOfAddressesThatLeave: a pod's address that leaves the ipcache
+// takes its conntrack entries with it, so a pod that reuses it starts clean.
+func TestApplyFlushesTheConntrackOfAddressesThatLeave(t *testing.T) {
+	objs := load(t, 0)
+	a := NewApplier(objs)
+	in := input("allow tcp")
+	require.NoError(t, a.Apply(compiler.Compile(in)))
+	front := bpf.PodwallCtKey{Pod: addr("10.0.0.2"), Remote: addr("10.0.0.3"), PodPort: 80, RemotePort: 40000, Proto: 6, Ifindex: 7}
+	other := bpf.PodwallCtKey{Pod: addr("10.0.0.2"), Remote: addr("10.0.1.4"), PodPort: 80, RemotePort: 40000, Proto: 6, Ifindex: 7}
+	for _, k := range []bpf.PodwallCtKey{front, other} {
+		require.NoError(t, objs.Conntrack.Put(k, bpf.PodwallCtEntry{LastSeen: now(t), Flags: compiler.CTIn | compiler.CTAnswered}))
+	}
+
+	in.Pods = in.Pods[:2] // other/x and its 10.0.1.4 go
+	require.NoError(t, a.Apply(compiler.Compile(in)))
+	var e bpf.PodwallCtEntry
+	require.NoError(t, objs.Conntrack.Lookup(front, &e), "a flow of addresses that stay")
+	require.ErrorIs(t, objs.Conntrack.Lookup(other, &e), ebpf.ErrKeyNotExist, "a flow of the address that left")
+}
