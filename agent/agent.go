@@ -41,6 +41,12 @@ const (
 	// healthStale is how long the loop may go without a turn before /healthz fails.
 	healthStale = time.Minute
 	heartbeat   = 10 * time.Second
+	// DefaultConntrackGC is how often expired conntrack entries are removed: the table
+	// evicts nothing by itself.
+	DefaultConntrackGC = 10 * time.Second
+	// conntrackNearlyFull is the share of the conntrack table in use past which the node
+	// gets an Event: new flows will soon go unrecorded.
+	conntrackNearlyFull = 0.9
 )
 
 // Config is what the agent works with.
@@ -63,6 +69,8 @@ type Config struct {
 	// Debounce is the quiet time that ends a burst of changes, MaxDebounce the longest a
 	// burst is waited for. Defaults DefaultDebounce and DefaultMaxDebounce.
 	Debounce, MaxDebounce time.Duration
+	// ConntrackGC is how often the conntrack collector runs. Default DefaultConntrackGC.
+	ConntrackGC time.Duration
 }
 
 // Agent runs the loop.
@@ -96,6 +104,9 @@ func New(cfg Config) *Agent {
 	}
 	if cfg.MaxDebounce == 0 {
 		cfg.MaxDebounce = DefaultMaxDebounce
+	}
+	if cfg.ConntrackGC == 0 {
+		cfg.ConntrackGC = DefaultConntrackGC
 	}
 	return &Agent{
 		cfg:    cfg,
@@ -140,6 +151,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer retry.Stop()
 	beat := time.NewTicker(heartbeat)
 	defer beat.Stop()
+	gc := time.NewTicker(a.cfg.ConntrackGC)
+	defer gc.Stop()
 	back := backoff{min: minRetry, max: maxRetry}
 	first := true
 	for {
@@ -153,6 +166,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("source: %w", err)
 		case <-beat.C:
 			a.lastTurn.Store(time.Now().UnixNano())
+			continue
+		case <-gc.C:
+			a.collectConntrack()
 			continue
 		case <-a.kick:
 		case <-retry.C:
@@ -296,7 +312,28 @@ const (
 	kindInterface = "interface-not-found"
 	kindAttach    = "attach-failed"
 	kindApply     = "apply-failed"
+	kindConntrack = "conntrack-nearly-full"
 )
+
+// collectConntrack runs the conntrack collector, and reports a table that is nearly full
+// (an Event on the node) until it is not.
+func (a *Agent) collectConntrack() {
+	c, err := a.cfg.Datapath.CollectConntrack()
+	if err != nil {
+		a.cfg.Metrics.ctErrors.Inc()
+		a.log.Error("collect conntrack garbage", zap.Error(err))
+		return
+	}
+	a.cfg.Metrics.observeConntrack(c)
+	a.log.Debug("conntrack collected", zap.Uint32("live", c.Live), zap.Uint32("expired", c.Expired),
+		zap.Uint32("flushed", c.Flushed), zap.Uint32("capacity", c.Capacity))
+	var found []finding
+	if float64(c.Live) >= conntrackNearlyFull*float64(c.Capacity) {
+		found = append(found, finding{kind: kindConntrack, reason: ReasonConntrackFull,
+			message: fmt.Sprintf("conntrack is over %d%% full (%d entries, --conntrack-size): new flows will soon go unrecorded, and the replies of a pod's new connections be judged by its policy", int(conntrackNearlyFull*100), c.Capacity)})
+	}
+	a.report.report([]string{kindConntrack}, found, nil)
+}
 
 // endpoints finds the interface of each local pod. A pod whose interface is not found keeps
 // the one it was last found on while that interface exists (a neighbour entry that expired

@@ -27,6 +27,10 @@ type Metrics struct {
 	invalidPolicies  prometheus.Gauge
 	problems         *prometheus.GaugeVec
 	interfaceMissing prometheus.Gauge
+	ctEntries        prometheus.Gauge
+	ctCapacity       prometheus.Gauge
+	ctRemoved        *prometheus.CounterVec
+	ctErrors         prometheus.Counter
 }
 
 const namespace = "podwall"
@@ -93,14 +97,32 @@ func NewMetrics(stats *ebpf.Map) *Metrics {
 			Namespace: namespace, Name: "interfaces_not_found",
 			Help: "Pods of this node with an address whose interface is not found (not yet guarded; retried).",
 		}),
+		ctEntries: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "conntrack_entries",
+			Help: "Live conntrack entries at the last run of the collector. Inserts that found no room count in podwall_verdicts_total{reason=\"ct-full\"}, and those over a pod's share in {reason=\"ct-quota\"}.",
+		}),
+		ctCapacity: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "conntrack_capacity",
+			Help: "Entries the conntrack table holds at most (--conntrack-size).",
+		}),
+		ctRemoved: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "conntrack_gc_removed_total",
+			Help: "Conntrack entries the collector removed: expired, or flushed because an address of theirs left the cluster.",
+		}, []string{"why"}),
+		ctErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "conntrack_gc_errors_total",
+			Help: "Runs of the conntrack collector that failed.",
+		}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.applySeconds, m.applyErrors, m.attachErrors, m.sourceErrors, m.mapEntries, m.mapCapacity,
 		m.endpoints, m.identities, m.policies, m.pods, m.namespaces, m.invalidPolicies, m.problems,
-		m.interfaceMissing, &verdicts{stats: stats},
+		m.interfaceMissing, m.ctEntries, m.ctCapacity, m.ctRemoved, m.ctErrors, &verdicts{stats: stats},
 	)
+	m.ctRemoved.WithLabelValues("expired")
+	m.ctRemoved.WithLabelValues("flushed")
 	for k := compiler.ProblemInvalid; k <= compiler.ProblemAddressConflict; k++ {
 		m.problems.WithLabelValues(k.String())
 	}
@@ -124,6 +146,14 @@ func (m *Metrics) observeState(s *compiler.State, fill []maps.Fill) {
 		m.problems.WithLabelValues(k.String()).Set(float64(counts[k]))
 	}
 	m.invalidPolicies.Set(float64(counts[compiler.ProblemInvalid] + counts[compiler.ProblemTooManyRules]))
+}
+
+// observeConntrack records a run of the conntrack collector.
+func (m *Metrics) observeConntrack(c maps.Collection) {
+	m.ctEntries.Set(float64(c.Live))
+	m.ctCapacity.Set(float64(c.Capacity))
+	m.ctRemoved.WithLabelValues("expired").Add(float64(c.Expired))
+	m.ctRemoved.WithLabelValues("flushed").Add(float64(c.Flushed))
 }
 
 // verdicts reads the per-CPU stats map when scraped.

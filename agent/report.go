@@ -25,6 +25,7 @@ const (
 	ReasonAttachFailed      = "AttachFailed"
 	ReasonMapFull           = "MapFull"
 	ReasonApplyFailed       = "ApplyFailed"
+	ReasonConntrackFull     = "ConntrackNearlyFull"
 )
 
 // finding is one thing wrong with one pod, or with the node when pod is zero.

@@ -22,6 +22,8 @@ const (
 
 	tcpSYN = 0x02
 	tcpACK = 0x10
+	tcpFIN = 0x01
+	tcpRST = 0x04
 )
 
 // l4 is a transport header (and payload) with the protocol number that announces it.

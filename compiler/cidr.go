@@ -53,5 +53,5 @@ const cidrKeyBits = 64
 
 // cidrKey is the pol_cidr key of a masked prefix.
 func cidrKey(policy uint32, p netip.Prefix) bpf.PodwallCidrKey {
-	return bpf.PodwallCidrKey{Prefixlen: cidrKeyBits + uint32(p.Bits()), Policy: policy, Ip: addrKey(p.Addr())}
+	return bpf.PodwallCidrKey{Prefixlen: cidrKeyBits + uint32(p.Bits()), Policy: policy, Ip: AddrKey(p.Addr())}
 }

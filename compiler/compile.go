@@ -194,7 +194,7 @@ func (cl *cluster) identities(pods []*Pod) {
 func (cl *cluster) fillIPCache(pods []*Pod) {
 	owner := map[bpf.PodwallIpAddr]string{}
 	for _, a := range cl.hostIPs {
-		k := addrKey(a)
+		k := AddrKey(a)
 		cl.ipcache[k] = IDHost
 		owner[k] = "the node"
 	}
@@ -206,7 +206,7 @@ func (cl *cluster) fillIPCache(pods []*Pod) {
 		id := cl.podIDs[pk]
 		name := "pod " + p.Namespace + "/" + p.Name
 		for _, a := range p.IPs {
-			k := addrKey(a)
+			k := AddrKey(a)
 			switch o, ok := owner[k]; {
 			case !ok:
 				cl.ipcache[k] = id
@@ -281,7 +281,7 @@ func (cl *cluster) ownAddrs(k podKey) (addr4, addr6 bpf.PodwallIpAddr) {
 		return addr4, addr6
 	}
 	for _, a := range p.IPs {
-		ak := addrKey(a)
+		ak := AddrKey(a)
 		if owner, ok := cl.owners[ak]; !ok || owner != k {
 			continue
 		}

@@ -107,10 +107,10 @@ func TestProblems(t *testing.T) {
 		"b/second address-conflict: 10.0.0.1 is also pod a/first's: address conflict",
 		"b/second address-conflict: 192.168.0.1 is also the node's: address conflict",
 	}, got)
-	first := s.IPCache[addrKey(netip.MustParseAddr("10.0.0.9"))]
-	require.Equal(t, first, s.IPCache[addrKey(netip.MustParseAddr("10.0.0.1"))])
-	require.Equal(t, uint32(IDHost), s.IPCache[addrKey(netip.MustParseAddr("192.168.0.1"))])
-	require.NotContains(t, s.IPCache, addrKey(netip.MustParseAddr("10.0.0.5")))
+	first := s.IPCache[AddrKey(netip.MustParseAddr("10.0.0.9"))]
+	require.Equal(t, first, s.IPCache[AddrKey(netip.MustParseAddr("10.0.0.1"))])
+	require.Equal(t, uint32(IDHost), s.IPCache[AddrKey(netip.MustParseAddr("192.168.0.1"))])
+	require.NotContains(t, s.IPCache, AddrKey(netip.MustParseAddr("10.0.0.5")))
 	require.Equal(t, uint8(ModeIsolate), s.Endpoints[1].Mode)
 	require.Equal(t, uint8(ModeIsolate), s.Endpoints[2].Mode)
 }

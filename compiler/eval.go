@@ -74,7 +74,7 @@ func Evaluate(s *State, ifindex uint32, p Packet) Verdict {
 	if l4 && fi == famIdxV6 && p.Proto == protoICMPv6 && p.ICMPType >= 133 && p.ICMPType <= 137 {
 		return pass(v, ReasonND)
 	}
-	v.Identity = s.IPCache[addrKey(p.Src)]
+	v.Identity = s.IPCache[AddrKey(p.Src)]
 	if p.FromNode {
 		if ep.Flags&EPAllowHost != 0 {
 			return pass(v, ReasonHost)

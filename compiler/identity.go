@@ -68,9 +68,10 @@ func usableAddrs(ips []netip.Addr) []netip.Addr {
 	return out
 }
 
-// addrKey is an address as the data path stores it. An IPv4-mapped IPv6 address stays IPv6:
-// that is how it arrives in an IPv6 header.
-func addrKey(a netip.Addr) bpf.PodwallIpAddr {
+// AddrKey is an address as the data path stores it (ipcache and conntrack keys, an endpoint's
+// own addresses): the inverse of KeyAddr. An IPv4-mapped IPv6 address stays IPv6: that is how
+// it arrives in an IPv6 header.
+func AddrKey(a netip.Addr) bpf.PodwallIpAddr {
 	k := bpf.PodwallIpAddr{Family: FamV6, Addr: a.As16()}
 	if a.Is4() {
 		k.Family = FamV4

@@ -63,7 +63,7 @@ func TestIdentitiesStable(t *testing.T) {
 		pod("dev", "web-1", "10.0.1.1", web),
 	}}
 	s := Compile(in)
-	id := func(s *State, ip string) uint32 { return s.IPCache[addrKey(netip.MustParseAddr(ip))] }
+	id := func(s *State, ip string) uint32 { return s.IPCache[AddrKey(netip.MustParseAddr(ip))] }
 	require.Equal(t, id(s, "10.0.0.1"), id(s, "10.0.0.2"))
 	require.NotEqual(t, id(s, "10.0.0.1"), id(s, "10.0.0.3"))
 	require.NotEqual(t, id(s, "10.0.0.1"), id(s, "10.0.1.1"))
@@ -81,10 +81,10 @@ func TestIdentitiesStable(t *testing.T) {
 }
 
 func TestAddrKey(t *testing.T) {
-	require.Equal(t, bpf.PodwallIpAddr{Family: FamV4, Addr: [16]byte{10, 0, 0, 1}}, addrKey(netip.MustParseAddr("10.0.0.1")))
-	require.Equal(t, bpf.PodwallIpAddr{Family: FamV6, Addr: [16]byte{0xfd, 0, 15: 1}}, addrKey(netip.MustParseAddr("fd00::1")))
+	require.Equal(t, bpf.PodwallIpAddr{Family: FamV4, Addr: [16]byte{10, 0, 0, 1}}, AddrKey(netip.MustParseAddr("10.0.0.1")))
+	require.Equal(t, bpf.PodwallIpAddr{Family: FamV6, Addr: [16]byte{0xfd, 0, 15: 1}}, AddrKey(netip.MustParseAddr("fd00::1")))
 	require.Equal(t, bpf.PodwallIpAddr{Family: FamV6, Addr: [16]byte{10: 0xff, 11: 0xff, 12: 10, 15: 1}},
-		addrKey(netip.MustParseAddr("::ffff:10.0.0.1")), "a mapped address is IPv6 on the wire")
+		AddrKey(netip.MustParseAddr("::ffff:10.0.0.1")), "a mapped address is IPv6 on the wire")
 }
 
 // Addresses in net.IP's 16-byte form are used as IPv4; invalid ones are left out.
@@ -95,11 +95,11 @@ func TestAddressForms(t *testing.T) {
 		Endpoints: []Endpoint{{Ifindex: 1, Namespace: "a", Name: "p"}},
 		HostIPs:   []netip.Addr{netip.MustParseAddr("::ffff:192.168.0.1"), {}},
 	})
-	id := s.IPCache[addrKey(netip.MustParseAddr("10.0.0.1"))]
+	id := s.IPCache[AddrKey(netip.MustParseAddr("10.0.0.1"))]
 	require.Contains(t, s.Identities, id)
 	require.Equal(t, map[bpf.PodwallIpAddr]uint32{
-		addrKey(netip.MustParseAddr("10.0.0.1")):    id,
-		addrKey(netip.MustParseAddr("192.168.0.1")): IDHost,
+		AddrKey(netip.MustParseAddr("10.0.0.1")):    id,
+		AddrKey(netip.MustParseAddr("192.168.0.1")): IDHost,
 	}, s.IPCache)
 	v := Evaluate(s, 1, Packet{Src: netip.MustParseAddr("10.9.0.1"), Dst: netip.MustParseAddr("10.0.0.1"), Proto: protoUDP})
 	require.Equal(t, ReasonAllowRule, v.Reason, "to cidr folds against the unmapped address")

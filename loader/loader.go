@@ -64,6 +64,9 @@ type Config struct {
 	// Constants sets the programs' `volatile const` globals by name before loading, for
 	// example {"ct_timeout_udp_ns": uint64(...)}; the value's size must match the global's.
 	Constants map[string]any
+	// ConntrackSize is the conntrack table's size; 0 keeps the program's. A pinned table of
+	// another size is incompatible (ErrIncompatible): --uninstall first.
+	ConntrackSize uint32
 	// Logger receives the lifecycle (mode, reattached and dropped attachments) and the full
 	// verifier log on a load failure. Default: no logging.
 	Logger *zap.Logger
@@ -136,7 +139,7 @@ func Open(cfg Config) (_ *Loader, err error) {
 	if l.nl, err = netlink.NewHandleAt(l.ns); err != nil {
 		return nil, fmt.Errorf("open netlink in %s: %w", cfg.Netns, err)
 	}
-	if err := l.load(cfg.Constants); err != nil {
+	if err := l.load(cfg.Constants, cfg.ConntrackSize); err != nil {
 		return nil, err
 	}
 	if l.mode, err = probeMode(l.objs.ToPod, cfg.ForceClsact); err != nil {
@@ -163,10 +166,13 @@ func checkBPFFS(path string) error {
 // load creates the programs and maps, reusing the pinned maps. Nothing attached changes
 // here, so a failure (an incompatible pinned map, a verifier rejection) leaves the running
 // programs as they are.
-func (l *Loader) load(constants map[string]any) error {
+func (l *Loader) load(constants map[string]any, conntrackSize uint32) error {
 	spec, err := bpf.LoadPodwall()
 	if err != nil {
 		return fmt.Errorf("load spec: %w", err)
+	}
+	if conntrackSize != 0 {
+		spec.Maps[bpf.PodwallMapConntrack].MaxEntries = conntrackSize
 	}
 	for name, m := range spec.Maps {
 		if isDataSection(name) {

@@ -241,7 +241,8 @@ func TestEnforces(t *testing.T) {
 			l := e.open(t)
 			ifindex := e.pod.HostIfindex
 			require.NoError(t, l.Attach(ifindex))
-			isolated := bpf.PodwallEndpointEntry{Ep: bpf.PodwallEndpoint{Mode: compiler.ModeIsolate}}
+			isolated := bpf.PodwallEndpointEntry{Ep: bpf.PodwallEndpoint{Mode: compiler.ModeIsolate,
+				Addr4: compiler.AddrKey(e.pod.IPv4), Addr6: compiler.AddrKey(e.pod.IPv6)}}
 			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), isolated))
 
 			outbound, err := topo.DialTCP(t, e.pod.NS, netip.AddrPortFrom(e.client.IPv4, port))

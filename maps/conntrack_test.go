@@ -12,19 +12,7 @@ import (
 	"github.com/podwall/podwall/compiler"
 )
 
-func addr(s string) bpf.PodwallIpAddr {
-	a := netip.MustParseAddr(s)
-	var ip bpf.PodwallIpAddr
-	if a.Is4() {
-		ip.Family = compiler.FamV4
-		b := a.As4()
-		copy(ip.Addr[:], b[:])
-	} else {
-		ip.Family = compiler.FamV6
-		ip.Addr = a.As16()
-	}
-	return ip
-}
+func addr(s string) bpf.PodwallIpAddr { return compiler.AddrKey(netip.MustParseAddr(s)) }
 
 // now is the collector's clock when the programs count in ns (jiffy_ns 0, as a collection
 // loaded without the loader has it).

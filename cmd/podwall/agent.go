@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -40,6 +41,36 @@ type agentOptions struct {
 	readyFile   string
 	netns       string
 	uninstall   bool
+	conntrack   conntrackOptions
+}
+
+// conntrackOptions size conntrack and time its flows.
+type conntrackOptions struct {
+	size       uint32
+	perPod     uint32
+	gc         time.Duration
+	synTimeout time.Duration
+	finTimeout time.Duration
+}
+
+func (c *conntrackOptions) addFlags(f *pflag.FlagSet) {
+	f.Uint32Var(&c.size, "conntrack-size", 262144, "flows the conntrack table holds (about 130 bytes each, preallocated); a pinned table of another size must be removed first (--uninstall)")
+	f.Uint32Var(&c.perPod, "conntrack-per-pod", 65536, "flows one pod may hold in conntrack: a pod that floods new flows fills its own share, not the table")
+	f.DurationVar(&c.gc, "conntrack-gc-interval", agent.DefaultConntrackGC, "how often expired conntrack entries are removed")
+	f.DurationVar(&c.synTimeout, "conntrack-syn-timeout", time.Minute, "how long a TCP connection the other side never answered keeps its entry")
+	f.DurationVar(&c.finTimeout, "conntrack-close-timeout", 10*time.Second, "how long a TCP connection keeps its entry after a FIN or RST")
+}
+
+// constants are the programs' settings that the flags give.
+func (c conntrackOptions) constants() (map[string]any, error) {
+	if c.perPod == 0 || c.size == 0 {
+		return nil, errors.New("--conntrack-size and --conntrack-per-pod must be positive")
+	}
+	return map[string]any{
+		"ct_endpoint_max":         c.perPod,
+		"ct_timeout_tcp_syn_ns":   uint64(c.synTimeout.Nanoseconds()),
+		"ct_timeout_tcp_close_ns": uint64(c.finTimeout.Nanoseconds()),
+	}, nil
 }
 
 func newAgentCmd(d deps) *cobra.Command {
@@ -87,6 +118,7 @@ func (o *agentOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.readyFile, "ready-file", "", "file to write once the first state is applied and every local pod is attached")
 	f.StringVar(&o.netns, "netns", "", "network namespace (a path such as /run/netns/NAME) whose interfaces to attach to (default: the agent's own)")
 	f.BoolVar(&o.uninstall, "uninstall", false, "remove every program, link and map podwall made, and exit")
+	o.conntrack.addFlags(f)
 }
 
 // flagsFromEnv sets each flag not given on the command line from its environment variable.
@@ -155,7 +187,12 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	ldr := loader.Config{BPFFS: o.bpffs, Netns: o.netns, Logger: log.Named("loader")}
+	constants, err := o.conntrack.constants()
+	if err != nil {
+		return err
+	}
+	ldr := loader.Config{BPFFS: o.bpffs, Netns: o.netns, Logger: log.Named("loader"),
+		Constants: constants, ConntrackSize: o.conntrack.size}
 	if o.uninstall {
 		dp, err := datapath.Open(ldr)
 		if err != nil {
@@ -213,14 +250,15 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 	defer finder.Close()
 
 	a := agent.New(agent.Config{
-		Node:      node,
-		Options:   opts,
-		Source:    source,
-		Datapath:  dp,
-		Finder:    finder,
-		Events:    events,
-		Logger:    log,
-		ReadyFile: o.readyFile,
+		Node:        node,
+		Options:     opts,
+		Source:      source,
+		Datapath:    dp,
+		Finder:      finder,
+		Events:      events,
+		Logger:      log,
+		ReadyFile:   o.readyFile,
+		ConntrackGC: o.conntrack.gc,
 	})
 	var serveErr <-chan error // nil: no server, never ready
 	if o.metricsAddr != "" {

@@ -2,12 +2,16 @@ package main
 
 import (
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 	"github.com/stretchr/testify/require"
 )
 
 func TestAgentFlagsFromEnv(t *testing.T) {
+	defaultConntrack := conntrackOptions{size: 262144, perPod: 65536, gc: 10 * time.Second, synTimeout: time.Minute, finTimeout: 10 * time.Second}
+	smaller := defaultConntrack
+	smaller.size, smaller.perPod = 1024, 100
 	for _, tt := range []struct {
 		name string
 		args []string
@@ -15,18 +19,20 @@ func TestAgentFlagsFromEnv(t *testing.T) {
 		want agentOptions
 		err  string
 	}{
-		{name: "defaults", want: agentOptions{bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"kube-system"}, allowHost: true, legacyKey: true}, logLevel: "info", logFormat: "json"}},
+		{name: "defaults", want: agentOptions{bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"kube-system"}, allowHost: true, legacyKey: true}, logLevel: "info", logFormat: "json", conntrack: defaultConntrack}},
 		{name: "environment", env: map[string]string{
 			"PODWALL_NODE_NAME": "n1", "PODWALL_ALLOW_HOST": "false", "PODWALL_OPEN_NAMESPACES": "a, b",
 			"PODWALL_METRICS_ADDR": ":9402", "PODWALL_DEFAULT_POLICY": "deny",
 		}, want: agentOptions{nodeName: "n1", bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "deny", openNamespaces: []string{"a", "b"}, allowHost: false, legacyKey: true}, metricsAddr: ":9402",
-			logLevel: "info", logFormat: "json"}},
+			logLevel: "info", logFormat: "json", conntrack: defaultConntrack}},
 		{name: "NODE_NAME from the downward API", env: map[string]string{"NODE_NAME": "n2"},
-			want: agentOptions{nodeName: "n2", bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"kube-system"}, allowHost: true, legacyKey: true}, logLevel: "info", logFormat: "json"}},
+			want: agentOptions{nodeName: "n2", bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"kube-system"}, allowHost: true, legacyKey: true}, logLevel: "info", logFormat: "json", conntrack: defaultConntrack}},
 		{name: "PODWALL_NODE_NAME wins over NODE_NAME, the command line over both",
 			args: []string{"--node-name", "cli", "--open-namespaces", "x"},
 			env:  map[string]string{"NODE_NAME": "n2", "PODWALL_NODE_NAME": "n3", "PODWALL_OPEN_NAMESPACES": "y"},
-			want: agentOptions{nodeName: "cli", bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"x"}, allowHost: true, legacyKey: true}, logLevel: "info", logFormat: "json"}},
+			want: agentOptions{nodeName: "cli", bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"x"}, allowHost: true, legacyKey: true}, logLevel: "info", logFormat: "json", conntrack: defaultConntrack}},
+		{name: "conntrack sizes", env: map[string]string{"PODWALL_CONNTRACK_SIZE": "1024", "PODWALL_CONNTRACK_PER_POD": "100"},
+			want: agentOptions{bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"kube-system"}, allowHost: true, legacyKey: true}, logLevel: "info", logFormat: "json", conntrack: smaller}},
 		{name: "bad value", env: map[string]string{"PODWALL_UNINSTALL": "maybe"}, err: `PODWALL_UNINSTALL="maybe"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -143,6 +143,9 @@ func explain(out io.Writer, snap k8s.Snapshot, opts compiler.Options, q query) e
 		return err
 	}
 	pkt.Src, pkt.Dst = src, dstIP
+	// "node" is the node's own stack; an address, even one of the node's, is a packet
+	// forwarded to the pod (SPEC 8).
+	pkt.FromNode = q.from == "node"
 
 	in := compiler.Input{HostIPs: q.nodeIPs, Options: opts,
 		Endpoints: []compiler.Endpoint{{Ifindex: explainIfindex, Namespace: dst.Namespace, Name: dst.Name}}}

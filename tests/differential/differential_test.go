@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"net/netip"
 	"os"
 	"runtime"
 	"strconv"
@@ -138,7 +137,7 @@ func disagreement(ifindex uint32, p compiler.Packet, w wire, want compiler.Verdi
 		if ev.Policy != want.Policy || ev.Ifindex != ifindex {
 			add("policy %d on ifindex %d, want %d on %d", ev.Policy, ev.Ifindex, want.Policy, ifindex)
 		}
-		if ev.Src != ipAddr(p.Src) || ev.Dst != ipAddr(p.Dst) || ev.Proto != p.Proto {
+		if ev.Src != compiler.AddrKey(p.Src) || ev.Dst != compiler.AddrKey(p.Dst) || ev.Proto != p.Proto {
 			add("event packet %v -> %v proto %d", ev.Src, ev.Dst, ev.Proto)
 		}
 		if sport, dport := eventPorts(p, w.echoID); ev.Sport != sport || ev.Dport != dport {
@@ -173,19 +172,6 @@ func eventPorts(p compiler.Packet, echoID uint16) (uint16, uint16) {
 		return be(p.ICMPType, p.ICMPCode), be(byte(echoID>>8), byte(echoID))
 	}
 	return 0, 0
-}
-
-func ipAddr(a netip.Addr) bpf.PodwallIpAddr {
-	var ip bpf.PodwallIpAddr
-	if a.Is4() {
-		ip.Family = compiler.FamV4
-		b := a.As4()
-		copy(ip.Addr[:], b[:])
-		return ip
-	}
-	ip.Family = compiler.FamV6
-	ip.Addr = a.As16()
-	return ip
 }
 
 func envUint(tb testing.TB, name string, def uint64) uint64 {

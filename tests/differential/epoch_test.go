@@ -54,7 +54,7 @@ func TestEstablishedFlowsFollowTheEpoch(t *testing.T) {
 		)
 		it := d.objs.Conntrack.Iterate()
 		for ; it.Next(&k, &e); n++ {
-			require.Equal(t, ipAddr(server), k.Pod)
+			require.Equal(t, compiler.AddrKey(server), k.Pod)
 		}
 		require.NoError(t, it.Err())
 		require.Equal(t, 1, n, "conntrack entries")

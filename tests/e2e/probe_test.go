@@ -188,7 +188,7 @@ func (p probe) dst() netip.Addr {
 
 // packet is the first packet of the probe as the data path reads it.
 func (p probe) packet() compiler.Packet {
-	pk := compiler.Packet{Src: p.src(), Dst: p.dst(), SrcPort: ephemeralPort, DstPort: p.flow.port}
+	pk := compiler.Packet{Src: p.src(), Dst: p.dst(), FromNode: p.from.local, SrcPort: ephemeralPort, DstPort: p.flow.port}
 	if p.flow.srcPort != 0 {
 		pk.SrcPort = p.flow.srcPort
 	}

@@ -119,8 +119,8 @@ func TestRestartKeepsEnforcingWithoutLoss(t *testing.T) {
 			// judged again, and their conntrack entries are the ones from before.
 			require.Equal(t, endpoint, c.endpoint(t, target), "endpoint after the restarts")
 			for _, s := range streams {
-				e := c.conntrack(t, s)
-				require.Equal(t, uint8(compiler.CTIn), e.Flags, "conntrack flags of %s", s.name)
+				e := c.conntrack(t, target, s)
+				require.Equal(t, uint8(compiler.CTIn|compiler.CTAnswered), e.Flags, "conntrack flags of %s", s.name)
 				require.Equal(t, endpoint.Generation, e.Generation, "conntrack generation of %s", s.name)
 			}
 			for _, r := range []compiler.Reason{compiler.ReasonEstablished, compiler.ReasonAllowRule, compiler.ReasonNoRule} {
@@ -253,16 +253,17 @@ func (c *cluster) endpoint(t *testing.T, p *pod) bpf.PodwallEndpoint {
 	return e.Ep
 }
 
-// conntrack reads the conntrack entry of a stream to a pod, keyed from the pod's side.
-func (c *cluster) conntrack(t *testing.T, s *stream) bpf.PodwallCtEntry {
+// conntrack reads the conntrack entry of a stream to pod to, keyed from the pod's side.
+func (c *cluster) conntrack(t *testing.T, to *pod, s *stream) bpf.PodwallCtEntry {
 	t.Helper()
 	local, remote := addrPort(s.conn.LocalAddr()), addrPort(s.conn.RemoteAddr())
 	k := bpf.PodwallCtKey{
-		Pod:        ipAddr(remote.Addr()),
-		Remote:     ipAddr(local.Addr()),
+		Pod:        compiler.AddrKey(remote.Addr()),
+		Remote:     compiler.AddrKey(local.Addr()),
 		PodPort:    netOrder(remote.Port()),
 		RemotePort: netOrder(local.Port()),
 		Proto:      unix.IPPROTO_UDP,
+		Ifindex:    uint32(to.HostIfindex),
 	}
 	if _, ok := s.conn.(*net.TCPConn); ok {
 		k.Proto = unix.IPPROTO_TCP
@@ -277,17 +278,6 @@ func addrPort(a net.Addr) netip.AddrPort {
 		return u.AddrPort()
 	}
 	return a.(*net.TCPAddr).AddrPort()
-}
-
-// ipAddr is an address as map keys hold it.
-func ipAddr(a netip.Addr) bpf.PodwallIpAddr {
-	if a.Is4() {
-		k := bpf.PodwallIpAddr{Family: compiler.FamV4}
-		v4 := a.As4()
-		copy(k.Addr[:], v4[:])
-		return k
-	}
-	return bpf.PodwallIpAddr{Family: compiler.FamV6, Addr: a.As16()}
 }
 
 // netOrder is a port in network byte order, as map keys hold it.
