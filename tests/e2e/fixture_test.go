@@ -102,7 +102,7 @@ func modes(t *testing.T) []loader.Mode {
 // newCluster builds a node of the given kind and opens a data path that must attach with
 // mode: ModeClsact is forced, ModeTCX is what the loader's probe must choose (bestMode is the
 // mode of the running kernel).
-func newCluster(t *testing.T, kind topo.Kind, mode loader.Mode) *cluster {
+func newCluster(t *testing.T, kind topo.Kind, mode loader.Mode, edits ...func(*loader.Config)) *cluster {
 	t.Helper()
 	c := &cluster{tp: topo.New(t, kind), opts: defaultOptions()}
 	c.cfg = loader.Config{
@@ -110,6 +110,9 @@ func newCluster(t *testing.T, kind topo.Kind, mode loader.Mode) *cluster {
 		Netns:       c.tp.Node.Path,
 		ForceClsact: mode == loader.ModeClsact,
 		Logger:      zaptest.NewLogger(t),
+	}
+	for _, edit := range edits {
+		edit(&c.cfg)
 	}
 	var err error
 	c.dp, err = datapath.Open(c.cfg)
@@ -119,6 +122,16 @@ func newCluster(t *testing.T, kind topo.Kind, mode loader.Mode) *cluster {
 	t.Cleanup(func() { require.NoError(t, c.dp.Uninstall(), "uninstall data path") })
 	require.Equal(t, mode, c.dp.Mode(), "attach mode")
 	return c
+}
+
+// withConstants sets the programs' settings, as the agent's flags do.
+func withConstants(m map[string]any) func(*loader.Config) {
+	return func(c *loader.Config) { c.Constants = m }
+}
+
+// withConntrackSize sizes the conntrack table, as --conntrack-size does.
+func withConntrackSize(n uint32) func(*loader.Config) {
+	return func(c *loader.Config) { c.ConntrackSize = n }
 }
 
 // policy is the annotations of a pod with a policy.

@@ -97,6 +97,8 @@ type Client struct {
 	// More addresses on the client's loopback, routed to it by the node: sources such as
 	// another node's pods or a public address. Dial from them with From.
 	Extra []netip.Addr
+	// The node's side of the client's link.
+	HostIfname string
 }
 
 // New builds a node namespace with IPv4 and IPv6 forwarding on, and nothing attached yet.
@@ -430,7 +432,8 @@ func (t *Topology) addClient(c *Client, k byte) error {
 	}
 	nodeV4 := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 99, k, 1}), 24)
 	nodeV6 := netip.PrefixFrom(netip.AddrFrom16([16]byte{0: 0xfd, 3: 0x99, 5: k, 15: 1}), 64)
-	uplink, err := t.addVeth(fmt.Sprintf("pwup%d", k), c.NS)
+	c.HostIfname = fmt.Sprintf("pwup%d", k)
+	uplink, err := t.addVeth(c.HostIfname, c.NS)
 	if err != nil {
 		return err
 	}
