@@ -43,12 +43,13 @@ const (
 // only the last rule allows it, so the deciding bit is in the last word of the vectors.
 //
 //   - new-flow: a repeated packet cannot stay the first of its flow, so this collection is
-//     loaded with a TCP conntrack timeout of 0 (a load-time setting of the program, which
-//     turns tracking off): every run looks its conntrack entry up, finds it expired, goes
-//     through every lookup of the classifier, and writes the entry again in place. A real new
-//     flow misses the lookup and inserts a new entry instead.
+//     loaded with TCP conntrack timeouts of 0 (load-time settings of the program, which turn
+//     tracking off): every run looks its conntrack entry up, finds it expired, goes through
+//     every lookup of the classifier, and replaces the entry. A real new flow misses the
+//     lookup and inserts a new entry instead.
 //     conntrack-insert measures what that leaves out: a program that only inserts a new
-//     random key into a map made from conntrack's spec.
+//     random key into a map made from conntrack's spec, with room for every run's key (the
+//     table evicts nothing: full, it refuses).
 //   - established-flow: the flow was allowed once, and each run passes on its conntrack
 //     entry.
 //
@@ -60,12 +61,17 @@ func BenchmarkVerdict(b *testing.B) {
 		measure(b, ns, emptyProgram(b), frame(benchPacket(), wire{tcpFlags: tcpSYN}))
 	})
 	b.Run(flowCTInsert, func(b *testing.B) {
-		measure(b, ns, ctInsertProgram(b), frame(benchPacket(), wire{tcpFlags: tcpSYN}))
+		measure(b, ns, ctInsertProgram(b, b.N), frame(benchPacket(), wire{tcpFlags: tcpSYN}))
 	})
 	for _, flow := range []string{flowNew, flowEstablished} {
 		d := loadDatapath(b, func(s *bpf.PodwallSpecs) error {
-			if flow == flowNew {
-				return s.CtTimeoutTcpNs.Set(uint64(0))
+			if flow != flowNew {
+				return nil
+			}
+			for _, v := range []*ebpf.VariableSpec{s.CtTimeoutTcpNs, s.CtTimeoutTcpSynNs, s.CtTimeoutTcpCloseNs} {
+				if err := v.Set(uint64(0)); err != nil {
+					return err
+				}
 			}
 			return nil
 		})
@@ -101,19 +107,21 @@ func emptyProgram(b *testing.B) *ebpf.Program {
 }
 
 // ctInsertProgram is a tc program that inserts one conntrack entry of random addresses into
-// a fresh map of conntrack's type and size, and returns TCX_NEXT. Once the map is full, each
-// insert evicts the least recently used entry, as conntrack does under churn.
-func ctInsertProgram(b *testing.B) *ebpf.Program {
+// a fresh map of conntrack's type, with room for at least runs entries, and returns
+// TCX_NEXT.
+func ctInsertProgram(b *testing.B, runs int) *ebpf.Program {
 	spec, err := bpf.LoadPodwall()
 	require.NoError(b, err)
 	ms := spec.Maps[bpf.PodwallMapConntrack].Copy()
+	ms.MaxEntries = max(ms.MaxEntries, uint32(runs)+1024)
 	m, err := ebpf.NewMap(ms)
 	require.NoError(b, err)
 	b.Cleanup(func() { m.Close() })
 
-	// The key is at fp-48 (48 bytes), the value at fp-72 (24 bytes), both zeroed first.
-	const key, value = -48, -72
-	require.Equal(b, uint32(-key), ms.KeySize)
+	// The key is at fp-56 (52 bytes, and 4 of padding), the value at fp-80 (24 bytes), both
+	// zeroed first.
+	const key, value = -56, -80
+	require.Equal(b, uint32(52), ms.KeySize)
 	require.Equal(b, uint32(key-value), ms.ValueSize)
 	insns := asm.Instructions{asm.Mov.Imm(asm.R1, 0)}
 	for off := int16(value); off < 0; off += 8 {
