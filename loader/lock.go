@@ -59,6 +59,11 @@ func OpenMaps(bpffs string) (*bpf.PodwallMaps, error) {
 			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
 		}
 		coll.Maps[name] = m
+		if name == bpf.PodwallMapConntrack {
+			// The agent sizes conntrack by its flag: a reader takes the size it finds.
+			ms = ms.Copy()
+			ms.MaxEntries = m.MaxEntries()
+		}
 		if err := ms.Compatible(m); err != nil {
 			return nil, fmt.Errorf("open pinned map %s: %w: %w", name, ErrIncompatible, err)
 		}

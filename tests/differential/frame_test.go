@@ -42,6 +42,13 @@ type wire struct {
 	more       bool
 	// payload follows the L4 header; it is the whole data of a FragLater packet.
 	payload []byte
+	// The frame around the packet: Ethernet padding after it; VLAN tags (their TPIDs,
+	// outermost first), which only an open pod takes; and a lie added to the IP length
+	// field, which makes the packet malformed when it claims more than the frame holds
+	// (within the padding it only makes the payload longer).
+	pad  int
+	tags []uint16
+	lie  int
 }
 
 // randomWire picks a layout for p.
@@ -60,6 +67,18 @@ func randomWire(rng *rand.Rand, p compiler.Packet) wire {
 		w.fragOffset = uint16(1 + rng.IntN(0x1fff))
 		w.payload = append(w.payload, make([]byte, 8)...)
 	}
+	switch rng.IntN(40) {
+	case 0:
+		w.tags = []uint16{0x8100}
+	case 1:
+		w.tags = []uint16{pick(rng, []uint16{0x8100, 0x88a8}), 0x8100}
+	case 2:
+		// Past the frame's end (a few bytes), or far past it.
+		w.lie = pick(rng, []int{1, 7, 1000})
+	}
+	if rng.IntN(8) == 0 {
+		w.pad = 1 + rng.IntN(40)
+	}
 	if p.Src.Is4() {
 		w.v4Options = pick(rng, []int{0, 0, 0, 1, 10})
 		return w
@@ -73,14 +92,44 @@ func randomWire(rng *rand.Rand, p compiler.Packet) wire {
 
 // frame lays p out as an Ethernet frame. Checksums stay zero: the programs never read them.
 func frame(p compiler.Packet, w wire) []byte {
-	b := make([]byte, 14, 128)
+	b := make([]byte, 12, 128)
 	copy(b, []byte{0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2})
-	if p.Src.Is4() {
-		binary.BigEndian.PutUint16(b[12:], 0x0800)
-		return ipv4(b, p, w)
+	for _, tpid := range w.tags {
+		b = binary.BigEndian.AppendUint16(b, tpid)
+		b = binary.BigEndian.AppendUint16(b, 0) // VLAN 0: priority only
 	}
-	binary.BigEndian.PutUint16(b[12:], 0x86dd)
-	return ipv6(b, p, w)
+	b = append(b, 0, 0)
+	l3 := len(b)
+	if p.Src.Is4() {
+		binary.BigEndian.PutUint16(b[l3-2:], 0x0800)
+		b = ipv4(b, p, w)
+		binary.BigEndian.PutUint16(b[l3+2:], binary.BigEndian.Uint16(b[l3+2:])+uint16(w.lie))
+	} else {
+		binary.BigEndian.PutUint16(b[l3-2:], 0x86dd)
+		b = ipv6(b, p, w)
+		binary.BigEndian.PutUint16(b[l3+4:], binary.BigEndian.Uint16(b[l3+4:])+uint16(w.lie))
+	}
+	return append(b, make([]byte, w.pad)...)
+}
+
+// frameVerdict is what to_pod answers for p laid out as w, from want, Evaluate's answer for
+// the packet: Evaluate judges IP packets, and a tagged frame or lying length fields are
+// decided before the packet is: dropped unless the pod is open.
+func frameVerdict(s *compiler.State, ifindex uint32, w wire, want compiler.Verdict) compiler.Verdict {
+	ep, ok := s.Endpoints[ifindex]
+	if !ok || (len(w.tags) == 0 && w.lie <= w.pad) {
+		return want
+	}
+	v := compiler.Verdict{Rule: -1, Policy: ep.Policy}
+	switch {
+	case ep.Mode == compiler.ModeOpen:
+		v.Pass, v.Reason = true, compiler.ReasonOpen
+	case len(w.tags) > 0:
+		v.Reason = compiler.ReasonVLAN
+	default:
+		v.Reason = compiler.ReasonMalformed
+	}
+	return v
 }
 
 func ipv4(b []byte, p compiler.Packet, w wire) []byte {
@@ -214,5 +263,5 @@ func describe(p compiler.Packet, w wire) string {
 	} else {
 		s += fmt.Sprintf(", extension headers %v", w.v6Exts)
 	}
-	return s + fmt.Sprintf(", %d bytes of payload", len(w.payload))
+	return s + fmt.Sprintf(", %d bytes of payload, %d of padding, tags %#x, length field %+d", len(w.payload), w.pad, w.tags, w.lie)
 }

@@ -204,23 +204,27 @@ func TestForgedSourcesOpenNothing(t *testing.T) {
 // TestICMPErrorsReachOnlyThePodTheyAreAbout: an ICMP error passes to a pod only when it
 // quotes a flow of that pod. Before, an error quoting any tracked flow reached any pod.
 func TestICMPErrorsReachOnlyThePodTheyAreAbout(t *testing.T) {
-	c := newCluster(t, topo.Routed, bestMode(t))
-	victim := c.addPod(t, "victim", nsProd, nil, policy(""))
-	other := c.addPod(t, "other", nsDev, nil, nil)
-	r := c.tp.AddClient("r")
-	c.apply(t)
-	for _, v6 := range []bool{false, true} {
-		v, o, ra := addrOf(victim, v6), addrOf(other, v6), clientAddr(r, v6)
-		// Both pods have a flow to r.
-		c.attacker(t, victim, nil).ip(udpPacket(v, ra, 41000, portWeb, nil))
-		c.attacker(t, other, nil).ip(udpPacket(o, ra, 41001, portWeb, nil))
-		control := topo.CaptureFrames(t, victim.NS, marker("error-control-"+famName(v6)))
-		got := topo.CaptureFrames(t, victim.NS, marker("error-"+famName(v6)))
-		from := c.clientAttacker(t, r)
-		from.ip(unreachable(ra, v, v, ra, 41000, portWeb, marker("error-control-"+famName(v6))))
-		require.Equal(t, 1, control.Count(), "an error about the victim's own flow")
-		from.ip(unreachable(ra, v, o, ra, 41001, portWeb, marker("error-"+famName(v6))))
-		require.Zero(t, got.Count(), "an error about another pod's flow")
+	for _, kind := range []topo.Kind{topo.Routed, topo.Bridged} {
+		t.Run(kind.String(), func(t *testing.T) {
+			c := newCluster(t, kind, bestMode(t))
+			victim := c.addPod(t, "victim", nsProd, nil, policy(""))
+			other := c.addPod(t, "other", nsDev, nil, nil)
+			r := c.tp.AddClient("r")
+			c.apply(t)
+			for _, v6 := range []bool{false, true} {
+				v, o, ra := addrOf(victim, v6), addrOf(other, v6), clientAddr(r, v6)
+				// Both pods have a flow to r.
+				c.attacker(t, victim, nil).ip(udpPacket(v, ra, 41000, portWeb, nil))
+				c.attacker(t, other, nil).ip(udpPacket(o, ra, 41001, portWeb, nil))
+				control := topo.CaptureFrames(t, victim.NS, marker("error-control-"+famName(v6)))
+				got := topo.CaptureFrames(t, victim.NS, marker("error-"+famName(v6)))
+				from := c.clientAttacker(t, r)
+				from.ip(unreachable(ra, v, v, ra, 41000, portWeb, marker("error-control-"+famName(v6))))
+				require.Equal(t, 1, control.Count(), "an error about the victim's own flow")
+				from.ip(unreachable(ra, v, o, ra, 41001, portWeb, marker("error-"+famName(v6))))
+				require.Zero(t, got.Count(), "an error about another pod's flow")
+			}
+		})
 	}
 }
 

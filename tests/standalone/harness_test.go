@@ -208,11 +208,17 @@ func (c *cluster) startAgent(opts compiler.Options) *runningAgent {
 	return r
 }
 
-// startAgentUnready starts the agent and returns at once.
-func (c *cluster) startAgentUnready(opts compiler.Options) *runningAgent {
+// startAgentUnready starts the agent and returns at once; edits change its configuration,
+// as its flags do.
+func (c *cluster) startAgentUnready(opts compiler.Options, edits ...func(*loader.Config, *agent.Config)) *runningAgent {
 	c.t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
-	dp, err := datapath.Open(loader.Config{BPFFS: c.bpffs, Netns: c.tp.Node.Path})
+	lc := loader.Config{BPFFS: c.bpffs, Netns: c.tp.Node.Path}
+	var ac agent.Config
+	for _, edit := range edits {
+		edit(&lc, &ac)
+	}
+	dp, err := datapath.Open(lc)
 	require.NoError(c.t, err)
 	finder, err := netif.Open(c.tp.Node.Path)
 	if err != nil {
@@ -225,14 +231,15 @@ func (c *cluster) startAgentUnready(opts compiler.Options) *runningAgent {
 		ready:   filepath.Join(c.t.TempDir(), "ready"),
 	}
 	r.agent = agent.New(agent.Config{
-		Node:      nodeName,
-		Options:   opts,
-		Source:    k8s.NewFile(c.file),
-		Datapath:  dp,
-		Finder:    finder,
-		Metrics:   r.metrics,
-		Logger:    zap.New(core),
-		ReadyFile: r.ready,
+		Node:        nodeName,
+		Options:     opts,
+		Source:      k8s.NewFile(c.file),
+		Datapath:    dp,
+		Finder:      finder,
+		Metrics:     r.metrics,
+		Logger:      zap.New(core),
+		ReadyFile:   r.ready,
+		ConntrackGC: ac.ConntrackGC,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel

@@ -1,14 +1,18 @@
 package standalone
 
 import (
+	"net"
 	"net/netip"
 	"os"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/podwall/podwall/agent"
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/loader"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -263,4 +267,49 @@ func TestBridged(t *testing.T) {
 		topo.TCP("worker to api over IPv6: no rule", worker.NS, none, api.IPv6, port, false),
 		topo.TCP("api to worker: default, same namespace", api.NS, none, worker.IPv4, port, true),
 	)
+}
+
+// TestConntrackIsCollectedAndReported: the agent runs conntrack's collector, which removes
+// what expired; its metrics say how full the table is, and a table over 90% full is reported
+// (a Warning Event on the node in a cluster; the log here) until it is not.
+func TestConntrackIsCollectedAndReported(t *testing.T) {
+	const size = 64
+	c := newCluster(t, topo.Routed)
+	client, server := c.addPod("client"), c.addPod("server")
+	c.write([]podSpec{{ns: "shop", name: "client", tp: client}, {ns: "shop", name: "server", tp: server}}, "shop")
+	a := c.startAgentUnready(defaults, func(lc *loader.Config, ac *agent.Config) {
+		lc.ConntrackSize = size
+		lc.Constants = map[string]any{"ct_timeout_udp_ns": uint64(2 * time.Second)}
+		ac.ConntrackGC = 200 * time.Millisecond
+	})
+	a.awaitReady()
+	c.awaitApplied(defaults)
+
+	// More UDP flows than the table holds, each a datagram from the client's own address.
+	require.NoError(t, client.NS.Do(func() error {
+		conn, err := net.ListenUDP("udp", nil)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		for port := range uint16(2 * size) {
+			if _, err := conn.WriteToUDPAddrPort([]byte("x"), netip.AddrPortFrom(server.IPv4, 20000+port)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	a.awaitMetric(t, size, "podwall_conntrack_capacity")
+	requireEventually(t, func() bool { return a.metric("podwall_conntrack_entries") >= 0.9*size }, "conntrack nearly full")
+	requireEventually(t, func() bool {
+		return a.logs.FilterField(zapString("kind", "conntrack-nearly-full")).FilterMessageSnippet("over 90% full").Len() == 1
+	}, "the nearly full table reported")
+	require.Positive(t, a.metric("podwall_verdicts_total", "reason", "ct-full"), "inserts that found no room")
+
+	// The flows expire and the collector removes them.
+	requireEventually(t, func() bool { return a.metric("podwall_conntrack_gc_removed_total", "why", "expired") >= 0.9*size }, "expired flows removed")
+	requireEventually(t, func() bool {
+		return a.logs.FilterField(zapString("kind", "conntrack-nearly-full")).FilterMessage("resolved").Len() == 1
+	}, "the report resolved")
+	require.Less(t, a.metric("podwall_conntrack_entries"), 0.9*size)
 }
