@@ -45,7 +45,7 @@ const (
 
 // verdictReasons are the reasons a to_pod run ends with; the others count side effects.
 var verdictReasons = []PodwallReason{
-	PodwallReasonREASON_NOT_ENDPOINT, PodwallReasonREASON_OPEN, PodwallReasonREASON_REPLY,
+	PodwallReasonREASON_NO_ENTRY, PodwallReasonREASON_OPEN, PodwallReasonREASON_REPLY,
 	PodwallReasonREASON_ESTABLISHED, PodwallReasonREASON_ICMP_ERROR, PodwallReasonREASON_HOST,
 	PodwallReasonREASON_ND, PodwallReasonREASON_FRAGMENT, PodwallReasonREASON_ALLOW_RULE,
 	PodwallReasonREASON_DENY_RULE, PodwallReasonREASON_NO_RULE, PodwallReasonREASON_ISOLATED,
@@ -343,6 +343,38 @@ func (f *fixture) drainEvents() []PodwallEvent {
 }
 
 // monotonicNow is the programs' clock, bpf_ktime_get_coarse_ns.
+// age makes every conntrack entry and fragment verdict d older, in a clock of unit ns, as if
+// d had passed without packets: a test that something outlives a short timeout would race a
+// slow CPU (an emulated guest takes milliseconds between two packets) where this does not.
+func (f *fixture) age(unit uint64, d time.Duration) {
+	f.tb.Helper()
+	back := uint64(d) / unit
+	var (
+		ck PodwallCtKey
+		ce PodwallCtEntry
+	)
+	cts := map[PodwallCtKey]PodwallCtEntry{}
+	for it := f.objs.Conntrack.Iterate(); it.Next(&ck, &ce); {
+		ce.LastSeen -= back
+		cts[ck] = ce
+	}
+	for k, e := range cts {
+		require.NoError(f.tb, f.objs.Conntrack.Update(k, e, ebpf.UpdateExist))
+	}
+	var (
+		fk PodwallFragKey
+		fe PodwallFragEntry
+	)
+	frags := map[PodwallFragKey]PodwallFragEntry{}
+	for it := f.objs.Frags.Iterate(); it.Next(&fk, &fe); {
+		fe.Seen -= back
+		frags[fk] = fe
+	}
+	for k, e := range frags {
+		require.NoError(f.tb, f.objs.Frags.Update(k, e, ebpf.UpdateExist))
+	}
+}
+
 func monotonicNow(tb testing.TB) uint64 {
 	var ts unix.Timespec
 	require.NoError(tb, unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts))

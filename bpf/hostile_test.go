@@ -201,10 +201,7 @@ func TestLengthsMustAgree(t *testing.T) {
 func TestTCPFlowsCloseAndGoUnanswered(t *testing.T) {
 	for _, clk := range clocks(t) {
 		t.Run(clk.name, func(t *testing.T) {
-			f := newFixture(t, clk.setup, func(s *PodwallSpecs, _ *ebpf.CollectionSpec) {
-				setVar(t, s.CtTimeoutTcpSynNs, uint64(time.Millisecond))
-				setVar(t, s.CtTimeoutTcpCloseNs, uint64(time.Millisecond))
-			})
+			f := newFixture(t, clk.setup)
 			setMode(modeIsolate)(f)
 			// An unanswered SYN, and a connection the pod opened, answered, then closed.
 			f.fromPod(out4(worldV4, tcp(40000, 443, tcpSYN)))
@@ -217,8 +214,8 @@ func TestTCPFlowsCloseAndGoUnanswered(t *testing.T) {
 			f.fromPod(out4(worldV4, tcp(40002, 443, tcpFIN|tcpACK)))
 			e, _ := f.ct(ctKey(podV4, worldV4, 40002, 443, protoTCP))
 			require.Equal(t, uint8(ctOut|ctAnswered|ctClosing), e.Flags)
-			// Two ticks at 100 Hz.
-			time.Sleep(25 * time.Millisecond)
+			// Past the SYN's timeout (60 s) and the close's (10 s), far within an open one's (2 h).
+			f.age(clk.unit, 61*time.Second)
 			f.do(t, []step{
 				drop("an unanswered SYN opens nothing for long", in4(worldV4, tcp(443, 40000, tcpSYN|tcpACK)), rsIsolated),
 				pass("an answered connection lives on", in4(worldV4, tcp(443, 40001, tcpACK)), rsReply),
@@ -242,14 +239,12 @@ func TestTCPFlowsCloseAndGoUnanswered(t *testing.T) {
 }
 
 func TestFragmentVerdictsAgeOut(t *testing.T) {
-	f := newFixture(t, func(s *PodwallSpecs, _ *ebpf.CollectionSpec) {
-		setVar(t, s.FragTimeoutNs, uint64(time.Millisecond))
-	})
+	f := newFixture(t)
 	f.do(t, []step{
 		pass("first fragment", v4{src: worldV4, dst: podV4, id: 9, mf: true}.frame(udp(4096, 53)), rsAllow),
 		pass("a later one at once", v4{src: worldV4, dst: podV4, id: 9, fragOff: 10, mf: true}.frame(raw(protoUDP, 16)), rsFragment),
 	})
-	time.Sleep(25 * time.Millisecond)
+	f.age(1, 31*time.Second) // frag_timeout_ns is 30 s
 	f.do(t, []step{
 		drop("a later one after the timeout", v4{src: worldV4, dst: podV4, id: 9, fragOff: 20}.frame(raw(protoUDP, 16)), rsNoRule),
 	})
@@ -280,7 +275,7 @@ func TestEachPodHasItsShareOfConntrack(t *testing.T) {
 	// The collector gives the share back as entries go.
 	var run PodwallCtGcRun
 	require.NoError(t, f.objs.Conntrack.Delete(ctKey(podV4, worldV4, 5000, 53, protoUDP)))
-	require.NoError(t, f.objs.Conntrack.Put(ctKey(podV4, worldV4, 5000, 53, protoUDP), PodwallCtEntry{LastSeen: 1, Flags: ctOut}))
+	require.NoError(t, f.objs.Conntrack.Put(ctKey(podV4, worldV4, 5000, 53, protoUDP), PodwallCtEntry{LastSeen: monotonicNow(t) - uint64(3*time.Hour), Flags: ctOut}))
 	_, err := f.objs.CtGc.Run(&ebpf.RunOptions{Context: run, ContextOut: &run})
 	require.NoError(t, err)
 	require.Equal(t, uint32(1), run.Expired)

@@ -20,11 +20,14 @@
 #   PODWALL_KERNEL_PACKAGES  Debian packages to boot; a meta-package stands for the kernel it
 #                            pulls (default: linux-image-amd64 linux-image-6.12-amd64, which
 #                            are 6.1 and 6.12 on bookworm)
-#   PODWALL_KERNEL_TIMEOUT   seconds a guest may run, boot included (default 420)
+#   PODWALL_KERNEL_TIMEOUT   seconds a guest may run, boot included (default 600: the whole suite takes about 400 s on an emulated 6.12)
 #   PODWALL_KERNEL_MEMORY    guest memory in MiB (default 1536)
 #   PODWALL_KERNEL_CPUS      guest CPUs (default 2)
 #   PODWALL_DIFF_PACKETS     packets of the differential test (default: suite.sh's)
 #   PODWALL_TEST_SLOWDOWN    how many times longer e2e waits for traffic that must pass, in guests (4)
+#   PODWALL_KERNEL_SUITE     the data-path packages to run, blank-separated (default: all of them)
+#   PODWALL_KERNEL_RUN       only the tests this -test.run pattern selects (no blanks)
+#   PODWALL_KERNEL_HOST      0: boot the packages' kernels only, not the host's (default 1)
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -32,11 +35,13 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 cache="${PODWALL_CACHE:-/var/cache/podwall}/kernels"
 read -r -a packages <<<"${PODWALL_KERNEL_PACKAGES:-linux-image-amd64 linux-image-6.12-amd64}"
-timeout_s="${PODWALL_KERNEL_TIMEOUT:-420}"
+timeout_s="${PODWALL_KERNEL_TIMEOUT:-600}"
 memory="${PODWALL_KERNEL_MEMORY:-1536}"
 cpus="${PODWALL_KERNEL_CPUS:-2}"
 # The data-path packages, in this order; those without tests (yet) are left out.
-suite_packages=(bpf loader maps datapath tests/topo tests/e2e tests/differential)
+read -r -a suite_packages <<<"${PODWALL_KERNEL_SUITE:-bpf loader maps datapath tests/topo tests/e2e tests/differential}"
+run_pattern="${PODWALL_KERNEL_RUN:-}"
+
 # What the guest needs before it can reach the host's root: the 9p filesystem over virtio.
 boot_modules=(virtio_pci 9pnet_virtio 9p)
 
@@ -46,6 +51,7 @@ die() {
 	exit 1
 }
 
+[[ $run_pattern != *[[:space:]]* ]] || die "PODWALL_KERNEL_RUN: a pattern goes on the kernel command line, which is split at blanks"
 mkdir -p "$cache/debs"
 cache="$(cd "$cache" && pwd -P)"
 # The guest sees the host's files at the same paths, except under what it mounts afresh; and
@@ -184,6 +190,7 @@ boot() {
 	# that must pass wait that much longer (tests/e2e passWait).
 	cmdline+=" podwall.env=PODWALL_TEST_SLOWDOWN=${PODWALL_TEST_SLOWDOWN:-4}"
 	[[ -n ${PODWALL_DIFF_PACKETS:-} ]] && cmdline+=" podwall.env=PODWALL_DIFF_PACKETS=$PODWALL_DIFF_PACKETS"
+	[[ -n $run_pattern ]] && cmdline+=" podwall.env=PODWALL_SUITE_RUN=$run_pattern"
 	log "booting $version (at most ${timeout_s}s)"
 	start=$SECONDS
 	# -nodefaults and -nic none: no network device at all, only the serial console and 9p.
@@ -219,7 +226,7 @@ host() {
 	mkdir -p "$dir"
 	output="$dir/host.log"
 	start=$SECONDS
-	bash "$here/suite.sh" "$cache/tests" >"$output" 2>&1 || true
+	PODWALL_SUITE_RUN="$run_pattern" bash "$here/suite.sh" "$cache/tests" >"$output" 2>&1 || true
 	report "$version" "$output" "$((SECONDS - start))" " (host kernel, run directly: its image is not in /boot)"
 }
 
@@ -254,7 +261,7 @@ for pkg in "${kernels[@]}"; do
 	version="${pkg#linux-image-}"
 	boot "$version" "$cache/$version/boot/vmlinuz-$version" "$cache/$version" "$cache/$version" ""
 done
-host
+[[ ${PODWALL_KERNEL_HOST:-1} == 0 ]] || host
 
 echo "test-kernels:"
 printf '  %s\n' "${results[@]}"

@@ -5,7 +5,8 @@
 #   podwall-kernels: result=PASS|FAIL mode=tcx|clsact|unknown kernel=VERSION
 # TESTS holds `packages` (one package directory per line, relative to the repository), a
 # <dir with / as _>.test binary for each, and the attachmode probe. With PODWALL_SUITE_SECONDS
-# set, every test binary's timeout ends that many seconds after the start.
+# set, every test binary's timeout ends that many seconds after the start; with PODWALL_SUITE_RUN
+# set, only the tests that -test.run pattern selects run.
 set -uo pipefail
 
 tests="$1"
@@ -29,7 +30,8 @@ while read -r pkg; do
 	# A test binary runs in its package's directory, as `go test` runs it. At its timeout it
 	# fails and shows what every goroutine was doing.
 	left=$((deadline - SECONDS))
-	if (cd "$repo/$pkg" && "$tests/${pkg//\//_}.test" -test.count=1 -test.timeout="$((left > 10 ? left : 10))s"); then
+	if (cd "$repo/$pkg" && "$tests/${pkg//\//_}.test" -test.count=1 -test.timeout="$((left > 10 ? left : 10))s" \
+		${PODWALL_SUITE_RUN:+-test.run="$PODWALL_SUITE_RUN"}); then
 		echo "ok   $pkg $((SECONDS - start))s"
 	else
 		echo "FAIL $pkg $((SECONDS - start))s"
