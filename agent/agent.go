@@ -79,12 +79,14 @@ type Agent struct {
 	log    *zap.Logger
 	report *reporter
 
-	kick     trigger
-	synced   atomic.Bool                         // the source holds a whole view
-	pending  atomic.Pointer[map[netip.Addr]bool] // addresses of the local pods whose interface is not found
-	applied  atomic.Bool                         // the first apply succeeded
-	lastTurn atomic.Int64
-	ready    bool // the ready file is written
+	kick    trigger
+	synced  atomic.Bool                         // the source holds a whole view
+	pending atomic.Pointer[map[netip.Addr]bool] // addresses of the local pods whose interface is not found
+	applied atomic.Bool                         // the first apply succeeded
+	// applyFailures counts the applies that failed since the last one that succeeded.
+	applyFailures atomic.Int64
+	lastTurn      atomic.Int64
+	ready         bool // the ready file is written
 
 	known map[podKey]int // the interface each local pod was last found on
 	// compiler keeps the last compilation, so a change recompiles what it touches.
@@ -118,8 +120,8 @@ func New(cfg Config) *Agent {
 }
 
 // Ready says whether the maps hold a state compiled from the source: the first apply
-// succeeded.
-func (a *Agent) Ready() bool { return a.applied.Load() }
+// succeeded, and the last one did too.
+func (a *Agent) Ready() bool { return a.applied.Load() && a.applyFailures.Load() == 0 }
 
 // Healthy says whether the loop took a turn recently.
 func (a *Agent) Healthy() bool {
@@ -274,15 +276,18 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 	a.cfg.Metrics.interfaceMissing.Set(float64(len(missing)))
 	a.report.report([]string{kindInterface}, missing, pods)
 
-	state := a.compiler.Compile(buildInput(snap, endpoints, hostIPs, a.cfg.Options))
+	opts := a.cfg.Options
+	opts.Capacity = a.cfg.Datapath.Capacity()
+	state := a.compiler.Compile(buildInput(snap, endpoints, hostIPs, opts))
 	a.report.report(problemKinds, problemFindings(state.Problems), pods)
-	// A new pod's interface gets the programs before its endpoint entry exists (until then
-	// they pass its packets on untouched), so that it is guarded from the moment Apply
-	// writes the entry, not from the end of Apply.
-	attachFailed := a.attach(state, endpoints)
+	// Every pod's interface gets the programs before its entry exists: without one they
+	// drop everything, so a pod is guarded from the moment it is found, whether Apply then
+	// writes its entry or fails, and a pod the maps have no room for stays isolated.
+	attachFailed := a.attach(endpoints)
 	a.report.report([]string{kindAttach}, attachFailed, pods)
 	if err := a.cfg.Datapath.Apply(state); err != nil {
 		a.cfg.Metrics.applyErrors.Inc()
+		a.cfg.Metrics.applyFailing.Set(float64(a.applyFailures.Add(1)))
 		f := finding{kind: kindApply, reason: ReasonApplyFailed, message: err.Error()}
 		if errors.Is(err, maps.ErrMapFull) {
 			f.reason = ReasonMapFull
@@ -290,6 +295,8 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 		a.report.report([]string{kindApply}, []finding{f}, pods)
 		return true
 	}
+	a.applyFailures.Store(0)
+	a.cfg.Metrics.applyFailing.Set(0)
 	a.report.report([]string{kindApply}, nil, pods)
 	a.cfg.Metrics.applySeconds.Observe(time.Since(start).Seconds())
 	a.cfg.Metrics.observeState(state, a.cfg.Datapath.Fill())
@@ -298,7 +305,7 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 			zap.Duration("took", time.Since(start)))
 	}
 
-	a.detach(state)
+	a.detach(endpoints)
 	if len(missing) == 0 && len(attachFailed) == 0 {
 		a.writeReady()
 	}
@@ -337,7 +344,7 @@ func (a *Agent) collectConntrack() {
 
 // endpoints finds the interface of each local pod. A pod whose interface is not found keeps
 // the one it was last found on while that interface exists (a neighbour entry that expired
-// must not unguard it), and is reported missing otherwise.
+// must not unguard it), and is reported missing otherwise; so does a pod that left the source.
 func (a *Agent) endpoints(locals []k8s.Pod) ([]compiler.Endpoint, []finding) {
 	var eps []compiler.Endpoint
 	var missing []finding
@@ -357,6 +364,17 @@ func (a *Agent) endpoints(locals []k8s.Pod) ([]compiler.Endpoint, []finding) {
 		}
 		known[k] = ifindex
 		eps = append(eps, compiler.Endpoint{Ifindex: uint32(ifindex), Namespace: p.Namespace, Name: p.Name})
+	}
+	// A pod the source no longer lists (or lists without an address) while its interface
+	// lives keeps an endpoint: the compiler isolates a pod it does not know, and from_pod
+	// drops what an address-less pod sends. It goes once its interface does.
+	for k, ifindex := range a.known {
+		if _, ok := known[k]; ok || !a.cfg.Finder.Exists(ifindex) ||
+			slices.ContainsFunc(eps, func(ep compiler.Endpoint) bool { return int(ep.Ifindex) == ifindex }) {
+			continue
+		}
+		known[k] = ifindex
+		eps = append(eps, compiler.Endpoint{Ifindex: uint32(ifindex), Namespace: k.namespace, Name: k.name})
 	}
 	a.known = known
 	return eps, missing
@@ -379,33 +397,32 @@ func (a *Agent) awaitEndpoints(ctx context.Context, locals []k8s.Pod, eps []comp
 
 // attach attaches the programs to the endpoints' interfaces that lack them. It returns the
 // failures.
-func (a *Agent) attach(state *compiler.State, eps []compiler.Endpoint) []finding {
-	owner := map[int]podKey{}
-	for _, ep := range eps {
-		owner[int(ep.Ifindex)] = podKey{ep.Namespace, ep.Name}
-	}
+func (a *Agent) attach(eps []compiler.Endpoint) []finding {
 	attached := a.cfg.Datapath.Attached()
 	var failed []finding
-	for ifindex := range state.Endpoints {
-		if slices.Contains(attached, int(ifindex)) {
+	for _, ep := range eps {
+		ifindex := int(ep.Ifindex)
+		if slices.Contains(attached, ifindex) {
 			continue
 		}
-		if err := a.cfg.Datapath.Attach(int(ifindex)); err != nil {
+		pod := podKey{ep.Namespace, ep.Name}
+		if err := a.cfg.Datapath.Attach(ifindex); err != nil {
 			a.cfg.Metrics.attachErrors.Inc()
-			failed = append(failed, finding{pod: owner[int(ifindex)], kind: kindAttach, reason: ReasonAttachFailed,
+			failed = append(failed, finding{pod: pod, kind: kindAttach, reason: ReasonAttachFailed,
 				message: "pod not guarded: " + err.Error()})
 			continue
 		}
-		a.log.Info("attached", zap.String("pod", owner[int(ifindex)].String()), zap.Uint32("ifindex", ifindex))
+		attached = append(attached, ifindex)
+		a.log.Info("attached", zap.String("pod", pod.String()), zap.Int("ifindex", ifindex))
 	}
 	return failed
 }
 
 // detach detaches the programs from the interfaces that are no longer endpoints, once the
 // state without them is applied.
-func (a *Agent) detach(state *compiler.State) {
+func (a *Agent) detach(eps []compiler.Endpoint) {
 	for _, ifindex := range a.cfg.Datapath.Attached() {
-		if _, ok := state.Endpoints[uint32(ifindex)]; ok {
+		if slices.ContainsFunc(eps, func(ep compiler.Endpoint) bool { return int(ep.Ifindex) == ifindex }) {
 			continue
 		}
 		if err := a.cfg.Datapath.Detach(ifindex); err != nil {

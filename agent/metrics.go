@@ -15,6 +15,7 @@ type Metrics struct {
 
 	applySeconds     prometheus.Histogram
 	applyErrors      prometheus.Counter
+	applyFailing     prometheus.Gauge
 	attachErrors     prometheus.Counter
 	sourceErrors     prometheus.Counter
 	mapEntries       *prometheus.GaugeVec
@@ -48,6 +49,10 @@ func NewMetrics(stats *ebpf.Map) *Metrics {
 		applyErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "apply_errors_total",
 			Help: "Applies of a compiled state to the maps that failed (the maps keep a whole earlier state).",
+		}),
+		applyFailing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "apply_failing",
+			Help: "Applies that failed in a row since the last that succeeded; /readyz fails while it is not 0.",
 		}),
 		attachErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "attach_errors_total",
@@ -117,13 +122,13 @@ func NewMetrics(stats *ebpf.Map) *Metrics {
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.applySeconds, m.applyErrors, m.attachErrors, m.sourceErrors, m.mapEntries, m.mapCapacity,
+		m.applySeconds, m.applyErrors, m.applyFailing, m.attachErrors, m.sourceErrors, m.mapEntries, m.mapCapacity,
 		m.endpoints, m.identities, m.policies, m.pods, m.namespaces, m.invalidPolicies, m.problems,
 		m.interfaceMissing, m.ctEntries, m.ctCapacity, m.ctRemoved, m.ctErrors, &verdicts{stats: stats},
 	)
 	m.ctRemoved.WithLabelValues("expired")
 	m.ctRemoved.WithLabelValues("flushed")
-	for k := compiler.ProblemInvalid; k <= compiler.ProblemAddressConflict; k++ {
+	for k := compiler.ProblemInvalid; k < compiler.NumProblemKinds; k++ {
 		m.problems.WithLabelValues(k.String())
 	}
 	return m
@@ -142,7 +147,7 @@ func (m *Metrics) observeState(s *compiler.State, fill []maps.Fill) {
 	for _, p := range s.Problems {
 		counts[p.Kind]++
 	}
-	for k := compiler.ProblemInvalid; k <= compiler.ProblemAddressConflict; k++ {
+	for k := compiler.ProblemInvalid; k < compiler.NumProblemKinds; k++ {
 		m.problems.WithLabelValues(k.String()).Set(float64(counts[k]))
 	}
 	m.invalidPolicies.Set(float64(counts[compiler.ProblemInvalid] + counts[compiler.ProblemTooManyRules]))

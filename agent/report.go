@@ -24,6 +24,7 @@ const (
 	ReasonInterfaceNotFound = "InterfaceNotFound"
 	ReasonAttachFailed      = "AttachFailed"
 	ReasonMapFull           = "MapFull"
+	ReasonOverBudget        = "PolicyOverBudget"
 	ReasonApplyFailed       = "ApplyFailed"
 	ReasonConntrackFull     = "ConntrackNearlyFull"
 )
@@ -95,14 +96,18 @@ func (r *reporter) report(kinds []string, found []finding, pods map[podKey]k8s.P
 }
 
 // problemKinds are the compiler's problems as findings.
-var problemKinds = []string{
-	compiler.ProblemInvalid.String(), compiler.ProblemTooManyRules.String(), compiler.ProblemIgnored.String(),
-	compiler.ProblemUnknownPod.String(), compiler.ProblemDuplicate.String(), compiler.ProblemAddressConflict.String(),
-}
+var problemKinds = func() []string {
+	var out []string
+	for k := compiler.ProblemInvalid; k < compiler.NumProblemKinds; k++ {
+		out = append(out, k.String())
+	}
+	return out
+}()
 
 // problemFindings turns the compiler's problems into findings. An ignored annotation (open
-// namespace) and duplicates are only logged: SPEC asks for Events on invalid policies, and an
-// address conflict is worth one too, as it unguards traffic from the pod that lost.
+// namespace) and duplicates are only logged: SPEC asks for Events on invalid policies, an
+// address conflict is worth one too, as it unguards traffic from the pod that lost, and a pod
+// isolated for its policy's size or the node's room has to be told why.
 func problemFindings(problems []compiler.Problem) []finding {
 	out := make([]finding, 0, len(problems))
 	for _, p := range problems {
@@ -112,6 +117,10 @@ func problemFindings(problems []compiler.Problem) []finding {
 			f.reason = ReasonInvalidPolicy
 		case compiler.ProblemAddressConflict:
 			f.reason = ReasonAddressConflict
+		case compiler.ProblemOverBudget:
+			f.reason = ReasonOverBudget
+		case compiler.ProblemNoRoom:
+			f.reason = ReasonMapFull
 		}
 		out = append(out, f)
 	}

@@ -43,9 +43,11 @@ func TestEvents(t *testing.T) {
 		{"allowed, not tracked", nil, in6(allowedV6, raw(47, 8)), nil},
 		{"from the node", nil, in4(hostV4, tcp(1, 2, tcpSYN)), nil},
 		{"open", setMode(modeOpen), in4(worldV4, tcp(1, 2, tcpSYN)), nil},
-		{"not an endpoint", func(f *fixture) {
+		{"no entry", func(f *fixture) {
 			require.NoError(t, f.objs.Endpoints.Delete(uint32(podIfindex)))
-		}, in4(worldV4, tcp(1, 2, tcpSYN)), nil},
+		}, in4(worldV4, tcp(1, 2, tcpSYN)), &PodwallEvent{
+			Src: ipAddr(worldV4), Dst: ipAddr(podV4), Sport: be16(1), Dport: be16(2), Proto: protoTCP,
+			Verdict: verdictDrop, Reason: uint8(rsNoEntry)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -66,6 +68,9 @@ func TestEvents(t *testing.T) {
 			require.LessOrEqual(t, got.Timestamp, monotonicNow(t))
 			want := *tt.want
 			want.Timestamp, want.Ifindex, want.Policy = got.Timestamp, podIfindex, polMain
+			if want.Reason == uint8(rsNoEntry) {
+				want.Policy = 0 // no entry, no policy
+			}
 			require.Equal(t, want, got)
 		})
 	}

@@ -109,15 +109,18 @@ func TestFromPodDropsForgedSources(t *testing.T) {
 		require.Equal(t, old, e.LastSeen)
 	})
 
-	t.Run("an interface without its entry records its flows, bound to it", func(t *testing.T) {
+	t.Run("an interface without its entry sends nothing, and records nothing", func(t *testing.T) {
 		f := newFixture(t)
 		require.NoError(t, f.objs.Endpoints.Delete(uint32(podIfindex)))
-		require.Equal(t, actNext, f.fromPodAction(out4(worldV4, udp(5353, 53))))
+		before := f.stats()
+		require.Equal(t, uint32(actShot), f.fromPodAction(out4(worldV4, udp(5353, 53))))
+		require.Equal(t, uint32(actShot), f.fromPodAction(ether(0x0806, make([]byte, 28))), "arp")
+		require.Equal(t, uint64(2), f.stats()[rsNoEntry]-before[rsNoEntry])
 		_, ok := f.ct(ctKey(podV4, worldV4, 5353, 53, protoUDP))
-		require.True(t, ok)
-		f.setEndpoint(PodwallEndpoint{Policy: polMain, Generation: genMain, Mode: modeIsolate})
-		_, reason := f.toPod(in4(worldV4, udp(53, 5353)))
-		require.Equal(t, rsReply, reason, "the reply of a connection opened before the entry")
+		require.False(t, ok)
+		evs := f.drainEvents()
+		require.NotEmpty(t, evs)
+		require.Equal(t, uint8(rsNoEntry), evs[0].Reason)
 	})
 }
 

@@ -576,7 +576,8 @@ static __always_inline bool drops(enum reason reason)
 {
 	return reason == REASON_DENY_RULE || reason == REASON_NO_RULE ||
 	       reason == REASON_ISOLATED || reason == REASON_MALFORMED ||
-	       reason == REASON_NOT_IP || reason == REASON_VLAN || reason == REASON_SPOOFED;
+	       reason == REASON_NOT_IP || reason == REASON_VLAN || reason == REASON_SPOOFED ||
+	       reason == REASON_NO_ENTRY;
 }
 
 /* event_allowed is the rate limit: a generic cell rate algorithm per kind of event, in ns
@@ -752,7 +753,7 @@ int to_pod(struct __sk_buff *skb)
 	/* 1 */
 	ee = bpf_map_lookup_elem(&endpoints, &ifindex);
 	if (!ee)
-		return finish(skb, &c, REASON_NOT_ENDPOINT);
+		return finish(skb, &c, REASON_NO_ENTRY);
 	c.policy = ee->ep.policy;
 	c.generation = ee->ep.generation;
 	c.mode = ee->ep.mode;
@@ -875,9 +876,9 @@ static __always_inline bool arp_source_ok(struct __sk_buff *skb, const struct en
 
 /* from_pod checks and records what the pod sends. A packet whose source is not the pod's own
  * address is dropped (SPEC 8), before it can record or refresh any flow; everything else
- * passes, and the flows it opens are recorded, so that their replies pass. An interface whose
- * entry is not written yet has no addresses to check: its flows are recorded all the same,
- * bound to it, so a connection the pod opens before its entry still gets its replies. */
+ * passes, and the flows it opens are recorded, so that their replies pass. An interface
+ * without an entry has no addresses to check a source against: all it sends is dropped, ARP
+ * included, until the agent writes one. */
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
@@ -891,14 +892,20 @@ int from_pod(struct __sk_buff *skb)
 
 	parsed = parse_frame(skb, &c.p);
 	ee = bpf_map_lookup_elem(&endpoints, &ifindex);
-	if (ee && parsed == PARSE_ARP && !arp_source_ok(skb, &ee->ep)) {
+	if (!ee) {
+		c.now = ct_clock();
+		count(REASON_NO_ENTRY);
+		send_event(skb, &c, REASON_NO_ENTRY, VERDICT_DROP);
+		return TC_ACT_SHOT;
+	}
+	if (parsed == PARSE_ARP && !arp_source_ok(skb, &ee->ep)) {
 		count(REASON_SPOOFED);
 		/* An ARP packet claiming another's address: the pod would take its traffic. */
 		return TC_ACT_SHOT;
 	}
 	if (parsed != PARSE_OK)
 		return TCX_NEXT;
-	if (ee && !own_source(&ee->ep, &c.p, &control)) {
+	if (!own_source(&ee->ep, &c.p, &control)) {
 		c.now = ct_clock();
 		c.policy = ee->ep.policy;
 		count(REASON_SPOOFED);
@@ -907,7 +914,7 @@ int from_pod(struct __sk_buff *skb)
 		 * anyone nor record a flow that would pass the forged address's replies. */
 		return TC_ACT_SHOT;
 	}
-	if ((ee && control) || !ct_tuple(&c.p, false, ifindex, &k))
+	if (control || !ct_tuple(&c.p, false, ifindex, &k))
 		return TCX_NEXT;
 	/* A packet that opens a flow: a TCP SYN without ACK, any UDP, an echo request. A TCP
 	 * packet mid-stream opens nothing, so an evicted inbound flow is judged again rather

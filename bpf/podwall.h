@@ -207,7 +207,9 @@ struct ct_gc_run {
 
 /* Why a packet got its verdict: event.reason and the index of the stats map. */
 enum reason {
-	REASON_NOT_ENDPOINT = 0, /* not a pod of ours: passed on untouched */
+	/* An interface with podwall's programs and no entry (its pod not compiled yet, or no
+	 * room for it): everything is dropped, both ways (SPEC 8: doubt isolates). */
+	REASON_NO_ENTRY = 0,
 	REASON_OPEN,
 	REASON_REPLY,       /* SPEC 3.1: a connection the pod opened */
 	REASON_ESTABLISHED, /* an inbound flow allowed under the current generation */

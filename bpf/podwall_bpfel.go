@@ -150,27 +150,27 @@ type PodwallPortKey struct {
 type PodwallReason uint32
 
 const (
-	PodwallReasonREASON_NOT_ENDPOINT PodwallReason = 0
-	PodwallReasonREASON_OPEN         PodwallReason = 1
-	PodwallReasonREASON_REPLY        PodwallReason = 2
-	PodwallReasonREASON_ESTABLISHED  PodwallReason = 3
-	PodwallReasonREASON_ICMP_ERROR   PodwallReason = 4
-	PodwallReasonREASON_HOST         PodwallReason = 5
-	PodwallReasonREASON_ND           PodwallReason = 6
-	PodwallReasonREASON_FRAGMENT     PodwallReason = 7
-	PodwallReasonREASON_ALLOW_RULE   PodwallReason = 8
-	PodwallReasonREASON_DENY_RULE    PodwallReason = 9
-	PodwallReasonREASON_NO_RULE      PodwallReason = 10
-	PodwallReasonREASON_ISOLATED     PodwallReason = 11
-	PodwallReasonREASON_MALFORMED    PodwallReason = 12
-	PodwallReasonREASON_CT_FULL      PodwallReason = 13
-	PodwallReasonREASON_NOT_IP       PodwallReason = 14
-	PodwallReasonREASON_EVENT_LOST   PodwallReason = 15
-	PodwallReasonREASON_SPOOFED      PodwallReason = 16
-	PodwallReasonREASON_VLAN         PodwallReason = 17
-	PodwallReasonREASON_ARP          PodwallReason = 18
-	PodwallReasonREASON_CT_QUOTA     PodwallReason = 19
-	PodwallReasonREASON_MAX          PodwallReason = 20
+	PodwallReasonREASON_NO_ENTRY    PodwallReason = 0
+	PodwallReasonREASON_OPEN        PodwallReason = 1
+	PodwallReasonREASON_REPLY       PodwallReason = 2
+	PodwallReasonREASON_ESTABLISHED PodwallReason = 3
+	PodwallReasonREASON_ICMP_ERROR  PodwallReason = 4
+	PodwallReasonREASON_HOST        PodwallReason = 5
+	PodwallReasonREASON_ND          PodwallReason = 6
+	PodwallReasonREASON_FRAGMENT    PodwallReason = 7
+	PodwallReasonREASON_ALLOW_RULE  PodwallReason = 8
+	PodwallReasonREASON_DENY_RULE   PodwallReason = 9
+	PodwallReasonREASON_NO_RULE     PodwallReason = 10
+	PodwallReasonREASON_ISOLATED    PodwallReason = 11
+	PodwallReasonREASON_MALFORMED   PodwallReason = 12
+	PodwallReasonREASON_CT_FULL     PodwallReason = 13
+	PodwallReasonREASON_NOT_IP      PodwallReason = 14
+	PodwallReasonREASON_EVENT_LOST  PodwallReason = 15
+	PodwallReasonREASON_SPOOFED     PodwallReason = 16
+	PodwallReasonREASON_VLAN        PodwallReason = 17
+	PodwallReasonREASON_ARP         PodwallReason = 18
+	PodwallReasonREASON_CT_QUOTA    PodwallReason = 19
+	PodwallReasonREASON_MAX         PodwallReason = 20
 )
 
 type PodwallRuleVec struct {

@@ -99,7 +99,7 @@ func installEmpty(f *fixture) {
 }
 
 const (
-	rsNotEndpoint = PodwallReasonREASON_NOT_ENDPOINT
+	rsNoEntry     = PodwallReasonREASON_NO_ENTRY
 	rsOpen        = PodwallReasonREASON_OPEN
 	rsReply       = PodwallReasonREASON_REPLY
 	rsEstablished = PodwallReasonREASON_ESTABLISHED
@@ -130,12 +130,14 @@ func TestToPod(t *testing.T) {
 		name  string
 		steps []step
 	}{
-		{"not an endpoint passes untouched", []step{
+		{"an interface without an entry takes nothing", []step{
 			change("no endpoint", func(f *fixture) {
 				require.NoError(t, f.objs.Endpoints.Delete(uint32(podIfindex)))
 			}),
-			pass("tcp", in4(worldV4, tcp(1, 2, syn)), rsNotEndpoint),
-			pass("malformed", v4{src: xV4, dst: podV4, ihl: 4}.frame(tcp(1, 80, syn)), rsNotEndpoint),
+			drop("tcp", in4(worldV4, tcp(1, 2, syn)), rsNoEntry),
+			drop("from the node", in4(hostV4, tcp(1, 2, syn)), rsNoEntry),
+			drop("arp", ether(0x0806, make([]byte, 28)), rsNoEntry),
+			drop("malformed", v4{src: xV4, dst: podV4, ihl: 4}.frame(tcp(1, 80, syn)), rsNoEntry),
 		}},
 		{"only IP and ARP reach a pod that is not open", []step{
 			pass("arp", ether(0x0806, make([]byte, 28)), rsARP),

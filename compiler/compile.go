@@ -3,6 +3,7 @@ package compiler
 import (
 	"cmp"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"maps"
@@ -251,13 +252,36 @@ func (c *compilation) endpoints() {
 	}
 
 	ids := c.policyIDs()
+	left := admit(c.state.Policies, c.in.PolicyBudget, c.in.Capacity)
+	ipcacheFull := c.fitIPCache()
 	digest := c.cl.digest
+	if ipcacheFull != nil {
+		digest = ipcacheDigest(c.state.IPCache)
+	}
 	var flags uint8
 	if c.in.AllowHost {
 		flags |= EPAllowHost
 	}
-	for _, p := range todo {
+	for i, p := range todo {
+		if max := c.in.Capacity.Endpoints; max > 0 && i >= max {
+			// No entry: the programs on its interface drop everything.
+			c.problem(p.pod, ProblemNoRoom, fmt.Errorf("ifindex %d: map %s holds %d endpoints, this node has %d: %w",
+				p.ifindex, bpf.PodwallMapEndpoints, max, len(todo), ErrNoRoom))
+			continue
+		}
 		id := ids[p.enc]
+		switch {
+		case p.mode == ModeEnforce && ipcacheFull != nil:
+			c.problem(p.pod, ProblemNoRoom, ipcacheFull)
+			p.mode, id = ModeIsolate, 0
+		case left[id] != nil:
+			kind := ProblemNoRoom
+			if errors.Is(left[id], ErrOverBudget) {
+				kind = ProblemOverBudget
+			}
+			c.problem(p.pod, kind, left[id])
+			p.mode, id = ModeIsolate, 0
+		}
 		addr4, addr6 := c.cl.ownAddrs(p.pod)
 		c.state.Endpoints[p.ifindex] = bpf.PodwallEndpoint{
 			Policy:     id,
@@ -268,6 +292,40 @@ func (c *compilation) endpoints() {
 			Addr6:      addr6,
 		}
 	}
+}
+
+// fitIPCache leaves in the state's ipcache what the map has room for, the node's addresses
+// first, then by address, and says why it could not hold all: a pod address left out is the
+// world's to the programs, which a policy that denies some pods by label would let in. So the
+// enforced endpoints are all isolated then.
+func (c *compilation) fitIPCache() error {
+	max, all := c.in.Capacity.IPCache, c.cl.ipcache
+	if max <= 0 || len(all) <= max {
+		return nil
+	}
+	keys := make([]bpf.PodwallIpAddr, 0, len(all))
+	for k := range all {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b bpf.PodwallIpAddr) int {
+		return cmp.Or(cmp.Compare(b2i(all[a] == IDHost), b2i(all[b] == IDHost)), cmp.Compare(a.Family, b.Family),
+			slices.Compare(a.Addr[:], b.Addr[:]))
+	})
+	fit := make(map[bpf.PodwallIpAddr]uint32, max)
+	for _, k := range keys[:max] {
+		fit[k] = all[k]
+	}
+	c.state.IPCache = fit
+	return fmt.Errorf("map %s holds %d addresses, the cluster has %d: the identity of the others is unknown, so enforced pods are isolated: %w",
+		bpf.PodwallMapIpcache, max, len(all), ErrNoRoom)
+}
+
+// b2i orders true before false.
+func b2i(b bool) int {
+	if b {
+		return 0
+	}
+	return 1
 }
 
 // ownAddrs are the first IPv4 and IPv6 addresses of pod k that the ipcache gives to it, the
@@ -359,7 +417,7 @@ func (c *compilation) podPolicy(k podKey, pod *clusterPod, value, key string, an
 		case len(parsed) == 0:
 			return podPolicy{mode: ModeIsolate}
 		case len(parsed) > MaxRules:
-			return isolate(ProblemTooManyRules, fmt.Errorf("%d rules, at most %d: %w", len(parsed), MaxRules, ErrTooManyRules))
+			return isolate(ProblemTooManyRules, tooManyRules(len(parsed)))
 		}
 		rules = podRules(pod.Namespace, parsed)
 	}

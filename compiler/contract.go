@@ -85,7 +85,7 @@ const (
 type Reason uint8
 
 const (
-	ReasonNotEndpoint = Reason(bpf.PodwallReasonREASON_NOT_ENDPOINT)
+	ReasonNoEntry     = Reason(bpf.PodwallReasonREASON_NO_ENTRY)
 	ReasonOpen        = Reason(bpf.PodwallReasonREASON_OPEN)
 	ReasonReply       = Reason(bpf.PodwallReasonREASON_REPLY)
 	ReasonEstablished = Reason(bpf.PodwallReasonREASON_ESTABLISHED)
@@ -109,7 +109,7 @@ const (
 )
 
 var reasonNames = [NumReasons]string{
-	ReasonNotEndpoint: "not-endpoint",
+	ReasonNoEntry:     "no-entry",
 	ReasonOpen:        "open",
 	ReasonReply:       "reply",
 	ReasonEstablished: "established",

@@ -430,7 +430,7 @@ func (sc *scenario) judge(ifindex uint32, p Packet) spelled {
 	none := func(pass bool, r Reason) spelled { return spelled{pass, r, -1} }
 	pod, isEndpoint := sc.endpointPod(ifindex)
 	if !isEndpoint || (pod != nil && pod.HostNetwork) {
-		return none(true, ReasonNotEndpoint)
+		return none(false, ReasonNoEntry)
 	}
 
 	// The pod's mode (SPEC 4).

@@ -57,7 +57,8 @@ func Evaluate(s *State, ifindex uint32, p Packet) Verdict {
 	v := Verdict{Rule: -1}
 	ep, ok := s.Endpoints[ifindex]
 	if !ok {
-		return Verdict{Pass: true, Reason: ReasonNotEndpoint, Rule: -1}
+		// Programs on an interface without an entry drop everything (SPEC 8).
+		return Verdict{Reason: ReasonNoEntry, Rule: -1}
 	}
 	v.Policy = ep.Policy
 	switch {

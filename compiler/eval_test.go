@@ -69,8 +69,8 @@ func TestEvaluate(t *testing.T) {
 		reason    Reason
 		rule      int
 	}{
-		{"not an endpoint", true, 99, tcp(world, 80), true, ReasonNotEndpoint, -1},
-		{"host-network pod has no endpoint", true, 5, tcp(world, 80), true, ReasonNotEndpoint, -1},
+		{"no entry drops", true, 99, tcp(world, 80), false, ReasonNoEntry, -1},
+		{"host-network pod has no entry", true, 5, tcp(world, 80), false, ReasonNoEntry, -1},
 		{"open namespace", true, 3, tcp(world, 9), true, ReasonOpen, -1},
 		{"malformed: mixed families", true, 1, Packet{Src: netip.MustParseAddr(world), Dst: netip.MustParseAddr("fd00::1")}, false, ReasonMalformed, -1},
 		{"malformed passes in open mode", true, 3, Packet{Src: netip.MustParseAddr(world), Dst: netip.MustParseAddr("fd00::1")}, true, ReasonOpen, -1},

@@ -42,6 +42,21 @@ type Options struct {
 	AllowHost bool
 	// LegacyKey reads the annotation `policy` when `projectcalico.org/policy` is absent.
 	LegacyKey bool
+	// PolicyBudget is the most entries one policy may have in any one classifier map (0: no
+	// budget): a policy over it isolates its pods rather than take the room of others'.
+	PolicyBudget int
+	// Capacity is the room of the maps on this node: what does not fit is isolated, never
+	// written in part. The zero Capacity has room for everything.
+	Capacity Capacity
+}
+
+// DefaultPolicyBudget is the default of Options.PolicyBudget: an eighth of the smallest map
+// that holds ports or CIDRs, at their default sizes.
+const DefaultPolicyBudget = 8192
+
+// Capacity is how many entries each map the compiler fills holds; 0 is no limit.
+type Capacity struct {
+	Endpoints, IPCache, Ident, CIDR, Port, ICMP int
 }
 
 // Input is everything the compiled state depends on. Pods are unique by namespace and name,
@@ -104,6 +119,14 @@ const (
 	// ProblemAddressConflict: an address of the pod is the node's or another pod's; the
 	// node, then the first pod by namespace and name, keeps it.
 	ProblemAddressConflict
+	// ProblemOverBudget: the pod's policy has more entries in a map than Options.PolicyBudget;
+	// the pod is isolated.
+	ProblemOverBudget
+	// ProblemNoRoom: a map of the node has no room for the pod's policy, its endpoint or the
+	// cluster's addresses (Options.Capacity); the pod is isolated.
+	ProblemNoRoom
+	// NumProblemKinds is the number of kinds.
+	NumProblemKinds
 )
 
 var problemNames = []string{
@@ -113,6 +136,8 @@ var problemNames = []string{
 	ProblemUnknownPod:      "unknown-pod",
 	ProblemDuplicate:       "duplicate",
 	ProblemAddressConflict: "address-conflict",
+	ProblemOverBudget:      "over-budget",
+	ProblemNoRoom:          "no-room",
 }
 
 func (k ProblemKind) String() string { return problemNames[k] }
@@ -132,4 +157,6 @@ var (
 	ErrUnknownPod      = errors.New("endpoint of an unknown pod")
 	ErrDuplicate       = errors.New("duplicate")
 	ErrAddressConflict = errors.New("address conflict")
+	ErrOverBudget      = errors.New("policy over budget")
+	ErrNoRoom          = errors.New("no room on the node")
 )

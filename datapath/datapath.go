@@ -49,6 +49,16 @@ func (d *Datapath) Fill() []maps.Fill {
 	return d.a.Fill()
 }
 
+// Capacity is the room of the maps the compiled state goes to, as loaded.
+func (d *Datapath) Capacity() compiler.Capacity {
+	m := d.l.Maps()
+	return compiler.Capacity{
+		Endpoints: int(m.Endpoints.MaxEntries()), IPCache: int(m.Ipcache.MaxEntries()),
+		Ident: int(m.PolIdent.MaxEntries()), CIDR: int(m.PolCidr.MaxEntries()),
+		Port: int(m.PolPort.MaxEntries()), ICMP: int(m.PolIcmp.MaxEntries()),
+	}
+}
+
 // Attach starts judging the packets of the interface at ifindex.
 func (d *Datapath) Attach(ifindex int) error { return d.l.Attach(ifindex) }
 

@@ -2,9 +2,11 @@ package k8s
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -119,6 +121,7 @@ func TestParseFileErrors(t *testing.T) {
 		{"bad address in list", "kind: List\nitems:\n- kind: Namespace\n  metadata: {name: a}\n- kind: Pod\n  metadata: {name: p}\n  status: {podIPs: [{ip: 10.0.0.300}]}\n",
 			`document 1: item 2: pod default/p: ParseAddr("10.0.0.300")`},
 		{"wrong type", "kind: Pod\nmetadata: {name: a, labels: [x]}\n", "document 1: pod: "},
+		{"kubectl List cut short", kubectlList[:strings.Index(kubectlList, "\nkind: List")+1], "document 1: an object without a kind"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := ParseFile([]byte(tt.data))
@@ -158,7 +161,7 @@ func (n *notifications) next(t *testing.T) error {
 func TestFileFollowsChanges(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "pods.yaml")
-	f := NewFile(path)
+	f := NewFile(path, 0)
 	_, err := f.Snapshot()
 	require.ErrorIs(t, err, ErrNotSynced)
 
@@ -172,6 +175,11 @@ func TestFileFollowsChanges(t *testing.T) {
 	})
 
 	require.ErrorIs(t, n.next(t), os.ErrNotExist, "missing file")
+	// Read again with a backoff, and reported once.
+	time.Sleep(time.Second)
+	n.mu.Lock()
+	require.Len(t, n.errs, 1, "%v", n.errs)
+	n.mu.Unlock()
 
 	require.NoError(t, os.WriteFile(path, []byte(kubectlList), 0o644))
 	require.NoError(t, n.next(t))
@@ -202,4 +210,74 @@ func TestFileFollowsChanges(t *testing.T) {
 		t.Fatal("notified for an unchanged file")
 	case <-time.After(10 * fileSettle):
 	}
+}
+
+// podsList is a kubectl List of n pods of namespace ns, p0 to p<n-1>.
+func podsList(n int) string {
+	var b strings.Builder
+	b.WriteString("apiVersion: v1\nkind: List\nitems:\n")
+	for i := range n {
+		fmt.Fprintf(&b, "- kind: Pod\n  metadata: {name: p%d, namespace: ns}\n  spec: {nodeName: n1}\n  status:\n    podIP: 10.0.0.%d\n", i, i+1)
+	}
+	return b.String()
+}
+
+func TestFileDistrustsWhatShrinksTheWorld(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pods.yaml")
+	require.NoError(t, os.WriteFile(path, []byte(podsList(6)), 0o644))
+	const confirm = 500 * time.Millisecond
+	f := NewFile(path, confirm)
+	n := newNotifications()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- f.Run(ctx, n.notify) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+	require.NoError(t, n.next(t))
+	pods := func() int {
+		snap, err := f.Snapshot()
+		require.NoError(t, err)
+		return len(snap.Pods)
+	}
+	require.Equal(t, 6, pods())
+
+	full := podsList(6)
+	for _, tt := range []struct {
+		name    string
+		content string
+		err     string
+	}{
+		{"emptied, as a shell redirection does first", "", "is empty"},
+		{"cut at a line end inside a pod", full[:strings.Index(full, "podIP: 10.0.0.2")], "lists 2 pods, 4 fewer"},
+		{"cut mid-quote", full + "- kind: Pod\n  metadata: {name: \"p6", "parse pods file"},
+		{"an unrelated file", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n", "lists 0 pods, 6 fewer"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			require.NoError(t, os.WriteFile(path, []byte(tt.content), 0o644))
+			err := n.next(t)
+			require.ErrorContains(t, err, tt.err)
+			require.Equal(t, 6, pods(), "the last content stays")
+			// Written whole again: the content taken, so nothing to notify.
+			require.NoError(t, os.WriteFile(path, []byte(full), 0o644))
+			time.Sleep(4 * fileSettle)
+			require.Equal(t, 6, pods())
+		})
+	}
+
+	t.Run("losing most pods is taken once it stays so", func(t *testing.T) {
+		require.NoError(t, os.WriteFile(path, []byte(podsList(2)), 0o644))
+		require.ErrorIs(t, n.next(t), ErrDistrusted)
+		require.Equal(t, 6, pods())
+		require.NoError(t, n.next(t), "taken after %v", confirm)
+		require.Equal(t, 2, pods())
+	})
+
+	t.Run("losing one pod is taken at once", func(t *testing.T) {
+		require.NoError(t, os.WriteFile(path, []byte(podsList(1)), 0o644))
+		require.NoError(t, n.next(t))
+		require.Equal(t, 1, pods())
+	})
 }

@@ -31,6 +31,8 @@ var (
 	ErrHookTaken = errors.New("clsact filter slot taken by another program")
 	// ErrUnknownConstant means Config.Constants names a constant the programs do not have.
 	ErrUnknownConstant = errors.New("unknown constant")
+	// ErrUnknownMap means Config.MapSizes names a map whose size cannot be set.
+	ErrUnknownMap = errors.New("no map of a settable size")
 	// ErrClosed means the Loader was closed.
 	ErrClosed = errors.New("loader closed")
 )
@@ -64,9 +66,10 @@ type Config struct {
 	// Constants sets the programs' `volatile const` globals by name before loading, for
 	// example {"ct_timeout_udp_ns": uint64(...)}; the value's size must match the global's.
 	Constants map[string]any
-	// ConntrackSize is the conntrack table's size; 0 keeps the program's. A pinned table of
-	// another size is incompatible (ErrIncompatible): --uninstall first.
-	ConntrackSize uint32
+	// MapSizes sets the size of maps by name (bpf.PodwallMap*), for example conntrack's or the
+	// ipcache's; the others keep the program's. A pinned map of another size is incompatible
+	// (ErrIncompatible): --uninstall first.
+	MapSizes map[string]uint32
 	// Logger receives the lifecycle (mode, reattached and dropped attachments) and the full
 	// verifier log on a load failure. Default: no logging.
 	Logger *zap.Logger
@@ -139,7 +142,7 @@ func Open(cfg Config) (_ *Loader, err error) {
 	if l.nl, err = netlink.NewHandleAt(l.ns); err != nil {
 		return nil, fmt.Errorf("open netlink in %s: %w", cfg.Netns, err)
 	}
-	if err := l.load(cfg.Constants, cfg.ConntrackSize); err != nil {
+	if err := l.load(cfg.Constants, cfg.MapSizes); err != nil {
 		return nil, err
 	}
 	if l.mode, err = probeMode(l.objs.ToPod, cfg.ForceClsact); err != nil {
@@ -166,13 +169,20 @@ func checkBPFFS(path string) error {
 // load creates the programs and maps, reusing the pinned maps. Nothing attached changes
 // here, so a failure (an incompatible pinned map, a verifier rejection) leaves the running
 // programs as they are.
-func (l *Loader) load(constants map[string]any, conntrackSize uint32) error {
+func (l *Loader) load(constants map[string]any, sizes map[string]uint32) error {
 	spec, err := bpf.LoadPodwall()
 	if err != nil {
 		return fmt.Errorf("load spec: %w", err)
 	}
-	if conntrackSize != 0 {
-		spec.Maps[bpf.PodwallMapConntrack].MaxEntries = conntrackSize
+	for name, n := range sizes {
+		ms, ok := spec.Maps[name]
+		if !ok || isDataSection(name) || !Sizable(name) {
+			return fmt.Errorf("size map %s: %w", name, ErrUnknownMap)
+		}
+		if n == 0 {
+			return fmt.Errorf("size map %s: 0 entries", name)
+		}
+		ms.MaxEntries = n
 	}
 	for name, m := range spec.Maps {
 		if isDataSection(name) {
@@ -209,6 +219,19 @@ func (l *Loader) load(constants map[string]any, conntrackSize uint32) error {
 		return fmt.Errorf("load podwall: %w", err)
 	}
 	return nil
+}
+
+// Sizable says whether the size of the map name may be set (Config.MapSizes): the maps
+// whose room depends on the cluster and the node, not those of a fixed shape (epoch, stats,
+// events).
+func Sizable(name string) bool {
+	switch name {
+	case bpf.PodwallMapEndpoints, bpf.PodwallMapIpcache, bpf.PodwallMapPolIdent, bpf.PodwallMapPolCidr,
+		bpf.PodwallMapPolPort, bpf.PodwallMapPolIcmp, bpf.PodwallMapConntrack, bpf.PodwallMapCtUsed,
+		bpf.PodwallMapCtFlush, bpf.PodwallMapFrags:
+		return true
+	}
+	return false
 }
 
 // isDataSection says whether a map holds a section of the object's global variables

@@ -80,7 +80,15 @@ func (e *env) open(t *testing.T) *loader.Loader {
 	l, err := loader.Open(e.cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, l.Close()) })
+	// An interface without its entry sends and gets nothing; the agent writes one for each
+	// pod it guards. Open lets reach show that the programs pass what they are told to.
+	require.NoError(t, l.Maps().Endpoints.Put(uint32(e.pod.HostIfindex), e.openEntry()))
 	return l
+}
+
+func (e *env) openEntry() bpf.PodwallEndpointEntry {
+	return bpf.PodwallEndpointEntry{Ep: bpf.PodwallEndpoint{Mode: compiler.ModeOpen,
+		Addr4: compiler.AddrKey(e.pod.IPv4), Addr6: compiler.AddrKey(e.pod.IPv6)}}
 }
 
 // reach proves traffic flows both ways through the pod's interface, in both families.
@@ -216,6 +224,9 @@ func TestProcessNamespace(t *testing.T) {
 				if err != nil {
 					return err
 				}
+				if err := l.Maps().Endpoints.Put(uint32(e.pod.HostIfindex), e.openEntry()); err != nil {
+					return errors.Join(err, l.Close())
+				}
 				if err := l.Attach(e.pod.HostIfindex); err != nil {
 					return errors.Join(err, l.Close())
 				}
@@ -258,8 +269,12 @@ func TestEnforces(t *testing.T) {
 
 			l = e.open(t)
 			require.NoError(t, outbound.Echo())
-			require.NoError(t, l.Maps().Endpoints.Delete(uint32(ifindex)))
 			e.reach(t)
+
+			require.NoError(t, l.Maps().Endpoints.Delete(uint32(ifindex)))
+			require.ErrorIs(t, topo.TCPEcho(e.client.NS, netip.AddrPortFrom(e.pod.IPv4, port)), topo.ErrNoAnswer,
+				"an interface without its entry gets nothing")
+			require.ErrorIs(t, topo.Ping(e.pod.NS, e.client.IPv4), topo.ErrNoAnswer, "and sends nothing")
 		})
 	}
 }

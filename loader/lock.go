@@ -59,8 +59,8 @@ func OpenMaps(bpffs string) (*bpf.PodwallMaps, error) {
 			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
 		}
 		coll.Maps[name] = m
-		if name == bpf.PodwallMapConntrack {
-			// The agent sizes conntrack by its flag: a reader takes the size it finds.
+		if Sizable(name) {
+			// The agent sizes these by its flags: a reader takes the size it finds.
 			ms = ms.Copy()
 			ms.MaxEntries = m.MaxEntries()
 		}

@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"reflect"
@@ -133,12 +134,20 @@ func (a *Applier) Apply(s *compiler.State) error {
 	} else {
 		steps = a.incremental(s)
 	}
-	for _, step := range steps {
-		if err := step(); err != nil {
-			a.synced = false
-			a.last = nil
-			return fmt.Errorf("apply desired state: %w", err)
+	err := a.run(steps)
+	if errors.Is(err, ErrMapFull) {
+		// The maps may be too small for the policies s replaces and those it brings at
+		// once, though they hold s: isolate the endpoints whose policy s replaces, drop
+		// that policy, and write s into the room made.
+		if err = a.load(); err == nil {
+			err = a.run(a.makeRoom(s))
 		}
+		if err == nil {
+			err = a.run(a.full(s))
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("apply desired state: %w", err)
 	}
 	a.last = s
 	if len(a.gone) > 0 {
@@ -148,6 +157,45 @@ func (a *Applier) Apply(s *compiler.State) error {
 		a.gone = nil
 	}
 	return nil
+}
+
+// run runs the steps until one fails. After a failure, what the kernel holds is no longer
+// known: the next Apply reads the maps again.
+func (a *Applier) run(steps []func() error) error {
+	for _, step := range steps {
+		if err := step(); err != nil {
+			a.synced = false
+			a.last = nil
+			return err
+		}
+	}
+	return nil
+}
+
+// makeRoom isolates the endpoints whose policy s does not have, then deletes every policy
+// entry s does not want: what a full map needs before s fits. The endpoints it isolates are
+// those s changes anyway; until s is written, they drop what their old policy would have let
+// in, rather than keep a policy that no longer fits beside the new one.
+func (a *Applier) makeRoom(s *compiler.State) []func() error {
+	isolated := maps.Clone(a.endpoints.present)
+	for ifindex, e := range isolated {
+		if _, ok := s.Policies[e.Ep.Policy]; ok || e.Ep.Mode != compiler.ModeEnforce {
+			continue
+		}
+		e.Ep.Mode, e.Ep.Policy, e.Rules = compiler.ModeIsolate, 0, bpf.PodwallPolicy{}
+		isolated[ifindex] = e
+	}
+	keep := map[uint32]bool{}
+	for id := range s.Policies {
+		keep[id] = true
+	}
+	steps := a.epoch.around(func() error { return a.endpoints.put(isolated) })
+	return append(steps,
+		func() error { return pruneOrphans(a.ident, keep, func(k bpf.PodwallIdentKey) uint32 { return k.Policy }) },
+		func() error { return pruneOrphans(a.cidr, keep, func(k bpf.PodwallCidrKey) uint32 { return k.Policy }) },
+		func() error { return pruneOrphans(a.port, keep, func(k bpf.PodwallPortKey) uint32 { return k.Policy }) },
+		func() error { return pruneOrphans(a.icmp, keep, func(k bpf.PodwallIcmpKey) uint32 { return k.Policy }) },
+	)
 }
 
 // pruneIPCache deletes the addresses s does not have, and keeps them to flush their
@@ -166,10 +214,23 @@ func (a *Applier) pruneIPCache(want map[bpf.PodwallIpAddr]uint32) error {
 	return nil
 }
 
-// full diffs every map against s: after the maps were read, they may hold anything.
+// full diffs every map against s: after the maps were read, they may hold anything, such
+// as what a failed apply wrote of a policy no endpoint came to use. Those orphans go first,
+// so that they never take the room of what s needs.
 func (a *Applier) full(s *compiler.State) []func() error {
 	d := Want(s)
+	keep := map[uint32]bool{}
+	for id := range s.Policies {
+		keep[id] = true
+	}
+	for _, e := range a.endpoints.present {
+		keep[e.Ep.Policy] = true
+	}
 	steps := []func() error{
+		func() error { return pruneOrphans(a.ident, keep, func(k bpf.PodwallIdentKey) uint32 { return k.Policy }) },
+		func() error { return pruneOrphans(a.cidr, keep, func(k bpf.PodwallCidrKey) uint32 { return k.Policy }) },
+		func() error { return pruneOrphans(a.port, keep, func(k bpf.PodwallPortKey) uint32 { return k.Policy }) },
+		func() error { return pruneOrphans(a.icmp, keep, func(k bpf.PodwallIcmpKey) uint32 { return k.Policy }) },
 		func() error { return a.ident.put(d.Ident) },
 		func() error { return a.cidr.put(d.CIDR) },
 		func() error { return a.port.put(d.Port) },
@@ -245,10 +306,23 @@ func (a *Applier) endpointSteps(want map[uint32]bpf.PodwallEndpointEntry) []func
 	if !a.endpoints.differs(want) && !a.epoch.changing() {
 		return nil
 	}
+	// The interfaces that leave go first: a full map then still takes the new ones.
 	return a.epoch.around(
-		func() error { return a.endpoints.put(want) },
 		func() error { return a.endpoints.prune(want) },
+		func() error { return a.endpoints.put(want) },
 	)
+}
+
+// pruneOrphans deletes the entries of the policies that are not kept: neither wanted nor
+// used by an endpoint entry the kernel holds.
+func pruneOrphans[K, V comparable](t *table[K, V], keep map[uint32]bool, policy func(K) uint32) error {
+	var keys []K
+	for k := range t.present {
+		if !keep[policy(k)] {
+			keys = append(keys, k)
+		}
+	}
+	return t.remove(keys)
 }
 
 // putEach writes the entries of the policies, the field of each that entries picks.

@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -15,10 +16,19 @@ import (
 // entries when that is not 0.
 func load(t *testing.T, ipcacheMax uint32) *bpf.PodwallObjects {
 	t.Helper()
+	if ipcacheMax == 0 {
+		return loadSized(t, nil)
+	}
+	return loadSized(t, map[string]uint32{bpf.PodwallMapIpcache: ipcacheMax})
+}
+
+// loadSized gives the test a fresh, unpinned collection with the maps of sizes shrunk.
+func loadSized(t *testing.T, sizes map[string]uint32) *bpf.PodwallObjects {
+	t.Helper()
 	spec, err := bpf.LoadPodwall()
 	require.NoError(t, err)
-	if ipcacheMax != 0 {
-		spec.Maps[bpf.PodwallMapIpcache].MaxEntries = ipcacheMax
+	for name, n := range sizes {
+		spec.Maps[name].MaxEntries = n
 	}
 	var objs bpf.PodwallObjects
 	require.NoError(t, spec.LoadAndAssign(&objs, nil))
@@ -229,4 +239,54 @@ func TestApplyFramesEndpointChangesWithEpochs(t *testing.T) {
 	require.NoError(t, m.Epoch.Update(uint32(0), uint32(5), 0), "an apply failed after the odd epoch")
 	require.NoError(t, NewApplier(m).Apply(second))
 	require.Equal(t, uint32(6), epoch(), "the next apply ends the change")
+}
+
+// portsPolicy allows n single TCP ports from first on, two apart: n pol_port entries.
+func portsPolicy(first, n int) string {
+	p := "allow tcp to ports "
+	for i := range n {
+		if i > 0 {
+			p += ","
+		}
+		p += fmt.Sprint(first + 2*i)
+	}
+	return p
+}
+
+func TestApplyDeletesOrphansBeforeItWrites(t *testing.T) {
+	m := loadSized(t, map[string]uint32{bpf.PodwallMapPolPort: 6})
+	// What a failed apply left: entries of a policy no endpoint uses, taking the room.
+	orphan := compiler.Compile(input(portsPolicy(1001, 4)))
+	for k, v := range orphan.Policies[orphan.Endpoints[7].Policy].Port {
+		require.NoError(t, m.PolPort.Put(k, v))
+	}
+	s := compiler.Compile(input(portsPolicy(1, 4)))
+	require.NoError(t, NewApplier(m).Apply(s))
+	require.Equal(t, Want(s), dump(t, m))
+}
+
+func TestApplyMakesRoomForAPolicyThatReplacesAnother(t *testing.T) {
+	m := loadSized(t, map[string]uint32{bpf.PodwallMapPolPort: 6})
+	a := NewApplier(m)
+	require.NoError(t, a.Apply(compiler.Compile(input(portsPolicy(1, 4)))))
+	// Four entries replace four in a map of six: not both at once.
+	next := compiler.Compile(input(portsPolicy(1001, 4)))
+	require.NoError(t, a.Apply(next))
+	require.Equal(t, Want(next), dump(t, m))
+	// And from a restarted agent's applier, which knows only the maps.
+	again := compiler.Compile(input(portsPolicy(2001, 4)))
+	require.NoError(t, NewApplier(m).Apply(again))
+	require.Equal(t, Want(again), dump(t, m))
+}
+
+func TestApplyTakesNewEndpointsInAFullMapOnceOthersLeave(t *testing.T) {
+	m := loadSized(t, map[string]uint32{bpf.PodwallMapEndpoints: 2})
+	a := NewApplier(m)
+	in := input("allow")
+	require.NoError(t, a.Apply(compiler.Compile(in)))
+	in.Pods = append(in.Pods, pod("shop", "new", "10.0.0.9", "allow", nil))
+	in.Endpoints = []compiler.Endpoint{{Ifindex: 7, Namespace: "shop", Name: "web"}, {Ifindex: 9, Namespace: "shop", Name: "new"}}
+	s := compiler.Compile(in)
+	require.NoError(t, a.Apply(s))
+	require.Equal(t, Want(s), dump(t, m))
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/podwall/podwall/agent"
 	"github.com/podwall/podwall/agent/netif"
+	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/datapath"
 	"github.com/podwall/podwall/k8s"
 	"github.com/podwall/podwall/loader"
@@ -38,10 +39,12 @@ type agentOptions struct {
 	logLevel    string
 	logFormat   string
 	podsFile    string
+	podsConfirm time.Duration
 	readyFile   string
 	netns       string
 	uninstall   bool
 	conntrack   conntrackOptions
+	mapSizes    map[string]int
 }
 
 // conntrackOptions size conntrack and time its flows.
@@ -115,10 +118,27 @@ func (o *agentOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "json", "json or console")
 	f.StringVar(&o.podsFile, "pods-file", "", "standalone mode: read Pods and Namespaces from this YAML file and follow its changes, instead of the cluster")
+	f.DurationVar(&o.podsConfirm, "pods-file-confirm", k8s.DefaultConfirm, "how long a pods file that lost most pods at once must stay the same before it is taken (an empty file never is)")
 	f.StringVar(&o.readyFile, "ready-file", "", "file to write once the first state is applied and every local pod is attached")
 	f.StringVar(&o.netns, "netns", "", "network namespace (a path such as /run/netns/NAME) whose interfaces to attach to (default: the agent's own)")
 	f.BoolVar(&o.uninstall, "uninstall", false, "remove every program, link and map podwall made, and exit")
 	o.conntrack.addFlags(f)
+	f.StringToIntVar(&o.mapSizes, "map-size", nil, "entries of maps by name, e.g. ipcache=524288,pol_port=131072 (endpoints, ipcache, pol_ident, pol_cidr, pol_port, pol_icmp, frags...); a pinned map of another size must be removed first (--uninstall)")
+}
+
+// sizes are the maps' sizes the flags give.
+func (o agentOptions) sizes() (map[string]uint32, error) {
+	out := map[string]uint32{bpf.PodwallMapConntrack: o.conntrack.size}
+	for name, n := range o.mapSizes {
+		if !loader.Sizable(name) || name == bpf.PodwallMapConntrack {
+			return nil, fmt.Errorf("--map-size %s: no such map whose size can be set (conntrack has --conntrack-size)", name)
+		}
+		if n <= 0 || n > 1<<26 {
+			return nil, fmt.Errorf("--map-size %s=%d: want 1 to %d entries", name, n, 1<<26)
+		}
+		out[name] = uint32(n)
+	}
+	return out, nil
 }
 
 // flagsFromEnv sets each flag not given on the command line from its environment variable.
@@ -191,8 +211,12 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 	if err != nil {
 		return err
 	}
+	sizes, err := o.sizes()
+	if err != nil {
+		return err
+	}
 	ldr := loader.Config{BPFFS: o.bpffs, Netns: o.netns, Logger: log.Named("loader"),
-		Constants: constants, ConntrackSize: o.conntrack.size}
+		Constants: constants, MapSizes: sizes}
 	if o.uninstall {
 		dp, err := datapath.Open(ldr)
 		if err != nil {
@@ -220,7 +244,7 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 	var source agent.Source
 	var events agent.Events
 	if o.podsFile != "" {
-		source = k8s.NewFile(o.podsFile)
+		source = k8s.NewFile(o.podsFile, o.podsConfirm)
 		log.Info("standalone mode", zap.String("pods-file", o.podsFile))
 	} else {
 		client, err := o.client()

@@ -147,6 +147,11 @@ func explain(out io.Writer, snap k8s.Snapshot, opts compiler.Options, q query) e
 	// forwarded to the pod (SPEC 8).
 	pkt.FromNode = q.from == "node"
 
+	if dst.HostNetwork {
+		fmt.Fprintf(out, "%s (%s) -> %s (%s) %s: PASS\n", srcName, src, q.to, dstIP, desc)
+		fmt.Fprintf(out, "  %s is a host-network pod: it has the node's interfaces, which podwall does not guard\n", q.to)
+		return nil
+	}
 	in := compiler.Input{HostIPs: q.nodeIPs, Options: opts,
 		Endpoints: []compiler.Endpoint{{Ifindex: explainIfindex, Namespace: dst.Namespace, Name: dst.Name}}}
 	for _, p := range snap.Pods {

@@ -29,6 +29,12 @@ func TestExplain(t *testing.T) {
 		{name: "invalid annotation isolates", args: run("shop/web", "shop/bad"),
 			stdout: "shop/web (10.0.0.2) -> shop/bad (10.0.0.4) tcp port 80: DROP\n" +
 				`  shop/bad is isolated: invalid-policy: rule 1, offset 15 ("prots"): expected "ports", "label", "cidr", "to" or end of rule` + "\n"},
+		{name: "a policy over the budget isolates, with the message of policy parse", args: run("--policy-budget", "2", "shop/front", "shop/big", "tcp:3"),
+			stdout: "shop/front (10.0.0.3) -> shop/big (10.0.0.6) tcp port 3: DROP\n" +
+				"  shop/big is isolated: over-budget: 3 entries in map pol_port, over the budget of 2 a policy may have in one map (--policy-budget): policy over budget\n"},
+		{name: "within the budget", args: run("--policy-budget", "3", "shop/front", "shop/big", "tcp:3"),
+			stdout: "shop/front (10.0.0.3) -> shop/big (10.0.0.6) tcp port 3: PASS\n" +
+				"  rule 1 (allow tcp to ports 1,3,5) of shop/big allows it\n"},
 		{name: "the node passes", args: run("--node-ip", "10.0.0.1", "node", "shop/bad"),
 			stdout: "node (10.0.0.1) -> shop/bad (10.0.0.4) tcp port 80: PASS\n" +
 				"  it comes from the node, which may always reach its pods (--allow-host)\n"},

@@ -29,6 +29,7 @@ type parseOptions struct {
 	output    string
 	filename  string
 	legacy    bool
+	budget    int
 }
 
 func newPolicyParseCmd(d deps) *cobra.Command {
@@ -45,8 +46,9 @@ stdin. With -f, the annotation and the namespace come from a Pod manifest (YAML 
 and the whole output is an annotation with the same rules. -o json prints a JSON array of
 Calico profile rules; label constraints become tags of the namespace.
 
-An invalid annotation prints its error on stderr and exits with status 1, printing nothing
-on stdout. An annotation with no rules prints a note on stderr (and [] with -o json).`,
+An invalid annotation, or one the agent would isolate for its size (more than 1024 rules,
+or more entries in a map than --policy-budget), prints its error on stderr and exits with
+status 1, printing nothing on stdout: the agent's message for the same annotation. An annotation with no rules prints a note on stderr (and [] with -o json).`,
 		Example: `  podwall policy parse 'allow tcp from label role=backend; allow tcp to ports 443'
   podwall policy parse -n production -o json 'allow from label role=backend'
   kubectl get pod web-0 -o yaml | podwall policy parse -f -`,
@@ -58,6 +60,7 @@ on stdout. An annotation with no rules prints a note on stderr (and [] with -o j
 	f.StringVarP(&o.namespace, "namespace", "n", "default", "namespace of the annotated pod: the namespace of the tags of label rules")
 	f.StringVarP(&o.output, "output", "o", "text", "output format: text or json")
 	f.StringVarP(&o.filename, "filename", "f", "", `read the annotation and the namespace from this Pod manifest ("-": stdin)`)
+	f.IntVar(&o.budget, "policy-budget", compiler.DefaultPolicyBudget, "the agent's --policy-budget: the most entries one policy may have in any one classifier map (0: no budget)")
 	f.BoolVar(&o.legacy, "legacy-policy-key", true, `with -f, read the legacy "policy" annotation when "`+compiler.AnnotationKey+`" is absent`)
 	return cmd
 }
@@ -83,6 +86,9 @@ func (o parseOptions) run(d deps, namespaceSet bool, args []string) error {
 			return nil
 		}
 		rules, err := compiler.Parse(value)
+		if err == nil {
+			err = compiler.CheckPolicy(pod.Metadata.Namespace, rules, o.budget)
+		}
 		if err != nil {
 			return fmt.Errorf("annotation %s of pod %s: %w", key, pod.name(), err)
 		}
@@ -102,6 +108,9 @@ func (o parseOptions) run(d deps, namespaceSet bool, args []string) error {
 	}
 	rules, err := compiler.Parse(annotation)
 	if err != nil {
+		return err
+	}
+	if err := compiler.CheckPolicy(namespace, rules, o.budget); err != nil {
 		return err
 	}
 	return printRules(d, rules, namespace, o.output)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -50,6 +51,23 @@ func TestPolicyParse(t *testing.T) {
 			args:   []string{"policy", "parse", "-o", "json", ""},
 			stdout: "[]\n",
 			stderr: noRulesNote,
+		},
+		{
+			name:   "more rules than the agent takes",
+			args:   []string{"policy", "parse", strings.Repeat("allow;", 1025)},
+			stderr: "podwall: 1025 rules, at most 1024: too many rules\n",
+			code:   1,
+		},
+		{
+			name:   "more entries than the budget",
+			args:   []string{"policy", "parse", "--policy-budget", "2", "allow tcp to ports 1,3,5"},
+			stderr: "podwall: 3 entries in map pol_port, over the budget of 2 a policy may have in one map (--policy-budget): policy over budget\n",
+			code:   1,
+		},
+		{
+			name:   "within the budget",
+			args:   []string{"policy", "parse", "--policy-budget", "3", "allow tcp to ports 1,3,5"},
+			stdout: "allow tcp to ports 1,3,5;\n",
 		},
 		{
 			name:   "syntax error",

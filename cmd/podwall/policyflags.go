@@ -15,6 +15,7 @@ type policyOptions struct {
 	openNamespaces []string
 	allowHost      bool
 	legacyKey      bool
+	budget         int
 }
 
 func (o *policyOptions) addFlags(f *pflag.FlagSet) {
@@ -22,10 +23,14 @@ func (o *policyOptions) addFlags(f *pflag.FlagSet) {
 	f.StringSliceVar(&o.openNamespaces, "open-namespaces", []string{"kube-system"}, "namespaces whose pods accept all traffic (their annotations are ignored)")
 	f.BoolVar(&o.allowHost, "allow-host", true, "let traffic from the node's own addresses reach every pod (kubelet probes)")
 	f.BoolVar(&o.legacyKey, "legacy-policy-key", true, `read the annotation "policy" when "`+compiler.AnnotationKey+`" is absent`)
+	f.IntVar(&o.budget, "policy-budget", compiler.DefaultPolicyBudget, "the most entries one policy may have in any one classifier map; a pod whose policy needs more is isolated (0: no budget)")
 }
 
 func (o policyOptions) compilerOptions() (compiler.Options, error) {
-	opts := compiler.Options{OpenNamespaces: o.openNamespaces, AllowHost: o.allowHost, LegacyKey: o.legacyKey}
+	if o.budget < 0 {
+		return compiler.Options{}, fmt.Errorf("--policy-budget %d: must not be negative", o.budget)
+	}
+	opts := compiler.Options{OpenNamespaces: o.openNamespaces, AllowHost: o.allowHost, LegacyKey: o.legacyKey, PolicyBudget: o.budget}
 	switch o.defaultPolicy {
 	case "namespace":
 		opts.DefaultPolicy = compiler.DefaultNamespace

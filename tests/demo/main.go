@@ -459,7 +459,7 @@ func (d *checker) why(state *compiler.State, to *pod, v compiler.Verdict) string
 		return "open namespace: accepts everything"
 	case compiler.ReasonHost:
 		return "from the node: always allowed"
-	case compiler.ReasonNotEndpoint:
+	case compiler.ReasonNoEntry:
 		return "not guarded"
 	}
 	return v.Reason.String()

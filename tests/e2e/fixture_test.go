@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/datapath"
 	"github.com/podwall/podwall/loader"
@@ -131,7 +132,7 @@ func withConstants(m map[string]any) func(*loader.Config) {
 
 // withConntrackSize sizes the conntrack table, as --conntrack-size does.
 func withConntrackSize(n uint32) func(*loader.Config) {
-	return func(c *loader.Config) { c.ConntrackSize = n }
+	return func(c *loader.Config) { c.MapSizes = map[string]uint32{bpf.PodwallMapConntrack: n} }
 }
 
 // policy is the annotations of a pod with a policy.

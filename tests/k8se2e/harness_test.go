@@ -3,6 +3,7 @@ package k8se2e
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -92,6 +93,9 @@ type env struct {
 	tp    *topo.Topology
 	bpffs string
 	pods  map[podKey]podSpec
+	// listed is the pod each topology pod's interface was last given to: one that leaves the
+	// API keeps an isolated endpoint while its interface lives.
+	listed map[*topo.Pod]compiler.Endpoint
 	// kubeconfig is the agent's: its ServiceAccount's token (agentKubeconfig).
 	kubeconfig string
 }
@@ -101,11 +105,12 @@ func newEnv(t *testing.T) *env {
 	// The API server first: its cleanup then runs last, after the agent's.
 	api := kapi.Start(t)
 	return &env{
-		t:     t,
-		api:   api,
-		tp:    topo.New(t, topo.Routed),
-		bpffs: topo.BPFFS(t),
-		pods:  map[podKey]podSpec{},
+		t:      t,
+		api:    api,
+		tp:     topo.New(t, topo.Routed),
+		bpffs:  topo.BPFFS(t),
+		pods:   map[podKey]podSpec{},
+		listed: map[*topo.Pod]compiler.Endpoint{},
 	}
 }
 
@@ -204,7 +209,17 @@ func (e *env) expected(opts compiler.Options) *compiler.State {
 			IPs: p.addrs(), HostNetwork: p.hostNetwork,
 		})
 		if p.tp != nil && len(p.addrs()) > 0 {
-			in.Endpoints = append(in.Endpoints, compiler.Endpoint{Ifindex: uint32(p.tp.HostIfindex), Namespace: p.ns, Name: p.name})
+			ep := compiler.Endpoint{Ifindex: uint32(p.tp.HostIfindex), Namespace: p.ns, Name: p.name}
+			in.Endpoints = append(in.Endpoints, ep)
+			e.listed[p.tp] = ep
+		}
+	}
+	for tp, ep := range e.listed {
+		if _, err := e.tp.Node.Handle().LinkByIndex(tp.HostIfindex); err != nil {
+			continue
+		}
+		if !slices.ContainsFunc(in.Endpoints, func(x compiler.Endpoint) bool { return x.Ifindex == ep.Ifindex }) {
+			in.Endpoints = append(in.Endpoints, ep)
 		}
 	}
 	f, err := netif.Open(e.tp.Node.Path)

@@ -62,17 +62,24 @@ type cluster struct {
 	tp    *topo.Topology
 	bpffs string
 	file  string
-	last  []byte               // the file's content as last written
-	pods  map[string]*topo.Pod // the topology's pods by name
+	last  []byte // the file's content as last written
+	// confirm is how long a pods file that lost most pods must stay before the agent takes
+	// it (0: k8s.DefaultConfirm).
+	confirm time.Duration
+	pods    map[string]*topo.Pod // the topology's pods by name
+	// listed is the pod each topology pod's interface was last listed for: one that leaves
+	// the file keeps an isolated endpoint while its interface lives.
+	listed map[*topo.Pod]compiler.Endpoint
 }
 
 func newCluster(t *testing.T, kind topo.Kind) *cluster {
 	return &cluster{
-		t:     t,
-		tp:    topo.New(t, kind),
-		bpffs: topo.BPFFS(t),
-		file:  filepath.Join(t.TempDir(), "pods.yaml"),
-		pods:  map[string]*topo.Pod{},
+		t:      t,
+		tp:     topo.New(t, kind),
+		bpffs:  topo.BPFFS(t),
+		file:   filepath.Join(t.TempDir(), "pods.yaml"),
+		pods:   map[string]*topo.Pod{},
+		listed: map[*topo.Pod]compiler.Endpoint{},
 	}
 }
 
@@ -139,6 +146,11 @@ func render(t *testing.T, pods []podSpec, namespaces []string) []byte {
 func (c *cluster) write(pods []podSpec, namespaces ...string) {
 	c.t.Helper()
 	c.writeRaw(render(c.t, pods, namespaces))
+	for _, p := range pods {
+		if p.tp != nil && (p.node == "" || p.node == nodeName) && !p.hostNetwork {
+			c.listed[p.tp] = compiler.Endpoint{Ifindex: uint32(p.tp.HostIfindex), Namespace: p.ns, Name: p.name}
+		}
+	}
 }
 
 func (c *cluster) writeRaw(b []byte) {
@@ -150,7 +162,8 @@ func (c *cluster) writeRaw(b []byte) {
 }
 
 // expected compiles the file as last written the way the agent must: every local pod of the
-// topology is an endpoint on its host-side interface.
+// topology is an endpoint on its host-side interface, and so is a pod that left the file while
+// its interface lives (the compiler isolates it).
 func (c *cluster) expected(opts compiler.Options) *compiler.State {
 	c.t.Helper()
 	snap, err := k8s.ParseFile(c.last)
@@ -169,6 +182,14 @@ func (c *cluster) expected(opts compiler.Options) *compiler.State {
 		ifindex, ok := ifindexes[p.IPs[0]]
 		require.True(c.t, ok, "pod %s/%s has no namespace of the topology", p.Namespace, p.Name)
 		eps = append(eps, compiler.Endpoint{Ifindex: uint32(ifindex), Namespace: p.Namespace, Name: p.Name})
+	}
+	for tp, ep := range c.listed {
+		if _, err := c.tp.Node.Handle().LinkByIndex(tp.HostIfindex); err != nil {
+			continue
+		}
+		if !slices.ContainsFunc(eps, func(e compiler.Endpoint) bool { return e.Ifindex == ep.Ifindex }) {
+			eps = append(eps, ep)
+		}
 	}
 	f, err := netif.Open(c.tp.Node.Path)
 	require.NoError(c.t, err)
@@ -233,7 +254,7 @@ func (c *cluster) startAgentUnready(opts compiler.Options, edits ...func(*loader
 	r.agent = agent.New(agent.Config{
 		Node:        nodeName,
 		Options:     opts,
-		Source:      k8s.NewFile(c.file),
+		Source:      k8s.NewFile(c.file, c.confirm),
 		Datapath:    dp,
 		Finder:      finder,
 		Metrics:     r.metrics,

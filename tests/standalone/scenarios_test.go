@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/agent"
+	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/loader"
 	"github.com/podwall/podwall/tests/topo"
@@ -147,8 +148,12 @@ func TestScenarios(t *testing.T) {
 		topo.Expect(t, topo.TCP("outside world to worker: default, same namespace only", client.NS, none, worker.IPv4, port, false))
 		c.write(slices.DeleteFunc(all(), func(p podSpec) bool { return p.name == "worker" }), namespaces...)
 		c.awaitApplied(defaults)
-		requireEventually(t, func() bool { return !slices.Contains(a.dp.Attached(), worker.HostIfindex) }, "worker detached")
-		topo.Expect(t, topo.TCP("outside world to worker: no longer a pod, not guarded", client.NS, none, worker.IPv4, port, true))
+		// Its interface lives on: a pod that left the source stays isolated until it goes.
+		require.Contains(t, a.dp.Attached(), worker.HostIfindex)
+		topo.Expect(t,
+			topo.TCP("outside world to worker: gone from the file, interface alive, isolated", client.NS, none, worker.IPv4, port, false),
+			topo.TCP("shop to worker: isolated too", web.NS, none, worker.IPv4, port, false),
+		)
 	})
 
 	t.Run("namespace created and deleted", func(t *testing.T) {
@@ -163,7 +168,7 @@ func TestScenarios(t *testing.T) {
 		)
 		c.write(others, namespaces...)
 		c.awaitApplied(defaults)
-		topo.Expect(t, topo.TCP("shop to a pod of a deleted namespace: not guarded", web.NS, none, worker.IPv4, port, true))
+		topo.Expect(t, topo.TCP("outside world to a pod of a deleted namespace: isolated while its interface lives", client.NS, none, worker.IPv4, port, false))
 	})
 }
 
@@ -278,7 +283,7 @@ func TestConntrackIsCollectedAndReported(t *testing.T) {
 	client, server := c.addPod("client"), c.addPod("server")
 	c.write([]podSpec{{ns: "shop", name: "client", tp: client}, {ns: "shop", name: "server", tp: server}}, "shop")
 	a := c.startAgentUnready(defaults, func(lc *loader.Config, ac *agent.Config) {
-		lc.ConntrackSize = size
+		lc.MapSizes = map[string]uint32{bpf.PodwallMapConntrack: size}
 		lc.Constants = map[string]any{"ct_timeout_udp_ns": uint64(2 * time.Second)}
 		ac.ConntrackGC = 200 * time.Millisecond
 	})
