@@ -191,7 +191,9 @@ func (a *Applier) makeRoom(s *compiler.State) []func() error {
 	}
 	steps := a.epoch.around(func() error { return a.endpoints.put(isolated) })
 	return append(steps,
-		func() error { return pruneOrphans(a.ident, keep, func(k bpf.PodwallIdentKey) uint32 { return k.Policy }) },
+		func() error {
+			return pruneOrphans(a.ident, keep, func(k bpf.PodwallIdentKey) uint32 { return k.Policy })
+		},
 		func() error { return pruneOrphans(a.cidr, keep, func(k bpf.PodwallCidrKey) uint32 { return k.Policy }) },
 		func() error { return pruneOrphans(a.port, keep, func(k bpf.PodwallPortKey) uint32 { return k.Policy }) },
 		func() error { return pruneOrphans(a.icmp, keep, func(k bpf.PodwallIcmpKey) uint32 { return k.Policy }) },
@@ -227,7 +229,9 @@ func (a *Applier) full(s *compiler.State) []func() error {
 		keep[e.Ep.Policy] = true
 	}
 	steps := []func() error{
-		func() error { return pruneOrphans(a.ident, keep, func(k bpf.PodwallIdentKey) uint32 { return k.Policy }) },
+		func() error {
+			return pruneOrphans(a.ident, keep, func(k bpf.PodwallIdentKey) uint32 { return k.Policy })
+		},
 		func() error { return pruneOrphans(a.cidr, keep, func(k bpf.PodwallCidrKey) uint32 { return k.Policy }) },
 		func() error { return pruneOrphans(a.port, keep, func(k bpf.PodwallPortKey) uint32 { return k.Policy }) },
 		func() error { return pruneOrphans(a.icmp, keep, func(k bpf.PodwallIcmpKey) uint32 { return k.Policy }) },
