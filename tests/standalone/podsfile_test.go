@@ -15,12 +15,13 @@ import (
 
 // TestBrokenPodsFileLeavesNoPodOpen writes the pods file the ways that once unguarded pods:
 // emptied in place (what `kubectl get ... > pods.yaml` does first), gone, cut at a line end
-// inside a pod's status, and shrunk to one pod of four. No pod is opened by any of them:
+// inside a pod's status, cut inside a quoted string, replaced by unrelated files, and shrunk
+// to one pod of four. No pod is opened by any of them:
 // what the agent does not trust leaves the last state enforced, and a pod that lost its
 // address or left the file stays isolated while its interface lives.
 func TestBrokenPodsFileLeavesNoPodOpen(t *testing.T) {
 	c := newCluster(t, topo.Routed)
-	c.confirm = 2 * time.Second
+	c.confirm = 3 * time.Second
 	guarded, open, other, client := c.addPod("guarded"), c.addPod("open"), c.addPod("other"), c.addPod("client")
 	specs := []podSpec{
 		{ns: "shop", name: "guarded", tp: guarded, annotations: policy("allow tcp from label role=frontend")},
@@ -85,6 +86,24 @@ func TestBrokenPodsFileLeavesNoPodOpen(t *testing.T) {
 	c.awaitApplied(defaults)
 	enforced(true)
 	topo.Expect(t, topo.TCP("from the guarded pod, isolated now", guarded.NS, none, open.IPv4, port, false))
+
+	// kubectl's JSON cut inside a quoted string, and files of something else: a text, and a
+	// ConfigMap (it parses, and lists no pod at all). None is taken.
+	c.write(specs, "shop")
+	c.awaitApplied(defaults)
+	state = c.expected(defaults)
+	j, err := yaml.YAMLToJSON(render(t, specs, []string{"shop"}))
+	require.NoError(t, err)
+	at := bytes.Index(j, []byte(`"allow tcp`))
+	require.Positive(t, at)
+	require.NoError(t, os.WriteFile(c.file, j[:at+len(`"allow`)], 0o644))
+	failed("parse pods file")
+	require.NoError(t, os.WriteFile(c.file, []byte("127.0.0.1 localhost\n::1 localhost\n"), 0o644))
+	failed("parse pods file")
+	require.NoError(t, os.WriteFile(c.file, []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: pods}\ndata: {a: b}\n"), 0o644))
+	failed("4 fewer than the last content")
+	pinned.Await(t, c.bpffs, state, applyWait)
+	enforced(true)
 
 	// Shrunk to one pod of four: distrusted until it stayed the same for confirm, then the
 	// three that left stay isolated while their interfaces live.
