@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"sync/atomic"
@@ -71,6 +72,11 @@ type Config struct {
 	Debounce, MaxDebounce time.Duration
 	// ConntrackGC is how often the conntrack collector runs. Default DefaultConntrackGC.
 	ConntrackGC time.Duration
+	// Strict lists name patterns (path.Match) of the pods' interfaces: each gets the programs
+	// as soon as it appears, before the source tells which pod it belongs to, and passes
+	// nothing until that pod's entry is written. Empty: an interface is attached once its
+	// pod is known.
+	Strict []string
 }
 
 // Agent runs the loop.
@@ -89,6 +95,8 @@ type Agent struct {
 	ready         bool // the ready file is written
 
 	known map[podKey]int // the interface each local pod was last found on
+	// strict are the interfaces the Strict patterns matched at the last look.
+	strict []int
 	// compiler keeps the last compilation, so a change recompiles what it touches.
 	compiler compiler.Compiler
 }
@@ -179,10 +187,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		}
 		a.lastTurn.Store(time.Now().UnixNano())
+		again := a.holdStrict()
 		if !a.synced.Load() {
+			if again {
+				retry.Reset(back.delay())
+			}
 			continue
 		}
-		if again := a.reconcile(ctx, first); again {
+		if a.reconcile(ctx, first) || again {
 			retry.Reset(back.delay())
 		} else {
 			back.reset()
@@ -418,11 +430,66 @@ func (a *Agent) attach(eps []compiler.Endpoint) []finding {
 	return failed
 }
 
-// detach detaches the programs from the interfaces that are no longer endpoints, once the
-// state without them is applied.
+// holdStrict attaches the programs to each interface the Strict patterns match that lacks
+// them: with no entry they drop everything, so the pod behind it is isolated from the moment
+// its interface appears. It says whether something must be tried again.
+func (a *Agent) holdStrict() (again bool) {
+	if len(a.cfg.Strict) == 0 {
+		return false
+	}
+	found, err := a.cfg.Finder.Links(a.strictMatch)
+	if err != nil {
+		// The interfaces of the last look stay held.
+		a.log.Error("list interfaces for --strict-interfaces", zap.Error(err))
+		return true
+	}
+	a.strict = found
+	if !a.synced.Load() {
+		a.cfg.Metrics.interfacesHeld.Set(float64(len(found)))
+	}
+	attached := a.cfg.Datapath.Attached()
+	for _, ifindex := range found {
+		if slices.Contains(attached, ifindex) {
+			continue
+		}
+		if err := a.cfg.Datapath.Attach(ifindex); err != nil {
+			a.cfg.Metrics.attachErrors.Inc()
+			a.log.Error("attach to a new interface (--strict-interfaces)", zap.Int("ifindex", ifindex), zap.Error(err))
+			again = true
+			continue
+		}
+		a.log.Info("attached to a new interface; it passes nothing until its pod's entry is written",
+			zap.Int("ifindex", ifindex))
+	}
+	return again
+}
+
+func (a *Agent) strictMatch(name string) bool {
+	return slices.ContainsFunc(a.cfg.Strict, func(pattern string) bool {
+		ok, _ := path.Match(pattern, name) // patterns are checked when the flag is read
+		return ok
+	})
+}
+
+// held returns the strict interfaces that are not endpoints.
+func (a *Agent) held(eps []compiler.Endpoint) []int {
+	var out []int
+	for _, ifindex := range a.strict {
+		if !slices.ContainsFunc(eps, func(ep compiler.Endpoint) bool { return int(ep.Ifindex) == ifindex }) {
+			out = append(out, ifindex)
+		}
+	}
+	return out
+}
+
+// detach detaches the programs from the interfaces that are neither endpoints nor held by
+// strict mode, once the state without them is applied.
 func (a *Agent) detach(eps []compiler.Endpoint) {
+	held := a.held(eps)
+	a.cfg.Metrics.interfacesHeld.Set(float64(len(held)))
 	for _, ifindex := range a.cfg.Datapath.Attached() {
-		if slices.ContainsFunc(eps, func(ep compiler.Endpoint) bool { return int(ep.Ifindex) == ifindex }) {
+		if slices.Contains(held, ifindex) ||
+			slices.ContainsFunc(eps, func(ep compiler.Endpoint) bool { return int(ep.Ifindex) == ifindex }) {
 			continue
 		}
 		if err := a.cfg.Datapath.Detach(ifindex); err != nil {

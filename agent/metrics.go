@@ -28,6 +28,7 @@ type Metrics struct {
 	invalidPolicies  prometheus.Gauge
 	problems         *prometheus.GaugeVec
 	interfaceMissing prometheus.Gauge
+	interfacesHeld   prometheus.Gauge
 	ctEntries        prometheus.Gauge
 	ctCapacity       prometheus.Gauge
 	ctRemoved        *prometheus.CounterVec
@@ -102,6 +103,10 @@ func NewMetrics(stats *ebpf.Map) *Metrics {
 			Namespace: namespace, Name: "interfaces_not_found",
 			Help: "Pods of this node with an address whose interface is not found (not yet guarded; retried).",
 		}),
+		interfacesHeld: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "interfaces_held",
+			Help: "Interfaces that --strict-interfaces matched which carry podwall's programs and no pod's entry yet: they pass nothing.",
+		}),
 		ctEntries: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "conntrack_entries",
 			Help: "Live conntrack entries at the last run of the collector. Inserts that found no room count in podwall_verdicts_total{reason=\"ct-full\"}, and those over a pod's share in {reason=\"ct-quota\"}.",
@@ -124,7 +129,7 @@ func NewMetrics(stats *ebpf.Map) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.applySeconds, m.applyErrors, m.applyFailing, m.attachErrors, m.sourceErrors, m.mapEntries, m.mapCapacity,
 		m.endpoints, m.identities, m.policies, m.pods, m.namespaces, m.invalidPolicies, m.problems,
-		m.interfaceMissing, m.ctEntries, m.ctCapacity, m.ctRemoved, m.ctErrors, &verdicts{stats: stats},
+		m.interfaceMissing, m.interfacesHeld, m.ctEntries, m.ctCapacity, m.ctRemoved, m.ctErrors, &verdicts{stats: stats},
 	)
 	m.ctRemoved.WithLabelValues("expired")
 	m.ctRemoved.WithLabelValues("flushed")

@@ -245,3 +245,26 @@ func (f *Finder) HostAddrs() ([]netip.Addr, error) {
 	}
 	return out, nil
 }
+
+// Links returns the ifindexes of the namespace's interfaces whose names match.
+func (f *Finder) Links(match func(name string) bool) ([]int, error) {
+	var links []netlink.Link
+	var err error
+	for i := 0; ; i++ {
+		links, err = f.nl.LinkList()
+		if errors.Is(err, netlink.ErrDumpInterrupted) && i < dumpRetries {
+			continue
+		}
+		break
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list interfaces: %w", err)
+	}
+	var out []int
+	for _, l := range links {
+		if match(l.Attrs().Name) {
+			out = append(out, l.Attrs().Index)
+		}
+	}
+	return out, nil
+}

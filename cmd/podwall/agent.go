@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path"
 	"strings"
 	"syscall"
 	"time"
@@ -45,6 +46,7 @@ type agentOptions struct {
 	uninstall   bool
 	conntrack   conntrackOptions
 	mapSizes    map[string]int
+	strict      []string
 }
 
 // conntrackOptions size conntrack and time its flows.
@@ -117,6 +119,7 @@ func (o *agentOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "address to serve /metrics, /healthz and /readyz on, e.g. :9402 (empty: none)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "json", "json or console")
+	f.StringSliceVar(&o.strict, "strict-interfaces", nil, "strict mode: name patterns of the pods' host-side interfaces (shell globs, e.g. cali*,lxc*); each is isolated from the moment it appears, before the cluster says whose it is, and passes nothing until its pod's policy is in the kernel (a new pod's first packets are dropped); an interface that matches and is no pod's passes nothing at all")
 	f.StringVar(&o.podsFile, "pods-file", "", "standalone mode: read Pods and Namespaces from this YAML file and follow its changes, instead of the cluster")
 	f.DurationVar(&o.podsConfirm, "pods-file-confirm", k8s.DefaultConfirm, "how long a pods file that lost most pods at once must stay the same before it is taken (an empty file never is)")
 	f.StringVar(&o.readyFile, "ready-file", "", "file to write once the first state is applied and every local pod is attached")
@@ -215,6 +218,11 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 	if err != nil {
 		return err
 	}
+	for _, pattern := range o.strict {
+		if _, err := path.Match(pattern, ""); err != nil {
+			return fmt.Errorf("--strict-interfaces %q: %w", pattern, err)
+		}
+	}
 	ldr := loader.Config{BPFFS: o.bpffs, Netns: o.netns, Logger: log.Named("loader"),
 		Constants: constants, MapSizes: sizes}
 	if o.uninstall {
@@ -283,6 +291,7 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 		Logger:      log,
 		ReadyFile:   o.readyFile,
 		ConntrackGC: o.conntrack.gc,
+		Strict:      o.strict,
 	})
 	var serveErr <-chan error // nil: no server, never ready
 	if o.metricsAddr != "" {

@@ -56,7 +56,8 @@ func TestAgentCLI(t *testing.T) {
 	require.Equal(t, 0, code, stderr)
 	for _, flag := range []string{"--kubeconfig", "--node-name", "--bpffs", "--default-policy", "--open-namespaces",
 		"--allow-host", "--legacy-policy-key", "--metrics-addr", "--log-level", "--log-format", "--pods-file",
-		"--ready-file", "--netns", "--uninstall", "PODWALL_NODE_NAME"} {
+		"--ready-file", "--netns", "--uninstall", "--strict-interfaces", "--policy-budget", "--map-size",
+		"--pods-file-confirm", "PODWALL_NODE_NAME"} {
 		require.Contains(t, stdout, flag)
 	}
 	for _, tt := range []cliTest{
@@ -64,6 +65,8 @@ func TestAgentCLI(t *testing.T) {
 			stderr: "podwall: unknown --default-policy \"open\": want namespace, allow or deny\n"},
 		{name: "bad log format", args: []string{"agent", "--log-format", "xml"}, code: 1,
 			stderr: "podwall: unknown --log-format \"xml\": want json or console\n"},
+		{name: "bad strict pattern", args: []string{"agent", "--pods-file", "x", "--strict-interfaces", "veth*,cali["}, code: 1,
+			stderr: "podwall: --strict-interfaces \"cali[\": syntax error in pattern\n"},
 	} {
 		t.Run(tt.name, func(t *testing.T) { requireCLI(t, tt) })
 	}

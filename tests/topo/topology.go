@@ -181,7 +181,7 @@ func (t *Topology) AddPod(name string) *Pod {
 	return p
 }
 
-// hostIfname names the host side of a pod's veth the way Calico does ("cali" and a hash of
+// hostIfname names the host side of a pod's veth the way Calico does (a prefix and a hash of
 // the pod), within the 15 bytes an interface name may have.
 func hostIfname(pod string) string {
 	sum := sha1.Sum([]byte(pod))
