@@ -45,6 +45,9 @@ const (
 	// DefaultConntrackGC is how often expired conntrack entries are removed: the table
 	// evicts nothing by itself.
 	DefaultConntrackGC = 10 * time.Second
+	// DefaultChainCheck is how often the agent checks that its programs run first on every
+	// interface it guards.
+	DefaultChainCheck = 10 * time.Second
 	// conntrackNearlyFull is the share of the conntrack table in use past which the node
 	// gets an Event: new flows will soon go unrecorded.
 	conntrackNearlyFull = 0.9
@@ -72,6 +75,9 @@ type Config struct {
 	Debounce, MaxDebounce time.Duration
 	// ConntrackGC is how often the conntrack collector runs. Default DefaultConntrackGC.
 	ConntrackGC time.Duration
+	// ChainCheck is how often the agent checks that its programs run first on every
+	// interface, and puts them first again. Default DefaultChainCheck.
+	ChainCheck time.Duration
 	// Strict lists name patterns (path.Match) of the pods' interfaces: each gets the programs
 	// as soon as it appears, before the source tells which pod it belongs to, and passes
 	// nothing until that pod's entry is written. Empty: an interface is attached once its
@@ -118,6 +124,9 @@ func New(cfg Config) *Agent {
 	if cfg.ConntrackGC == 0 {
 		cfg.ConntrackGC = DefaultConntrackGC
 	}
+	if cfg.ChainCheck == 0 {
+		cfg.ChainCheck = DefaultChainCheck
+	}
 	return &Agent{
 		cfg:    cfg,
 		log:    cfg.Logger,
@@ -163,6 +172,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer beat.Stop()
 	gc := time.NewTicker(a.cfg.ConntrackGC)
 	defer gc.Stop()
+	order := time.NewTicker(a.cfg.ChainCheck)
+	defer order.Stop()
 	back := backoff{min: minRetry, max: maxRetry}
 	first := true
 	for {
@@ -179,6 +190,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		case <-gc.C:
 			a.collectConntrack()
+			continue
+		case <-order.C:
+			a.ensureFirst()
 			continue
 		case <-a.kick:
 		case <-retry.C:
@@ -328,10 +342,11 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 
 // Kinds of the agent's own findings.
 const (
-	kindInterface = "interface-not-found"
-	kindAttach    = "attach-failed"
-	kindApply     = "apply-failed"
-	kindConntrack = "conntrack-nearly-full"
+	kindInterface  = "interface-not-found"
+	kindAttach     = "attach-failed"
+	kindApply      = "apply-failed"
+	kindConntrack  = "conntrack-nearly-full"
+	kindChainOrder = "program-ahead"
 )
 
 // collectConntrack runs the conntrack collector, and reports a table that is nearly full
@@ -480,6 +495,42 @@ func (a *Agent) held(eps []compiler.Endpoint) []int {
 		}
 	}
 	return out
+}
+
+// ensureFirst puts podwall's programs first again on each hook where another program went
+// ahead: one that passes a packet before podwall judges it opens the pod. Each time it
+// happens is reported on the pod (or the node, for an interface no pod is known on yet).
+func (a *Agent) ensureFirst() {
+	displaced, err := a.cfg.Datapath.EnsureFirst()
+	if err != nil {
+		a.log.Error("check the order of the programs", zap.Error(err))
+		return
+	}
+	byIfindex := map[int]podKey{}
+	for k, ifindex := range a.known {
+		byIfindex[ifindex] = k
+	}
+	var found []finding
+	for _, d := range displaced {
+		f := finding{pod: byIfindex[d.Ifindex], kind: kindChainOrder, reason: ReasonProgramAhead}
+		outcome := "restored"
+		if d.Err != nil {
+			outcome = "failed"
+			f.message = fmt.Sprintf("another program runs before podwall's on ifindex %d (%s) and podwall could not go first again: %v", d.Ifindex, d.Direction, d.Err)
+		} else {
+			f.message = fmt.Sprintf("another program was attached before podwall's on ifindex %d (%s); podwall runs first again", d.Ifindex, d.Direction)
+		}
+		a.cfg.Metrics.displaced.WithLabelValues(outcome).Inc()
+		found = append(found, f)
+	}
+	var pods map[podKey]k8s.Pod
+	if snap, err := a.cfg.Source.Snapshot(); err == nil {
+		pods = make(map[podKey]k8s.Pod, len(snap.Pods))
+		for _, p := range snap.Pods {
+			pods[keyOf(p)] = p
+		}
+	}
+	a.report.report([]string{kindChainOrder}, found, pods)
 }
 
 // detach detaches the programs from the interfaces that are neither endpoints nor held by

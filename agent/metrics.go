@@ -29,6 +29,7 @@ type Metrics struct {
 	problems         *prometheus.GaugeVec
 	interfaceMissing prometheus.Gauge
 	interfacesHeld   prometheus.Gauge
+	displaced        *prometheus.CounterVec
 	ctEntries        prometheus.Gauge
 	ctCapacity       prometheus.Gauge
 	ctRemoved        *prometheus.CounterVec
@@ -107,6 +108,10 @@ func NewMetrics(stats *ebpf.Map) *Metrics {
 			Namespace: namespace, Name: "interfaces_held",
 			Help: "Interfaces that --strict-interfaces matched which carry podwall's programs and no pod's entry yet: they pass nothing.",
 		}),
+		displaced: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "programs_displaced_total",
+			Help: "Hooks found with another program attached before podwall's, which could pass packets podwall never judged; outcome restored: podwall runs first again, failed: it could not.",
+		}, []string{"outcome"}),
 		ctEntries: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "conntrack_entries",
 			Help: "Live conntrack entries at the last run of the collector. Inserts that found no room count in podwall_verdicts_total{reason=\"ct-full\"}, and those over a pod's share in {reason=\"ct-quota\"}.",
@@ -129,8 +134,10 @@ func NewMetrics(stats *ebpf.Map) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.applySeconds, m.applyErrors, m.applyFailing, m.attachErrors, m.sourceErrors, m.mapEntries, m.mapCapacity,
 		m.endpoints, m.identities, m.policies, m.pods, m.namespaces, m.invalidPolicies, m.problems,
-		m.interfaceMissing, m.interfacesHeld, m.ctEntries, m.ctCapacity, m.ctRemoved, m.ctErrors, &verdicts{stats: stats},
+		m.interfaceMissing, m.interfacesHeld, m.displaced, m.ctEntries, m.ctCapacity, m.ctRemoved, m.ctErrors, &verdicts{stats: stats},
 	)
+	m.displaced.WithLabelValues("restored")
+	m.displaced.WithLabelValues("failed")
 	m.ctRemoved.WithLabelValues("expired")
 	m.ctRemoved.WithLabelValues("flushed")
 	for k := compiler.ProblemInvalid; k < compiler.NumProblemKinds; k++ {
@@ -162,6 +169,8 @@ func (m *Metrics) observeState(s *compiler.State, fill []maps.Fill) {
 func (m *Metrics) observeConntrack(c maps.Collection) {
 	m.ctEntries.Set(float64(c.Live))
 	m.ctCapacity.Set(float64(c.Capacity))
+	m.displaced.WithLabelValues("restored")
+	m.displaced.WithLabelValues("failed")
 	m.ctRemoved.WithLabelValues("expired").Add(float64(c.Expired))
 	m.ctRemoved.WithLabelValues("flushed").Add(float64(c.Flushed))
 }

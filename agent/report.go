@@ -27,6 +27,7 @@ const (
 	ReasonOverBudget        = "PolicyOverBudget"
 	ReasonApplyFailed       = "ApplyFailed"
 	ReasonConntrackFull     = "ConntrackNearlyFull"
+	ReasonProgramAhead      = "ProgramAhead"
 )
 
 // finding is one thing wrong with one pod, or with the node when pod is zero.

@@ -65,6 +65,9 @@ func (d *Datapath) Attach(ifindex int) error { return d.l.Attach(ifindex) }
 // Detach stops judging the interface's packets.
 func (d *Datapath) Detach(ifindex int) error { return d.l.Detach(ifindex) }
 
+// EnsureFirst puts podwall's programs first again where another program went ahead of them.
+func (d *Datapath) EnsureFirst() ([]loader.Displaced, error) { return d.l.EnsureFirst() }
+
 // Attached lists the interfaces whose packets are judged.
 func (d *Datapath) Attached() []int { return d.l.Attached() }
 

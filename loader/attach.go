@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/internal/netnsrun"
 )
 
@@ -55,6 +56,24 @@ func (l *Loader) program(d direction) *ebpf.Program {
 		return l.objs.FromPod
 	}
 	return l.objs.ToPod
+}
+
+// twin returns a program that does what program(d) does, on the same maps and globals, but
+// is another program to the kernel: tcx takes a program once per hook, so podwall's goes
+// ahead of another's by attaching its twin at the head before the old link goes.
+func (l *Loader) twin(d direction) (*ebpf.Program, error) {
+	if l.twins == nil {
+		c, err := ebpf.NewCollectionWithOptions(l.spec, ebpf.CollectionOptions{MapReplacements: l.shared})
+		if err != nil {
+			return nil, fmt.Errorf("load podwall's twin programs: %w", err)
+		}
+		l.twins = c
+	}
+	name := bpf.PodwallProgToPod
+	if d == ingress {
+		name = bpf.PodwallProgFromPod
+	}
+	return l.twins.Programs[name], nil
 }
 
 // hook is one program slot of one interface.
@@ -105,6 +124,11 @@ func parsePin(name string) (hook, Mode, bool) {
 // attachment is a program attached to a hook and pinned.
 type attachment interface {
 	mode() Mode
+	// first says whether the program runs before any other of the hook; errGone: the
+	// interface went.
+	first() (bool, error)
+	// moveFirst puts prog first in the hook's chain, with no moment without it.
+	moveFirst(prog *ebpf.Program) error
 	// update swaps in a new program with no moment without one.
 	update(prog *ebpf.Program) error
 	// detach removes the program from the hook and its pin.
@@ -158,7 +182,7 @@ func (l *Loader) attachHook(h hook) (attachment, error) {
 	if l.mode == ModeClsact {
 		return l.attachClsact(h)
 	}
-	return l.attachTCX(h)
+	return l.attachTCX(h, l.program(h.dir), l.pinPath(h, ModeTCX))
 }
 
 // Detach removes podwall from both hooks of an interface, and their pins. An interface that
@@ -278,16 +302,19 @@ func (l *Loader) inNetns(fn func() error) error {
 
 // tcx: a link per hook, pinned; the pin keeps it attached after the process exits.
 type tcxAttachment struct {
+	l    *Loader
+	h    hook
 	link link.Link
 }
 
-func (l *Loader) attachTCX(h hook) (attachment, error) {
+// attachTCX attaches prog with a link at the head of the hook's chain and pins it at pin.
+func (l *Loader) attachTCX(h hook, prog *ebpf.Program, pin string) (attachment, error) {
 	var lk link.Link
 	err := l.inNetns(func() error {
 		var err error
 		lk, err = link.AttachTCX(link.TCXOptions{
 			Interface: h.ifindex,
-			Program:   l.program(h.dir),
+			Program:   prog,
 			Attach:    h.dir.tcxAttach(),
 			// First in line, on both hooks. On egress, a program after podwall (a CNI's)
 			// that redirects the packet or returns TCX_PASS ends the chain, so podwall
@@ -295,7 +322,7 @@ func (l *Loader) attachTCX(h hook) (attachment, error) {
 			// programs after it nothing. On ingress, from_pod must see the pod's packets
 			// before a CNI redirects them, or the replies to the pod's own connections
 			// would find no record and be dropped. A program attached later with Head
-			// goes before podwall: that is the other tool's decision to make.
+			// goes before podwall until EnsureFirst puts podwall first again.
 			Anchor: link.Head(),
 		})
 		return err
@@ -303,11 +330,10 @@ func (l *Loader) attachTCX(h hook) (attachment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach tcx %s: %w", h.dir, err)
 	}
-	if err := lk.Pin(l.pinPath(h, ModeTCX)); err != nil {
-		_ = lk.Close()
-		return nil, fmt.Errorf("pin tcx link %s: %w", h, err)
+	if err := lk.Pin(pin); err != nil {
+		return nil, errors.Join(fmt.Errorf("pin tcx link %s: %w", h, err), lk.Close())
 	}
-	return &tcxAttachment{link: lk}, nil
+	return &tcxAttachment{l: l, h: h, link: lk}, nil
 }
 
 // loadTCX opens a pinned tcx link; it returns nil, after removing the pin, when the link's
@@ -326,7 +352,7 @@ func (l *Loader) loadTCX(h hook, path string) (attachment, error) {
 		err := lk.Unpin()
 		return nil, errors.Join(err, lk.Close())
 	}
-	return &tcxAttachment{link: lk}, nil
+	return &tcxAttachment{l: l, h: h, link: lk}, nil
 }
 
 func (a *tcxAttachment) mode() Mode { return ModeTCX }
@@ -355,12 +381,13 @@ type clsactAttachment struct {
 
 const (
 	// clsactPriority is the lowest priority number, so podwall's filter runs first, for the
-	// reasons given at link.Head() in attachTCX. A filter of another tool at the same
-	// priority is in the same list, and runs before podwall's if it was there first.
+	// reasons given at link.Head() in attachTCX. A bpf filter another tool adds at the same
+	// priority later runs before podwall's, until EnsureFirst adds podwall's again.
 	clsactPriority = 1
 	// clsactHandle is "PW": fixed, so that podwall finds and replaces its own filter.
-	clsactHandle = 0x5057
-	filterPrefix = "podwall_"
+	// clsactHandleAlt is the other one EnsureFirst moves it to.
+	clsactHandle, clsactHandleAlt = 0x5057, 0x5058
+	filterPrefix                  = "podwall_"
 )
 
 func (l *Loader) filter(h hook, prog *ebpf.Program) *netlink.BpfFilter {
@@ -395,15 +422,20 @@ func (l *Loader) findFilter(h hook) (*netlink.BpfFilter, bool, error) {
 	}
 	for _, f := range filters {
 		a := f.Attrs()
-		if a.Priority == clsactPriority && a.Handle == clsactHandle {
+		if a.Priority == clsactPriority && (a.Handle == clsactHandle || a.Handle == clsactHandleAlt) {
 			bf, ok := f.(*netlink.BpfFilter)
-			if !ok || !strings.HasPrefix(bf.Name, filterPrefix) {
+			if !ok || !isOurs(bf) {
 				return nil, true, fmt.Errorf("%s: %w", h, ErrHookTaken)
 			}
 			return bf, true, nil
 		}
 	}
 	return nil, true, nil
+}
+
+func isOurs(f *netlink.BpfFilter) bool {
+	return f.Priority == clsactPriority && (f.Handle == clsactHandle || f.Handle == clsactHandleAlt) &&
+		strings.HasPrefix(f.Name, filterPrefix)
 }
 
 func (l *Loader) attachClsact(h hook) (attachment, error) {
@@ -456,6 +488,7 @@ func (a *clsactAttachment) update(prog *ebpf.Program) error {
 	}
 	nf := a.l.filter(a.h, prog)
 	if f != nil {
+		nf.Handle = f.Handle
 		err = a.l.nl.FilterReplace(nf)
 	} else {
 		err = a.l.nl.FilterAdd(nf)

@@ -8,6 +8,14 @@
 // leaves no moment without enforcement and loses no map state. Close leaves everything in
 // the kernel; Uninstall removes it.
 //
+// podwall's programs go first on each hook; another tool can attach ahead of them later (tcx
+// with link.Head, a clsact filter of the same priority). EnsureFirst finds that and puts
+// podwall first again without a moment off the hook: with tcx it attaches a twin of the
+// program (a second load on the same maps and globals, since tcx takes a program once per
+// hook) at the head and then detaches the old link; with clsact it adds its filter again
+// under its other handle, which runs before the older filters of the priority, and then
+// deletes the old one. The other tool's program stays where it is, after podwall's.
+//
 // On kernels without tcx (before 6.6) the programs are attached as direct-action bpf filters
 // of a clsact qdisc instead; Config.ForceClsact picks that path on any kernel so that tests
 // cover it.
@@ -20,6 +28,6 @@
 // Error contract: every error is wrapped with the operation and the object it was about, and
 // these sentinel errors are matched with errors.Is: ErrLocked, ErrIncompatible (pinned maps of
 // another layout: the running programs are left untouched), ErrNotBPFFS, ErrHookTaken,
-// ErrUnknownConstant, ErrClosed. An Open that fails to load (incompatible pins, a verifier
+// ErrUnknownConstant, ErrUnknownMap, ErrClosed. An Open that fails to load (incompatible pins, a verifier
 // rejection) changes nothing that was attached before it.
 package loader

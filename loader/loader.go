@@ -3,6 +3,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -84,6 +85,15 @@ type Loader struct {
 	ns       netns.NsHandle // netns.None() for the process's own
 	nl       *netlink.Handle
 	lifeLock *os.File
+
+	// spec is what objs was loaded from, shared every map of the load (the global
+	// variables' too), and rest owns what objs does not: twins load programs from them.
+	spec   *ebpf.CollectionSpec
+	shared map[string]*ebpf.Map
+	rest   *ebpf.Collection
+	// twins holds a second load of the programs, on the same maps and globals, loaded the
+	// first time one is needed (see twin).
+	twins *ebpf.Collection
 
 	mu       sync.Mutex
 	attached map[hook]attachment
@@ -205,9 +215,17 @@ func (l *Loader) load(constants map[string]any, sizes map[string]uint32) error {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
 	}
-	err = spec.LoadAndAssign(&l.objs, &ebpf.CollectionOptions{
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: l.mapsDir()},
 	})
+	if err == nil {
+		l.spec, l.shared = spec, maps.Clone(coll.Maps)
+		if err = coll.Assign(&l.objs); err != nil {
+			coll.Close()
+			return fmt.Errorf("assign podwall: %w", err)
+		}
+		l.rest = coll
+	}
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		return fmt.Errorf("load podwall against %s: %w: %w", l.mapsDir(), ErrIncompatible, err)
 	}
@@ -305,6 +323,12 @@ func (l *Loader) release() error {
 		errs = append(errs, fmt.Errorf("close programs and maps: %w", err))
 	}
 	l.objs = bpf.PodwallObjects{}
+	for _, c := range []*ebpf.Collection{l.twins, l.rest} {
+		if c != nil {
+			c.Close()
+		}
+	}
+	l.twins, l.rest = nil, nil
 	if l.nl != nil {
 		l.nl.Close()
 		l.nl = nil

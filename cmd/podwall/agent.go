@@ -47,6 +47,7 @@ type agentOptions struct {
 	conntrack   conntrackOptions
 	mapSizes    map[string]int
 	strict      []string
+	chainCheck  time.Duration
 }
 
 // conntrackOptions size conntrack and time its flows.
@@ -119,6 +120,7 @@ func (o *agentOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "address to serve /metrics, /healthz and /readyz on, e.g. :9402 (empty: none)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "json", "json or console")
+	f.DurationVar(&o.chainCheck, "chain-check-interval", agent.DefaultChainCheck, "how often the agent checks that its programs run first on every pod interface (tcx and clsact), and puts them first again where another tool attached ahead of them")
 	f.StringSliceVar(&o.strict, "strict-interfaces", nil, "strict mode: name patterns of the pods' host-side interfaces (shell globs, e.g. cali*,lxc*); each is isolated from the moment it appears, before the cluster says whose it is, and passes nothing until its pod's policy is in the kernel (a new pod's first packets are dropped); an interface that matches and is no pod's passes nothing at all")
 	f.StringVar(&o.podsFile, "pods-file", "", "standalone mode: read Pods and Namespaces from this YAML file and follow its changes, instead of the cluster")
 	f.DurationVar(&o.podsConfirm, "pods-file-confirm", k8s.DefaultConfirm, "how long a pods file that lost most pods at once must stay the same before it is taken (an empty file never is)")
@@ -292,6 +294,7 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 		ReadyFile:   o.readyFile,
 		ConntrackGC: o.conntrack.gc,
 		Strict:      o.strict,
+		ChainCheck:  o.chainCheck,
 	})
 	var serveErr <-chan error // nil: no server, never ready
 	if o.metricsAddr != "" {

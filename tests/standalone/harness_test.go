@@ -261,6 +261,7 @@ func (c *cluster) startAgentUnready(opts compiler.Options, edits ...func(*loader
 		Logger:      zap.New(core),
 		ReadyFile:   r.ready,
 		ConntrackGC: ac.ConntrackGC,
+		ChainCheck:  ac.ChainCheck,
 		Strict:      ac.Strict,
 	})
 	ctx, cancel := context.WithCancel(context.Background())

@@ -1,0 +1,61 @@
+package loader_test
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/tests/topo"
+)
+
+// TestEnsureFirstPutsPodwallAheadAgain: a program attached ahead of podwall's that passes
+// everything opens an isolated pod; EnsureFirst finds it and puts podwall first again,
+// leaving the other program in place, and a restarted Loader keeps the moved attachment.
+func TestEnsureFirstPutsPodwallAheadAgain(t *testing.T) {
+	for _, mode := range modes(t) {
+		t.Run(string(mode), func(t *testing.T) {
+			e := newEnv(t, mode)
+			l := e.open(t)
+			ifindex := e.pod.HostIfindex
+			require.NoError(t, l.Attach(ifindex))
+			isolated := bpf.PodwallEndpointEntry{Ep: bpf.PodwallEndpoint{Mode: compiler.ModeIsolate,
+				Addr4: compiler.AddrKey(e.pod.IPv4), Addr6: compiler.AddrKey(e.pod.IPv6)}}
+			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), isolated))
+			to := netip.AddrPortFrom(e.pod.IPv4, port)
+			require.ErrorIs(t, topo.TCPEcho(e.client.NS, to), topo.ErrNoAnswer, "isolated")
+			displaced, err := l.EnsureFirst()
+			require.NoError(t, err)
+			require.Empty(t, displaced, "podwall is first")
+
+			e.tp.Node.Intrude(t, ifindex, mode == loader.ModeTCX)
+			require.NoError(t, topo.TCPEcho(e.client.NS, to), "the program ahead passes what podwall would drop")
+
+			displaced, err = l.EnsureFirst()
+			require.NoError(t, err)
+			require.Equal(t, []loader.Displaced{{Ifindex: ifindex, Direction: "egress"}}, displaced)
+			require.ErrorIs(t, topo.TCPEcho(e.client.NS, to), topo.ErrNoAnswer, "podwall judges first again")
+			hooks := e.hooks(t, ifindex)[string(mode)+"/egress"]
+			require.Len(t, hooks, 2, "the other program stays")
+			require.Equal(t, []string{"to_pod", "intruder"}, []string{hooks[0].Name, hooks[1].Name})
+			displaced, err = l.EnsureFirst()
+			require.NoError(t, err)
+			require.Empty(t, displaced)
+
+			require.NoError(t, l.Close())
+			l = e.open(t)
+			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), isolated))
+			require.Equal(t, []int{ifindex}, l.Attached())
+			require.Equal(t, pinNames(mode, ifindex), e.pins(t))
+			require.ErrorIs(t, topo.TCPEcho(e.client.NS, to), topo.ErrNoAnswer, "after a restart")
+			displaced, err = l.EnsureFirst()
+			require.NoError(t, err)
+			require.Empty(t, displaced)
+			require.NoError(t, l.Detach(ifindex))
+			require.Len(t, e.hooks(t, ifindex)[string(mode)+"/egress"], 1, "detach removes podwall's, not the other")
+		})
+	}
+}
