@@ -166,6 +166,11 @@ func Open(cfg Config) (_ *Loader, err error) {
 }
 
 func checkBPFFS(path string) error {
+	// podwall's own folder may be a bpffs of its own, or a bind mount of a folder of one (a
+	// DaemonSet mounts only /sys/fs/bpf/podwall): then that is what must be bpffs.
+	if own := filepath.Join(path, "podwall"); dirExists(own) {
+		path = own
+	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(path, &st); err != nil {
 		return fmt.Errorf("statfs %s: %w", path, err)
@@ -174,6 +179,11 @@ func checkBPFFS(path string) error {
 		return fmt.Errorf("%s: %w (mount -t bpf bpf %s)", path, ErrNotBPFFS, path)
 	}
 	return nil
+}
+
+func dirExists(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.IsDir()
 }
 
 // load creates the programs and maps, reusing the pinned maps. Nothing attached changes
@@ -374,8 +384,9 @@ func (l *Loader) Uninstall() error {
 	if err := os.RemoveAll(l.dir); err != nil {
 		errs = append(errs, fmt.Errorf("remove %s: %w", l.dir, err))
 	}
-	// The parent holds other versions' folders, if any: keep it then.
-	if err := os.Remove(filepath.Dir(l.dir)); err != nil && !errors.Is(err, unix.ENOTEMPTY) {
+	// The parent holds other versions' folders, if any: keep it then; and it stays where it
+	// is a mount point (EBUSY).
+	if err := os.Remove(filepath.Dir(l.dir)); err != nil && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EBUSY) {
 		errs = append(errs, fmt.Errorf("remove %s: %w", filepath.Dir(l.dir), err))
 	}
 	errs = append(errs, l.Close())

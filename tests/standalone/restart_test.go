@@ -37,12 +37,26 @@ const metricsAddr = "127.0.0.1:9402"
 
 func (c *cluster) startBinary(bin string, args ...string) *agentProcess {
 	c.t.Helper()
-	p := &agentProcess{out: &proc.Output{}, ready: filepath.Join(c.t.TempDir(), "ready"), exited: make(chan error, 1)}
-	p.cmd = exec.Command("nsenter", append([]string{"--net=" + c.tp.Node.Path, "--", bin, "agent",
-		"--pods-file", c.file, "--bpffs", c.bpffs, "--ready-file", p.ready,
-		"--metrics-addr", metricsAddr, "--log-format", "console"}, args...)...)
+	return c.startWrapped(nil, bin, append([]string{"--bpffs", c.bpffs}, args...)...)
+}
+
+// nodeCommand runs `podwall agent` in the node namespace, under wrap (a command that runs its
+// arguments) if any.
+func (c *cluster) nodeCommand(wrap []string, bin string, args ...string) *exec.Cmd {
+	argv := append([]string{"--net=" + c.tp.Node.Path, "--"}, wrap...)
+	cmd := exec.Command("nsenter", append(append(argv, bin, "agent"), args...)...)
 	// The node name comes from the environment, as the DaemonSet's downward API gives it.
-	p.cmd.Env = append(os.Environ(), "NODE_NAME="+nodeName)
+	cmd.Env = append(os.Environ(), "NODE_NAME="+nodeName)
+	return cmd
+}
+
+// startWrapped starts the agent on the cluster's pods file (nodeCommand) and waits until it
+// is ready.
+func (c *cluster) startWrapped(wrap []string, bin string, args ...string) *agentProcess {
+	c.t.Helper()
+	p := &agentProcess{out: &proc.Output{}, ready: filepath.Join(c.t.TempDir(), "ready"), exited: make(chan error, 1)}
+	p.cmd = c.nodeCommand(wrap, bin, append([]string{"--pods-file", c.file, "--ready-file", p.ready,
+		"--metrics-addr", metricsAddr, "--log-format", "console"}, args...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	require.NoError(c.t, p.cmd.Start())
 	go func() { p.exited <- p.cmd.Wait() }()
