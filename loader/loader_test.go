@@ -82,12 +82,13 @@ func (e *env) open(t *testing.T) *loader.Loader {
 	t.Cleanup(func() { require.NoError(t, l.Close()) })
 	// An interface without its entry sends and gets nothing; the agent writes one for each
 	// pod it guards. Open lets reach show that the programs pass what they are told to.
-	require.NoError(t, l.Maps().Endpoints.Put(uint32(e.pod.HostIfindex), e.openEntry()))
+	require.NoError(t, l.Maps().Endpoints.Put(uint32(e.pod.HostIfindex), e.entry(compiler.ModeOpen)))
 	return l
 }
 
-func (e *env) openEntry() bpf.PodwallEndpointEntry {
-	return bpf.PodwallEndpointEntry{Ep: bpf.PodwallEndpoint{Mode: compiler.ModeOpen,
+// entry is the pod's endpoint entry in a mode that needs no policy.
+func (e *env) entry(mode uint8) bpf.PodwallEndpointEntry {
+	return bpf.PodwallEndpointEntry{Ep: bpf.PodwallEndpoint{Mode: mode,
 		Addr4: compiler.AddrKey(e.pod.IPv4), Addr6: compiler.AddrKey(e.pod.IPv6)}}
 }
 
@@ -224,7 +225,7 @@ func TestProcessNamespace(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				if err := l.Maps().Endpoints.Put(uint32(e.pod.HostIfindex), e.openEntry()); err != nil {
+				if err := l.Maps().Endpoints.Put(uint32(e.pod.HostIfindex), e.entry(compiler.ModeOpen)); err != nil {
 					return errors.Join(err, l.Close())
 				}
 				if err := l.Attach(e.pod.HostIfindex); err != nil {
@@ -252,8 +253,7 @@ func TestEnforces(t *testing.T) {
 			l := e.open(t)
 			ifindex := e.pod.HostIfindex
 			require.NoError(t, l.Attach(ifindex))
-			isolated := bpf.PodwallEndpointEntry{Ep: bpf.PodwallEndpoint{Mode: compiler.ModeIsolate,
-				Addr4: compiler.AddrKey(e.pod.IPv4), Addr6: compiler.AddrKey(e.pod.IPv6)}}
+			isolated := e.entry(compiler.ModeIsolate)
 			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), isolated))
 
 			outbound, err := topo.DialTCP(t, e.pod.NS, netip.AddrPortFrom(e.client.IPv4, port))

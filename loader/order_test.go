@@ -6,7 +6,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/loader"
 	"github.com/podwall/podwall/tests/topo"
@@ -22,8 +21,7 @@ func TestEnsureFirstPutsPodwallAheadAgain(t *testing.T) {
 			l := e.open(t)
 			ifindex := e.pod.HostIfindex
 			require.NoError(t, l.Attach(ifindex))
-			isolated := bpf.PodwallEndpointEntry{Ep: bpf.PodwallEndpoint{Mode: compiler.ModeIsolate,
-				Addr4: compiler.AddrKey(e.pod.IPv4), Addr6: compiler.AddrKey(e.pod.IPv6)}}
+			isolated := e.entry(compiler.ModeIsolate)
 			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), isolated))
 			to := netip.AddrPortFrom(e.pod.IPv4, port)
 			require.ErrorIs(t, topo.TCPEcho(e.client.NS, to), topo.ErrNoAnswer, "isolated")
