@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"github.com/podwall/podwall/bpf"
 	"net/netip"
 	"testing"
 	"time"
@@ -55,7 +56,7 @@ func TestBuildInput(t *testing.T) {
 		Options:   opts,
 	}, got)
 	state := compiler.Compile(got)
-	require.Equal(t, uint8(compiler.ModeIsolate), state.Endpoints[7].Mode, "default deny reached the compiler")
+	require.Equal(t, uint8(bpf.ModeIsolate), state.Endpoints[7].Mode, "default deny reached the compiler")
 }
 
 func TestSettle(t *testing.T) {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"github.com/cilium/ebpf"
+	"github.com/podwall/podwall/bpf"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -194,7 +195,7 @@ func (v *verdicts) Describe(ch chan<- *prometheus.Desc) {
 
 func (v *verdicts) Collect(ch chan<- prometheus.Metric) {
 	failed := 0.0
-	for r := compiler.Reason(0); r < compiler.NumReasons; r++ {
+	for r := bpf.Reason(0); r < bpf.NumReasons; r++ {
 		var perCPU []uint64
 		if err := v.stats.Lookup(uint32(r), &perCPU); err != nil {
 			failed = 1

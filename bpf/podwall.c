@@ -146,6 +146,10 @@ volatile const __u32 events_burst = 1000;
  * verifier knows the value and drops the other branch. */
 volatile const __u64 jiffy_ns = 0;
 
+/* Never read: it makes clang emit struct contract, and with it every enum of podwall.h, in
+ * BTF, where bpf2go finds them. */
+static const struct contract *unused_contract __attribute__((used));
+
 /* The rate limit of events (GCRA): per kind (drops, allowed flows), the theoretical arrival
  * time of the next event. Shared by all CPUs without a lock: a race lets one extra event
  * through. A flood of drops only reads it, so its cache line is not bounced. */

@@ -7,50 +7,72 @@
 #ifndef PODWALL_H
 #define PODWALL_H
 
+/* The constants of the contract are enums, not #defines, so that bpf2go exports them (-type)
+ * and Go uses them from package bpf. Those no map or program names as a type are made to exist
+ * in BTF by struct contract, at the end. */
+
 /* A policy has at most MAX_RULES rules: each rule is one bit of a vector of VEC_WORDS u64. */
-#define MAX_RULES 1024
-#define VEC_WORDS (MAX_RULES / 64)
+enum limits {
+	MAX_RULES = 1024,
+	VEC_WORDS = MAX_RULES / 64,
+};
 
 /* Address families as stored in keys (not AF_*: one byte, and 0 is never valid). */
-#define FAM_V4 4
-#define FAM_V6 6
+enum family {
+	FAM_V4 = 4,
+	FAM_V6 = 6,
+};
 
 /* Protocol classes: the index of a policy's per-protocol rule masks. A packet of IPv4 with
  * protocol 58, or of IPv6 with next header 1, is of class OTHER: icmp is IPv4-only and icmpv6
  * is IPv6-only (SPEC 3). */
-#define PC_TCP 0
-#define PC_UDP 1
-#define PC_ICMP 2 /* ICMP for IPv4, ICMPv6 for IPv6 */
-#define PC_OTHER 3
-#define PC_MAX 4
+enum proto_class {
+	PC_TCP = 0,
+	PC_UDP = 1,
+	PC_ICMP = 2, /* ICMP for IPv4, ICMPv6 for IPv6 */
+	PC_OTHER = 3,
+	PC_MAX = 4,
+};
 
 /* Port directions in port_key.dir. */
-#define DIR_SRC 0 /* "from ports": the remote side's port */
-#define DIR_DST 1 /* "to ports": the pod's port */
+enum port_dir {
+	DIR_SRC = 0, /* "from ports": the remote side's port */
+	DIR_DST = 1, /* "to ports": the pod's port */
+};
 
 /* Reserved identities. Pod identities are allocated from ID_FIRST_POD up. */
-#define ID_WORLD 0 /* any source the agent does not know: no labels */
-#define ID_HOST 1  /* the node's own addresses */
-#define ID_FIRST_POD 256
+enum reserved_identity {
+	ID_WORLD = 0, /* any source the agent does not know: no labels */
+	ID_HOST = 1,  /* the node's own addresses */
+	ID_FIRST_POD = 256,
+};
 
 /* endpoint.mode */
-#define MODE_ENFORCE 0 /* judge with endpoint_entry.rules */
-#define MODE_OPEN 1    /* accept everything (open namespaces, --default-policy=allow) */
-#define MODE_ISOLATE 2 /* only replies, the node, and neighbour discovery (SPEC 3.1-3.3) */
+enum endpoint_mode {
+	MODE_ENFORCE = 0, /* judge with endpoint_entry.rules */
+	MODE_OPEN = 1,    /* accept everything (open namespaces, --default-policy=allow) */
+	MODE_ISOLATE = 2, /* only replies, the node, and neighbour discovery (SPEC 3.1-3.3) */
+};
 
 /* endpoint.flags */
-#define EP_ALLOW_HOST 1 /* SPEC 3.2: traffic from the node passes */
+enum endpoint_flag {
+	EP_ALLOW_HOST = 1, /* SPEC 3.2: traffic from the node passes */
+};
 
 /* policy.flags: which fields at least one rule constrains; a field no rule constrains needs
  * no lookup (its vector is the wildcard mask). */
-#define PF_IDENT 1
-#define PF_CIDR 2
-#define PF_SPORT 4
-#define PF_DPORT 8
-#define PF_ICMP 16
+enum policy_flag {
+	PF_IDENT = 1,
+	PF_CIDR = 2,
+	PF_SPORT = 4,
+	PF_DPORT = 8,
+	PF_ICMP = 16,
+};
 
 /* icmp_key.code when a rule states a type but no code. */
-#define ICMP_ANY_CODE 0xffff
+enum icmp_code {
+	ICMP_ANY_CODE = 0xffff,
+};
 
 /* An IP address of either family: IPv4 in the first 4 bytes, the rest zero. Aligned to 4 (every
  * struct holds it at such an offset already) so that addr_eq compares words. */
@@ -156,10 +178,12 @@ struct ct_key {
 };
 
 /* ct_entry.flags */
-#define CT_OUT 1      /* the pod opened it: the other side's packets are replies (SPEC 3.1) */
-#define CT_IN 2       /* opened from outside and allowed under ct_entry.generation */
-#define CT_ANSWERED 4 /* the side that did not open it sent a packet */
-#define CT_CLOSING 8  /* TCP: a FIN or RST was seen */
+enum ct_flag {
+	CT_OUT = 1,      /* the pod opened it: the other side's packets are replies (SPEC 3.1) */
+	CT_IN = 2,       /* opened from outside and allowed under ct_entry.generation */
+	CT_ANSWERED = 4, /* the side that did not open it sent a packet */
+	CT_CLOSING = 8,  /* TCP: a FIN or RST was seen */
+};
 
 struct ct_entry {
 	__u64 last_seen; /* bpf_jiffies64, or with jiffy_ns 0 bpf_ktime_get_coarse_ns */
@@ -232,8 +256,10 @@ enum reason {
 	REASON_MAX,
 };
 
-#define VERDICT_PASS 1
-#define VERDICT_DROP 2
+enum verdict {
+	VERDICT_PASS = 1,
+	VERDICT_DROP = 2,
+};
 
 /* events (ring buffer): drops and the first packet of each newly allowed inbound flow. */
 struct event {
@@ -250,6 +276,23 @@ struct event {
 	__u8 verdict;
 	__u8 reason;
 	__u8 pad;
+};
+
+/* Names every enum of the contract, so that clang puts them in BTF even where no map or
+ * program uses one as a type; podwall.c declares one pointer to it, which nothing reads. */
+struct contract {
+	enum limits limits;
+	enum family family;
+	enum proto_class proto_class;
+	enum port_dir port_dir;
+	enum reserved_identity reserved_identity;
+	enum endpoint_mode endpoint_mode;
+	enum endpoint_flag endpoint_flag;
+	enum policy_flag policy_flag;
+	enum icmp_code icmp_code;
+	enum ct_flag ct_flag;
+	enum verdict verdict;
+	enum reason reason;
 };
 
 #endif

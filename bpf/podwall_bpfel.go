@@ -34,6 +34,15 @@ type PodwallCtEntry struct {
 	Pad        [7]uint8
 }
 
+type PodwallCtFlag uint32
+
+const (
+	PodwallCtFlagCT_OUT      PodwallCtFlag = 1
+	PodwallCtFlagCT_IN       PodwallCtFlag = 2
+	PodwallCtFlagCT_ANSWERED PodwallCtFlag = 4
+	PodwallCtFlagCT_CLOSING  PodwallCtFlag = 8
+)
+
 type PodwallCtGcRun struct {
 	_       structs.HostLayout
 	Flush   uint32
@@ -71,6 +80,20 @@ type PodwallEndpointEntry struct {
 	Rules PodwallPolicy
 }
 
+type PodwallEndpointFlag uint32
+
+const (
+	PodwallEndpointFlagEP_ALLOW_HOST PodwallEndpointFlag = 1
+)
+
+type PodwallEndpointMode uint32
+
+const (
+	PodwallEndpointModeMODE_ENFORCE PodwallEndpointMode = 0
+	PodwallEndpointModeMODE_OPEN    PodwallEndpointMode = 1
+	PodwallEndpointModeMODE_ISOLATE PodwallEndpointMode = 2
+)
+
 type PodwallEvent struct {
 	_         structs.HostLayout
 	Timestamp uint64
@@ -88,6 +111,13 @@ type PodwallEvent struct {
 	Pad       uint8
 }
 
+type PodwallFamily uint32
+
+const (
+	PodwallFamilyFAM_V4 PodwallFamily = 4
+	PodwallFamilyFAM_V6 PodwallFamily = 6
+)
+
 type PodwallFragEntry struct {
 	_       structs.HostLayout
 	Seen    uint64
@@ -103,6 +133,12 @@ type PodwallFragKey struct {
 	Proto uint8
 	Pad   [3]uint8
 }
+
+type PodwallIcmpCode uint32
+
+const (
+	PodwallIcmpCodeICMP_ANY_CODE PodwallIcmpCode = 65535
+)
 
 type PodwallIcmpKey struct {
 	_      structs.HostLayout
@@ -125,6 +161,13 @@ type PodwallIpAddr struct {
 	Addr   [16]uint8
 }
 
+type PodwallLimits uint32
+
+const (
+	PodwallLimitsMAX_RULES PodwallLimits = 1024
+	PodwallLimitsVEC_WORDS PodwallLimits = 16
+)
+
 type PodwallPolicy struct {
 	_         structs.HostLayout
 	Proto     [2][4][16]uint64
@@ -138,6 +181,23 @@ type PodwallPolicy struct {
 	Nrules    uint32
 }
 
+type PodwallPolicyFlag uint32
+
+const (
+	PodwallPolicyFlagPF_IDENT PodwallPolicyFlag = 1
+	PodwallPolicyFlagPF_CIDR  PodwallPolicyFlag = 2
+	PodwallPolicyFlagPF_SPORT PodwallPolicyFlag = 4
+	PodwallPolicyFlagPF_DPORT PodwallPolicyFlag = 8
+	PodwallPolicyFlagPF_ICMP  PodwallPolicyFlag = 16
+)
+
+type PodwallPortDir uint32
+
+const (
+	PodwallPortDirDIR_SRC PodwallPortDir = 0
+	PodwallPortDirDIR_DST PodwallPortDir = 1
+)
+
 type PodwallPortKey struct {
 	_          structs.HostLayout
 	Prefixlen  uint32
@@ -146,6 +206,16 @@ type PodwallPortKey struct {
 	Dir        uint8
 	Port       uint16
 }
+
+type PodwallProtoClass uint32
+
+const (
+	PodwallProtoClassPC_TCP   PodwallProtoClass = 0
+	PodwallProtoClassPC_UDP   PodwallProtoClass = 1
+	PodwallProtoClassPC_ICMP  PodwallProtoClass = 2
+	PodwallProtoClassPC_OTHER PodwallProtoClass = 3
+	PodwallProtoClassPC_MAX   PodwallProtoClass = 4
+)
 
 type PodwallReason uint32
 
@@ -173,10 +243,25 @@ const (
 	PodwallReasonREASON_MAX         PodwallReason = 20
 )
 
+type PodwallReservedIdentity uint32
+
+const (
+	PodwallReservedIdentityID_WORLD     PodwallReservedIdentity = 0
+	PodwallReservedIdentityID_HOST      PodwallReservedIdentity = 1
+	PodwallReservedIdentityID_FIRST_POD PodwallReservedIdentity = 256
+)
+
 type PodwallRuleVec struct {
 	_    structs.HostLayout
 	Bits [16]uint64
 }
+
+type PodwallVerdict uint32
+
+const (
+	PodwallVerdictVERDICT_PASS PodwallVerdict = 1
+	PodwallVerdictVERDICT_DROP PodwallVerdict = 2
+)
 
 // Names of all BPF objects in the ELF.
 //

@@ -88,7 +88,7 @@ func admit(policies map[uint32]*Policy, budget int, capacity Capacity) map[uint3
 }
 
 func tooManyRules(n int) error {
-	return fmt.Errorf("%d rules, at most %d: %w", n, MaxRules, ErrTooManyRules)
+	return fmt.Errorf("%d rules, at most %d: %w", n, bpf.MaxRules, ErrTooManyRules)
 }
 
 // CheckPolicy applies to the rules of an annotation in namespace the limits the agent applies
@@ -97,7 +97,7 @@ func tooManyRules(n int) error {
 // it counts those of the pods the rules name as if each were one identity. Every rule counts,
 // as for a pod that has every label the rules' "to label" clauses name.
 func CheckPolicy(namespace string, rules []Rule, budget int) error {
-	if len(rules) > MaxRules {
+	if len(rules) > bpf.MaxRules {
 		return tooManyRules(len(rules))
 	}
 	rs := podRules(namespace, rules)

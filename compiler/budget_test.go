@@ -2,6 +2,7 @@ package compiler
 
 import (
 	"fmt"
+	"github.com/podwall/podwall/bpf"
 	"strings"
 	"testing"
 
@@ -48,22 +49,22 @@ func TestPoliciesAreBudgeted(t *testing.T) {
 		want     map[string]want
 	}{
 		{"within the budget", Options{PolicyBudget: 4}, map[string]string{"a": ports(4)},
-			map[string]want{"a": {ModeEnforce, NumProblemKinds}}},
+			map[string]want{"a": {bpf.ModeEnforce, NumProblemKinds}}},
 		{"over the budget", Options{PolicyBudget: 4}, map[string]string{"a": ports(5), "b": ports(1)},
-			map[string]want{"a": {ModeIsolate, ProblemOverBudget}, "b": {ModeEnforce, NumProblemKinds}}},
+			map[string]want{"a": {bpf.ModeIsolate, ProblemOverBudget}, "b": {bpf.ModeEnforce, NumProblemKinds}}},
 		{"the smallest first, while there is room", Options{Capacity: Capacity{Port: 6}},
 			map[string]string{"a": ports(5), "b": ports(2), "c": ports(3), "d": ports(1)},
-			map[string]want{"a": {ModeIsolate, ProblemNoRoom}, "b": {ModeEnforce, NumProblemKinds},
-				"c": {ModeEnforce, NumProblemKinds}, "d": {ModeEnforce, NumProblemKinds}}},
+			map[string]want{"a": {bpf.ModeIsolate, ProblemNoRoom}, "b": {bpf.ModeEnforce, NumProblemKinds},
+				"c": {bpf.ModeEnforce, NumProblemKinds}, "d": {bpf.ModeEnforce, NumProblemKinds}}},
 		{"pods that share a policy share its room", Options{Capacity: Capacity{Port: 3}},
 			map[string]string{"a": ports(3), "b": ports(3)},
-			map[string]want{"a": {ModeEnforce, NumProblemKinds}, "b": {ModeEnforce, NumProblemKinds}}},
+			map[string]want{"a": {bpf.ModeEnforce, NumProblemKinds}, "b": {bpf.ModeEnforce, NumProblemKinds}}},
 		{"endpoints beyond the map's room get no entry", Options{Capacity: Capacity{Endpoints: 2}},
 			map[string]string{"a": "allow", "b": "allow", "c": "allow"},
-			map[string]want{"a": {ModeEnforce, NumProblemKinds}, "b": {ModeEnforce, NumProblemKinds}, "c": {noEntry, ProblemNoRoom}}},
+			map[string]want{"a": {bpf.ModeEnforce, NumProblemKinds}, "b": {bpf.ModeEnforce, NumProblemKinds}, "c": {noEntry, ProblemNoRoom}}},
 		{"an ipcache without room for every address isolates enforced pods", Options{Capacity: Capacity{IPCache: 2}, OpenNamespaces: nil},
 			map[string]string{"a": "allow", "b": "deny from label x=y; allow", "c": "allow"},
-			map[string]want{"a": {ModeIsolate, ProblemNoRoom}, "b": {ModeIsolate, ProblemNoRoom}, "c": {ModeIsolate, ProblemNoRoom}}},
+			map[string]want{"a": {bpf.ModeIsolate, ProblemNoRoom}, "b": {bpf.ModeIsolate, ProblemNoRoom}, "c": {bpf.ModeIsolate, ProblemNoRoom}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := compile(c.opts, c.policies)
@@ -82,7 +83,7 @@ func TestPoliciesAreBudgeted(t *testing.T) {
 				} else {
 					require.Equal(t, w.mode, ep.Mode, name)
 				}
-				if w.mode == ModeEnforce {
+				if w.mode == bpf.ModeEnforce {
 					require.Contains(t, s.Policies, ep.Policy, name)
 				}
 				p, ok := problems[name]

@@ -1,6 +1,7 @@
 package compiler
 
 import (
+	"github.com/podwall/podwall/bpf"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -78,10 +79,10 @@ func TestCIDRKey(t *testing.T) {
 	k := cidrKey(7, netip.MustParsePrefix("10.1.0.0/16"))
 	require.Equal(t, uint32(64+16), k.Prefixlen)
 	require.Equal(t, uint32(7), k.Policy)
-	require.Equal(t, uint8(FamV4), k.Ip.Family)
+	require.Equal(t, uint8(bpf.FamV4), k.Ip.Family)
 	require.Equal(t, [16]byte{10, 1}, k.Ip.Addr)
 	k = cidrKey(7, netip.MustParsePrefix("fd00::/8"))
 	require.Equal(t, uint32(64+8), k.Prefixlen)
-	require.Equal(t, uint8(FamV6), k.Ip.Family)
+	require.Equal(t, uint8(bpf.FamV6), k.Ip.Family)
 	require.Equal(t, [16]byte{0xfd}, k.Ip.Addr)
 }

@@ -196,7 +196,7 @@ func (cl *cluster) fillIPCache(pods []*Pod) {
 	owner := map[bpf.PodwallIpAddr]string{}
 	for _, a := range cl.hostIPs {
 		k := AddrKey(a)
-		cl.ipcache[k] = IDHost
+		cl.ipcache[k] = bpf.IDHost
 		owner[k] = "the node"
 	}
 	for _, p := range pods {
@@ -238,7 +238,7 @@ func (c *compilation) endpoints() {
 		dupIfindex := (i > 0 && eps[i-1].Ifindex == ep.Ifindex) || (i+1 < len(eps) && eps[i+1].Ifindex == ep.Ifindex)
 		if dupIfindex {
 			c.problem(k, ProblemDuplicate, fmt.Errorf("ifindex %d: %w", ep.Ifindex, ErrDuplicate))
-			todo = append(todo, pending{ifindex: ep.Ifindex, mode: ModeIsolate})
+			todo = append(todo, pending{ifindex: ep.Ifindex, mode: bpf.ModeIsolate})
 			continue
 		}
 		pp, ok := c.endpoint(ep)
@@ -260,7 +260,7 @@ func (c *compilation) endpoints() {
 	}
 	var flags uint8
 	if c.in.AllowHost {
-		flags |= EPAllowHost
+		flags |= bpf.EPAllowHost
 	}
 	for i, p := range todo {
 		if max := c.in.Capacity.Endpoints; max > 0 && i >= max {
@@ -271,16 +271,16 @@ func (c *compilation) endpoints() {
 		}
 		id := ids[p.enc]
 		switch {
-		case p.mode == ModeEnforce && ipcacheFull != nil:
+		case p.mode == bpf.ModeEnforce && ipcacheFull != nil:
 			c.problem(p.pod, ProblemNoRoom, ipcacheFull)
-			p.mode, id = ModeIsolate, 0
+			p.mode, id = bpf.ModeIsolate, 0
 		case left[id] != nil:
 			kind := ProblemNoRoom
 			if errors.Is(left[id], ErrOverBudget) {
 				kind = ProblemOverBudget
 			}
 			c.problem(p.pod, kind, left[id])
-			p.mode, id = ModeIsolate, 0
+			p.mode, id = bpf.ModeIsolate, 0
 		}
 		addr4, addr6 := c.cl.ownAddrs(p.pod)
 		c.state.Endpoints[p.ifindex] = bpf.PodwallEndpoint{
@@ -308,7 +308,7 @@ func (c *compilation) fitIPCache() error {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, func(a, b bpf.PodwallIpAddr) int {
-		return cmp.Or(cmp.Compare(b2i(all[a] == IDHost), b2i(all[b] == IDHost)), cmp.Compare(a.Family, b.Family),
+		return cmp.Or(cmp.Compare(b2i(all[a] == bpf.IDHost), b2i(all[b] == bpf.IDHost)), cmp.Compare(a.Family, b.Family),
 			slices.Compare(a.Addr[:], b.Addr[:]))
 	})
 	fit := make(map[bpf.PodwallIpAddr]uint32, max)
@@ -344,9 +344,9 @@ func (cl *cluster) ownAddrs(k podKey) (addr4, addr6 bpf.PodwallIpAddr) {
 			continue
 		}
 		switch {
-		case ak.Family == FamV4 && addr4.Family == 0:
+		case ak.Family == bpf.FamV4 && addr4.Family == 0:
 			addr4 = ak
-		case ak.Family == FamV6 && addr6.Family == 0:
+		case ak.Family == bpf.FamV6 && addr6.Family == 0:
 			addr6 = ak
 		}
 	}
@@ -370,7 +370,7 @@ func (c *compilation) endpoint(ep Endpoint) (podPolicy, bool) {
 	switch {
 	case !ok:
 		c.problem(k, ProblemUnknownPod, fmt.Errorf("ifindex %d: %w", ep.Ifindex, ErrUnknownPod))
-		return podPolicy{mode: ModeIsolate}, true
+		return podPolicy{mode: bpf.ModeIsolate}, true
 	case pod.HostNetwork:
 		return podPolicy{}, false
 	}
@@ -390,10 +390,10 @@ func (c *compilation) endpoint(ep Endpoint) (podPolicy, bool) {
 // podPolicy compiles the policy annotation of a local pod, found under key when annotated.
 func (c *compilation) podPolicy(k podKey, pod *clusterPod, value, key string, annotated bool) podPolicy {
 	isolate := func(kind ProblemKind, err error) podPolicy {
-		return podPolicy{mode: ModeIsolate, problem: &Problem{Namespace: k.namespace, Name: k.name, Kind: kind, Err: err}}
+		return podPolicy{mode: bpf.ModeIsolate, problem: &Problem{Namespace: k.namespace, Name: k.name, Kind: kind, Err: err}}
 	}
 	if c.open[pod.Namespace] {
-		pp := podPolicy{mode: ModeOpen}
+		pp := podPolicy{mode: bpf.ModeOpen}
 		if annotated {
 			pp.problem = &Problem{Namespace: k.namespace, Name: k.name, Kind: ProblemIgnored,
 				Err: fmt.Errorf("annotation %s: %w", key, ErrIgnored)}
@@ -404,9 +404,9 @@ func (c *compilation) podPolicy(k podKey, pod *clusterPod, value, key string, an
 	if !annotated {
 		switch c.in.DefaultPolicy {
 		case DefaultAllow:
-			return podPolicy{mode: ModeOpen}
+			return podPolicy{mode: bpf.ModeOpen}
 		case DefaultDeny:
-			return podPolicy{mode: ModeIsolate}
+			return podPolicy{mode: bpf.ModeIsolate}
 		}
 		rules = []rule{namespaceRule(pod.Namespace)}
 	} else {
@@ -415,14 +415,14 @@ func (c *compilation) podPolicy(k podKey, pod *clusterPod, value, key string, an
 		case err != nil:
 			return isolate(ProblemInvalid, err)
 		case len(parsed) == 0:
-			return podPolicy{mode: ModeIsolate}
-		case len(parsed) > MaxRules:
+			return podPolicy{mode: bpf.ModeIsolate}
+		case len(parsed) > bpf.MaxRules:
 			return isolate(ProblemTooManyRules, tooManyRules(len(parsed)))
 		}
 		rules = podRules(pod.Namespace, parsed)
 	}
 	f := fold(rules, c.cl.podTags[k], pod.IPs)
-	return podPolicy{mode: ModeEnforce, f: &f, enc: string(f.encode())}
+	return podPolicy{mode: bpf.ModeEnforce, f: &f, enc: string(f.encode())}
 }
 
 // policyIDs numbers the distinct policies by the hash of their encoding, probing in the

@@ -3,6 +3,7 @@ package compiler
 import (
 	"errors"
 	"fmt"
+	"github.com/podwall/podwall/bpf"
 	"math/rand/v2"
 	"net/netip"
 	"strings"
@@ -30,26 +31,26 @@ func TestModes(t *testing.T) {
 		mode        uint8
 		problem     error
 	}{
-		{"annotated", "prod", annotated("allow tcp"), Options{}, ModeEnforce, nil},
-		{"legacy key off", "prod", map[string]string{"policy": "allow tcp"}, Options{DefaultPolicy: DefaultDeny}, ModeIsolate, nil},
-		{"legacy key on", "prod", map[string]string{"policy": "allow tcp"}, Options{DefaultPolicy: DefaultDeny, LegacyKey: true}, ModeEnforce, nil},
-		{"default namespace", "prod", nil, Options{}, ModeEnforce, nil},
-		{"default allow", "prod", nil, Options{DefaultPolicy: DefaultAllow}, ModeOpen, nil},
-		{"default deny", "prod", nil, Options{DefaultPolicy: DefaultDeny}, ModeIsolate, nil},
-		{"no rules", "prod", annotated(" ; ;"), Options{DefaultPolicy: DefaultAllow}, ModeIsolate, nil},
-		{"invalid", "prod", annotated("allow tcp frm"), Options{DefaultPolicy: DefaultAllow}, ModeIsolate, &SyntaxError{}},
-		{"most rules", "prod", annotated(strings.Repeat("allow;", MaxRules)), Options{}, ModeEnforce, nil},
-		{"too many rules", "prod", annotated(strings.Repeat("allow;", MaxRules+1)), Options{}, ModeIsolate, ErrTooManyRules},
-		{"open namespace", "kube-system", nil, Options{DefaultPolicy: DefaultDeny, OpenNamespaces: open}, ModeOpen, nil},
-		{"open namespace ignores annotation", "kube-system", annotated("deny"), Options{OpenNamespaces: open}, ModeOpen, ErrIgnored},
-		{"open namespace ignores an invalid one", "kube-system", annotated("deny frm"), Options{OpenNamespaces: open}, ModeOpen, ErrIgnored},
+		{"annotated", "prod", annotated("allow tcp"), Options{}, bpf.ModeEnforce, nil},
+		{"legacy key off", "prod", map[string]string{"policy": "allow tcp"}, Options{DefaultPolicy: DefaultDeny}, bpf.ModeIsolate, nil},
+		{"legacy key on", "prod", map[string]string{"policy": "allow tcp"}, Options{DefaultPolicy: DefaultDeny, LegacyKey: true}, bpf.ModeEnforce, nil},
+		{"default namespace", "prod", nil, Options{}, bpf.ModeEnforce, nil},
+		{"default allow", "prod", nil, Options{DefaultPolicy: DefaultAllow}, bpf.ModeOpen, nil},
+		{"default deny", "prod", nil, Options{DefaultPolicy: DefaultDeny}, bpf.ModeIsolate, nil},
+		{"no rules", "prod", annotated(" ; ;"), Options{DefaultPolicy: DefaultAllow}, bpf.ModeIsolate, nil},
+		{"invalid", "prod", annotated("allow tcp frm"), Options{DefaultPolicy: DefaultAllow}, bpf.ModeIsolate, &SyntaxError{}},
+		{"most rules", "prod", annotated(strings.Repeat("allow;", bpf.MaxRules)), Options{}, bpf.ModeEnforce, nil},
+		{"too many rules", "prod", annotated(strings.Repeat("allow;", bpf.MaxRules+1)), Options{}, bpf.ModeIsolate, ErrTooManyRules},
+		{"open namespace", "kube-system", nil, Options{DefaultPolicy: DefaultDeny, OpenNamespaces: open}, bpf.ModeOpen, nil},
+		{"open namespace ignores annotation", "kube-system", annotated("deny"), Options{OpenNamespaces: open}, bpf.ModeOpen, ErrIgnored},
+		{"open namespace ignores an invalid one", "kube-system", annotated("deny frm"), Options{OpenNamespaces: open}, bpf.ModeOpen, ErrIgnored},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := onePod(c.ns, c.annotations, c.opts)
 			ep := s.Endpoints[1]
 			require.Equal(t, c.mode, ep.Mode)
 			require.NotZero(t, ep.Generation)
-			if c.mode == ModeEnforce {
+			if c.mode == bpf.ModeEnforce {
 				require.Contains(t, s.Policies, ep.Policy)
 			} else {
 				require.Zero(t, ep.Policy)
@@ -76,7 +77,7 @@ func TestModes(t *testing.T) {
 }
 
 func TestAllowHostFlag(t *testing.T) {
-	require.Equal(t, uint8(EPAllowHost), onePod("prod", nil, Options{AllowHost: true}).Endpoints[1].Flags)
+	require.Equal(t, uint8(bpf.EPAllowHost), onePod("prod", nil, Options{AllowHost: true}).Endpoints[1].Flags)
 	require.Zero(t, onePod("prod", nil, Options{}).Endpoints[1].Flags)
 }
 
@@ -109,10 +110,10 @@ func TestProblems(t *testing.T) {
 	}, got)
 	first := s.IPCache[AddrKey(netip.MustParseAddr("10.0.0.9"))]
 	require.Equal(t, first, s.IPCache[AddrKey(netip.MustParseAddr("10.0.0.1"))])
-	require.Equal(t, uint32(IDHost), s.IPCache[AddrKey(netip.MustParseAddr("192.168.0.1"))])
+	require.Equal(t, uint32(bpf.IDHost), s.IPCache[AddrKey(netip.MustParseAddr("192.168.0.1"))])
 	require.NotContains(t, s.IPCache, AddrKey(netip.MustParseAddr("10.0.0.5")))
-	require.Equal(t, uint8(ModeIsolate), s.Endpoints[1].Mode)
-	require.Equal(t, uint8(ModeIsolate), s.Endpoints[2].Mode)
+	require.Equal(t, uint8(bpf.ModeIsolate), s.Endpoints[1].Mode)
+	require.Equal(t, uint8(bpf.ModeIsolate), s.Endpoints[2].Mode)
 }
 
 // Equal folded policies share one id; what the pod's labels and addresses fold in makes
@@ -236,9 +237,9 @@ func TestStateInvariants(t *testing.T) {
 				flag uint32
 				n    int
 			}{
-				{r.WildIdent, PFIdent, len(p.Ident)}, {r.WildCidr, PFCIDR, len(p.CIDR)},
-				{r.WildSport, PFSport, ports[DirSrc]}, {r.WildDport, PFDport, ports[DirDst]},
-				{r.WildIcmp, PFICMP, len(p.ICMP)},
+				{r.WildIdent, bpf.PFIdent, len(p.Ident)}, {r.WildCidr, bpf.PFCIDR, len(p.CIDR)},
+				{r.WildSport, bpf.PFSport, ports[bpf.DirSrc]}, {r.WildDport, bpf.PFDport, ports[bpf.DirDst]},
+				{r.WildIcmp, bpf.PFICMP, len(p.ICMP)},
 			} {
 				require.Equal(t, w.wild, w.wild.and(live))
 				if r.Flags&w.flag == 0 {
@@ -257,7 +258,7 @@ func TestStateInvariants(t *testing.T) {
 			}
 			for k, v := range p.Port {
 				require.Equal(t, id, k.Policy)
-				wild := [2]vec{DirSrc: r.WildSport, DirDst: r.WildDport}[k.Dir]
+				wild := [2]vec{bpf.DirSrc: r.WildSport, bpf.DirDst: r.WildDport}[k.Dir]
 				require.NotEqual(t, wild, vec(v.Bits))
 			}
 			for k, v := range p.ICMP {
@@ -267,8 +268,8 @@ func TestStateInvariants(t *testing.T) {
 			require.Len(t, p.Rules, int(r.Nrules))
 		}
 		for k, id := range s.IPCache {
-			require.Contains(t, []uint8{FamV4, FamV6}, k.Family)
-			if id != IDHost {
+			require.Contains(t, []uint8{bpf.FamV4, bpf.FamV6}, k.Family)
+			if id != bpf.IDHost {
 				require.Contains(t, s.Identities, id)
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"flag"
 	"fmt"
+	"github.com/podwall/podwall/bpf"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -60,7 +61,7 @@ func TestDifferential(t *testing.T) {
 // in the annotation, from 0; -1 for none).
 type spelled struct {
 	pass   bool
-	reason Reason
+	reason bpf.Reason
 	rule   int
 }
 
@@ -171,7 +172,7 @@ func (sc *scenario) annotate(rng *rand.Rand, p *Pod) {
 		value = pick(rng, []string{"allow tcp frm label app=web", "allow; permit", "deny udp to ports 90:80", "allow icmp code 3"})
 	case f == 5:
 		sc.kinds[k] = kindTooMany
-		value = strings.Repeat("allow;", MaxRules+1)
+		value = strings.Repeat("allow;", bpf.MaxRules+1)
 	default:
 		sc.kinds[k] = kindRules
 		n := 1 + rng.IntN(12)
@@ -427,10 +428,10 @@ func (sc *scenario) sourcePod(a netip.Addr) *Pod {
 // judge is SPEC.md applied to the generated rules, written without the compiler's data
 // structures.
 func (sc *scenario) judge(ifindex uint32, p Packet) spelled {
-	none := func(pass bool, r Reason) spelled { return spelled{pass, r, -1} }
+	none := func(pass bool, r bpf.Reason) spelled { return spelled{pass, r, -1} }
 	pod, isEndpoint := sc.endpointPod(ifindex)
 	if !isEndpoint || (pod != nil && pod.HostNetwork) {
-		return none(false, ReasonNoEntry)
+		return none(false, bpf.ReasonNoEntry)
 	}
 
 	// The pod's mode (SPEC 4).
@@ -470,29 +471,29 @@ func (sc *scenario) judge(ifindex uint32, p Packet) spelled {
 
 	if p.Src.Is4() != p.Dst.Is4() {
 		if open {
-			return none(true, ReasonOpen)
+			return none(true, bpf.ReasonOpen)
 		}
-		return none(false, ReasonMalformed)
+		return none(false, bpf.ReasonMalformed)
 	}
 	if open {
-		return none(true, ReasonOpen)
+		return none(true, bpf.ReasonOpen)
 	}
 	l4 := p.Fragment != FragLater
 	if p.Src.Is6() && p.Proto == protoICMPv6 && l4 && p.ICMPType >= 133 && p.ICMPType <= 137 {
-		return none(true, ReasonND)
+		return none(true, bpf.ReasonND)
 	}
 	if p.FromNode && sc.input.AllowHost {
-		return none(true, ReasonHost)
+		return none(true, bpf.ReasonHost)
 	}
 	if isolated {
-		return none(false, ReasonIsolated)
+		return none(false, bpf.ReasonIsolated)
 	}
 	src := sc.sourcePod(p.Src)
 	if namespaceDefault {
 		if src != nil && src.Namespace == pod.Namespace {
-			return spelled{true, ReasonAllowRule, 0}
+			return spelled{true, bpf.ReasonAllowRule, 0}
 		}
-		return none(false, ReasonNoRule)
+		return none(false, bpf.ReasonNoRule)
 	}
 	allow := -1
 	for i, r := range rules {
@@ -500,16 +501,16 @@ func (sc *scenario) judge(ifindex uint32, p Packet) spelled {
 			continue
 		}
 		if r.Action == Deny {
-			return spelled{false, ReasonDenyRule, i}
+			return spelled{false, bpf.ReasonDenyRule, i}
 		}
 		if allow < 0 {
 			allow = i
 		}
 	}
 	if allow >= 0 {
-		return spelled{true, ReasonAllowRule, allow}
+		return spelled{true, bpf.ReasonAllowRule, allow}
 	}
-	return none(false, ReasonNoRule)
+	return none(false, bpf.ReasonNoRule)
 }
 
 // matches is SPEC 3's "a rule matches a packet when every constraint it states holds".

@@ -40,7 +40,7 @@ type Packet struct {
 // Verdict is the data path's answer for a packet.
 type Verdict struct {
 	Pass   bool
-	Reason Reason
+	Reason bpf.Reason
 	// Rule is the bit of the deciding rule (Policy.Rules[Rule] says which rule it is), -1
 	// when no rule decided.
 	Rule int
@@ -58,74 +58,74 @@ func Evaluate(s *State, ifindex uint32, p Packet) Verdict {
 	ep, ok := s.Endpoints[ifindex]
 	if !ok {
 		// Programs on an interface without an entry drop everything (SPEC 8).
-		return Verdict{Reason: ReasonNoEntry, Rule: -1}
+		return Verdict{Reason: bpf.ReasonNoEntry, Rule: -1}
 	}
 	v.Policy = ep.Policy
 	switch {
 	case !p.Src.IsValid() || p.Src.Is4() != p.Dst.Is4():
-		if ep.Mode == ModeOpen {
-			return pass(v, ReasonOpen)
+		if ep.Mode == bpf.ModeOpen {
+			return pass(v, bpf.ReasonOpen)
 		}
-		return drop(v, ReasonMalformed)
-	case ep.Mode == ModeOpen:
-		return pass(v, ReasonOpen)
+		return drop(v, bpf.ReasonMalformed)
+	case ep.Mode == bpf.ModeOpen:
+		return pass(v, bpf.ReasonOpen)
 	}
 	fi := famIdx(p.Src)
 	l4 := p.Fragment != FragLater
 	if l4 && fi == famIdxV6 && p.Proto == protoICMPv6 && p.ICMPType >= 133 && p.ICMPType <= 137 {
-		return pass(v, ReasonND)
+		return pass(v, bpf.ReasonND)
 	}
 	v.Identity = s.IPCache[AddrKey(p.Src)]
 	if p.FromNode {
-		if ep.Flags&EPAllowHost != 0 {
-			return pass(v, ReasonHost)
+		if ep.Flags&bpf.EPAllowHost != 0 {
+			return pass(v, bpf.ReasonHost)
 		}
-	} else if v.Identity == IDHost {
-		v.Identity = IDWorld
+	} else if v.Identity == bpf.IDHost {
+		v.Identity = bpf.IDWorld
 	}
-	if ep.Mode == ModeIsolate {
-		return drop(v, ReasonIsolated)
+	if ep.Mode == bpf.ModeIsolate {
+		return drop(v, bpf.ReasonIsolated)
 	}
 	pol, ok := s.Policies[ep.Policy]
 	if !ok {
 		// maps.Applier writes such an endpoint isolated: it has no record to judge with.
-		return drop(v, ReasonIsolated)
+		return drop(v, bpf.ReasonIsolated)
 	}
 
 	rec := &pol.Record
 	class := packetClass(fi, p.Proto)
 	r := vec(rec.Proto[fi][class])
-	if rec.Flags&PFIdent != 0 {
+	if rec.Flags&bpf.PFIdent != 0 {
 		r = r.and(lookupOr(pol.Ident, bpf.PodwallIdentKey{Policy: ep.Policy, Identity: v.Identity}, rec.WildIdent))
 	}
-	if rec.Flags&PFCIDR != 0 {
+	if rec.Flags&bpf.PFCIDR != 0 {
 		r = r.and(pol.lookupCIDR(ep.Policy, p.Src))
 	}
-	ports := l4 && (class == ClassTCP || class == ClassUDP)
-	if rec.Flags&PFSport != 0 {
+	ports := l4 && (class == bpf.ClassTCP || class == bpf.ClassUDP)
+	if rec.Flags&bpf.PFSport != 0 {
 		sport := vec(rec.WildSport)
 		if ports {
-			sport = pol.lookupPort(ep.Policy, uint8(class), DirSrc, p.SrcPort, sport)
+			sport = pol.lookupPort(ep.Policy, uint8(class), bpf.DirSrc, p.SrcPort, sport)
 		}
 		r = r.and(sport)
 	}
-	if rec.Flags&PFDport != 0 {
+	if rec.Flags&bpf.PFDport != 0 {
 		dport := vec(rec.WildDport)
 		if ports {
-			dport = pol.lookupPort(ep.Policy, uint8(class), DirDst, p.DstPort, dport)
+			dport = pol.lookupPort(ep.Policy, uint8(class), bpf.DirDst, p.DstPort, dport)
 		}
 		r = r.and(dport)
 	}
-	if rec.Flags&PFICMP != 0 {
+	if rec.Flags&bpf.PFICMP != 0 {
 		icmp := vec(rec.WildIcmp)
-		if l4 && class == ClassICMP {
-			fam := uint8(FamV4)
+		if l4 && class == bpf.ClassICMP {
+			fam := uint8(bpf.FamV4)
 			if fi == famIdxV6 {
-				fam = FamV6
+				fam = bpf.FamV6
 			}
 			k := bpf.PodwallIcmpKey{Policy: ep.Policy, Family: fam, Type: p.ICMPType, Code: uint16(p.ICMPCode)}
 			anyCode := k
-			anyCode.Code = ICMPAnyCode
+			anyCode.Code = bpf.ICMPAnyCode
 			icmp = lookupOr(pol.ICMP, k, lookupOr(pol.ICMP, anyCode, icmp))
 		}
 		r = r.and(icmp)
@@ -133,21 +133,21 @@ func Evaluate(s *State, ifindex uint32, p Packet) Verdict {
 
 	if deny := r.and(rec.Deny); !deny.isZero() {
 		v.Rule = deny.lowest()
-		return drop(v, ReasonDenyRule)
+		return drop(v, bpf.ReasonDenyRule)
 	}
 	if !r.isZero() {
 		v.Rule = r.lowest()
-		return pass(v, ReasonAllowRule)
+		return pass(v, bpf.ReasonAllowRule)
 	}
-	return drop(v, ReasonNoRule)
+	return drop(v, bpf.ReasonNoRule)
 }
 
-func pass(v Verdict, r Reason) Verdict {
+func pass(v Verdict, r bpf.Reason) Verdict {
 	v.Pass, v.Reason = true, r
 	return v
 }
 
-func drop(v Verdict, r Reason) Verdict {
+func drop(v Verdict, r bpf.Reason) Verdict {
 	v.Pass, v.Reason = false, r
 	return v
 }
@@ -157,13 +157,13 @@ func drop(v Verdict, r Reason) Verdict {
 func packetClass(fi int, proto uint8) int {
 	switch {
 	case proto == protoTCP:
-		return ClassTCP
+		return bpf.ClassTCP
 	case proto == protoUDP:
-		return ClassUDP
+		return bpf.ClassUDP
 	case proto == protoICMP && fi == famIdxV4, proto == protoICMPv6 && fi == famIdxV6:
-		return ClassICMP
+		return bpf.ClassICMP
 	}
-	return ClassOther
+	return bpf.ClassOther
 }
 
 func lookupOr[K comparable](m map[K]bpf.PodwallRuleVec, k K, miss vec) vec {

@@ -118,7 +118,7 @@ func famIdx(a netip.Addr) int {
 // are podIPs (each family's addresses judge its "to cidr" rules).
 func fold(rules []rule, podTags []string, podIPs []netip.Addr) folded {
 	var f folded
-	var proto [2][NumClasses]vec
+	var proto [2][bpf.NumClasses]vec
 	for i, r := range rules {
 		if r.dstTag != "" && !slices.Contains(podTags, r.dstTag) {
 			continue
@@ -179,8 +179,8 @@ func fold(rules []rule, podTags []string, podIPs []netip.Addr) folded {
 				}
 			}
 		}
-		portRules(&wildSport, r.srcPorts, DirSrc)
-		portRules(&wildDport, r.dstPorts, DirDst)
+		portRules(&wildSport, r.srcPorts, int(bpf.DirSrc))
+		portRules(&wildDport, r.dstPorts, int(bpf.DirDst))
 		switch {
 		case !r.hasType:
 			wildICMP.set(i)
@@ -198,7 +198,7 @@ func fold(rules []rule, podTags []string, podIPs []netip.Addr) folded {
 	for i := range f.cidrs {
 		f.cidrs[i].rules = f.cidrs[i].rules.or(wildCIDR)
 	}
-	wildPorts := [2]vec{DirSrc: wildSport, DirDst: wildDport}
+	wildPorts := [2]vec{bpf.DirSrc: wildSport, bpf.DirDst: wildDport}
 	for c := range ports {
 		for dir := range ports[c] {
 			for _, in := range portIntervals(ports[c][dir]) {
@@ -209,7 +209,7 @@ func fold(rules []rule, podTags []string, podIPs []netip.Addr) folded {
 			}
 		}
 	}
-	f.icmps = append(icmpEntries(FamV4, icmps[famIdxV4], wildICMP), icmpEntries(FamV6, icmps[famIdxV6], wildICMP)...)
+	f.icmps = append(icmpEntries(bpf.FamV4, icmps[famIdxV4], wildICMP), icmpEntries(bpf.FamV6, icmps[famIdxV6], wildICMP)...)
 
 	f.record.WildIdent = wildIdent
 	f.record.WildCidr = wildCIDR
@@ -220,7 +220,7 @@ func fold(rules []rule, podTags []string, podIPs []netip.Addr) folded {
 	for _, c := range []struct {
 		wild vec
 		flag uint32
-	}{{wildIdent, PFIdent}, {wildCIDR, PFCIDR}, {wildSport, PFSport}, {wildDport, PFDport}, {wildICMP, PFICMP}} {
+	}{{wildIdent, bpf.PFIdent}, {wildCIDR, bpf.PFCIDR}, {wildSport, bpf.PFSport}, {wildDport, bpf.PFDport}, {wildICMP, bpf.PFICMP}} {
 		if c.wild != live {
 			f.record.Flags |= c.flag
 		}
@@ -269,9 +269,9 @@ func inFamily(r rule, fi int, podIPs []netip.Addr) bool {
 func portClass(p Protocol) (int, bool) {
 	switch p {
 	case ProtoTCP:
-		return ClassTCP, true
+		return bpf.ClassTCP, true
 	case ProtoUDP:
-		return ClassUDP, true
+		return bpf.ClassUDP, true
 	}
 	return 0, false
 }
@@ -280,13 +280,13 @@ func portClass(p Protocol) (int, bool) {
 func classes(p Protocol) []int {
 	switch p {
 	case ProtoTCP:
-		return []int{ClassTCP}
+		return []int{bpf.ClassTCP}
 	case ProtoUDP:
-		return []int{ClassUDP}
+		return []int{bpf.ClassUDP}
 	case ProtoICMP, ProtoICMPv6:
-		return []int{ClassICMP}
+		return []int{bpf.ClassICMP}
 	}
-	return []int{ClassTCP, ClassUDP, ClassICMP, ClassOther}
+	return []int{bpf.ClassTCP, bpf.ClassUDP, bpf.ClassICMP, bpf.ClassOther}
 }
 
 // icmpEntries are the pol_icmp entries of one family: (type, any code) holds the rules that
@@ -308,7 +308,7 @@ func icmpEntries(family uint8, rules []icmpRule, wild vec) []icmpEntry {
 	}
 	var out []icmpEntry
 	for t, v := range anyCode {
-		out = append(out, icmpEntry{family: family, typ: t, code: ICMPAnyCode, rules: v.or(wild)})
+		out = append(out, icmpEntry{family: family, typ: t, code: bpf.ICMPAnyCode, rules: v.or(wild)})
 	}
 	for tc, v := range exact {
 		out = append(out, icmpEntry{family: family, typ: tc[0], code: uint16(tc[1]),

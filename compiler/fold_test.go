@@ -1,6 +1,7 @@
 package compiler
 
 import (
+	"github.com/podwall/podwall/bpf"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -22,8 +23,8 @@ func foldOf(t *testing.T, annotation string, labels map[string]string, ips ...st
 }
 
 // protoMasks is the record's proto masks as [family][class] rule lists, for reading.
-func protoMasks(f folded) [2][NumClasses]vec {
-	var out [2][NumClasses]vec
+func protoMasks(f folded) [2][bpf.NumClasses]vec {
+	var out [2][bpf.NumClasses]vec
 	for fi := range out {
 		for c := range out[fi] {
 			out[fi][c] = f.record.Proto[fi][c]
@@ -33,29 +34,29 @@ func protoMasks(f folded) [2][NumClasses]vec {
 }
 
 func TestFoldProtocolsAndFamilies(t *testing.T) {
-	all := func(v vec) [NumClasses]vec { return [NumClasses]vec{v, v, v, v} }
-	only := func(c int, v vec) [NumClasses]vec {
-		var out [NumClasses]vec
+	all := func(v vec) [bpf.NumClasses]vec { return [bpf.NumClasses]vec{v, v, v, v} }
+	only := func(c int, v vec) [bpf.NumClasses]vec {
+		var out [bpf.NumClasses]vec
 		out[c] = v
 		return out
 	}
-	none := [NumClasses]vec{}
+	none := [bpf.NumClasses]vec{}
 	for _, c := range []struct {
 		name, annotation string
 		labels           map[string]string
 		ips              []string
-		v4, v6           [NumClasses]vec
+		v4, v6           [bpf.NumClasses]vec
 	}{
 		{"any protocol", "allow", nil, nil, all(vecOf(0)), all(vecOf(0))},
-		{"tcp", "allow tcp", nil, nil, only(ClassTCP, vecOf(0)), only(ClassTCP, vecOf(0))},
-		{"udp", "allow udp", nil, nil, only(ClassUDP, vecOf(0)), only(ClassUDP, vecOf(0))},
-		{"icmp is IPv4 only", "allow icmp", nil, nil, only(ClassICMP, vecOf(0)), none},
-		{"icmpv6 is IPv6 only", "allow icmpv6", nil, nil, none, only(ClassICMP, vecOf(0))},
+		{"tcp", "allow tcp", nil, nil, only(bpf.ClassTCP, vecOf(0)), only(bpf.ClassTCP, vecOf(0))},
+		{"udp", "allow udp", nil, nil, only(bpf.ClassUDP, vecOf(0)), only(bpf.ClassUDP, vecOf(0))},
+		{"icmp is IPv4 only", "allow icmp", nil, nil, only(bpf.ClassICMP, vecOf(0)), none},
+		{"icmpv6 is IPv6 only", "allow icmpv6", nil, nil, none, only(bpf.ClassICMP, vecOf(0))},
 		{"from cidr keeps its family", "allow from cidr 10.0.0.0/8; allow tcp from cidr fd00::/8", nil, nil,
-			all(vecOf(0)), only(ClassTCP, vecOf(1))},
+			all(vecOf(0)), only(bpf.ClassTCP, vecOf(1))},
 		{"to label the pod has", "allow to label app=web", map[string]string{"app": "web"}, nil, all(vecOf(0)), all(vecOf(0))},
 		{"to label the pod lacks", "allow to label app=web; allow udp", map[string]string{"app": "db"}, nil,
-			only(ClassUDP, vecOf(1)), only(ClassUDP, vecOf(1))},
+			only(bpf.ClassUDP, vecOf(1)), only(bpf.ClassUDP, vecOf(1))},
 		{"to cidr holding the pod", "allow to cidr 10.0.0.0/8", nil, []string{"10.1.2.3", "fd00::1"}, all(vecOf(0)), none},
 		{"to cidr not holding the pod", "allow to cidr 11.0.0.0/8", nil, []string{"10.1.2.3", "fd00::1"}, none, none},
 		{"to cidr of a family the pod lacks", "allow to cidr fd00::/8", nil, []string{"10.1.2.3"}, none, none},
@@ -66,7 +67,7 @@ func TestFoldProtocolsAndFamilies(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f := foldOf(t, c.annotation, c.labels, c.ips...)
-			require.Equal(t, [2][NumClasses]vec{c.v4, c.v6}, protoMasks(f))
+			require.Equal(t, [2][bpf.NumClasses]vec{c.v4, c.v6}, protoMasks(f))
 		})
 	}
 }
@@ -84,11 +85,11 @@ func TestFoldWildcardsAndFlags(t *testing.T) {
 		{"nothing constrained", "allow; deny tcp", nil, 0,
 			[5]vec{vecOf(0, 1), vecOf(0, 1), vecOf(0, 1), vecOf(0, 1), vecOf(0, 1)}, vecOf(1)},
 		{"every field", "allow from label a=b; allow from cidr 10.0.0.0/8; allow tcp from ports 1; deny udp to ports 2; allow icmp type 8", nil,
-			PFIdent | PFCIDR | PFSport | PFDport | PFICMP,
+			bpf.PFIdent | bpf.PFCIDR | bpf.PFSport | bpf.PFDport | bpf.PFICMP,
 			[5]vec{vecOf(1, 2, 3, 4), vecOf(0, 2, 3, 4), vecOf(0, 1, 3, 4), vecOf(0, 1, 2, 4), vecOf(0, 1, 2, 3)}, vecOf(3)},
 		{"constraints of folded-out rules do not count", "allow tcp from label a=b to label x=y; allow udp", nil, 0,
 			[5]vec{vecOf(1), vecOf(1), vecOf(1), vecOf(1), vecOf(1)}, vec{}},
-		{"constraints of kept rules count", "allow tcp from label a=b to label x=y; allow udp", map[string]string{"x": "y"}, PFIdent,
+		{"constraints of kept rules count", "allow tcp from label a=b to label x=y; allow udp", map[string]string{"x": "y"}, bpf.PFIdent,
 			[5]vec{vecOf(1), vecOf(0, 1), vecOf(0, 1), vecOf(0, 1), vecOf(0, 1)}, vec{}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -110,15 +111,15 @@ func TestFoldEntries(t *testing.T) {
 	require.Equal(t, []cidrEntry{{netip.MustParsePrefix("10.0.0.0/8"), wildCIDR.or(vecOf(6))}}, f.cidrs)
 	wildSport, wildDport := vecOf(0, 1, 3, 4, 5, 6), vecOf(0, 2, 3, 4, 5, 6)
 	require.Equal(t, []portEntry{
-		{ClassTCP, DirDst, portPrefix{80, 15}, wildDport.or(vecOf(1))},
-		{ClassTCP, DirDst, portPrefix{443, 16}, wildDport.or(vecOf(1))},
-		{ClassUDP, DirSrc, portPrefix{53, 16}, wildSport.or(vecOf(2))},
+		{uint8(bpf.ClassTCP), bpf.DirDst, portPrefix{80, 15}, wildDport.or(vecOf(1))},
+		{uint8(bpf.ClassTCP), bpf.DirDst, portPrefix{443, 16}, wildDport.or(vecOf(1))},
+		{uint8(bpf.ClassUDP), bpf.DirSrc, portPrefix{53, 16}, wildSport.or(vecOf(2))},
 	}, f.ports)
 	wildICMP := vecOf(0, 1, 2, 6)
 	require.Equal(t, []icmpEntry{
-		{FamV4, 8, 0, wildICMP.or(vecOf(3, 4))},
-		{FamV4, 8, ICMPAnyCode, wildICMP.or(vecOf(3))},
-		{FamV6, 1, 4, wildICMP.or(vecOf(5))},
+		{bpf.FamV4, 8, 0, wildICMP.or(vecOf(3, 4))},
+		{bpf.FamV4, 8, bpf.ICMPAnyCode, wildICMP.or(vecOf(3))},
+		{bpf.FamV6, 1, 4, wildICMP.or(vecOf(5))},
 	}, f.icmps)
 	require.Equal(t, uint32(7), f.record.Nrules)
 	require.Equal(t, RuleSource{Index: 2, Text: "allow tcp from label app=db to ports 80:81,443"}, f.rules[1])
@@ -127,7 +128,7 @@ func TestFoldEntries(t *testing.T) {
 func TestNamespaceRule(t *testing.T) {
 	f := fold([]rule{namespaceRule("prod")}, identityTags("prod", nil), nil)
 	require.Equal(t, []tagRules{{"namespace_prod", vecOf(0)}}, f.tags)
-	require.Equal(t, uint32(PFIdent), f.record.Flags)
+	require.Equal(t, uint32(bpf.PFIdent), f.record.Flags)
 	require.Equal(t, RuleSource{Text: "allow from namespace prod (default policy)"}, f.rules[0])
 }
 
@@ -145,11 +146,11 @@ func TestProtoMasksLeaveOtherProtocolsFieldsFree(t *testing.T) {
 			for fi := range rec.Proto {
 				for class, proto := range rec.Proto[fi] {
 					v := vec(proto)
-					if class == ClassICMP || class == ClassOther {
+					if class == bpf.ClassICMP || class == bpf.ClassOther {
 						require.Equal(t, v, v.and(vec(rec.WildSport)), "policy %#x family %d class %d: a rule with source ports", id, fi, class)
 						require.Equal(t, v, v.and(vec(rec.WildDport)), "policy %#x family %d class %d: a rule with destination ports", id, fi, class)
 					}
-					if class != ClassICMP {
+					if class != bpf.ClassICMP {
 						require.Equal(t, v, v.and(vec(rec.WildIcmp)), "policy %#x family %d class %d: a rule with an ICMP type", id, fi, class)
 					}
 				}

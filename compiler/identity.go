@@ -32,7 +32,7 @@ func identityKey(tags []string) string { return strings.Join(tags, ",") }
 // identityHash is where an identity is placed before probing: a hash of its tags in
 // [IDFirstPod, 2^32), so a restarted agent finds the same numbers.
 func identityHash(key string) uint32 {
-	return IDFirstPod + uint32(fnv64(key)%(math.MaxUint32+1-IDFirstPod))
+	return bpf.IDFirstPod + uint32(fnv64(key)%(math.MaxUint32+1-uint64(bpf.IDFirstPod)))
 }
 
 // allocateIdentities numbers the distinct tag sets. Keys are taken in sorted order and a
@@ -47,7 +47,7 @@ func allocateIdentities(keys []string) map[string]uint32 {
 		for taken[id] {
 			id++
 			if id == 0 {
-				id = IDFirstPod
+				id = bpf.IDFirstPod
 			}
 		}
 		taken[id] = true
@@ -72,9 +72,9 @@ func usableAddrs(ips []netip.Addr) []netip.Addr {
 // own addresses): the inverse of KeyAddr. An IPv4-mapped IPv6 address stays IPv6: that is how
 // it arrives in an IPv6 header.
 func AddrKey(a netip.Addr) bpf.PodwallIpAddr {
-	k := bpf.PodwallIpAddr{Family: FamV6, Addr: a.As16()}
+	k := bpf.PodwallIpAddr{Family: bpf.FamV6, Addr: a.As16()}
 	if a.Is4() {
-		k.Family = FamV4
+		k.Family = bpf.FamV4
 		k.Addr = [16]byte{}
 		a4 := a.As4()
 		copy(k.Addr[:], a4[:])
@@ -86,9 +86,9 @@ func AddrKey(a netip.Addr) bpf.PodwallIpAddr {
 // that is neither FamV4 nor FamV6.
 func KeyAddr(k bpf.PodwallIpAddr) netip.Addr {
 	switch k.Family {
-	case FamV4:
+	case bpf.FamV4:
 		return netip.AddrFrom4([4]byte(k.Addr[:4]))
-	case FamV6:
+	case bpf.FamV6:
 		return netip.AddrFrom16(k.Addr)
 	}
 	return netip.Addr{}

@@ -46,7 +46,7 @@ func TestAllocateIdentities(t *testing.T) {
 		require.Equal(t, map[string]uint32{first: h, second: h + 1}, ids)
 	}
 	ids := allocateIdentities([]string{"namespace_x"})
-	require.GreaterOrEqual(t, ids["namespace_x"], uint32(IDFirstPod))
+	require.GreaterOrEqual(t, ids["namespace_x"], uint32(bpf.IDFirstPod))
 }
 
 // A pod's identity depends on its namespace and labels only: not on its name, its
@@ -81,9 +81,9 @@ func TestIdentitiesStable(t *testing.T) {
 }
 
 func TestAddrKey(t *testing.T) {
-	require.Equal(t, bpf.PodwallIpAddr{Family: FamV4, Addr: [16]byte{10, 0, 0, 1}}, AddrKey(netip.MustParseAddr("10.0.0.1")))
-	require.Equal(t, bpf.PodwallIpAddr{Family: FamV6, Addr: [16]byte{0xfd, 0, 15: 1}}, AddrKey(netip.MustParseAddr("fd00::1")))
-	require.Equal(t, bpf.PodwallIpAddr{Family: FamV6, Addr: [16]byte{10: 0xff, 11: 0xff, 12: 10, 15: 1}},
+	require.Equal(t, bpf.PodwallIpAddr{Family: bpf.FamV4, Addr: [16]byte{10, 0, 0, 1}}, AddrKey(netip.MustParseAddr("10.0.0.1")))
+	require.Equal(t, bpf.PodwallIpAddr{Family: bpf.FamV6, Addr: [16]byte{0xfd, 0, 15: 1}}, AddrKey(netip.MustParseAddr("fd00::1")))
+	require.Equal(t, bpf.PodwallIpAddr{Family: bpf.FamV6, Addr: [16]byte{10: 0xff, 11: 0xff, 12: 10, 15: 1}},
 		AddrKey(netip.MustParseAddr("::ffff:10.0.0.1")), "a mapped address is IPv6 on the wire")
 }
 
@@ -99,8 +99,8 @@ func TestAddressForms(t *testing.T) {
 	require.Contains(t, s.Identities, id)
 	require.Equal(t, map[bpf.PodwallIpAddr]uint32{
 		AddrKey(netip.MustParseAddr("10.0.0.1")):    id,
-		AddrKey(netip.MustParseAddr("192.168.0.1")): IDHost,
+		AddrKey(netip.MustParseAddr("192.168.0.1")): bpf.IDHost,
 	}, s.IPCache)
 	v := Evaluate(s, 1, Packet{Src: netip.MustParseAddr("10.9.0.1"), Dst: netip.MustParseAddr("10.0.0.1"), Proto: protoUDP})
-	require.Equal(t, ReasonAllowRule, v.Reason, "to cidr folds against the unmapped address")
+	require.Equal(t, bpf.ReasonAllowRule, v.Reason, "to cidr folds against the unmapped address")
 }

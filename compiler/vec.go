@@ -7,7 +7,7 @@ import (
 )
 
 // vec is a set of rules, bit i for rule i: the Go side of struct rule_vec.
-type vec [VecWords]uint64
+type vec [bpf.VecWords]uint64
 
 func (v *vec) set(i int) { v[i/64] |= 1 << (i % 64) }
 

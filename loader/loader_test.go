@@ -82,7 +82,7 @@ func (e *env) open(t *testing.T) *loader.Loader {
 	t.Cleanup(func() { require.NoError(t, l.Close()) })
 	// An interface without its entry sends and gets nothing; the agent writes one for each
 	// pod it guards. Open lets reach show that the programs pass what they are told to.
-	require.NoError(t, l.Maps().Endpoints.Put(uint32(e.pod.HostIfindex), e.entry(compiler.ModeOpen)))
+	require.NoError(t, l.Maps().Endpoints.Put(uint32(e.pod.HostIfindex), e.entry(bpf.ModeOpen)))
 	return l
 }
 
@@ -225,7 +225,7 @@ func TestProcessNamespace(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				if err := l.Maps().Endpoints.Put(uint32(e.pod.HostIfindex), e.entry(compiler.ModeOpen)); err != nil {
+				if err := l.Maps().Endpoints.Put(uint32(e.pod.HostIfindex), e.entry(bpf.ModeOpen)); err != nil {
 					return errors.Join(err, l.Close())
 				}
 				if err := l.Attach(e.pod.HostIfindex); err != nil {
@@ -253,7 +253,7 @@ func TestEnforces(t *testing.T) {
 			l := e.open(t)
 			ifindex := e.pod.HostIfindex
 			require.NoError(t, l.Attach(ifindex))
-			isolated := e.entry(compiler.ModeIsolate)
+			isolated := e.entry(bpf.ModeIsolate)
 			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), isolated))
 
 			outbound, err := topo.DialTCP(t, e.pod.NS, netip.AddrPortFrom(e.client.IPv4, port))

@@ -1,12 +1,12 @@
 package loader_test
 
 import (
+	"github.com/podwall/podwall/bpf"
 	"net/netip"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/loader"
 	"github.com/podwall/podwall/tests/topo"
 )
@@ -21,7 +21,7 @@ func TestEnsureFirstPutsPodwallAheadAgain(t *testing.T) {
 			l := e.open(t)
 			ifindex := e.pod.HostIfindex
 			require.NoError(t, l.Attach(ifindex))
-			isolated := e.entry(compiler.ModeIsolate)
+			isolated := e.entry(bpf.ModeIsolate)
 			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), isolated))
 			to := netip.AddrPortFrom(e.pod.IPv4, port)
 			require.ErrorIs(t, topo.TCPEcho(e.client.NS, to), topo.ErrNoAnswer, "isolated")

@@ -100,11 +100,11 @@ func entries(s *compiler.State) map[uint32]bpf.PodwallEndpointEntry {
 	out := make(map[uint32]bpf.PodwallEndpointEntry, len(s.Endpoints))
 	for ifindex, ep := range s.Endpoints {
 		e := bpf.PodwallEndpointEntry{Ep: ep}
-		if ep.Mode == compiler.ModeEnforce {
+		if ep.Mode == bpf.ModeEnforce {
 			if p, ok := s.Policies[ep.Policy]; ok {
 				e.Rules = p.Record
 			} else {
-				e.Ep.Mode = compiler.ModeIsolate
+				e.Ep.Mode = bpf.ModeIsolate
 			}
 		}
 		out[ifindex] = e
@@ -179,10 +179,10 @@ func (a *Applier) run(steps []func() error) error {
 func (a *Applier) makeRoom(s *compiler.State) []func() error {
 	isolated := maps.Clone(a.endpoints.present)
 	for ifindex, e := range isolated {
-		if _, ok := s.Policies[e.Ep.Policy]; ok || e.Ep.Mode != compiler.ModeEnforce {
+		if _, ok := s.Policies[e.Ep.Policy]; ok || e.Ep.Mode != bpf.ModeEnforce {
 			continue
 		}
-		e.Ep.Mode, e.Ep.Policy, e.Rules = compiler.ModeIsolate, 0, bpf.PodwallPolicy{}
+		e.Ep.Mode, e.Ep.Policy, e.Rules = bpf.ModeIsolate, 0, bpf.PodwallPolicy{}
 		isolated[ifindex] = e
 	}
 	keep := map[uint32]bool{}

@@ -134,7 +134,7 @@ func TestApplyAfterRestartChangesOnlyTheDifference(t *testing.T) {
 	require.NoError(t, NewApplier(m).Apply(first))
 
 	// A stale entry a previous agent left behind, and one it never wrote.
-	stale := bpf.PodwallIpAddr{Family: compiler.FamV4, Addr: [16]uint8{192, 0, 2, 1}}
+	stale := bpf.PodwallIpAddr{Family: bpf.FamV4, Addr: [16]uint8{192, 0, 2, 1}}
 	require.NoError(t, m.Ipcache.Put(&stale, uint32(999)))
 
 	second := compiler.Compile(input("allow tcp to ports 443"))
@@ -201,7 +201,7 @@ func TestApplyIsolatesAnEndpointWithoutItsPolicy(t *testing.T) {
 	require.NoError(t, NewApplier(m).Apply(s))
 	var e bpf.PodwallEndpointEntry
 	require.NoError(t, m.Endpoints.Lookup(uint32(7), &e))
-	require.Equal(t, uint8(compiler.ModeIsolate), e.Ep.Mode)
+	require.Equal(t, uint8(bpf.ModeIsolate), e.Ep.Mode)
 }
 
 // closedMap is a map handle whose every operation fails.

@@ -33,13 +33,13 @@ func TestCollectRemovesExpiredAndFlushedEntries(t *testing.T) {
 		return bpf.PodwallCtKey{Pod: addr(pod), Remote: addr(remote), PodPort: 80, RemotePort: 40000, Proto: 6, Ifindex: ifindex}
 	}
 	t0 := now(t)
-	answered := uint8(compiler.CTOut | compiler.CTAnswered)
+	answered := uint8(bpf.CTOut | bpf.CTAnswered)
 	entries := map[bpf.PodwallCtKey]bpf.PodwallCtEntry{
-		key("10.0.0.2", "10.0.0.9", 7):  {LastSeen: t0, Flags: answered},                // live
-		key("10.0.0.2", "10.0.0.8", 7):  {LastSeen: t0 - 3*hour, Flags: answered},       // expired
-		key("10.0.0.3", "10.0.0.9", 8):  {LastSeen: t0 - 2*60e9, Flags: compiler.CTOut}, // an unanswered SYN, 2 min old
-		key("10.0.0.4", "10.0.0.2", 9):  {LastSeen: t0, Flags: answered},                // remote 10.0.0.4 leaves
-		key("10.0.0.5", "10.0.0.6", 10): {LastSeen: t0, Flags: answered},                // pod 10.0.0.5 leaves
+		key("10.0.0.2", "10.0.0.9", 7):  {LastSeen: t0, Flags: answered},           // live
+		key("10.0.0.2", "10.0.0.8", 7):  {LastSeen: t0 - 3*hour, Flags: answered},  // expired
+		key("10.0.0.3", "10.0.0.9", 8):  {LastSeen: t0 - 2*60e9, Flags: bpf.CTOut}, // an unanswered SYN, 2 min old
+		key("10.0.0.4", "10.0.0.2", 9):  {LastSeen: t0, Flags: answered},           // remote 10.0.0.4 leaves
+		key("10.0.0.5", "10.0.0.6", 10): {LastSeen: t0, Flags: answered},           // pod 10.0.0.5 leaves
 	}
 	used := map[uint32]int64{7: 2, 8: 1, 9: 1, 10: 1}
 	for k, v := range entries {
@@ -83,7 +83,7 @@ func TestApplyFlushesTheConntrackOfAddressesThatLeave(t *testing.T) {
 	front := bpf.PodwallCtKey{Pod: addr("10.0.0.2"), Remote: addr("10.0.0.3"), PodPort: 80, RemotePort: 40000, Proto: 6, Ifindex: 7}
 	other := bpf.PodwallCtKey{Pod: addr("10.0.0.2"), Remote: addr("10.0.1.4"), PodPort: 80, RemotePort: 40000, Proto: 6, Ifindex: 7}
 	for _, k := range []bpf.PodwallCtKey{front, other} {
-		require.NoError(t, objs.Conntrack.Put(k, bpf.PodwallCtEntry{LastSeen: now(t), Flags: compiler.CTIn | compiler.CTAnswered}))
+		require.NoError(t, objs.Conntrack.Put(k, bpf.PodwallCtEntry{LastSeen: now(t), Flags: bpf.CTIn | bpf.CTAnswered}))
 	}
 
 	in.Pods = in.Pods[:2] // other/x and its 10.0.1.4 go

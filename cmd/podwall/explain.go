@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/podwall/podwall/bpf"
 	"io"
 	"net/netip"
 	"os"
@@ -257,25 +258,25 @@ func why(s *compiler.State, dst k8s.Pod, v compiler.Verdict, opts compiler.Optio
 		return fmt.Sprintf("rule %d (%s)", r.Index, r.Text)
 	}
 	switch v.Reason {
-	case compiler.ReasonOpen:
+	case bpf.ReasonOpen:
 		if slices.Contains(opts.OpenNamespaces, dst.Namespace) {
 			return fmt.Sprintf("%s is in open namespace %s: it accepts everything", name, dst.Namespace)
 		}
 		return fmt.Sprintf("%s has no policy annotation and --default-policy is allow", name)
-	case compiler.ReasonHost:
+	case bpf.ReasonHost:
 		return "it comes from the node, which may always reach its pods (--allow-host)"
-	case compiler.ReasonND:
+	case bpf.ReasonND:
 		return "IPv6 neighbour discovery always passes"
-	case compiler.ReasonAllowRule:
+	case bpf.ReasonAllowRule:
 		return fmt.Sprintf("%s of %s allows it", rule(), name)
-	case compiler.ReasonDenyRule:
+	case bpf.ReasonDenyRule:
 		return fmt.Sprintf("%s of %s denies it (deny wins over allow)", rule(), name)
-	case compiler.ReasonNoRule:
+	case bpf.ReasonNoRule:
 		if p := s.Policies[v.Policy]; p != nil && len(p.Rules) == 1 && p.Rules[0].Index == 0 {
 			return fmt.Sprintf("%s has no policy annotation: the default accepts only pods of namespace %s", name, dst.Namespace)
 		}
 		return fmt.Sprintf("no rule of %s allows it", name)
-	case compiler.ReasonIsolated:
+	case bpf.ReasonIsolated:
 		for _, pr := range s.Problems {
 			if pr.Namespace == dst.Namespace && pr.Name == dst.Name {
 				return fmt.Sprintf("%s is isolated: %s: %v", name, pr.Kind, pr.Err)

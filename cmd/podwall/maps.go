@@ -89,7 +89,7 @@ func printSection(w *tabwriter.Writer, m *bpf.PodwallMaps, endpoints map[uint32]
 	return fmt.Errorf("unknown section %q", section)
 }
 
-var modeNames = map[uint8]string{compiler.ModeEnforce: "enforce", compiler.ModeOpen: "open", compiler.ModeIsolate: "isolate"}
+var modeNames = map[uint8]string{bpf.ModeEnforce: "enforce", bpf.ModeOpen: "open", bpf.ModeIsolate: "isolate"}
 
 // readEndpoints reads the endpoints map: each endpoint with its policy's record.
 func readEndpoints(m *ebpf.Map) (map[uint32]bpf.PodwallEndpointEntry, error) {
@@ -120,10 +120,10 @@ func printEndpoints(w *tabwriter.Writer, rows map[uint32]bpf.PodwallEndpointEntr
 	for _, k := range slices.Sorted(maps.Keys(rows)) {
 		v := rows[k].Ep
 		policy := "-" // only enforce mode reads a policy
-		if v.Mode == compiler.ModeEnforce {
+		if v.Mode == bpf.ModeEnforce {
 			policy = fmt.Sprintf("%#08x", v.Policy)
 		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%#08x\t%t\n", k, modeNames[v.Mode], policy, v.Generation, v.Flags&compiler.EPAllowHost != 0)
+		fmt.Fprintf(w, "%d\t%s\t%s\t%#08x\t%t\n", k, modeNames[v.Mode], policy, v.Generation, v.Flags&bpf.EPAllowHost != 0)
 	}
 	fmt.Fprintln(w)
 }
@@ -134,7 +134,7 @@ func printPolicies(w *tabwriter.Writer, rows map[uint32]bpf.PodwallEndpointEntry
 	records := map[uint32]bpf.PodwallPolicy{}
 	users := map[uint32]int{}
 	for _, e := range rows {
-		if e.Ep.Mode == compiler.ModeEnforce {
+		if e.Ep.Mode == bpf.ModeEnforce {
 			records[e.Ep.Policy] = e.Rules
 			users[e.Ep.Policy]++
 		}
@@ -154,7 +154,7 @@ func policyFields(flags uint32) string {
 	names := []struct {
 		bit  uint32
 		name string
-	}{{compiler.PFIdent, "label"}, {compiler.PFCIDR, "cidr"}, {compiler.PFSport, "from-ports"}, {compiler.PFDport, "to-ports"}, {compiler.PFICMP, "icmp"}}
+	}{{bpf.PFIdent, "label"}, {bpf.PFCIDR, "cidr"}, {bpf.PFSport, "from-ports"}, {bpf.PFDport, "to-ports"}, {bpf.PFICMP, "icmp"}}
 	out := ""
 	for _, n := range names {
 		if flags&n.bit != 0 {
@@ -193,9 +193,9 @@ func printIPCache(w *tabwriter.Writer, m *ebpf.Map) error {
 
 func identityName(id uint32) string {
 	switch id {
-	case compiler.IDWorld:
+	case bpf.IDWorld:
 		return "world"
-	case compiler.IDHost:
+	case bpf.IDHost:
 		return "host"
 	}
 	return fmt.Sprintf("%#08x", id)
@@ -210,7 +210,7 @@ func printConntrack(w *tabwriter.Writer, m *ebpf.Map) error {
 	)
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		if v.Flags&compiler.CTOut != 0 {
+		if v.Flags&bpf.CTOut != 0 {
 			out++
 		} else {
 			in++
@@ -226,7 +226,7 @@ func printConntrack(w *tabwriter.Writer, m *ebpf.Map) error {
 
 func printStats(w *tabwriter.Writer, m *ebpf.Map) error {
 	fmt.Fprintf(w, "REASON\tPACKETS\n")
-	for r := range compiler.NumReasons {
+	for r := range bpf.NumReasons {
 		var perCPU []uint64
 		if err := m.Lookup(uint32(r), &perCPU); err != nil {
 			if errors.Is(err, ebpf.ErrKeyNotExist) {

@@ -87,7 +87,7 @@ var protoNames = map[uint8]string{1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 // timestamp is monotonic, not wall-clock time.
 func formatEvent(ev bpf.PodwallEvent, now time.Time) string {
 	verdict := "PASS"
-	if ev.Verdict != compiler.VerdictPass {
+	if ev.Verdict != bpf.VerdictPass {
 		verdict = "DROP"
 	}
 	proto, ok := protoNames[ev.Proto]
@@ -107,8 +107,8 @@ func formatEvent(ev bpf.PodwallEvent, now time.Time) string {
 		flow = fmt.Sprintf("%s -> %s", src, dst)
 	}
 	line := fmt.Sprintf("%s %s %-12s if=%d %s %s identity=%s", now.Format("15:04:05.000"), verdict,
-		compiler.Reason(ev.Reason), ev.Ifindex, proto, flow, identityName(ev.Identity))
-	if r := compiler.Reason(ev.Reason); r == compiler.ReasonAllowRule || r == compiler.ReasonDenyRule {
+		bpf.Reason(ev.Reason), ev.Ifindex, proto, flow, identityName(ev.Identity))
+	if r := bpf.Reason(ev.Reason); r == bpf.ReasonAllowRule || r == bpf.ReasonDenyRule {
 		line += fmt.Sprintf(" policy=%#08x rule=%d", ev.Policy, ev.Rule+1)
 	}
 	return line

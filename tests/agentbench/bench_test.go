@@ -444,7 +444,7 @@ func measureUpdates(b *testing.B, client kubernetes.Interface, m *bpf.PodwallMap
 			var cur bpf.PodwallEndpointEntry
 			require.NoError(b, m.Endpoints.Lookup(ifindex, &cur))
 			if cur.Ep.Policy != before.Ep.Policy {
-				require.Equal(b, uint8(compiler.ModeEnforce), cur.Ep.Mode)
+				require.Equal(b, uint8(bpf.ModeEnforce), cur.Ep.Mode)
 				break
 			}
 			if time.Since(start) > changeWait {

@@ -60,10 +60,10 @@ func policyRules(s *compiler.State, t Target, fam Family) (compiledPolicy, error
 		return compiledPolicy{}, fmt.Errorf("ifindex %d: %w", t.Ifindex, ErrNoEndpoint)
 	}
 	p, ok := s.Policies[ep.Policy]
-	if ep.Mode != compiler.ModeEnforce || !ok {
+	if ep.Mode != bpf.ModeEnforce || !ok {
 		return compiledPolicy{}, fmt.Errorf("ifindex %d, mode %d: %w", t.Ifindex, ep.Mode, ErrNotEnforced)
 	}
-	var live [compiler.VecWords]uint64
+	var live [bpf.VecWords]uint64
 	for _, v := range p.Record.Proto[fam.protoIndex()] {
 		for w := range live {
 			live[w] |= v[w]
@@ -109,7 +109,7 @@ func tagMembers(s *compiler.State, fam Family) map[string][]netip.Addr {
 }
 
 func keyAddr(k bpf.PodwallIpAddr) netip.Addr {
-	if k.Family == compiler.FamV4 {
+	if k.Family == bpf.FamV4 {
 		return netip.AddrFrom4([4]byte(k.Addr[:4]))
 	}
 	return netip.AddrFrom16(k.Addr)

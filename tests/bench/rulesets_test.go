@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"github.com/podwall/podwall/bpf"
 	"net/netip"
 	"strings"
 	"testing"
@@ -72,7 +73,7 @@ func TestLastRuleDecides(t *testing.T) {
 			v := compiler.Evaluate(st, a.ServerIfindex, compiler.Packet{
 				Src: a.Client[0], Dst: a.Server[0], Proto: proto, SrcPort: 40000, DstPort: port,
 			})
-			require.Equal(t, compiler.ReasonAllowRule, v.Reason, "%d rules, protocol %d", n, proto)
+			require.Equal(t, bpf.ReasonAllowRule, v.Reason, "%d rules, protocol %d", n, proto)
 			require.Equal(t, n, st.Policies[v.Policy].Rules[v.Rule].Index, "%d rules, protocol %d", n, proto)
 		}
 	}

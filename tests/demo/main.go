@@ -15,6 +15,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/podwall/podwall/bpf"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -438,28 +439,28 @@ func (d *checker) why(state *compiler.State, to *pod, v compiler.Verdict) string
 		}
 	}
 	switch v.Reason {
-	case compiler.ReasonAllowRule, compiler.ReasonDenyRule:
+	case bpf.ReasonAllowRule, bpf.ReasonDenyRule:
 		src := state.Policies[v.Policy].Rules[v.Rule]
 		if src.Index == 0 {
 			return "default: same namespace"
 		}
 		verb := map[bool]string{true: "allows", false: "denies"}[v.Pass]
 		return fmt.Sprintf("rule %d %s (%s)", src.Index, verb, src.Text)
-	case compiler.ReasonNoRule:
+	case bpf.ReasonNoRule:
 		if to.policy == "" {
 			return "default: same namespace only"
 		}
 		return "no rule allows it"
-	case compiler.ReasonIsolated:
+	case bpf.ReasonIsolated:
 		if invalid != "" {
 			return "isolated: invalid policy: " + invalid
 		}
 		return "isolated: a policy with no rules"
-	case compiler.ReasonOpen:
+	case bpf.ReasonOpen:
 		return "open namespace: accepts everything"
-	case compiler.ReasonHost:
+	case bpf.ReasonHost:
 		return "from the node: always allowed"
-	case compiler.ReasonNoEntry:
+	case bpf.ReasonNoEntry:
 		return "not guarded"
 	}
 	return v.Reason.String()

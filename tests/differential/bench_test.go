@@ -173,17 +173,17 @@ func prepare(b *testing.B, ns *topo.Netns, d *datapath, s *compiler.State, flow 
 	b.Helper()
 	p := benchPacket()
 	v := compiler.Evaluate(s, 1, p)
-	require.Equal(b, compiler.ReasonAllowRule, v.Reason, "Evaluate")
+	require.Equal(b, bpf.ReasonAllowRule, v.Reason, "Evaluate")
 	require.Equal(b, rules, s.Policies[v.Policy].Rules[v.Rule].Index, "the deciding rule is the last")
 
-	want := []compiler.Reason{compiler.ReasonAllowRule, compiler.ReasonAllowRule}
+	want := []bpf.Reason{bpf.ReasonAllowRule, bpf.ReasonAllowRule}
 	flags := uint8(tcpSYN)
 	if flow == flowEstablished {
-		want[1] = compiler.ReasonEstablished
+		want[1] = bpf.ReasonEstablished
 		flags = tcpACK
 	}
 	fr := frame(p, wire{tcpFlags: flags})
-	var got []compiler.Reason
+	var got []bpf.Reason
 	require.NoError(b, ns.Do(func() error {
 		if err := d.resync(); err != nil {
 			return err

@@ -2,6 +2,7 @@ package differential
 
 import (
 	"fmt"
+	"github.com/podwall/podwall/bpf"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -112,14 +113,14 @@ func (c *cluster) annotate(rng *rand.Rand, p *compiler.Pod) {
 	case f < 8:
 		value = pick(rng, []string{"", ";", " ; ;\n"})
 	case f < 9:
-		value = strings.Repeat("allow;", compiler.MaxRules+1)
+		value = strings.Repeat("allow;", bpf.MaxRules+1)
 	default:
 		n := 1 + rng.IntN(12)
 		switch rng.IntN(30) {
 		case 0, 1, 2:
 			n = 20 + rng.IntN(200)
 		case 3:
-			n = compiler.MaxRules - rng.IntN(100)
+			n = bpf.MaxRules - rng.IntN(100)
 		}
 		e := &edges{}
 		c.edges[p.Namespace+"/"+p.Name] = e

@@ -14,7 +14,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/bpf"
-	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/maps"
 )
 
@@ -31,7 +30,7 @@ type datapath struct {
 	events  *ringbuf.Reader
 
 	// stats are the totals of the stats map before the last run.
-	stats     [compiler.NumReasons]uint64
+	stats     [bpf.NumReasons]uint64
 	statsKeys []uint32
 	perCPU    []uint64
 }
@@ -63,19 +62,19 @@ func loadDatapath(tb testing.TB, edit func(*bpf.PodwallSpecs) error) *datapath {
 
 	cpus, err := ebpf.PossibleCPU()
 	require.NoError(tb, err)
-	d.statsKeys = make([]uint32, compiler.NumReasons)
+	d.statsKeys = make([]uint32, bpf.NumReasons)
 	for i := range d.statsKeys {
 		d.statsKeys[i] = uint32(i)
 	}
-	d.perCPU = make([]uint64, int(compiler.NumReasons)*cpus)
+	d.perCPU = make([]uint64, int(bpf.NumReasons)*cpus)
 	d.stats, err = d.readStats()
 	require.NoError(tb, err)
 	return d
 }
 
 // readStats sums the per-CPU counters of every reason, in one batch lookup.
-func (d *datapath) readStats() ([compiler.NumReasons]uint64, error) {
-	var out [compiler.NumReasons]uint64
+func (d *datapath) readStats() ([bpf.NumReasons]uint64, error) {
+	var out [bpf.NumReasons]uint64
 	var cursor ebpf.MapBatchCursor
 	n, err := d.objs.Stats.BatchLookup(&cursor, d.statsKeys, d.perCPU, nil)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -94,7 +93,7 @@ func (d *datapath) readStats() ([compiler.NumReasons]uint64, error) {
 // outcome is what the program answered for one packet.
 type outcome struct {
 	action uint32
-	reason compiler.Reason
+	reason bpf.Reason
 	// event is the event the run sent, if any.
 	event *bpf.PodwallEvent
 }
@@ -103,7 +102,7 @@ func (o outcome) String() string {
 	s := fmt.Sprintf("action %d, reason %v", int32(o.action), o.reason)
 	if e := o.event; e != nil {
 		s += fmt.Sprintf(", event {reason %v verdict %d rule %d identity %d policy %d ifindex %d}",
-			compiler.Reason(e.Reason), e.Verdict, e.Rule, e.Identity, e.Policy, e.Ifindex)
+			bpf.Reason(e.Reason), e.Verdict, e.Rule, e.Identity, e.Policy, e.Ifindex)
 	}
 	return s
 }
@@ -134,8 +133,8 @@ func (d *datapath) run(ifindex uint32, fromNode bool, frame []byte) (outcome, er
 	if err != nil {
 		return o, err
 	}
-	var counted []compiler.Reason
-	for r := range compiler.NumReasons {
+	var counted []bpf.Reason
+	for r := range bpf.NumReasons {
 		for range after[r] - d.stats[r] {
 			counted = append(counted, r)
 		}

@@ -66,7 +66,7 @@ func TestDifferential(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 0))
 	var reports []string
 	disagreements, judged := 0, 0
-	count := map[compiler.Reason]int{}
+	count := map[bpf.Reason]int{}
 	for n := 0; judged < packets; n++ {
 		c := randomCluster(rng, devices)
 		s := compiler.Compile(c.in)
@@ -102,9 +102,9 @@ func TestDifferential(t *testing.T) {
 func disagreement(ifindex uint32, p compiler.Packet, w wire, want compiler.Verdict, got outcome) string {
 	var diffs []string
 	add := func(format string, args ...any) { diffs = append(diffs, fmt.Sprintf(format, args...)) }
-	wantAction, wantVerdict := uint32(actShot), uint8(compiler.VerdictDrop)
+	wantAction, wantVerdict := uint32(actShot), uint8(bpf.VerdictDrop)
 	if want.Pass {
-		wantAction, wantVerdict = actNext, compiler.VerdictPass
+		wantAction, wantVerdict = actNext, bpf.VerdictPass
 	}
 	if got.action != wantAction {
 		add("action %d, want %d", int32(got.action), int32(wantAction))
@@ -114,7 +114,7 @@ func disagreement(ifindex uint32, p compiler.Packet, w wire, want compiler.Verdi
 	}
 
 	// Drops and the first packets of newly allowed flows send an event.
-	wantEvent := !want.Pass || want.Reason == compiler.ReasonAllowRule && opensFlow(p)
+	wantEvent := !want.Pass || want.Reason == bpf.ReasonAllowRule && opensFlow(p)
 	ev := got.event
 	switch {
 	case ev == nil && wantEvent:
@@ -122,7 +122,7 @@ func disagreement(ifindex uint32, p compiler.Packet, w wire, want compiler.Verdi
 	case ev != nil && !wantEvent:
 		add("an event")
 	case ev != nil:
-		if r := compiler.Reason(ev.Reason); r != want.Reason {
+		if r := bpf.Reason(ev.Reason); r != want.Reason {
 			add("event reason %v, want %v", r, want.Reason)
 		}
 		if ev.Verdict != wantVerdict {

@@ -60,8 +60,8 @@ func TestEstablishedFlowsFollowTheEpoch(t *testing.T) {
 		require.Equal(t, 1, n, "conntrack entries")
 		return e
 	}
-	verdicts := func(frames ...[]byte) []compiler.Reason {
-		var out []compiler.Reason
+	verdicts := func(frames ...[]byte) []bpf.Reason {
+		var out []bpf.Reason
 		for _, f := range frames {
 			o, err := d.run(devices[0], false, f)
 			require.NoError(t, err)
@@ -74,7 +74,7 @@ func TestEstablishedFlowsFollowTheEpoch(t *testing.T) {
 	require.NoError(t, d.applier.Apply(first))
 	e1 := epoch()
 	require.Zero(t, e1&1, "the epoch is even once the endpoints are written")
-	require.Equal(t, []compiler.Reason{compiler.ReasonAllowRule, compiler.ReasonEstablished, compiler.ReasonEstablished}, verdicts(syn, ack, ack))
+	require.Equal(t, []bpf.Reason{bpf.ReasonAllowRule, bpf.ReasonEstablished, bpf.ReasonEstablished}, verdicts(syn, ack, ack))
 	require.Equal(t, e1, entry().Epoch, "the flow is stamped with the epoch it was allowed in")
 	gen := entry().Generation
 	require.Equal(t, first.Endpoints[devices[0]].Generation, gen)
@@ -82,7 +82,7 @@ func TestEstablishedFlowsFollowTheEpoch(t *testing.T) {
 	require.NoError(t, d.applier.Apply(cluster("allow tcp to ports 443", "allow tcp")))
 	e2 := epoch()
 	require.Equal(t, e1+2, e2, "a change to another endpoint moves the epoch past an odd one")
-	require.Equal(t, []compiler.Reason{compiler.ReasonEstablished}, verdicts(ack), "the server's generation did not change")
+	require.Equal(t, []bpf.Reason{bpf.ReasonEstablished}, verdicts(ack), "the server's generation did not change")
 	require.Equal(t, bpf.PodwallCtEntry{LastSeen: entry().LastSeen, Generation: gen, Epoch: e2, Flags: entry().Flags}, entry(),
 		"the flow takes the new epoch, under the same generation")
 
@@ -91,5 +91,5 @@ func TestEstablishedFlowsFollowTheEpoch(t *testing.T) {
 
 	require.NoError(t, d.applier.Apply(cluster("allow tcp to ports 8443", "allow tcp")))
 	require.Equal(t, e2+2, epoch())
-	require.Equal(t, []compiler.Reason{compiler.ReasonNoRule}, verdicts(ack), "the server's new policy judges the flow again")
+	require.Equal(t, []bpf.Reason{bpf.ReasonNoRule}, verdicts(ack), "the server's new policy judges the flow again")
 }

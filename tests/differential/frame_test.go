@@ -3,6 +3,7 @@ package differential
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/podwall/podwall/bpf"
 	"math/rand/v2"
 
 	"github.com/podwall/podwall/compiler"
@@ -122,12 +123,12 @@ func frameVerdict(s *compiler.State, ifindex uint32, w wire, want compiler.Verdi
 	}
 	v := compiler.Verdict{Rule: -1, Policy: ep.Policy}
 	switch {
-	case ep.Mode == compiler.ModeOpen:
-		v.Pass, v.Reason = true, compiler.ReasonOpen
+	case ep.Mode == bpf.ModeOpen:
+		v.Pass, v.Reason = true, bpf.ReasonOpen
 	case len(w.tags) > 0:
-		v.Reason = compiler.ReasonVLAN
+		v.Reason = bpf.ReasonVLAN
 	default:
-		v.Reason = compiler.ReasonMalformed
+		v.Reason = bpf.ReasonMalformed
 	}
 	return v
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"github.com/podwall/podwall/bpf"
 	"net/netip"
 	"testing"
 
@@ -8,7 +9,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -40,7 +40,7 @@ func TestIsolatedPodGetsRepliesAndNeighbourDiscovery(t *testing.T) {
 	})
 
 	t.Run("replies are counted", func(t *testing.T) {
-		c.counted(t, []compiler.Reason{compiler.ReasonReply}, []compiler.Reason{compiler.ReasonAllowRule}, func() {
+		c.counted(t, []bpf.Reason{bpf.ReasonReply}, []bpf.Reason{bpf.ReasonAllowRule}, func() {
 			require.NoError(t, topo.TCPEcho(isolated.NS, netip.AddrPortFrom(cl.IPv6, portWeb), topo.Timeout(passWait)))
 		})
 	})
@@ -50,7 +50,7 @@ func TestIsolatedPodGetsRepliesAndNeighbourDiscovery(t *testing.T) {
 		// unreachable back, a TCP SYN a reset.
 		for _, to := range []netip.Addr{cl.IPv4, cl.IPv6} {
 			dst := netip.AddrPortFrom(to, portAlt)
-			c.counted(t, []compiler.Reason{compiler.ReasonICMPError}, nil, func() {
+			c.counted(t, []bpf.Reason{bpf.ReasonICMPError}, nil, func() {
 				require.ErrorIs(t, topo.UDPEcho(isolated.NS, dst, topo.Timeout(passWait)), unix.ECONNREFUSED, "udp to %s", dst)
 			})
 			require.ErrorIs(t, topo.TCPEcho(isolated.NS, dst, topo.Timeout(passWait)), unix.ECONNREFUSED, "tcp to %s", dst)
@@ -62,10 +62,10 @@ func TestIsolatedPodGetsRepliesAndNeighbourDiscovery(t *testing.T) {
 			flushNeighbours(t, p.NS)
 		}
 		flushNeighbours(t, c.tp.Node)
-		c.counted(t, []compiler.Reason{compiler.ReasonND, compiler.ReasonReply}, nil, func() {
+		c.counted(t, []bpf.Reason{bpf.ReasonND, bpf.ReasonReply}, nil, func() {
 			require.NoError(t, topo.Ping(isolated.NS, cl.IPv6, topo.Timeout(passWait)), "ping6 from the isolated pod")
 		})
-		c.counted(t, []compiler.Reason{compiler.ReasonND, compiler.ReasonAllowRule}, nil, func() {
+		c.counted(t, []bpf.Reason{bpf.ReasonND, bpf.ReasonAllowRule}, nil, func() {
 			c.verify(t, passes(podPeer(backendPod), guarded, tcpTo(portWeb).v6()))
 		})
 	})
@@ -122,14 +122,14 @@ func TestPolicyChangeCutsEstablishedConnections(t *testing.T) {
 
 	t.Run("the pod's policy", func(t *testing.T) {
 		streams := open(cl.NS, target)
-		c.counted(t, []compiler.Reason{compiler.ReasonAllowRule}, nil, func() {
+		c.counted(t, []bpf.Reason{bpf.ReasonAllowRule}, nil, func() {
 			c.setPolicy(t, target, policy("allow tcp to ports 8080,9090; allow udp to ports 8000:8100"))
 			alive(t, streams) // judged again under the new policy, and still allowed
 		})
-		c.counted(t, []compiler.Reason{compiler.ReasonEstablished}, []compiler.Reason{compiler.ReasonAllowRule}, func() {
+		c.counted(t, []bpf.Reason{bpf.ReasonEstablished}, []bpf.Reason{bpf.ReasonAllowRule}, func() {
 			alive(t, streams) // and then established again
 		})
-		c.counted(t, []compiler.Reason{compiler.ReasonNoRule}, nil, func() {
+		c.counted(t, []bpf.Reason{bpf.ReasonNoRule}, nil, func() {
 			c.setPolicy(t, target, policy("allow tcp to ports 9090; allow udp to ports 9090"))
 			cut(t, streams)
 		})

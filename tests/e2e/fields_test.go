@@ -2,10 +2,10 @@ package e2e
 
 import (
 	"fmt"
+	"github.com/podwall/podwall/bpf"
 	"net/netip"
 	"testing"
 
-	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -111,7 +111,7 @@ func TestEachRuleFieldMatchesAsSpecified(t *testing.T) {
 		)
 		// Not "and no allow rule": the node's IPv6 multicast reports reach the pods that
 		// allow everything meanwhile.
-		c.counted(t, []compiler.Reason{compiler.ReasonDenyRule}, nil,
+		c.counted(t, []bpf.Reason{bpf.ReasonDenyRule}, nil,
 			func() { c.verify(t, drops(backend, denyLabel, tcpTo(portAlt).v6())) })
 	})
 }

@@ -240,12 +240,12 @@ func (c *cluster) problem(p *pod, kind compiler.ProblemKind) bool {
 }
 
 // counts is the stats map summed over CPUs: packets per reason.
-type counts [compiler.NumReasons]uint64
+type counts [bpf.NumReasons]uint64
 
 func (c *cluster) stats(t *testing.T) counts {
 	t.Helper()
 	var out counts
-	for r := range compiler.NumReasons {
+	for r := range bpf.NumReasons {
 		var perCPU []uint64
 		require.NoError(t, c.dp.Maps().Stats.Lookup(uint32(r), &perCPU), "read stats of %s", r)
 		for _, n := range perCPU {
@@ -258,13 +258,13 @@ func (c *cluster) stats(t *testing.T) counts {
 // counted runs fn and requires that the stats of each reason in grew grew, and that those
 // of unchanged did not. Packets of other sources may be counted meanwhile (the node's IPv6
 // multicast reports, for one), so only reasons they cannot have are listed as unchanged.
-func (c *cluster) counted(t *testing.T, grew, unchanged []compiler.Reason, fn func()) {
+func (c *cluster) counted(t *testing.T, grew, unchanged []bpf.Reason, fn func()) {
 	t.Helper()
 	before := c.stats(t)
 	fn()
 	after := c.stats(t)
 	var moved []string
-	for r := range compiler.NumReasons {
+	for r := range bpf.NumReasons {
 		if after[r] != before[r] {
 			moved = append(moved, fmt.Sprintf("%s +%d", r, after[r]-before[r]))
 		}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"github.com/podwall/podwall/bpf"
 	"os"
 	"strconv"
 	"strings"
@@ -9,7 +10,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -40,7 +40,7 @@ func TestFragmentsShareTheirDatagramsVerdict(t *testing.T) {
 				fam := map[bool]string{false: "v4", true: "v6"}[v6]
 				t.Run("allowed datagram arrives whole "+fam, func(t *testing.T) {
 					before := reassemblies(t, udpPort, v6)
-					c.counted(t, []compiler.Reason{compiler.ReasonFragment, compiler.ReasonAllowRule}, nil, func() {
+					c.counted(t, []bpf.Reason{bpf.ReasonFragment, bpf.ReasonAllowRule}, nil, func() {
 						c.verify(t, passes(outside, udpPort, only(bigUDPTo(portWeb), v6)))
 					})
 					require.Greater(t, reassemblies(t, udpPort, v6), before, "the pod reassembled fragments")
@@ -48,7 +48,7 @@ func TestFragmentsShareTheirDatagramsVerdict(t *testing.T) {
 				t.Run("denied datagram dropped whole "+fam, func(t *testing.T) {
 					for _, target := range []*pod{udpPort, tcpOnly} {
 						before := reassemblies(t, target, v6)
-						c.counted(t, []compiler.Reason{compiler.ReasonFragment, compiler.ReasonNoRule}, nil, func() {
+						c.counted(t, []bpf.Reason{bpf.ReasonFragment, bpf.ReasonNoRule}, nil, func() {
 							c.verify(t, drops(outside, target, only(bigUDPTo(portAlt), v6)))
 						})
 						require.Equal(t, before, reassemblies(t, target, v6), "fragments reached %s", target.Name)

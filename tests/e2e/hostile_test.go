@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/binary"
+	"github.com/podwall/podwall/bpf"
 	"net"
 	"net/netip"
 	"testing"
@@ -9,7 +10,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -150,7 +150,7 @@ func TestForgedSourcesOpenNothing(t *testing.T) {
 							f = f.v4()
 						}
 						src, dst := addrOf(target, v6), clientAddr(r, v6)
-						c.counted(t, []compiler.Reason{compiler.ReasonSpoofed}, nil, func() {
+						c.counted(t, []bpf.Reason{bpf.ReasonSpoofed}, nil, func() {
 							if f.proto == tcp {
 								a.ip(synPacket(src, dst, portWeb, port))
 							} else {
@@ -191,7 +191,7 @@ func TestForgedSourcesOpenNothing(t *testing.T) {
 					if kind == topo.Routed {
 						to = nil // routed through the node
 					}
-					c.counted(t, []compiler.Reason{compiler.ReasonSpoofed}, []compiler.Reason{compiler.ReasonHost}, func() {
+					c.counted(t, []bpf.Reason{bpf.ReasonSpoofed}, []bpf.Reason{bpf.ReasonHost}, func() {
 						c.attacker(t, evil, to).ip(udpPacket(node, addrOf(isolated, v6), 53, portWeb, marker("node-"+famName(v6))))
 					})
 					require.Zero(t, got.Count(), "the isolated pod got it")
@@ -274,41 +274,41 @@ func TestOnlyIPAndARPReachAPod(t *testing.T) {
 	tests := []struct {
 		name, mark string
 		frame      func(mark string) []byte
-		reason     compiler.Reason
+		reason     bpf.Reason
 		passes     bool
 	}{
-		{"tcp", "tcp", func(m string) []byte { return frame(m, topo.ProtoTCP, portWeb) }, compiler.ReasonAllowRule, true},
-		{"arp", "arp", arp, compiler.ReasonARP, true},
-		{"udp, denied", "udp", func(m string) []byte { return frame(m, topo.ProtoUDP, portWeb) }, compiler.ReasonDenyRule, false},
+		{"tcp", "tcp", func(m string) []byte { return frame(m, topo.ProtoTCP, portWeb) }, bpf.ReasonAllowRule, true},
+		{"arp", "arp", arp, bpf.ReasonARP, true},
+		{"udp, denied", "udp", func(m string) []byte { return frame(m, topo.ProtoUDP, portWeb) }, bpf.ReasonDenyRule, false},
 		{"udp in a VID-0 tag", "vid0", func(m string) []byte {
 			return topo.Tag(frame(m, topo.ProtoUDP, portWeb), topo.Ether8021Q, 0)
-		}, compiler.ReasonVLAN, false},
+		}, bpf.ReasonVLAN, false},
 		{"udp in two VID-0 tags", "qinq0", func(m string) []byte {
 			return topo.Tag(topo.Tag(frame(m, topo.ProtoUDP, portWeb), topo.Ether8021Q, 0), topo.Ether8021Q, 0)
-		}, compiler.ReasonVLAN, false},
+		}, bpf.ReasonVLAN, false},
 		{"tcp in a VID-5 tag", "vid5", func(m string) []byte {
 			return topo.Tag(frame(m, topo.ProtoTCP, portWeb), topo.Ether8021Q, 5)
-		}, compiler.ReasonVLAN, false},
+		}, bpf.ReasonVLAN, false},
 		{"udp in 802.1ad and 802.1Q", "ad", func(m string) []byte {
 			return topo.Tag(topo.Tag(frame(m, topo.ProtoUDP, portWeb), topo.Ether8021Q, 0), topo.Ether8021AD, 0)
-		}, compiler.ReasonVLAN, false},
+		}, bpf.ReasonVLAN, false},
 		{"another ethertype", "88b5", func(m string) []byte {
 			return topo.Frame(vmac, a.me, 0x88b5, append(make([]byte, 46), marker(m)...))
-		}, compiler.ReasonNotIP, false},
+		}, bpf.ReasonNotIP, false},
 		{"udp whose IPv4 length is past the frame", "long", func(m string) []byte {
 			return lie(frame(m, topo.ProtoUDP, portAlt), 400)
-		}, compiler.ReasonMalformed, false},
+		}, bpf.ReasonMalformed, false},
 		{"udp whose IPv4 length cuts its header", "short", func(m string) []byte {
 			return lie(frame(m, topo.ProtoUDP, portAlt), 24)
-		}, compiler.ReasonMalformed, false},
+		}, bpf.ReasonMalformed, false},
 		{"udp to the allowed port, lengths that agree", "agree", func(m string) []byte {
 			return frame(m, topo.ProtoUDP, portAlt)
-		}, compiler.ReasonAllowRule, true},
+		}, bpf.ReasonAllowRule, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := topo.CaptureFrames(t, victim.NS, marker(tt.mark))
-			c.counted(t, []compiler.Reason{tt.reason}, nil, func() { a.frames(tt.frame(tt.mark)) })
+			c.counted(t, []bpf.Reason{tt.reason}, nil, func() { a.frames(tt.frame(tt.mark)) })
 			if tt.passes {
 				require.Positive(t, got.Count(), "reached the pod")
 			} else {
@@ -347,7 +347,7 @@ func TestAReusedAddressStartsClean(t *testing.T) {
 	c.apply(t)
 	for _, v6 := range []bool{false, true} {
 		got := topo.CaptureFrames(t, victim.NS, marker("reuse-"+famName(v6)))
-		c.counted(t, []compiler.Reason{compiler.ReasonIsolated}, []compiler.Reason{compiler.ReasonReply}, func() {
+		c.counted(t, []bpf.Reason{bpf.ReasonIsolated}, []bpf.Reason{bpf.ReasonReply}, func() {
 			c.attacker(t, old, nil).ip(udpPacket(addrOf(old, v6), addrOf(victim, v6), portWeb, 41100, marker("reuse-"+famName(v6))))
 		})
 		require.Zero(t, got.Count(), "the new pod reached the victim on the old pod's flow")
@@ -381,7 +381,7 @@ func TestClosedAndUnansweredConnectionsAreNoPinholes(t *testing.T) {
 
 		got := topo.CaptureFrames(t, isolated.NS, marker("pinhole-"+famName(v6)))
 		from := c.clientAttacker(t, r)
-		c.counted(t, []compiler.Reason{compiler.ReasonIsolated}, []compiler.Reason{compiler.ReasonReply}, func() {
+		c.counted(t, []bpf.Reason{bpf.ReasonIsolated}, []bpf.Reason{bpf.ReasonReply}, func() {
 			ack := topo.TCPSegment(to.Addr(), local.Addr(), portWeb, local.Port(), topo.TCPAck, marker("pinhole-"+famName(v6)))
 			from.ip(to.Addr(), local.Addr(), topo.ProtoTCP, ack)
 			synAck := topo.TCPSegment(to.Addr(), addrOf(isolated, v6), portAlt, 41200, topo.TCPSyn|topo.TCPAck, marker("pinhole-"+famName(v6)))
@@ -485,9 +485,9 @@ func TestAFloodBreaksNoOtherPodsFlows(t *testing.T) {
 		col, err := c.dp.CollectConntrack()
 		require.NoError(t, err)
 		t.Logf("%d datagrams of new flows sent; conntrack %d of %d live; %d inserts found no room",
-			sent, col.Live, col.Capacity, after[compiler.ReasonCTFull]-before[compiler.ReasonCTFull])
+			sent, col.Live, col.Capacity, after[bpf.ReasonCTFull]-before[bpf.ReasonCTFull])
 		require.Greater(t, sent, 4*size, "the flood went past the table's size")
-		require.Greater(t, after[compiler.ReasonCTFull], before[compiler.ReasonCTFull], "the table was full")
+		require.Greater(t, after[bpf.ReasonCTFull], before[bpf.ReasonCTFull], "the table was full")
 		require.GreaterOrEqual(t, col.Live, uint32(size-16), "the table is full")
 
 		for _, s := range streams {
@@ -515,7 +515,7 @@ func TestAFloodBreaksNoOtherPodsFlows(t *testing.T) {
 		}
 		stopFlood()
 		after := c.stats(t)
-		require.Greater(t, after[compiler.ReasonCTQuota], before[compiler.ReasonCTQuota], "the flooder hit its share")
-		require.Equal(t, before[compiler.ReasonCTFull], after[compiler.ReasonCTFull], "the table never filled")
+		require.Greater(t, after[bpf.ReasonCTQuota], before[bpf.ReasonCTQuota], "the flooder hit its share")
+		require.Equal(t, before[bpf.ReasonCTFull], after[bpf.ReasonCTFull], "the table never filled")
 	})
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"github.com/podwall/podwall/bpf"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -88,15 +89,15 @@ func TestSeedExamplesAndDefaults(t *testing.T) {
 	})
 
 	t.Run("verdicts are counted by reason", func(t *testing.T) {
-		c.counted(t, []compiler.Reason{compiler.ReasonNoRule}, []compiler.Reason{compiler.ReasonAllowRule},
+		c.counted(t, []bpf.Reason{bpf.ReasonNoRule}, []bpf.Reason{bpf.ReasonAllowRule},
 			func() { c.verify(t, drops(frontend, seed1, tcpTo(portWeb).v4())) })
-		c.counted(t, []compiler.Reason{compiler.ReasonAllowRule, compiler.ReasonEstablished}, nil,
+		c.counted(t, []bpf.Reason{bpf.ReasonAllowRule, bpf.ReasonEstablished}, nil,
 			func() { c.verify(t, passes(backend, seed1, tcpTo(portWeb).v6())) })
-		c.counted(t, []compiler.Reason{compiler.ReasonIsolated}, nil,
+		c.counted(t, []bpf.Reason{bpf.ReasonIsolated}, nil,
 			func() { c.verify(t, drops(backend, invalid, ping.v6())) })
-		c.counted(t, []compiler.Reason{compiler.ReasonOpen}, nil,
+		c.counted(t, []bpf.Reason{bpf.ReasonOpen}, nil,
 			func() { c.verify(t, passes(outside, system, udpTo(portWeb).v4())) })
-		c.counted(t, []compiler.Reason{compiler.ReasonHost}, nil,
+		c.counted(t, []bpf.Reason{bpf.ReasonHost}, nil,
 			func() { c.verify(t, passes(node, isolated, ping.v4())) })
 	})
 

@@ -120,13 +120,13 @@ func TestRestartKeepsEnforcingWithoutLoss(t *testing.T) {
 			require.Equal(t, endpoint, c.endpoint(t, target), "endpoint after the restarts")
 			for _, s := range streams {
 				e := c.conntrack(t, target, s)
-				require.Equal(t, uint8(compiler.CTIn|compiler.CTAnswered), e.Flags, "conntrack flags of %s", s.name)
+				require.Equal(t, uint8(bpf.CTIn|bpf.CTAnswered), e.Flags, "conntrack flags of %s", s.name)
 				require.Equal(t, endpoint.Generation, e.Generation, "conntrack generation of %s", s.name)
 			}
-			for _, r := range []compiler.Reason{compiler.ReasonEstablished, compiler.ReasonAllowRule, compiler.ReasonNoRule} {
+			for _, r := range []bpf.Reason{bpf.ReasonEstablished, bpf.ReasonAllowRule, bpf.ReasonNoRule} {
 				require.Greater(t, after[r], before[r], "%s counted on across restarts", r)
 			}
-			require.Equal(t, before[compiler.ReasonEventLost], after[compiler.ReasonEventLost], "every event was kept")
+			require.Equal(t, before[bpf.ReasonEventLost], after[bpf.ReasonEventLost], "every event was kept")
 			require.NotEmpty(t, dropsTo(evs, portAlt), "the denied probes were reported")
 			for _, s := range tcpStreams {
 				n, err := s.retransmits()
@@ -237,9 +237,9 @@ func watchEvents(t *testing.T, c *cluster) (stop func() []bpf.PodwallEvent) {
 func dropsTo(events []bpf.PodwallEvent, port uint16) []string {
 	var out []string
 	for _, ev := range events {
-		if ev.Verdict == compiler.VerdictDrop && ev.Dport == netOrder(port) &&
+		if ev.Verdict == bpf.VerdictDrop && ev.Dport == netOrder(port) &&
 			(ev.Proto == unix.IPPROTO_TCP || ev.Proto == unix.IPPROTO_UDP) {
-			out = append(out, fmt.Sprintf("%s: %+v", compiler.Reason(ev.Reason), ev))
+			out = append(out, fmt.Sprintf("%s: %+v", bpf.Reason(ev.Reason), ev))
 		}
 	}
 	return out
