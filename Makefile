@@ -43,7 +43,7 @@ unit:
 	$(GO) test -count=1 ./...
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./compiler
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./policy
 
 # k8s-bins builds the kube-apiserver, etcd and kubectl the Kubernetes tests run (tests/kapi)
 # into ${PODWALL_CACHE:-/var/cache/podwall}/k8s-<version>; several minutes once per machine,

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/podwall/podwall/bpf"
 )
 
@@ -96,7 +98,7 @@ func tooManyRules(n int) error {
 // The pol_ident entries of a policy depend on the cluster's pods, which are not known here:
 // it counts those of the pods the rules name as if each were one identity. Every rule counts,
 // as for a pod that has every label the rules' "to label" clauses name.
-func CheckPolicy(namespace string, rules []Rule, budget int) error {
+func CheckPolicy(namespace string, rules []policy.Rule, budget int) error {
 	if len(rules) > bpf.MaxRules {
 		return tooManyRules(len(rules))
 	}

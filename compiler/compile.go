@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/podwall/podwall/bpf"
 )
 
@@ -374,7 +376,7 @@ func (c *compilation) endpoint(ep Endpoint) (podPolicy, bool) {
 	case pod.HostNetwork:
 		return podPolicy{}, false
 	}
-	value, key, annotated := PolicyAnnotation(pod.Annotations, c.in.LegacyKey)
+	value, key, annotated := policy.PolicyAnnotation(pod.Annotations, c.in.LegacyKey)
 	var pp podPolicy
 	if c.memo != nil {
 		pp = c.memo.policy(k, annotation{value, key, annotated}, func() podPolicy { return c.podPolicy(k, pod, value, key, annotated) })
@@ -410,7 +412,7 @@ func (c *compilation) podPolicy(k podKey, pod *clusterPod, value, key string, an
 		}
 		rules = []rule{namespaceRule(pod.Namespace)}
 	} else {
-		parsed, err := Parse(value)
+		parsed, err := policy.Parse(value)
 		switch {
 		case err != nil:
 			return isolate(ProblemInvalid, err)

@@ -3,11 +3,13 @@ package compiler
 import (
 	"errors"
 	"fmt"
-	"github.com/podwall/podwall/bpf"
 	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/policy"
 
 	"github.com/stretchr/testify/require"
 )
@@ -38,7 +40,7 @@ func TestModes(t *testing.T) {
 		{"default allow", "prod", nil, Options{DefaultPolicy: DefaultAllow}, bpf.ModeOpen, nil},
 		{"default deny", "prod", nil, Options{DefaultPolicy: DefaultDeny}, bpf.ModeIsolate, nil},
 		{"no rules", "prod", annotated(" ; ;"), Options{DefaultPolicy: DefaultAllow}, bpf.ModeIsolate, nil},
-		{"invalid", "prod", annotated("allow tcp frm"), Options{DefaultPolicy: DefaultAllow}, bpf.ModeIsolate, &SyntaxError{}},
+		{"invalid", "prod", annotated("allow tcp frm"), Options{DefaultPolicy: DefaultAllow}, bpf.ModeIsolate, &policy.SyntaxError{}},
 		{"most rules", "prod", annotated(strings.Repeat("allow;", bpf.MaxRules)), Options{}, bpf.ModeEnforce, nil},
 		{"too many rules", "prod", annotated(strings.Repeat("allow;", bpf.MaxRules+1)), Options{}, bpf.ModeIsolate, ErrTooManyRules},
 		{"open namespace", "kube-system", nil, Options{DefaultPolicy: DefaultDeny, OpenNamespaces: open}, bpf.ModeOpen, nil},
@@ -64,7 +66,7 @@ func TestModes(t *testing.T) {
 			p := s.Problems[0]
 			require.Equal(t, c.ns, p.Namespace)
 			require.Equal(t, "p", p.Name)
-			var syntax *SyntaxError
+			var syntax *policy.SyntaxError
 			if errors.As(c.problem, &syntax) {
 				require.Equal(t, ProblemInvalid, p.Kind)
 				require.ErrorAs(t, p.Err, &syntax)

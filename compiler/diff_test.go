@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"flag"
 	"fmt"
-	"github.com/podwall/podwall/bpf"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -13,6 +12,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/policy"
 
 	"github.com/stretchr/testify/require"
 )
@@ -79,7 +81,7 @@ const (
 type scenario struct {
 	input Input
 	kinds map[podKey]policyKind
-	rules map[podKey][]Rule
+	rules map[podKey][]policy.Rule
 	// addrs are the addresses of the pods and the node.
 	addrs []netip.Addr
 	// edges are the values of each pod's rules: its packets are made mostly of them.
@@ -105,7 +107,7 @@ var (
 func pick[T any](rng *rand.Rand, xs []T) T { return xs[rng.IntN(len(xs))] }
 
 func randomScenario(rng *rand.Rand) *scenario {
-	sc := &scenario{kinds: map[podKey]policyKind{}, rules: map[podKey][]Rule{}, edges: map[podKey]*edges{}}
+	sc := &scenario{kinds: map[podKey]policyKind{}, rules: map[podKey][]policy.Rule{}, edges: map[podKey]*edges{}}
 	in := &sc.input
 	in.HostIPs = diffHostIPs[:1+rng.IntN(2)]
 	in.DefaultPolicy = DefaultPolicy(rng.IntN(3))
@@ -188,7 +190,7 @@ func (sc *scenario) annotate(rng *rand.Rand, p *Pod) {
 		for range n {
 			r := sc.randomRule(rng, e)
 			sc.rules[k] = append(sc.rules[k], r)
-			texts = append(texts, FormatRule(r))
+			texts = append(texts, policy.FormatRule(r))
 		}
 		sep := pick(rng, []string{";", "; ", " ;\n", ";;"})
 		value = strings.Join(texts, sep) + pick(rng, []string{"", ";", " ; "})
@@ -196,30 +198,30 @@ func (sc *scenario) annotate(rng *rand.Rand, p *Pod) {
 	p.Annotations = map[string]string{}
 	switch rng.IntN(4) {
 	case 0:
-		p.Annotations[LegacyAnnotationKey] = value
+		p.Annotations[policy.LegacyAnnotationKey] = value
 	case 1: // both keys: the namespaced one wins
-		p.Annotations[AnnotationKey] = value
-		p.Annotations[LegacyAnnotationKey] = "deny"
+		p.Annotations[policy.AnnotationKey] = value
+		p.Annotations[policy.LegacyAnnotationKey] = "deny"
 	default:
-		p.Annotations[AnnotationKey] = value
+		p.Annotations[policy.AnnotationKey] = value
 	}
 }
 
-func (sc *scenario) randomRule(rng *rand.Rand, e *edges) Rule {
-	r := Rule{Action: Allow}
+func (sc *scenario) randomRule(rng *rand.Rand, e *edges) policy.Rule {
+	r := policy.Rule{Action: policy.Allow}
 	if rng.IntN(4) == 0 {
-		r.Action = Deny
+		r.Action = policy.Deny
 	}
-	r.Protocol = pick(rng, []Protocol{ProtoAny, ProtoAny, ProtoTCP, ProtoTCP, ProtoUDP, ProtoICMP, ProtoICMPv6})
+	r.Protocol = pick(rng, []policy.Protocol{policy.ProtoAny, policy.ProtoAny, policy.ProtoTCP, policy.ProtoTCP, policy.ProtoUDP, policy.ProtoICMP, policy.ProtoICMPv6})
 	switch r.Protocol {
-	case ProtoTCP, ProtoUDP:
+	case policy.ProtoTCP, policy.ProtoUDP:
 		if rng.IntN(3) == 0 {
 			r.From.Ports = randomPorts(rng, e)
 		}
 		if rng.IntN(2) == 0 {
 			r.To.Ports = randomPorts(rng, e)
 		}
-	case ProtoICMP, ProtoICMPv6:
+	case policy.ProtoICMP, policy.ProtoICMPv6:
 		if rng.IntN(2) == 0 {
 			r.HasType = true
 			// Few types and codes, so that rules often share them.
@@ -233,14 +235,14 @@ func (sc *scenario) randomRule(rng *rand.Rand, e *edges) Rule {
 		}
 	}
 	if rng.IntN(3) == 0 {
-		r.From.Label = &Label{Key: pick(rng, diffLabelKeys), Value: pick(rng, diffLabelVals)}
+		r.From.Label = &policy.Label{Key: pick(rng, diffLabelKeys), Value: pick(rng, diffLabelVals)}
 	}
 	if rng.IntN(3) == 0 {
 		c := sc.randomCIDR(rng, e)
 		r.From.CIDR = &c
 	}
 	if rng.IntN(6) == 0 {
-		r.To.Label = &Label{Key: pick(rng, diffLabelKeys), Value: pick(rng, diffLabelVals)}
+		r.To.Label = &policy.Label{Key: pick(rng, diffLabelKeys), Value: pick(rng, diffLabelVals)}
 	}
 	if rng.IntN(6) == 0 {
 		c := sc.randomCIDR(rng, e)
@@ -249,20 +251,20 @@ func (sc *scenario) randomRule(rng *rand.Rand, e *edges) Rule {
 	return r
 }
 
-func randomPorts(rng *rand.Rand, e *edges) []PortRange {
-	var out []PortRange
+func randomPorts(rng *rand.Rand, e *edges) []policy.PortRange {
+	var out []policy.PortRange
 	for range 1 + rng.IntN(3) {
-		var pr PortRange
+		var pr policy.PortRange
 		switch rng.IntN(4) {
 		case 0:
 			p := pick(rng, []uint16{0, 1, 53, 80, 443, 1023, 1024, 65535})
-			pr = PortRange{p, p}
+			pr = policy.PortRange{First: p, Last: p}
 		case 1:
 			a, b := uint16(rng.IntN(65536)), uint16(rng.IntN(65536))
-			pr = PortRange{min(a, b), max(a, b)}
+			pr = policy.PortRange{First: min(a, b), Last: max(a, b)}
 		default:
 			a := uint16(rng.IntN(65536))
-			pr = PortRange{a, a + uint16(rng.IntN(int(65535-a)+1)%300)}
+			pr = policy.PortRange{First: a, Last: a + uint16(rng.IntN(int(65535-a)+1)%300)}
 		}
 		out = append(out, pr)
 		e.ports = append(e.ports, pr.First, pr.Last, pr.First-1, pr.Last+1)
@@ -436,7 +438,7 @@ func (sc *scenario) judge(ifindex uint32, p Packet) spelled {
 
 	// The pod's mode (SPEC 4).
 	open, isolated := false, false
-	var rules []Rule
+	var rules []policy.Rule
 	namespaceDefault := false
 	switch {
 	case pod == nil:
@@ -445,8 +447,8 @@ func (sc *scenario) judge(ifindex uint32, p Packet) spelled {
 		open = true
 	default:
 		k := podKey{pod.Namespace, pod.Name}
-		_, hasKey := pod.Annotations[AnnotationKey]
-		_, hasLegacy := pod.Annotations[LegacyAnnotationKey]
+		_, hasKey := pod.Annotations[policy.AnnotationKey]
+		_, hasLegacy := pod.Annotations[policy.LegacyAnnotationKey]
 		kind := sc.kinds[k]
 		if !hasKey && !(hasLegacy && sc.input.LegacyKey) {
 			kind = kindNone
@@ -500,7 +502,7 @@ func (sc *scenario) judge(ifindex uint32, p Packet) spelled {
 		if !matches(r, pod, src, p) {
 			continue
 		}
-		if r.Action == Deny {
+		if r.Action == policy.Deny {
 			return spelled{false, bpf.ReasonDenyRule, i}
 		}
 		if allow < 0 {
@@ -514,35 +516,35 @@ func (sc *scenario) judge(ifindex uint32, p Packet) spelled {
 }
 
 // matches is SPEC 3's "a rule matches a packet when every constraint it states holds".
-func matches(r Rule, pod, src *Pod, p Packet) bool {
+func matches(r policy.Rule, pod, src *Pod, p Packet) bool {
 	v4 := p.Src.Is4()
 	l4 := p.Fragment != FragLater
 	switch r.Protocol {
-	case ProtoTCP:
+	case policy.ProtoTCP:
 		if p.Proto != protoTCP {
 			return false
 		}
-	case ProtoUDP:
+	case policy.ProtoUDP:
 		if p.Proto != protoUDP {
 			return false
 		}
-	case ProtoICMP:
+	case policy.ProtoICMP:
 		if p.Proto != protoICMP || !v4 {
 			return false
 		}
-	case ProtoICMPv6:
+	case policy.ProtoICMPv6:
 		if p.Proto != protoICMPv6 || v4 {
 			return false
 		}
 	}
-	inPorts := func(list []PortRange, port uint16) bool {
+	inPorts := func(list []policy.PortRange, port uint16) bool {
 		if list == nil {
 			return true
 		}
 		// A later fragment carries no ports: it matches only rules that state none.
-		return l4 && slices.ContainsFunc(list, func(pr PortRange) bool { return port >= pr.First && port <= pr.Last })
+		return l4 && slices.ContainsFunc(list, func(pr policy.PortRange) bool { return port >= pr.First && port <= pr.Last })
 	}
-	hasLabel := func(p *Pod, l *Label) bool {
+	hasLabel := func(p *Pod, l *policy.Label) bool {
 		if l == nil {
 			return true
 		}

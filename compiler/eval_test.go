@@ -1,9 +1,11 @@
 package compiler
 
 import (
-	"github.com/podwall/podwall/bpf"
 	"net/netip"
 	"testing"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/policy"
 
 	"github.com/stretchr/testify/require"
 )
@@ -16,7 +18,7 @@ func addrs(ips ...string) []netip.Addr {
 	return out
 }
 
-func annotated(policy string) map[string]string { return map[string]string{AnnotationKey: policy} }
+func annotated(rules string) map[string]string { return map[string]string{policy.AnnotationKey: rules} }
 
 // evalCluster is a small cluster with one pod of each kind the algorithm tells apart.
 func evalCluster(allowHost bool) Input {

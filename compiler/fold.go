@@ -6,23 +6,25 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/podwall/podwall/bpf"
 )
 
 // rule is a rule of one pod, its labels turned into tags of the pod's namespace.
 type rule struct {
-	action             Action
-	proto              Protocol
+	action             policy.Action
+	proto              policy.Protocol
 	srcTag, dstTag     string // "" when the rule names no label
 	srcCIDR, dstCIDR   *netip.Prefix
-	srcPorts, dstPorts []PortRange
+	srcPorts, dstPorts []policy.PortRange
 	hasType, hasCode   bool
 	typ, code          uint8
 	source             RuleSource
 }
 
 // podRules turns parsed rules of a pod of namespace ns into rules to fold.
-func podRules(ns string, parsed []Rule) []rule {
+func podRules(ns string, parsed []policy.Rule) []rule {
 	out := make([]rule, len(parsed))
 	for i, p := range parsed {
 		r := rule{
@@ -39,10 +41,10 @@ func podRules(ns string, parsed []Rule) []rule {
 			source:   RuleSource{Index: p.Index, Text: p.Text},
 		}
 		if p.From.Label != nil {
-			r.srcTag = LabelTag(ns, *p.From.Label)
+			r.srcTag = policy.LabelTag(ns, *p.From.Label)
 		}
 		if p.To.Label != nil {
-			r.dstTag = LabelTag(ns, *p.To.Label)
+			r.dstTag = policy.LabelTag(ns, *p.To.Label)
 		}
 		out[i] = r
 	}
@@ -52,8 +54,8 @@ func podRules(ns string, parsed []Rule) []rule {
 // namespaceRule is the rule --default-policy=namespace gives a pod without annotation.
 func namespaceRule(ns string) rule {
 	return rule{
-		action: Allow,
-		srcTag: NamespaceTag(ns),
+		action: policy.Allow,
+		srcTag: policy.NamespaceTag(ns),
 		source: RuleSource{Text: "allow from namespace " + ns + " (default policy)"},
 	}
 }
@@ -151,7 +153,7 @@ func fold(rules []rule, podTags []string, podIPs []netip.Addr) folded {
 			continue
 		}
 		r := &rules[i]
-		if r.action == Deny {
+		if r.action == policy.Deny {
 			deny.set(i)
 		}
 		if r.srcTag == "" {
@@ -168,7 +170,7 @@ func fold(rules []rule, podTags []string, podIPs []netip.Addr) folded {
 		}
 		// Ports of a protocol without ports, or a type of a protocol without types, are
 		// never met: the rule is then neither wild nor in an entry.
-		portRules := func(wild *vec, list []PortRange, dir int) {
+		portRules := func(wild *vec, list []policy.PortRange, dir int) {
 			c, ok := portClass(r.proto)
 			switch {
 			case len(list) == 0:
@@ -184,9 +186,9 @@ func fold(rules []rule, podTags []string, podIPs []netip.Addr) folded {
 		switch {
 		case !r.hasType:
 			wildICMP.set(i)
-		case r.proto == ProtoICMP:
+		case r.proto == policy.ProtoICMP:
 			icmps[famIdxV4] = append(icmps[famIdxV4], icmpRule{rule: i, r: r})
-		case r.proto == ProtoICMPv6:
+		case r.proto == policy.ProtoICMPv6:
 			icmps[famIdxV6] = append(icmps[famIdxV6], icmpRule{rule: i, r: r})
 		}
 	}
@@ -239,8 +241,8 @@ func fold(rules []rule, podTags []string, podIPs []netip.Addr) folded {
 // of them and a deny rule if it holds any, so the doubt is resolved towards dropping.
 func inFamily(r rule, fi int, podIPs []netip.Addr) bool {
 	switch {
-	case r.proto == ProtoICMP && fi != famIdxV4,
-		r.proto == ProtoICMPv6 && fi != famIdxV6,
+	case r.proto == policy.ProtoICMP && fi != famIdxV4,
+		r.proto == policy.ProtoICMPv6 && fi != famIdxV6,
 		r.srcCIDR != nil && famIdx(r.srcCIDR.Addr()) != fi:
 		return false
 	case r.dstCIDR == nil:
@@ -259,31 +261,31 @@ func inFamily(r rule, fi int, podIPs []netip.Addr) bool {
 			out = true
 		}
 	}
-	if r.action == Deny {
+	if r.action == policy.Deny {
 		return in
 	}
 	return in && !out
 }
 
 // portClass is the class of the pol_port entries of a rule of protocol p.
-func portClass(p Protocol) (int, bool) {
+func portClass(p policy.Protocol) (int, bool) {
 	switch p {
-	case ProtoTCP:
+	case policy.ProtoTCP:
 		return bpf.ClassTCP, true
-	case ProtoUDP:
+	case policy.ProtoUDP:
 		return bpf.ClassUDP, true
 	}
 	return 0, false
 }
 
 // classes are the protocol classes a rule of protocol p can match.
-func classes(p Protocol) []int {
+func classes(p policy.Protocol) []int {
 	switch p {
-	case ProtoTCP:
+	case policy.ProtoTCP:
 		return []int{bpf.ClassTCP}
-	case ProtoUDP:
+	case policy.ProtoUDP:
 		return []int{bpf.ClassUDP}
-	case ProtoICMP, ProtoICMPv6:
+	case policy.ProtoICMP, policy.ProtoICMPv6:
 		return []int{bpf.ClassICMP}
 	}
 	return []int{bpf.ClassTCP, bpf.ClassUDP, bpf.ClassICMP, bpf.ClassOther}

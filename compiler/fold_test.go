@@ -1,11 +1,13 @@
 package compiler
 
 import (
-	"github.com/podwall/podwall/bpf"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/policy"
 
 	"github.com/stretchr/testify/require"
 )
@@ -13,7 +15,7 @@ import (
 // foldOf folds an annotation for a pod of namespace "ns" with labels and addresses.
 func foldOf(t *testing.T, annotation string, labels map[string]string, ips ...string) folded {
 	t.Helper()
-	parsed, err := Parse(annotation)
+	parsed, err := policy.Parse(annotation)
 	require.NoError(t, err)
 	var addrs []netip.Addr
 	for _, ip := range ips {

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/podwall/podwall/bpf"
 )
 
@@ -19,9 +21,9 @@ func identityTags(ns string, labels map[string]string) []string {
 	}
 	slices.Sort(keys)
 	tags := make([]string, 0, 1+len(keys))
-	tags = append(tags, NamespaceTag(ns))
+	tags = append(tags, policy.NamespaceTag(ns))
 	for _, k := range keys {
-		tags = append(tags, LabelTag(ns, Label{Key: k, Value: labels[k]}))
+		tags = append(tags, policy.LabelTag(ns, policy.Label{Key: k, Value: labels[k]}))
 	}
 	return tags
 }

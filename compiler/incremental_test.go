@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/stretchr/testify/require"
 )
 
@@ -48,7 +50,7 @@ func (sc *scenario) change(rng *rand.Rand) string {
 		return "annotate " + p.Name
 	case f == 7:
 		p := pod()
-		delete(p.Annotations, AnnotationKey)
+		delete(p.Annotations, policy.AnnotationKey)
 		return "drop the annotation of " + p.Name
 	case f == 8: // in place, as a careless caller might
 		p := pod()

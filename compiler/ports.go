@@ -5,12 +5,14 @@ import (
 	"encoding/binary"
 	"math/bits"
 	"slices"
+
+	"github.com/podwall/podwall/policy"
 )
 
 // rulePorts is one port range of one rule.
 type rulePorts struct {
 	rule  int
-	ports PortRange
+	ports policy.PortRange
 }
 
 // portInterval is a run of ports that all match the same rules.

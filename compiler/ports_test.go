@@ -5,6 +5,8 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/stretchr/testify/require"
 )
 
@@ -78,7 +80,7 @@ func TestPortIntervalsExhaustive(t *testing.T) {
 				return uint16(rng.IntN(65536))
 			}
 			a, b := pick(), pick()
-			ranges = append(ranges, rulePorts{rule: ruleIDs[rng.IntN(len(ruleIDs))], ports: PortRange{min(a, b), max(a, b)}})
+			ranges = append(ranges, rulePorts{rule: ruleIDs[rng.IntN(len(ruleIDs))], ports: policy.PortRange{First: min(a, b), Last: max(a, b)}})
 		}
 		intervals := portIntervals(ranges)
 		clear(want[:])

@@ -7,11 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/tests/kapi"
 )
 
@@ -59,7 +60,7 @@ func TestClusterSource(t *testing.T) {
 	kc.CreatePod(t, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "api",
 			Labels:      map[string]string{"role": "backend"},
-			Annotations: map[string]string{compiler.AnnotationKey: "allow tcp to ports 80", "other": "dropped"}},
+			Annotations: map[string]string{policy.AnnotationKey: "allow tcp to ports 80", "other": "dropped"}},
 		Spec: corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "c", Image: "nginx"}}},
 	})
 	awaitPod("created", func(p *Pod) bool { return p != nil })
@@ -69,7 +70,7 @@ func TestClusterSource(t *testing.T) {
 	require.NoError(t, err)
 	i := slices.IndexFunc(snap.Pods, func(p Pod) bool { return p.Name == "api" })
 	got := snap.Pods[i]
-	require.Equal(t, map[string]string{compiler.AnnotationKey: "allow tcp to ports 80"}, got.Annotations, "the transform keeps only policy")
+	require.Equal(t, map[string]string{policy.AnnotationKey: "allow tcp to ports 80"}, got.Annotations, "the transform keeps only policy")
 	require.Equal(t, []netip.Addr{netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("fd00::5")}, got.IPs)
 	require.Equal(t, "node-1", got.Node)
 	require.NotEmpty(t, got.UID)

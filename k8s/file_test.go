@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/compiler"
@@ -59,7 +61,7 @@ var apiPod = Pod{
 		Namespace:   "shop",
 		Name:        "api",
 		Labels:      map[string]string{"role": "backend"},
-		Annotations: map[string]string{compiler.AnnotationKey: "allow tcp from label role=frontend to ports 8080"},
+		Annotations: map[string]string{policy.AnnotationKey: "allow tcp from label role=frontend to ports 8080"},
 		IPs:         []netip.Addr{netip.MustParseAddr("10.244.0.2"), netip.MustParseAddr("fd00:244::2")},
 	},
 	UID:  "11111111-2222",

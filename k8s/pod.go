@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/podwall/podwall/policy"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -31,7 +33,7 @@ type Snapshot struct {
 }
 
 // policyKeys are the only annotations the transform keeps.
-var policyKeys = []string{compiler.AnnotationKey, compiler.LegacyAnnotationKey}
+var policyKeys = []string{policy.AnnotationKey, policy.LegacyAnnotationKey}
 
 // Transform is the informers' transform: it reduces a Pod or a Namespace to the fields
 // podFromAPI reads and drops everything else (specs, statuses, managed fields, other

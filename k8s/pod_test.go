@@ -4,11 +4,11 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/podwall/podwall/compiler"
 )
 
 func fullPod() *corev1.Pod {
@@ -18,8 +18,8 @@ func fullPod() *corev1.Pod {
 			Name: "web-0", Namespace: "prod", UID: "u1", ResourceVersion: "42",
 			Labels: map[string]string{"role": "frontend"},
 			Annotations: map[string]string{
-				compiler.AnnotationKey:                             "allow tcp to ports 80",
-				compiler.LegacyAnnotationKey:                       "allow",
+				policy.AnnotationKey:                               "allow tcp to ports 80",
+				policy.LegacyAnnotationKey:                         "allow",
 				"kubectl.kubernetes.io/last-applied-configuration": "{...}",
 			},
 			DeletionTimestamp: &now,
@@ -46,8 +46,8 @@ func TestTransform(t *testing.T) {
 			Name: "web-0", Namespace: "prod", UID: "u1", ResourceVersion: "42",
 			Labels: map[string]string{"role": "frontend"},
 			Annotations: map[string]string{
-				compiler.AnnotationKey:       "allow tcp to ports 80",
-				compiler.LegacyAnnotationKey: "allow",
+				policy.AnnotationKey:       "allow tcp to ports 80",
+				policy.LegacyAnnotationKey: "allow",
 			},
 		},
 		Spec: corev1.PodSpec{NodeName: "node-1", HostNetwork: true},

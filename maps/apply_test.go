@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/require"
 
@@ -44,10 +46,10 @@ func dump(t *testing.T, m *bpf.PodwallObjects) Contents {
 	return c
 }
 
-func pod(ns, name, ip, policy string, labels map[string]string) compiler.Pod {
+func pod(ns, name, ip, rules string, labels map[string]string) compiler.Pod {
 	p := compiler.Pod{Namespace: ns, Name: name, Labels: labels, IPs: []netip.Addr{netip.MustParseAddr(ip)}}
-	if policy != "" {
-		p.Annotations = map[string]string{compiler.AnnotationKey: policy}
+	if rules != "" {
+		p.Annotations = map[string]string{policy.AnnotationKey: rules}
 	}
 	return p
 }
@@ -73,17 +75,17 @@ func TestApplyWritesExactlyTheDesiredState(t *testing.T) {
 		"",
 		"allow tcp from label role=frontend to ports 8080; deny from cidr 10.0.1.0/24; allow icmp type 8",
 	}
-	for _, policy := range steps {
-		s := compiler.Compile(input(policy))
+	for _, step := range steps {
+		s := compiler.Compile(input(step))
 		require.NoError(t, a.Apply(s))
 		got := dump(t, m)
 		want := Want(s)
-		require.Equal(t, want.Endpoints, got.Endpoints, policy)
-		require.Equal(t, want.IPCache, got.IPCache, policy)
-		require.Equal(t, want.Ident, got.Ident, policy)
-		require.Equal(t, want.CIDR, got.CIDR, policy)
-		require.Equal(t, want.Port, got.Port, policy)
-		require.Equal(t, want.ICMP, got.ICMP, policy)
+		require.Equal(t, want.Endpoints, got.Endpoints, step)
+		require.Equal(t, want.IPCache, got.IPCache, step)
+		require.Equal(t, want.Ident, got.Ident, step)
+		require.Equal(t, want.CIDR, got.CIDR, step)
+		require.Equal(t, want.Port, got.Port, step)
+		require.Equal(t, want.ICMP, got.ICMP, step)
 	}
 }
 

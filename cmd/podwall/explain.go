@@ -2,13 +2,15 @@ package main
 
 import (
 	"fmt"
-	"github.com/podwall/podwall/bpf"
 	"io"
 	"net/netip"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/policy"
 
 	"github.com/spf13/cobra"
 
@@ -282,7 +284,7 @@ func why(s *compiler.State, dst k8s.Pod, v compiler.Verdict, opts compiler.Optio
 				return fmt.Sprintf("%s is isolated: %s: %v", name, pr.Kind, pr.Err)
 			}
 		}
-		if _, _, ok := compiler.PolicyAnnotation(dst.Annotations, opts.LegacyKey); ok {
+		if _, _, ok := policy.PolicyAnnotation(dst.Annotations, opts.LegacyKey); ok {
 			return fmt.Sprintf("%s is isolated: its annotation has no rules", name)
 		}
 		return fmt.Sprintf("%s is isolated: it has no policy annotation and --default-policy is deny", name)

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/spf13/cobra"
 	yamlv2 "go.yaml.in/yaml/v2"
 	"sigs.k8s.io/yaml"
@@ -61,7 +63,7 @@ status 1, printing nothing on stdout: the agent's message for the same annotatio
 	f.StringVarP(&o.output, "output", "o", "text", "output format: text or json")
 	f.StringVarP(&o.filename, "filename", "f", "", `read the annotation and the namespace from this Pod manifest ("-": stdin)`)
 	f.IntVar(&o.budget, "policy-budget", compiler.DefaultPolicyBudget, "the agent's --policy-budget: the most entries one policy may have in any one classifier map (0: no budget)")
-	f.BoolVar(&o.legacy, "legacy-policy-key", true, `with -f, read the legacy "policy" annotation when "`+compiler.AnnotationKey+`" is absent`)
+	f.BoolVar(&o.legacy, "legacy-policy-key", true, `with -f, read the legacy "policy" annotation when "`+policy.AnnotationKey+`" is absent`)
 	return cmd
 }
 
@@ -80,12 +82,12 @@ func (o parseOptions) run(d deps, namespaceSet bool, args []string) error {
 		if err != nil {
 			return err
 		}
-		value, key, ok := compiler.PolicyAnnotation(pod.Metadata.Annotations, o.legacy)
+		value, key, ok := policy.PolicyAnnotation(pod.Metadata.Annotations, o.legacy)
 		if !ok {
 			fmt.Fprintln(d.stderr, "podwall:", noPolicyNote(pod, o.legacy))
 			return nil
 		}
-		rules, err := compiler.Parse(value)
+		rules, err := policy.Parse(value)
 		if err == nil {
 			err = compiler.CheckPolicy(pod.Metadata.Namespace, rules, o.budget)
 		}
@@ -106,7 +108,7 @@ func (o parseOptions) run(d deps, namespaceSet bool, args []string) error {
 	default:
 		annotation, namespace = args[0], o.namespace
 	}
-	rules, err := compiler.Parse(annotation)
+	rules, err := policy.Parse(annotation)
 	if err != nil {
 		return err
 	}
@@ -118,10 +120,10 @@ func (o parseOptions) run(d deps, namespaceSet bool, args []string) error {
 
 // printRules prints rules in format output; the whole output is built first, so a failure
 // prints nothing on stdout.
-func printRules(d deps, rules []compiler.Rule, namespace, output string) error {
+func printRules(d deps, rules []policy.Rule, namespace, output string) error {
 	var out bytes.Buffer
 	if output == "json" {
-		b, err := compiler.MarshalRulesJSON(rules, namespace)
+		b, err := policy.MarshalRulesJSON(rules, namespace)
 		if err != nil {
 			return err
 		}
@@ -129,7 +131,7 @@ func printRules(d deps, rules []compiler.Rule, namespace, output string) error {
 		out.WriteByte('\n')
 	} else {
 		for _, r := range rules {
-			out.WriteString(compiler.FormatRule(r) + ";\n")
+			out.WriteString(policy.FormatRule(r) + ";\n")
 		}
 	}
 	if len(rules) == 0 {
@@ -142,9 +144,9 @@ func printRules(d deps, rules []compiler.Rule, namespace, output string) error {
 // noPolicyNote says what applies to a pod without a policy annotation (SPEC 4).
 func noPolicyNote(pod podManifest, legacy bool) string {
 	what := "has no policy annotation"
-	if _, ok := pod.Metadata.Annotations[compiler.LegacyAnnotationKey]; ok && !legacy {
+	if _, ok := pod.Metadata.Annotations[policy.LegacyAnnotationKey]; ok && !legacy {
 		what = fmt.Sprintf("has no %q annotation, and its legacy %q annotation is not read (--legacy-policy-key=false)",
-			compiler.AnnotationKey, compiler.LegacyAnnotationKey)
+			policy.AnnotationKey, policy.LegacyAnnotationKey)
 	}
 	return fmt.Sprintf("pod %s %s: the agent's --default-policy applies (%q unless set: only pods of namespace %s may connect)",
 		pod.name(), what, "namespace", pod.Metadata.Namespace)

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/spf13/pflag"
 
 	"github.com/podwall/podwall/compiler"
@@ -22,7 +24,7 @@ func (o *policyOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.defaultPolicy, "default-policy", "namespace", "policy of pods without a policy annotation: namespace (accept from the pod's namespace), allow or deny")
 	f.StringSliceVar(&o.openNamespaces, "open-namespaces", []string{"kube-system"}, "namespaces whose pods accept all traffic (their annotations are ignored)")
 	f.BoolVar(&o.allowHost, "allow-host", true, "let traffic from the node's own addresses reach every pod (kubelet probes)")
-	f.BoolVar(&o.legacyKey, "legacy-policy-key", true, `read the annotation "policy" when "`+compiler.AnnotationKey+`" is absent`)
+	f.BoolVar(&o.legacyKey, "legacy-policy-key", true, `read the annotation "policy" when "`+policy.AnnotationKey+`" is absent`)
 	f.IntVar(&o.budget, "policy-budget", compiler.DefaultPolicyBudget, "the most entries one policy may have in any one classifier map; a pod whose policy needs more is isolated (0: no budget)")
 }
 

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/require"
 
@@ -27,7 +29,7 @@ func pinnedState(t *testing.T) string {
 	state := compiler.Compile(compiler.Input{
 		Pods: []compiler.Pod{
 			{Namespace: "shop", Name: "web", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.2")},
-				Annotations: map[string]string{compiler.AnnotationKey: ""}},
+				Annotations: map[string]string{policy.AnnotationKey: ""}},
 			{Namespace: "shop", Name: "front", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.3")}},
 		},
 		Endpoints: []compiler.Endpoint{{Ifindex: 1, Namespace: "shop", Name: "web"}},

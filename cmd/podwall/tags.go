@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/spf13/cobra"
+	"github.com/podwall/podwall/policy"
 
-	"github.com/podwall/podwall/compiler"
+	"github.com/spf13/cobra"
 )
 
 func newTagsCmd(d deps) *cobra.Command {
@@ -26,7 +26,7 @@ the sources that carry the tag of K=V.`,
 				return err
 			}
 			m := pod.Metadata
-			tags := compiler.PodTags(m.Namespace, m.Name, m.Labels)
+			tags := policy.PodTags(m.Namespace, m.Name, m.Labels)
 			_, err = fmt.Fprintln(d.stdout, strings.Join(tags, "\n"))
 			return err
 		},

@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -102,7 +104,7 @@ func cluster(local []*topo.Pod) []podSpec {
 			}
 		}
 		if i%3 != 2 || i < localPods {
-			p.annotations = map[string]string{compiler.AnnotationKey: initialPolicy(i)}
+			p.annotations = map[string]string{policy.AnnotationKey: initialPolicy(i)}
 		}
 		pods[i] = p
 	}
@@ -403,7 +405,7 @@ func BenchmarkAgent(b *testing.B) {
 
 	// Correct as well as fast: the maps hold what the compiler makes of the whole cluster.
 	for u := range updates {
-		pods[u%localPods].annotations = map[string]string{compiler.AnnotationKey: updatedPolicy(u)}
+		pods[u%localPods].annotations = map[string]string{policy.AnnotationKey: updatedPolicy(u)}
 	}
 	requireState(b, bpffs, tp, pods)
 
@@ -430,7 +432,7 @@ func measureUpdates(b *testing.B, client kubernetes.Interface, m *bpf.PodwallMap
 		var before bpf.PodwallEndpointEntry
 		require.NoError(b, m.Endpoints.Lookup(ifindex, &before), "endpoint of %s/%s", p.ns, p.name)
 		patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
-			"annotations": map[string]string{compiler.AnnotationKey: updatedPolicy(u)},
+			"annotations": map[string]string{policy.AnnotationKey: updatedPolicy(u)},
 		}})
 		require.NoError(b, err)
 

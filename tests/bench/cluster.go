@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/podwall/podwall/compiler"
 )
 
@@ -72,7 +74,7 @@ type Addrs struct {
 // Cluster is the input to compiler.Compile for a topology whose server pod has the policy
 // annotation policy: the server, the client (label app=ClientLabel) and other pods, labelled
 // app=svc-K and tier=front|back|db, whose addresses are only entries of the tag sets.
-func Cluster(policy string, a Addrs) compiler.Input {
+func Cluster(rules string, a Addrs) compiler.Input {
 	in := compiler.Input{
 		HostIPs:   a.Node,
 		Options:   compiler.Options{AllowHost: true},
@@ -81,7 +83,7 @@ func Cluster(policy string, a Addrs) compiler.Input {
 			{
 				Namespace: Namespace, Name: ServerName, IPs: a.Server,
 				Labels:      map[string]string{"app": "server"},
-				Annotations: map[string]string{compiler.AnnotationKey: policy},
+				Annotations: map[string]string{policy.AnnotationKey: rules},
 			},
 			{Namespace: Namespace, Name: ClientName, IPs: a.Client, Labels: map[string]string{"app": ClientLabel}},
 		},

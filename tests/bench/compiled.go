@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 )
@@ -47,7 +49,7 @@ type Target struct {
 // compiledPolicy is what the baselines need of one pod's compiled policy.
 type compiledPolicy struct {
 	id    uint32
-	rules []compiler.Rule
+	rules []policy.Rule
 }
 
 // policyRules returns the rules of the target's compiled policy that podwall keeps for
@@ -77,7 +79,7 @@ func policyRules(s *compiler.State, t Target, fam Family) (compiledPolicy, error
 		if src.Index == 0 {
 			return compiledPolicy{}, fmt.Errorf("rule %q: %w", src.Text, ErrUnnamedRule)
 		}
-		parsed, err := compiler.Parse(src.Text)
+		parsed, err := policy.Parse(src.Text)
 		if err != nil {
 			return compiledPolicy{}, fmt.Errorf("parse rule %d: %w", src.Index, err)
 		}
@@ -118,25 +120,25 @@ func keyAddr(k bpf.PodwallIpAddr) netip.Addr {
 // ordered is the policy's rules in the order a first-match rule list must check them: deny
 // rules first, since in podwall a matching deny wins over any allow (SPEC section 6), then the
 // allow rules, each group in the policy's order.
-func ordered(rules []compiler.Rule) []compiler.Rule {
+func ordered(rules []policy.Rule) []policy.Rule {
 	out := slices.Clone(rules)
-	slices.SortStableFunc(out, func(a, b compiler.Rule) int {
+	slices.SortStableFunc(out, func(a, b policy.Rule) int {
 		return int(b.Action) - int(a.Action) // Deny (1) before Allow (0)
 	})
 	return out
 }
 
 // srcTag and dstTag are the tags a rule's labels stand for in the pod's namespace.
-func srcTag(r compiler.Rule, ns string) string {
+func srcTag(r policy.Rule, ns string) string {
 	if r.From.Label == nil {
 		return ""
 	}
-	return compiler.LabelTag(ns, *r.From.Label)
+	return policy.LabelTag(ns, *r.From.Label)
 }
 
-func dstTag(r compiler.Rule, ns string) string {
+func dstTag(r policy.Rule, ns string) string {
 	if r.To.Label == nil {
 		return ""
 	}
-	return compiler.LabelTag(ns, *r.To.Label)
+	return policy.LabelTag(ns, *r.To.Label)
 }

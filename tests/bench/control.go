@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 )
@@ -35,7 +37,7 @@ func ControlCluster(local, rules int) compiler.Input {
 			},
 		}
 		if i < local {
-			p.Annotations = map[string]string{compiler.AnnotationKey: policyText(rules, i*len(fillers))}
+			p.Annotations = map[string]string{policy.AnnotationKey: policyText(rules, i*len(fillers))}
 			in.Endpoints = append(in.Endpoints, compiler.Endpoint{Ifindex: uint32(100 + i), Namespace: p.Namespace, Name: p.Name})
 		}
 		in.Pods = append(in.Pods, p)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/podwall/podwall/compiler"
 )
 
@@ -106,15 +108,15 @@ func Felix(s *compiler.State, t Target, fam Family, stateful bool) (Ruleset, err
 
 // felixRule is one rule as Felix wrote it, without the chain: several lines when its ports
 // need more than one multiport match.
-func felixRule(r compiler.Rule, fam Family, ns string, setFor func(tag string) string) []string {
+func felixRule(r policy.Rule, fam Family, ns string, setFor func(tag string) string) []string {
 	var lines []string
 	for _, sp := range multiportChunks(r.From.Ports) {
 		for _, dp := range multiportChunks(r.To.Ports) {
 			var m []string
-			if r.Protocol != compiler.ProtoAny {
+			if r.Protocol != policy.ProtoAny {
 				m = append(m, "-p", r.Protocol.String())
 			}
-			clause := func(c compiler.Clause, dir, long, tag string, ports []compiler.PortRange) {
+			clause := func(c policy.Clause, dir, long, tag string, ports []policy.PortRange) {
 				if c.CIDR != nil {
 					m = append(m, "--"+long, c.CIDR.String())
 				}
@@ -139,7 +141,7 @@ func felixRule(r compiler.Rule, fam Family, ns string, setFor func(tag string) s
 				}
 			}
 			verdict := "RETURN"
-			if r.Action == compiler.Deny {
+			if r.Action == policy.Deny {
 				verdict = "DROP"
 			}
 			lines = append(lines, strings.Join(append(m, "-j", verdict), " "))
@@ -150,8 +152,8 @@ func felixRule(r compiler.Rule, fam Family, ns string, setFor func(tag string) s
 
 // multiportChunks splits a port list into lists that fit one multiport match, in order. No
 // ports gives one empty list: the rule is written once, with no port match.
-func multiportChunks(ports []compiler.PortRange) [][]compiler.PortRange {
-	chunks := [][]compiler.PortRange{nil}
+func multiportChunks(ports []policy.PortRange) [][]policy.PortRange {
+	chunks := [][]policy.PortRange{nil}
 	used := 0
 	for _, p := range ports {
 		n := 1
@@ -170,7 +172,7 @@ func multiportChunks(ports []compiler.PortRange) [][]compiler.PortRange {
 }
 
 // portList writes ports separated by commas, ranges as FIRST<sep>LAST.
-func portList(ports []compiler.PortRange, sep string) string {
+func portList(ports []policy.PortRange, sep string) string {
 	out := make([]string, len(ports))
 	for i, p := range ports {
 		out[i] = fmt.Sprint(p.First)

@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/podwall/podwall/compiler"
 )
 
 // nftProto names the protocols as nftables' meta l4proto does.
-var nftProto = map[compiler.Protocol]string{
-	compiler.ProtoTCP: "tcp", compiler.ProtoUDP: "udp", compiler.ProtoICMP: "icmp", compiler.ProtoICMPv6: "ipv6-icmp",
+var nftProto = map[policy.Protocol]string{
+	policy.ProtoTCP: "tcp", policy.ProtoUDP: "udp", policy.ProtoICMP: "icmp", policy.ProtoICMPv6: "ipv6-icmp",
 }
 
 // NFT writes the target's compiled policy for family fam as an nftables ruleset built on
@@ -54,10 +56,10 @@ func NFT(s *compiler.State, t Target, fam Family, stateful bool) (Ruleset, error
 	var rules strings.Builder
 	for _, r := range ordered(p.rules) {
 		var m []string
-		if r.Protocol != compiler.ProtoAny {
+		if r.Protocol != policy.ProtoAny {
 			m = append(m, "meta l4proto", nftProto[r.Protocol])
 		}
-		clause := func(c compiler.Clause, dir, tag string, ports []compiler.PortRange) {
+		clause := func(c policy.Clause, dir, tag string, ports []policy.PortRange) {
 			if c.CIDR != nil {
 				m = append(m, addr, dir+"addr", c.CIDR.String())
 			}
@@ -80,7 +82,7 @@ func NFT(s *compiler.State, t Target, fam Family, stateful bool) (Ruleset, error
 			}
 		}
 		verdict := "accept"
-		if r.Action == compiler.Deny {
+		if r.Action == policy.Deny {
 			verdict = "drop"
 		}
 		fmt.Fprintf(&rules, "\t\t%s\n", strings.Join(append(m, verdict), " "))

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/compiler"
@@ -173,7 +175,7 @@ func TestNoRuleset(t *testing.T) {
 	_, err := Felix(s, testTarget, IPv4, false)
 	require.ErrorIs(t, err, ErrUnnamedRule, "the namespace default policy is no rule of the language")
 
-	in.Pods[0].Annotations = map[string]string{compiler.AnnotationKey: ";"}
+	in.Pods[0].Annotations = map[string]string{policy.AnnotationKey: ";"}
 	s = compiler.Compile(in)
 	_, err = NFT(s, testTarget, IPv4, false)
 	require.ErrorIs(t, err, ErrNotEnforced, "an isolated pod")

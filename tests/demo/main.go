@@ -15,7 +15,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/podwall/podwall/bpf"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -28,6 +27,9 @@ import (
 	"testing"
 	"text/tabwriter"
 	"time"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/policy"
 
 	"github.com/podwall/podwall/agent/netif"
 	"github.com/podwall/podwall/compiler"
@@ -232,14 +234,14 @@ func printPods(pods []*pod, file string) {
 		for k, v := range p.labels {
 			labels = append(labels, k+"="+v)
 		}
-		policy := "(no policy annotation)"
+		annotation := "(no policy annotation)"
 		if p.policy != "" {
-			policy = compiler.AnnotationKey + ": " + p.policy
-			if _, err := compiler.Parse(p.policy); err != nil {
-				policy += "   <- invalid"
+			annotation = policy.AnnotationKey + ": " + p.policy
+			if _, err := policy.Parse(p.policy); err != nil {
+				annotation += "   <- invalid"
 			}
 		}
-		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", p, p.tp.IPv4, strings.Join(labels, ","), policy)
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", p, p.tp.IPv4, strings.Join(labels, ","), annotation)
 	}
 	w.Flush()
 }
@@ -262,7 +264,7 @@ func writePods(file string, pods []*pod) error {
 			fmt.Fprintf(&b, "      %s: %s\n", k, v)
 		}
 		if p.policy != "" {
-			fmt.Fprintf(&b, "    annotations:\n      %s: %q\n", compiler.AnnotationKey, p.policy)
+			fmt.Fprintf(&b, "    annotations:\n      %s: %q\n", policy.AnnotationKey, p.policy)
 		}
 		fmt.Fprintf(&b, "  spec:\n    nodeName: %s\n  status:\n    phase: Running\n    podIP: %s\n    podIPs:\n    - ip: %s\n    - ip: %s\n",
 			nodeName, p.tp.IPv4, p.tp.IPv4, p.tp.IPv6)

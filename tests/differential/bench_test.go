@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/require"
@@ -272,7 +274,7 @@ func benchState(b *testing.B, rules, entries int) *compiler.State {
 		switch {
 		case i == 0:
 			p.Namespace, p.Name = "bench", "server"
-			p.Annotations = map[string]string{compiler.AnnotationKey: benchRulesText(rules)}
+			p.Annotations = map[string]string{policy.AnnotationKey: benchRulesText(rules)}
 		case i == 1:
 			p.Namespace, p.Name = "bench", "client"
 			p.Labels = map[string]string{"app": "client", "role": "frontend"}

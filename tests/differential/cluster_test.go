@@ -2,12 +2,14 @@ package differential
 
 import (
 	"fmt"
-	"github.com/podwall/podwall/bpf"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/policy"
 
 	"github.com/podwall/podwall/compiler"
 )
@@ -133,12 +135,12 @@ func (c *cluster) annotate(rng *rand.Rand, p *compiler.Pod) {
 	p.Annotations = map[string]string{}
 	switch rng.IntN(4) {
 	case 0:
-		p.Annotations[compiler.LegacyAnnotationKey] = value
+		p.Annotations[policy.LegacyAnnotationKey] = value
 	case 1:
-		p.Annotations[compiler.AnnotationKey] = value
-		p.Annotations[compiler.LegacyAnnotationKey] = "deny"
+		p.Annotations[policy.AnnotationKey] = value
+		p.Annotations[policy.LegacyAnnotationKey] = "deny"
 	default:
-		p.Annotations[compiler.AnnotationKey] = value
+		p.Annotations[policy.AnnotationKey] = value
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/bpf"
@@ -24,9 +26,9 @@ func TestEstablishedFlowsFollowTheEpoch(t *testing.T) {
 
 	server, other, client := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")
 	cluster := func(serverPolicy, otherPolicy string) *compiler.State {
-		pod := func(name string, ip netip.Addr, policy string) compiler.Pod {
+		pod := func(name string, ip netip.Addr, rules string) compiler.Pod {
 			return compiler.Pod{Namespace: "shop", Name: name, IPs: []netip.Addr{ip},
-				Annotations: map[string]string{compiler.AnnotationKey: policy}}
+				Annotations: map[string]string{policy.AnnotationKey: rules}}
 		}
 		s := compiler.Compile(compiler.Input{
 			Pods: []compiler.Pod{pod("server", server, serverPolicy), pod("other", other, otherPolicy), pod("client", client, "")},

@@ -1,9 +1,10 @@
 package e2e
 
 import (
-	"github.com/podwall/podwall/bpf"
 	"net/netip"
 	"testing"
+
+	"github.com/podwall/podwall/bpf"
 
 	"github.com/stretchr/testify/require"
 	"github.com/vishvananda/netlink"
@@ -19,9 +20,9 @@ import (
 // entries are gone.
 func TestIsolatedPodGetsRepliesAndNeighbourDiscovery(t *testing.T) {
 	c := newCluster(t, topo.Routed, bestMode(t))
-	isolated := c.addPod(t, "isolated", nsProd, nil, policy(""))
+	isolated := c.addPod(t, "isolated", nsProd, nil, policyOf(""))
 	backendPod := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)
-	guarded := c.addPod(t, "guarded", nsProd, nil, policy("allow from label role=backend"))
+	guarded := c.addPod(t, "guarded", nsProd, nil, policyOf("allow from label role=backend"))
 	cl := c.tp.AddClient("client")
 	cl.Echo(t, portWeb)
 	c.apply(t)
@@ -91,8 +92,8 @@ func flushNeighbours(t *testing.T, ns *topo.Netns) {
 // changed or the source pod was relabelled; a change that still allows it leaves it alone.
 func TestPolicyChangeCutsEstablishedConnections(t *testing.T) {
 	c := newCluster(t, topo.Routed, bestMode(t))
-	target := c.addPod(t, "target", nsProd, nil, policy("allow tcp to ports 8080; allow udp to ports 8080"))
-	guarded := c.addPod(t, "guarded", nsProd, nil, policy("allow from label role=backend"))
+	target := c.addPod(t, "target", nsProd, nil, policyOf("allow tcp to ports 8080; allow udp to ports 8080"))
+	guarded := c.addPod(t, "guarded", nsProd, nil, policyOf("allow from label role=backend"))
 	backend := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)
 	cl := c.tp.AddClient("client")
 	c.apply(t)
@@ -123,14 +124,14 @@ func TestPolicyChangeCutsEstablishedConnections(t *testing.T) {
 	t.Run("the pod's policy", func(t *testing.T) {
 		streams := open(cl.NS, target)
 		c.counted(t, []bpf.Reason{bpf.ReasonAllowRule}, nil, func() {
-			c.setPolicy(t, target, policy("allow tcp to ports 8080,9090; allow udp to ports 8000:8100"))
+			c.setPolicy(t, target, policyOf("allow tcp to ports 8080,9090; allow udp to ports 8000:8100"))
 			alive(t, streams) // judged again under the new policy, and still allowed
 		})
 		c.counted(t, []bpf.Reason{bpf.ReasonEstablished}, []bpf.Reason{bpf.ReasonAllowRule}, func() {
 			alive(t, streams) // and then established again
 		})
 		c.counted(t, []bpf.Reason{bpf.ReasonNoRule}, nil, func() {
-			c.setPolicy(t, target, policy("allow tcp to ports 9090; allow udp to ports 9090"))
+			c.setPolicy(t, target, policyOf("allow tcp to ports 9090; allow udp to ports 9090"))
 			cut(t, streams)
 		})
 		c.verify(t,
@@ -140,9 +141,9 @@ func TestPolicyChangeCutsEstablishedConnections(t *testing.T) {
 	})
 
 	t.Run("isolating the pod", func(t *testing.T) {
-		c.setPolicy(t, target, policy("allow"))
+		c.setPolicy(t, target, policyOf("allow"))
 		streams := open(cl.NS, target)
-		c.setPolicy(t, target, policy("allow tcp form label role=backend"))
+		c.setPolicy(t, target, policyOf("allow tcp form label role=backend"))
 		cut(t, streams)
 	})
 

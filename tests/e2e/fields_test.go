@@ -2,9 +2,10 @@ package e2e
 
 import (
 	"fmt"
-	"github.com/podwall/podwall/bpf"
 	"net/netip"
 	"testing"
+
+	"github.com/podwall/podwall/bpf"
 
 	"github.com/podwall/podwall/tests/topo"
 )
@@ -20,7 +21,7 @@ func TestEachRuleFieldMatchesAsSpecified(t *testing.T) {
 	backendPod := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)
 	frontendPod := c.addPod(t, "frontend", nsProd, labels("role", "frontend"), nil)
 	add := func(name, rules string, kv ...string) *pod {
-		return c.addPod(t, name, nsProd, labels(kv...), policy(rules))
+		return c.addPod(t, name, nsProd, labels(kv...), policyOf(rules))
 	}
 	udpOnly := add("udp-only", "allow udp")
 	icmpOnly := add("icmp-only", "allow icmp")

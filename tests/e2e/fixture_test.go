@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
@@ -136,8 +138,8 @@ func withConntrackSize(n uint32) func(*loader.Config) {
 }
 
 // policy is the annotations of a pod with a policy.
-func policy(rules string) map[string]string {
-	return map[string]string{compiler.AnnotationKey: rules}
+func policyOf(rules string) map[string]string {
+	return map[string]string{policy.AnnotationKey: rules}
 }
 
 // labels builds a label set from key, value pairs.

@@ -2,11 +2,12 @@ package e2e
 
 import (
 	"fmt"
-	"github.com/podwall/podwall/bpf"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/podwall/podwall/bpf"
 
 	"github.com/stretchr/testify/require"
 
@@ -21,9 +22,9 @@ func TestFragmentsShareTheirDatagramsVerdict(t *testing.T) {
 	for _, kind := range []topo.Kind{topo.Routed, topo.Bridged} {
 		t.Run(kind.String(), func(t *testing.T) {
 			c := newCluster(t, kind, bestMode(t))
-			udpPort := c.addPod(t, "udp-port", nsProd, nil, policy("allow udp to ports 8080"))
-			udpSource := c.addPod(t, "udp-source", nsProd, nil, policy("allow udp from ports 40300"))
-			tcpOnly := c.addPod(t, "tcp-only", nsProd, nil, policy("allow tcp"))
+			udpPort := c.addPod(t, "udp-port", nsProd, nil, policyOf("allow udp to ports 8080"))
+			udpSource := c.addPod(t, "udp-source", nsProd, nil, policyOf("allow udp from ports 40300"))
+			tcpOnly := c.addPod(t, "tcp-only", nsProd, nil, policyOf("allow tcp"))
 			plain := c.addPod(t, "plain", nsProd, nil, nil)
 			backendPod := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)
 			cl := c.tp.AddClient("client")

@@ -2,11 +2,12 @@ package e2e
 
 import (
 	"encoding/binary"
-	"github.com/podwall/podwall/bpf"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/podwall/podwall/bpf"
 
 	"github.com/stretchr/testify/require"
 
@@ -132,8 +133,8 @@ func TestForgedSourcesOpenNothing(t *testing.T) {
 	for _, kind := range []topo.Kind{topo.Routed, topo.Bridged} {
 		t.Run(kind.String(), func(t *testing.T) {
 			c := newCluster(t, kind, bestMode(t))
-			victim := c.addPod(t, "victim", nsProd, nil, policy("allow tcp from label role=frontend to ports 5432"))
-			isolated := c.addPod(t, "isolated", nsProd, nil, policy(""))
+			victim := c.addPod(t, "victim", nsProd, nil, policyOf("allow tcp from label role=frontend to ports 5432"))
+			isolated := c.addPod(t, "isolated", nsProd, nil, policyOf(""))
 			evil := c.addPod(t, "evil", nsDev, nil, nil)
 			r := c.tp.AddClient("r")
 			c.apply(t)
@@ -207,7 +208,7 @@ func TestICMPErrorsReachOnlyThePodTheyAreAbout(t *testing.T) {
 	for _, kind := range []topo.Kind{topo.Routed, topo.Bridged} {
 		t.Run(kind.String(), func(t *testing.T) {
 			c := newCluster(t, kind, bestMode(t))
-			victim := c.addPod(t, "victim", nsProd, nil, policy(""))
+			victim := c.addPod(t, "victim", nsProd, nil, policyOf(""))
 			other := c.addPod(t, "other", nsDev, nil, nil)
 			r := c.tp.AddClient("r")
 			c.apply(t)
@@ -241,7 +242,7 @@ func TestOnlyIPAndARPReachAPod(t *testing.T) {
 			require.NoError(t, c.tp.Node.Sysctl(key, "0"))
 		}
 	}
-	victim := c.addPod(t, "victim", nsProd, nil, policy("allow tcp; deny udp to ports 8080; allow udp to ports 9090"))
+	victim := c.addPod(t, "victim", nsProd, nil, policyOf("allow tcp; deny udp to ports 8080; allow udp to ports 9090"))
 	evil := c.addPod(t, "evil", nsDev, nil, nil)
 	c.apply(t)
 	vmac, err := victim.NS.PodMAC()
@@ -330,7 +331,7 @@ func lie(frame []byte, n uint16) []byte {
 // isolated victim through it as a reply.
 func TestAReusedAddressStartsClean(t *testing.T) {
 	c := newCluster(t, topo.Routed, bestMode(t))
-	victim := c.addPod(t, "victim", nsProd, nil, policy(""))
+	victim := c.addPod(t, "victim", nsProd, nil, policyOf(""))
 	old := c.addPod(t, "old", nsDev, nil, nil)
 	c.apply(t)
 	for _, v6 := range []bool{false, true} {
@@ -363,7 +364,7 @@ func TestClosedAndUnansweredConnectionsAreNoPinholes(t *testing.T) {
 		"ct_timeout_tcp_close_ns": uint64(time.Second),
 		"ct_timeout_tcp_syn_ns":   uint64(time.Second),
 	}))
-	isolated := c.addPod(t, "isolated", nsProd, nil, policy(""))
+	isolated := c.addPod(t, "isolated", nsProd, nil, policyOf(""))
 	r := c.tp.AddClient("r")
 	r.Echo(t, portWeb)
 	c.apply(t)
@@ -465,7 +466,7 @@ func TestAFloodBreaksNoOtherPodsFlows(t *testing.T) {
 	const size = 4096
 	t.Run("a full table", func(t *testing.T) {
 		c := newCluster(t, topo.Routed, bestMode(t), withConntrackSize(size))
-		holder := c.addPod(t, "holder", nsProd, nil, policy("allow tcp to ports 8080"))
+		holder := c.addPod(t, "holder", nsProd, nil, policyOf("allow tcp to ports 8080"))
 		flooder := c.addPod(t, "flooder", nsDev, nil, nil)
 		r := c.tp.AddClient("r")
 		r.Echo(t, portWeb)
@@ -499,7 +500,7 @@ func TestAFloodBreaksNoOtherPodsFlows(t *testing.T) {
 		const share = 1024
 		c := newCluster(t, topo.Routed, bestMode(t), withConntrackSize(size),
 			withConstants(map[string]any{"ct_endpoint_max": uint32(share)}))
-		holder := c.addPod(t, "holder", nsProd, nil, policy("allow tcp to ports 8080"))
+		holder := c.addPod(t, "holder", nsProd, nil, policyOf("allow tcp to ports 8080"))
 		flooder := c.addPod(t, "flooder", nsDev, nil, nil)
 		r := c.tp.AddClient("r")
 		r.Echo(t, portWeb)

@@ -20,9 +20,9 @@ func TestCoreOnEveryTopologyAndHook(t *testing.T) {
 				c := newCluster(t, kind, mode)
 				backendPod := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)
 				strangerPod := c.addPod(t, "stranger", nsDev, labels("role", "backend"), nil)
-				seed := c.addPod(t, "seed", nsProd, nil, policy("allow tcp from label role=backend"))
+				seed := c.addPod(t, "seed", nsProd, nil, policyOf("allow tcp from label role=backend"))
 				plain := c.addPod(t, "plain", nsProd, nil, nil)
-				isolated := c.addPod(t, "isolated", nsProd, nil, policy(""))
+				isolated := c.addPod(t, "isolated", nsProd, nil, policyOf(""))
 				cl := c.tp.AddClient("client")
 				cl.Echo(t, portWeb)
 				c.apply(t)
@@ -54,7 +54,7 @@ func TestCoreOnEveryTopologyAndHook(t *testing.T) {
 					for _, a := range []netip.Addr{seed.IPv4, seed.IPv6} {
 						streams = append(streams, openStream(t, backendPod.NS, "tcp", netip.AddrPortFrom(a, portWeb)))
 					}
-					c.setPolicy(t, seed, policy("allow udp from label role=backend"))
+					c.setPolicy(t, seed, policyOf("allow udp from label role=backend"))
 					for _, s := range streams {
 						require.ErrorIs(t, s.echo(dropWait), topo.ErrNoAnswer, "%s must be cut", s.name)
 					}

@@ -1,8 +1,10 @@
 package e2e
 
 import (
-	"github.com/podwall/podwall/bpf"
 	"testing"
+
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/policy"
 
 	"github.com/stretchr/testify/require"
 
@@ -19,18 +21,18 @@ func TestSeedExamplesAndDefaults(t *testing.T) {
 	backendPod := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)
 	frontendPod := c.addPod(t, "frontend", nsProd, labels("role", "frontend"), nil)
 	strangerPod := c.addPod(t, "stranger", nsDev, labels("role", "backend"), nil)
-	seed1 := c.addPod(t, "seed1", nsProd, labels("role", "db"), policy("allow tcp from label role=backend"))
+	seed1 := c.addPod(t, "seed1", nsProd, labels("role", "db"), policyOf("allow tcp from label role=backend"))
 	seed2 := c.addPod(t, "seed2", nsProd, labels("role", "etcd"),
-		policy("allow from label role=backend; allow tcp to ports 2379,443"))
+		policyOf("allow from label role=backend; allow tcp to ports 2379,443"))
 	plain := c.addPod(t, "plain", nsProd, labels("role", "web"), nil)
-	system := c.addPod(t, "system", nsSystem, labels("k8s-app", "dns"), policy("deny"))
-	isolated := c.addPod(t, "isolated", nsProd, nil, policy(""))
-	blank := c.addPod(t, "blank", nsProd, nil, policy(" ; ;\t;"))
-	invalid := c.addPod(t, "invalid", nsProd, labels("role", "backend"), policy("allow tcp form label role=backend"))
-	legacy := c.addPod(t, "legacy", nsProd, nil, map[string]string{compiler.LegacyAnnotationKey: "allow udp"})
+	system := c.addPod(t, "system", nsSystem, labels("k8s-app", "dns"), policyOf("deny"))
+	isolated := c.addPod(t, "isolated", nsProd, nil, policyOf(""))
+	blank := c.addPod(t, "blank", nsProd, nil, policyOf(" ; ;\t;"))
+	invalid := c.addPod(t, "invalid", nsProd, labels("role", "backend"), policyOf("allow tcp form label role=backend"))
+	legacy := c.addPod(t, "legacy", nsProd, nil, map[string]string{policy.LegacyAnnotationKey: "allow udp"})
 	bothKeys := c.addPod(t, "both-keys", nsProd, nil, map[string]string{
-		compiler.LegacyAnnotationKey: "allow udp",
-		compiler.AnnotationKey:       "allow tcp",
+		policy.LegacyAnnotationKey: "allow udp",
+		policy.AnnotationKey:       "allow tcp",
 	})
 	cl := c.tp.AddClient("client", remoteIPv4, remoteIPv6, worldIPv4, worldIPv6)
 	c.addRemote("remote-backend", nsProd, labels("role", "backend"), remoteIPv4, remoteIPv6)

@@ -39,7 +39,7 @@ func TestRestartKeepsEnforcingWithoutLoss(t *testing.T) {
 	for _, mode := range modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			c := newCluster(t, topo.Routed, mode)
-			target := c.addPod(t, "target", nsProd, nil, policy("allow tcp to ports 8080; allow udp to ports 8080"))
+			target := c.addPod(t, "target", nsProd, nil, policyOf("allow tcp to ports 8080; allow udp to ports 8080"))
 			cl := c.tp.AddClient("client")
 			c.apply(t)
 

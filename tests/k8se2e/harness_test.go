@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/stretchr/testify/require"
@@ -45,8 +47,8 @@ var defaults = compiler.Options{
 // none sends from the address the kernel picks.
 var none netip.Addr
 
-func policy(rules string) map[string]string {
-	return map[string]string{compiler.AnnotationKey: rules}
+func policyOf(rules string) map[string]string {
+	return map[string]string{policy.AnnotationKey: rules}
 }
 
 type podKey struct{ ns, name string }

@@ -22,7 +22,7 @@ func TestAgentRestart(t *testing.T) {
 	e.api.CreateNamespace(t, "shop", nil)
 	for _, p := range []podSpec{
 		{ns: "shop", name: "api", tp: api, labels: map[string]string{"role": "backend"},
-			annotations: policy("allow udp from label role=frontend to ports 8080; allow tcp from label role=frontend")},
+			annotations: policyOf("allow udp from label role=frontend to ports 8080; allow tcp from label role=frontend")},
 		{ns: "shop", name: "web", tp: web, labels: map[string]string{"role": "frontend"}},
 		{ns: "shop", name: "worker", tp: worker, labels: map[string]string{"role": "worker"}},
 	} {
@@ -45,7 +45,7 @@ func TestAgentRestart(t *testing.T) {
 	require.Contains(t, first.out.String(), "enforcement stays pinned")
 	// No agent: the pinned programs and maps keep enforcing, and the API moves on.
 	e.awaitApplied(defaults)
-	e.update(podKey{"shop", "web"}, func(p *podSpec) { p.annotations = policy("allow tcp from cidr 10.99.0.0/16") })
+	e.update(podKey{"shop", "web"}, func(p *podSpec) { p.annotations = policyOf("allow tcp from cidr 10.99.0.0/16") })
 	time.Sleep(300 * time.Millisecond)
 	second := e.startAgent(bin)
 	time.Sleep(200 * time.Millisecond)

@@ -10,11 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podwall/podwall/agent"
-	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/k8s"
 	"github.com/podwall/podwall/tests/proc"
 	"github.com/podwall/podwall/tests/topo"
@@ -36,14 +37,14 @@ func TestScenarios(t *testing.T) {
 	e.api.CreateNamespace(t, "shop", nil)
 	e.api.CreateNamespace(t, "other", nil)
 	apiPod := podSpec{ns: "shop", name: "api", tp: api, labels: map[string]string{"role": "backend"},
-		annotations: policy("allow tcp from label role=frontend to ports 8080")}
+		annotations: policyOf("allow tcp from label role=frontend to ports 8080")}
 	for _, p := range []podSpec{
 		apiPod,
 		{ns: "shop", name: "web", tp: web, labels: map[string]string{"role": "frontend"}},
 		{ns: "shop", name: "worker", tp: worker, labels: map[string]string{"role": "worker"}},
 		{ns: "other", name: "intruder", tp: intruder, labels: map[string]string{"role": "frontend"}},
 		// Annotations of an open namespace are ignored: this one would drop everything.
-		{ns: "kube-system", name: "dns", tp: dns, labels: map[string]string{"k8s-app": "dns"}, annotations: policy("deny")},
+		{ns: "kube-system", name: "dns", tp: dns, labels: map[string]string{"k8s-app": "dns"}, annotations: policyOf("deny")},
 		{ns: "shop", name: "remote", ips: []netip.Addr{remoteIP}, labels: map[string]string{"role": "frontend"}},
 		{ns: "shop", name: "host", hostNetwork: true, ips: []netip.Addr{e.tp.NodeIPv4}},
 	} {
@@ -104,7 +105,7 @@ func TestScenarios(t *testing.T) {
 
 	t.Run("re-annotated", func(t *testing.T) {
 		e.update(apiKey, func(p *podSpec) {
-			p.annotations = policy("allow tcp from label role=frontend to ports 9090; allow udp from label tier=batch")
+			p.annotations = policyOf("allow tcp from label role=frontend to ports 9090; allow udp from label tier=batch")
 		})
 		e.awaitApplied(defaults)
 		topo.Expect(t,
@@ -117,9 +118,9 @@ func TestScenarios(t *testing.T) {
 
 	t.Run("invalid annotation", func(t *testing.T) {
 		bad := "allow tcp from label role=frontend; allow tcp frm label role=worker"
-		_, perr := compiler.Parse(bad)
+		_, perr := policy.Parse(bad)
 		require.Error(t, perr)
-		e.update(webKey, func(p *podSpec) { p.annotations = policy(bad) })
+		e.update(webKey, func(p *podSpec) { p.annotations = policyOf(bad) })
 		e.awaitApplied(defaults)
 		topo.Expect(t,
 			topo.TCP("worker to web: isolated, invalid policy", worker.NS, none, web.IPv4, port, false),
@@ -168,7 +169,7 @@ func TestScenarios(t *testing.T) {
 	t.Run("namespace created and deleted", func(t *testing.T) {
 		e.api.CreateNamespace(t, "lab", map[string]string{"team": "research"})
 		e.create(podSpec{ns: "lab", name: "probe", tp: worker, labels: map[string]string{"role": "probe"},
-			annotations: policy("allow from cidr 10.99.0.0/16")})
+			annotations: policyOf("allow from cidr 10.99.0.0/16")})
 		e.awaitApplied(defaults)
 		topo.Expect(t,
 			topo.TCP("outside world to the new namespace's pod: rule 1 allows", client.NS, none, worker.IPv4, port, true),
@@ -192,7 +193,7 @@ func TestScenarios(t *testing.T) {
 		// Changed at once, while the agent's informers are still reconnecting.
 		e.update(webKey, func(p *podSpec) {
 			p.labels = map[string]string{"role": "frontend", "tier": "batch"}
-			p.annotations = policy("allow tcp from cidr 10.99.0.0/16 to ports 8080")
+			p.annotations = policyOf("allow tcp from cidr 10.99.0.0/16 to ports 8080")
 		})
 		flows.stop(t)
 		e.awaitApplied(defaults)

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/compiler"
@@ -57,7 +59,7 @@ func TestAwait(t *testing.T) {
 	in := compiler.Input{
 		Pods: []compiler.Pod{
 			{Namespace: "shop", Name: "api", Labels: map[string]string{"role": "api"},
-				Annotations: map[string]string{compiler.AnnotationKey: "allow tcp from label role=web to ports 8080"},
+				Annotations: map[string]string{policy.AnnotationKey: "allow tcp from label role=web to ports 8080"},
 				IPs:         []netip.Addr{netip.MustParseAddr("10.244.0.2")}},
 			{Namespace: "shop", Name: "web", Labels: map[string]string{"role": "web"},
 				IPs: []netip.Addr{netip.MustParseAddr("10.244.0.3")}},

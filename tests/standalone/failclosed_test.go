@@ -37,11 +37,11 @@ func TestFullMapsIsolateNotOpen(t *testing.T) {
 	opts.PolicyBudget = budget
 	specs := func(bigs string) []podSpec {
 		return []podSpec{
-			{ns: "shop", name: "big1", tp: big1, annotations: policy(portList(port, 30))},
-			{ns: "shop", name: "big2", tp: big2, annotations: policy(strings.Replace(portList(port, 30), "20003", "20000", 1))},
-			{ns: "shop", name: "small", tp: small, annotations: policy("deny tcp; allow udp")},
-			{ns: "shop", name: "over", tp: over, annotations: policy(portList(port, budget+1))},
-			{ns: "shop", name: "late", tp: late, annotations: policy(bigs)},
+			{ns: "shop", name: "big1", tp: big1, annotations: policyOf(portList(port, 30))},
+			{ns: "shop", name: "big2", tp: big2, annotations: policyOf(strings.Replace(portList(port, 30), "20003", "20000", 1))},
+			{ns: "shop", name: "small", tp: small, annotations: policyOf("deny tcp; allow udp")},
+			{ns: "shop", name: "over", tp: over, annotations: policyOf(portList(port, budget+1))},
+			{ns: "shop", name: "late", tp: late, annotations: policyOf(bigs)},
 			{ns: "shop", name: "client", tp: client},
 		}
 	}
@@ -73,7 +73,7 @@ func TestFullMapsIsolateNotOpen(t *testing.T) {
 
 	// The big policies go: the late one is admitted, the one over budget stays isolated.
 	next := specs(portList(port, 36))
-	next[0].annotations, next[1].annotations = policy(fmt.Sprintf("allow tcp to ports %d", port)), nil
+	next[0].annotations, next[1].annotations = policyOf(fmt.Sprintf("allow tcp to ports %d", port)), nil
 	c.write(next, "shop")
 	c.awaitApplied(opts)
 	topo.Expect(t,
@@ -130,7 +130,7 @@ func TestFullPolCIDRIsolatesTheLast(t *testing.T) {
 	c := newCluster(t, topo.Routed)
 	a, b, big, late, client := c.addPod("a"), c.addPod("b"), c.addPod("big"), c.addPod("late"), c.addPod("client")
 	cidrs := func(n int, net int) map[string]string {
-		return policy(rules(n, func(i int) string {
+		return policyOf(rules(n, func(i int) string {
 			if i == 0 {
 				return "allow tcp from cidr " + client.IPv4.String()
 			}
@@ -145,7 +145,7 @@ func TestFullPolCIDRIsolatesTheLast(t *testing.T) {
 			{ns: "shop", name: "client", tp: client},
 		}
 		if withLate {
-			s = append(s, podSpec{ns: "shop", name: "late", tp: late, annotations: policy("deny tcp; allow udp")})
+			s = append(s, podSpec{ns: "shop", name: "late", tp: late, annotations: policyOf("deny tcp; allow udp")})
 		}
 		return s
 	}
@@ -191,12 +191,12 @@ func TestFullPolIdentIsolatesOnePolicy(t *testing.T) {
 	small, big, late, client := c.addPod("small"), c.addPod("big"), c.addPod("late"), c.addPod("client")
 	specs := func(nPeers int, withLate bool) []podSpec {
 		s := append(peers(nPeers),
-			podSpec{ns: "shop", name: "small", tp: small, annotations: policy("allow tcp from label role=client")},
-			podSpec{ns: "shop", name: "big", tp: big, annotations: policy("allow tcp from label role=peer; allow tcp from label role=client")},
-			podSpec{ns: "shop", name: "client", tp: client, labels: map[string]string{"role": "client"}, annotations: policy("allow")},
+			podSpec{ns: "shop", name: "small", tp: small, annotations: policyOf("allow tcp from label role=client")},
+			podSpec{ns: "shop", name: "big", tp: big, annotations: policyOf("allow tcp from label role=peer; allow tcp from label role=client")},
+			podSpec{ns: "shop", name: "client", tp: client, labels: map[string]string{"role": "client"}, annotations: policyOf("allow")},
 		)
 		if withLate {
-			s = append(s, podSpec{ns: "shop", name: "late", tp: late, annotations: policy("deny tcp; allow udp")})
+			s = append(s, podSpec{ns: "shop", name: "late", tp: late, annotations: policyOf("deny tcp; allow udp")})
 		}
 		return s
 	}
@@ -229,11 +229,11 @@ func TestFullIPCacheIsolatesEnforcedPods(t *testing.T) {
 	guarded, late, client := c.addPod("guarded"), c.addPod("late"), c.addPod("client")
 	specs := func(nPeers int, withLate bool) []podSpec {
 		s := append(peers(nPeers),
-			podSpec{ns: "shop", name: "guarded", tp: guarded, annotations: policy("allow tcp from cidr " + client.IPv4.String())},
+			podSpec{ns: "shop", name: "guarded", tp: guarded, annotations: policyOf("allow tcp from cidr " + client.IPv4.String())},
 			podSpec{ns: "kube-system", name: "client", tp: client},
 		)
 		if withLate {
-			s = append(s, podSpec{ns: "shop", name: "late", tp: late, annotations: policy("deny tcp; allow udp")})
+			s = append(s, podSpec{ns: "shop", name: "late", tp: late, annotations: policyOf("deny tcp; allow udp")})
 		}
 		return s
 	}
@@ -267,11 +267,11 @@ func TestFullEndpointsDropForTheOneLeftOut(t *testing.T) {
 	c := newCluster(t, topo.Routed)
 	a, b, client, late := c.addPod("a"), c.addPod("b"), c.addPod("client"), c.addPod("late")
 	base := []podSpec{
-		{ns: "shop", name: "a", tp: a, annotations: policy("allow tcp from label role=client")},
+		{ns: "shop", name: "a", tp: a, annotations: policyOf("allow tcp from label role=client")},
 		{ns: "shop", name: "b", tp: b},
 		{ns: "shop", name: "client", tp: client, labels: map[string]string{"role": "client"}},
 	}
-	lateSpec := podSpec{ns: "shop", name: "late", tp: late, annotations: policy("deny tcp; allow udp")}
+	lateSpec := podSpec{ns: "shop", name: "late", tp: late, annotations: policyOf("deny tcp; allow udp")}
 	c.write(base, "shop")
 	ag, opts := startSized(c, defaults, map[string]uint32{bpf.PodwallMapEndpoints: 3})
 

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podwall/podwall/policy"
+
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -52,8 +54,8 @@ type podSpec struct {
 	hostNetwork bool
 }
 
-func policy(rules string) map[string]string {
-	return map[string]string{compiler.AnnotationKey: rules}
+func policyOf(rules string) map[string]string {
+	return map[string]string{policy.AnnotationKey: rules}
 }
 
 // cluster is a topology and the pods file that describes it.

@@ -18,7 +18,7 @@ func TestProgramAheadIsPushedBack(t *testing.T) {
 	c := newCluster(t, topo.Routed)
 	guarded, client := c.addPod("guarded"), c.addPod("client")
 	c.write([]podSpec{
-		{ns: "shop", name: "guarded", tp: guarded, annotations: policy("deny tcp; allow udp")},
+		{ns: "shop", name: "guarded", tp: guarded, annotations: policyOf("deny tcp; allow udp")},
 		{ns: "shop", name: "client", tp: client},
 	}, "shop")
 	a := c.startAgentUnready(defaults, func(_ *loader.Config, ac *agent.Config) { ac.ChainCheck = 100 * time.Millisecond })

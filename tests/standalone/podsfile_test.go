@@ -24,7 +24,7 @@ func TestBrokenPodsFileLeavesNoPodOpen(t *testing.T) {
 	c.confirm = 3 * time.Second
 	guarded, open, other, client := c.addPod("guarded"), c.addPod("open"), c.addPod("other"), c.addPod("client")
 	specs := []podSpec{
-		{ns: "shop", name: "guarded", tp: guarded, annotations: policy("allow tcp from label role=frontend")},
+		{ns: "shop", name: "guarded", tp: guarded, annotations: policyOf("allow tcp from label role=frontend")},
 		{ns: "shop", name: "open", tp: open},
 		{ns: "shop", name: "other", tp: other},
 		{ns: "shop", name: "client", tp: client},

@@ -59,7 +59,7 @@ func TestLeastPrivilege(t *testing.T) {
 	c := newCluster(t, topo.Routed)
 	guarded, client := c.addPod("guarded"), c.addPod("client")
 	c.write([]podSpec{
-		{ns: "shop", name: "guarded", tp: guarded, annotations: policy("deny tcp; allow udp")},
+		{ns: "shop", name: "guarded", tp: guarded, annotations: policyOf("deny tcp; allow udp")},
 		{ns: "shop", name: "client", tp: client},
 	}, "shop")
 	host := filepath.Join(c.bpffs, "podwall") // the node's /sys/fs/bpf/podwall

@@ -126,7 +126,7 @@ func TestRestartAndUninstall(t *testing.T) {
 	api, web, worker := c.addPod("api"), c.addPod("web"), c.addPod("worker")
 	c.write([]podSpec{
 		{ns: "shop", name: "api", tp: api, labels: map[string]string{"role": "backend"},
-			annotations: policy("allow udp from label role=frontend to ports 8080; allow tcp from label role=frontend")},
+			annotations: policyOf("allow udp from label role=frontend to ports 8080; allow tcp from label role=frontend")},
 		{ns: "shop", name: "web", tp: web, labels: map[string]string{"role": "frontend"}},
 		{ns: "shop", name: "worker", tp: worker, labels: map[string]string{"role": "worker"}},
 	}, "shop")

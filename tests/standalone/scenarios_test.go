@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podwall/podwall/policy"
+
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/agent"
@@ -40,13 +42,13 @@ func TestScenarios(t *testing.T) {
 	node := c.tp.Node
 
 	apiSpec := podSpec{ns: "shop", name: "api", tp: api, labels: map[string]string{"role": "backend"},
-		annotations: policy("allow tcp from label role=frontend to ports 8080")}
+		annotations: policyOf("allow tcp from label role=frontend to ports 8080")}
 	webSpec := podSpec{ns: "shop", name: "web", tp: web, labels: map[string]string{"role": "frontend"}}
 	workerSpec := podSpec{ns: "shop", name: "worker", tp: worker, labels: map[string]string{"role": "worker"}}
 	intruderSpec := podSpec{ns: "other", name: "intruder", tp: intruder, labels: map[string]string{"role": "frontend"}}
 	// Annotations of an open namespace are ignored: this one would drop everything.
 	dnsSpec := podSpec{ns: "kube-system", name: "dns", tp: dns, labels: map[string]string{"k8s-app": "dns"},
-		annotations: policy("deny")}
+		annotations: policyOf("deny")}
 	remoteSpec := podSpec{ns: "shop", name: "remote", ips: []netip.Addr{remoteIP}, labels: map[string]string{"role": "frontend"}}
 	hostSpec := podSpec{ns: "shop", name: "host", node: nodeName, hostNetwork: true, ips: []netip.Addr{c.tp.NodeIPv4}}
 	namespaces := []string{"shop", "other", "kube-system"}
@@ -89,7 +91,7 @@ func TestScenarios(t *testing.T) {
 	})
 
 	t.Run("re-annotated", func(t *testing.T) {
-		apiSpec.annotations = policy("allow tcp from label role=frontend to ports 9090")
+		apiSpec.annotations = policyOf("allow tcp from label role=frontend to ports 9090")
 		c.write(all(), namespaces...)
 		c.awaitApplied(defaults)
 		topo.Expect(t,
@@ -100,9 +102,9 @@ func TestScenarios(t *testing.T) {
 
 	t.Run("invalid annotation", func(t *testing.T) {
 		bad := "allow tcp frm label role=frontend"
-		_, perr := compiler.Parse(bad)
+		_, perr := policy.Parse(bad)
 		require.Error(t, perr)
-		webSpec.annotations = policy(bad)
+		webSpec.annotations = policyOf(bad)
 		c.write(all(), namespaces...)
 		c.awaitApplied(defaults)
 		topo.Expect(t,
@@ -158,7 +160,7 @@ func TestScenarios(t *testing.T) {
 
 	t.Run("namespace created and deleted", func(t *testing.T) {
 		lab := podSpec{ns: "lab", name: "probe", tp: worker, labels: map[string]string{"role": "probe"},
-			annotations: policy("allow from cidr 10.99.0.0/16")}
+			annotations: policyOf("allow from cidr 10.99.0.0/16")}
 		others := slices.DeleteFunc(all(), func(p podSpec) bool { return p.name == "worker" })
 		c.write(append(others, lab), append(namespaces, "lab")...)
 		c.awaitApplied(defaults)
@@ -181,7 +183,7 @@ func TestInterfaces(t *testing.T) {
 	// addresses before its network is set up, and so does this file.
 	lateIPs := []netip.Addr{netip.MustParseAddr("10.244.0.4"), netip.MustParseAddr("fd00:244::4")}
 	specs := []podSpec{
-		{ns: "shop", name: "api", tp: api, annotations: policy("allow tcp from label role=frontend")},
+		{ns: "shop", name: "api", tp: api, annotations: policyOf("allow tcp from label role=frontend")},
 		{ns: "shop", name: "web", tp: web, labels: map[string]string{"role": "frontend"}},
 		{ns: "shop", name: "late", node: nodeName, ips: lateIPs, labels: map[string]string{"role": "frontend"}},
 	}
@@ -258,7 +260,7 @@ func TestBridged(t *testing.T) {
 	c := newCluster(t, topo.Bridged)
 	api, web, worker := c.addPod("api"), c.addPod("web"), c.addPod("worker")
 	c.write([]podSpec{
-		{ns: "shop", name: "api", tp: api, annotations: policy("allow tcp from label role=frontend to ports 8080")},
+		{ns: "shop", name: "api", tp: api, annotations: policyOf("allow tcp from label role=frontend to ports 8080")},
 		{ns: "shop", name: "web", tp: web, labels: map[string]string{"role": "frontend"}},
 		{ns: "shop", name: "worker", tp: worker, labels: map[string]string{"role": "worker"}},
 	}, "shop")

@@ -33,7 +33,7 @@ func TestStrictModeHoldsNewInterfaces(t *testing.T) {
 
 	c.write([]podSpec{
 		{ns: "shop", name: "client", tp: client, labels: map[string]string{"role": "client"}},
-		{ns: "shop", name: "new", tp: pod, annotations: policy("allow tcp from label role=client")},
+		{ns: "shop", name: "new", tp: pod, annotations: policyOf("allow tcp from label role=client")},
 	}, "shop")
 	c.awaitApplied(defaults)
 	a.awaitMetric(t, 0, "podwall_interfaces_held")

@@ -1,4 +1,4 @@
-package compiler
+package policy
 
 import "net/netip"
 

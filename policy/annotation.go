@@ -1,4 +1,4 @@
-package compiler
+package policy
 
 // The annotation keys policy is read from (SPEC 1).
 const (
