@@ -114,5 +114,5 @@ func CheckPolicy(namespace string, rules []policy.Rule, budget int) error {
 	for i, t := range f.tags {
 		c.cl.tagIDs[t.tag] = []uint32{uint32(i + 1)}
 	}
-	return CheckBudget(c.materialize(1, &f), budget)
+	return CheckBudget(c.materialize(1, "", &f), budget)
 }

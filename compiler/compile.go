@@ -260,6 +260,7 @@ func (c *compilation) endpoints() {
 	if ipcacheFull != nil {
 		digest = ipcacheDigest(c.state.IPCache)
 	}
+	c.state.IPCacheVersion = digest | 1
 	var flags uint8
 	if c.in.AllowHost {
 		flags |= bpf.EPAllowHost
@@ -441,17 +442,17 @@ func (c *compilation) policyIDs() map[string]uint32 {
 		taken[id] = true
 		ids[enc] = id
 		if c.memo != nil {
-			c.state.Policies[id] = c.memo.materialized(id, enc, func() *Policy { return c.materialize(id, c.policies[enc]) })
+			c.state.Policies[id] = c.memo.materialized(id, enc, func() *Policy { return c.materialize(id, enc, c.policies[enc]) })
 		} else {
-			c.state.Policies[id] = c.materialize(id, c.policies[enc])
+			c.state.Policies[id] = c.materialize(id, enc, c.policies[enc])
 		}
 	}
 	return ids
 }
 
 // materialize keys a folded policy's entries by its id, and adds its pol_ident entries:
-// one for each identity that has a tag the policy names.
-func (c *compilation) materialize(id uint32, f *folded) *Policy {
+// one for each identity that has a tag the policy names. enc is f's encoding.
+func (c *compilation) materialize(id uint32, enc string, f *folded) *Policy {
 	p := &Policy{
 		Record: f.record,
 		Ident:  map[bpf.PodwallIdentKey]bpf.PodwallRuleVec{},
@@ -485,7 +486,33 @@ func (c *compilation) materialize(id uint32, f *folded) *Policy {
 	for _, e := range f.icmps {
 		p.ICMP[bpf.PodwallIcmpKey{Policy: id, Family: e.family, Type: e.typ, Code: e.code}] = e.rules.ruleVec()
 	}
+	p.Version = policyVersion(id, enc, p.Ident)
 	return p
+}
+
+// policyVersion hashes what a policy's entries are made of: its id, its folded encoding
+// (which gives its record and its CIDR, port and ICMP entries) and its pol_ident entries,
+// which depend on the cluster's identities too. The pol_ident entries are summed, so their
+// order does not count. Never 0.
+func policyVersion(id uint32, enc string, ident map[bpf.PodwallIdentKey]bpf.PodwallRuleVec) uint64 {
+	var sum uint64
+	for k, v := range ident {
+		h := mix64(uint64(k.Identity))
+		for _, w := range v.Bits {
+			h = mix64(h ^ w)
+		}
+		sum += h
+	}
+	return mix64(fnv64(enc)^uint64(id)<<32^sum) | 1
+}
+
+// mix64 is splitmix64's finalizer: every bit of x moves about half the bits of the result.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
 }
 
 // ipcacheDigest hashes the whole ipcache, in key order.

@@ -280,3 +280,33 @@ func TestStateInvariants(t *testing.T) {
 		}
 	}
 }
+
+// Versions follow content: two compilations of one input agree, and a policy's version
+// changes when the identities its label rules select do, as does the ipcache's.
+func TestVersionsFollowContent(t *testing.T) {
+	in := func(peers ...string) Input {
+		pods := []Pod{{Namespace: "shop", Name: "api", IPs: addrs("10.0.0.1"),
+			Annotations: annotated("allow tcp from label role=web; allow udp to ports 53")}}
+		for i, ip := range peers {
+			pods = append(pods, Pod{Namespace: "shop", Name: fmt.Sprint("web", i), IPs: addrs(ip),
+				Labels: map[string]string{"role": "web", "n": fmt.Sprint(i)}})
+		}
+		return Input{Pods: pods, Endpoints: []Endpoint{{Ifindex: 1, Namespace: "shop", Name: "api"}}}
+	}
+	version := func(s *State) uint64 {
+		require.Len(t, s.Policies, 1)
+		for _, p := range s.Policies {
+			require.NotZero(t, p.Version)
+			return p.Version
+		}
+		return 0
+	}
+	a, b := Compile(in("10.0.0.2")), Compile(in("10.0.0.2"))
+	require.Equal(t, version(a), version(b), "the same content")
+	require.Equal(t, a.IPCacheVersion, b.IPCacheVersion)
+	require.NotZero(t, a.IPCacheVersion)
+
+	c := Compile(in("10.0.0.2", "10.0.0.3"))
+	require.NotEqual(t, version(a), version(c), "another identity selected")
+	require.NotEqual(t, a.IPCacheVersion, c.IPCacheVersion)
+}

@@ -74,6 +74,9 @@ type State struct {
 	Endpoints map[uint32]bpf.PodwallEndpoint // ifindex ->
 	Policies  map[uint32]*Policy             // policy id ->
 	IPCache   map[bpf.PodwallIpAddr]uint32   // address -> identity
+	// IPCacheVersion is a hash of IPCache: two States with equal versions hold equal
+	// ipcaches. 0: unknown (a State not made by the compiler).
+	IPCacheVersion uint64
 	// Identities maps each pod identity of the ipcache to its tags, namespace tag first.
 	Identities map[uint32][]string
 	// Problems are the pods whose annotation or addresses could not be used as they are,
@@ -91,6 +94,9 @@ type Policy struct {
 	ICMP   map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec
 	// Rules[i] is where bit i came from.
 	Rules []RuleSource
+	// Version is a hash of the policy's content: two Policies of one id with equal Versions
+	// hold the same entries. 0: unknown (a Policy not made by the compiler).
+	Version uint64
 }
 
 // RuleSource is the origin of one rule bit.

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"reflect"
 
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
@@ -119,9 +118,9 @@ func entries(s *compiler.State) map[uint32]bpf.PodwallEndpointEntry {
 // ipcache is pruned before it grows: an address that leaves it is a pod that is gone, so its
 // removal can go first, and a nearly full ipcache then still takes the new pods.
 //
-// After a successful Apply, the next one writes only what changed: a policy that s shares
-// (the same *Policy) with the last state applied is not looked at again, nor is an ipcache
-// map it shares, as a compiler.Compiler's States do. States are read-only.
+// After a successful Apply, the next one writes only what changed: a policy whose Version is
+// the one of the last state applied is not looked at again, nor is an ipcache of the same
+// IPCacheVersion. States are read-only.
 func (a *Applier) Apply(s *compiler.State) error {
 	if !a.synced {
 		if err := a.load(); err != nil {
@@ -259,12 +258,12 @@ func (a *Applier) incremental(s *compiler.State) []func() error {
 	var added []*compiler.Policy             // new or changed
 	removed := map[uint32]*compiler.Policy{} // gone or changed, by id
 	for id, p := range s.Policies {
-		if old := last.Policies[id]; old != p {
+		if changed(last.Policies[id], p) {
 			added = append(added, p)
 		}
 	}
 	for id, old := range last.Policies {
-		if s.Policies[id] != old {
+		if changed(old, s.Policies[id]) {
 			removed[id] = old
 		}
 	}
@@ -282,7 +281,7 @@ func (a *Applier) incremental(s *compiler.State) []func() error {
 			return putEach(a.icmp, added, func(p *compiler.Policy) map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec { return p.ICMP })
 		},
 	}
-	if !sameMap(s.IPCache, last.IPCache) {
+	if s.IPCacheVersion == 0 || s.IPCacheVersion != last.IPCacheVersion {
 		steps = append(steps,
 			func() error { return a.pruneIPCache(s.IPCache) },
 			func() error { return a.ipcache.put(s.IPCache) })
@@ -357,9 +356,10 @@ func dropEach[K, V comparable](t *table[K, V], policies map[uint32]*compiler.Pol
 	return t.remove(keys)
 }
 
-// sameMap says whether a and b are one map, not two with equal contents.
-func sameMap[K comparable, V any](a, b map[K]V) bool {
-	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
+// changed says whether policy p must be written where old was: one of them is missing, or
+// their contents differ by version, or a version is unknown.
+func changed(old, p *compiler.Policy) bool {
+	return old == nil || p == nil || p.Version == 0 || old.Version != p.Version
 }
 
 func (a *Applier) load() error {
