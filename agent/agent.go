@@ -15,10 +15,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/podwall/podwall/agent/netif"
+	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/datapath"
 	"github.com/podwall/podwall/k8s"
-	"github.com/podwall/podwall/maps"
 )
 
 // Source is where the agent learns what runs: k8s.Cluster or k8s.File.
@@ -27,6 +27,39 @@ type Source interface {
 	// notify(err) for each failure after which it keeps its last view.
 	Run(ctx context.Context, notify func(error)) error
 	Snapshot() (k8s.Snapshot, error)
+}
+
+// Datapath is the data path the agent keeps in step with the source: datapath.Datapath.
+type Datapath interface {
+	// Apply makes the maps hold the state; datapath.ErrMapFull when a map had no room.
+	Apply(s *compiler.State) error
+	// Capacity is the room of the maps the state goes to.
+	Capacity() compiler.Capacity
+	// Fill says how full each map is.
+	Fill() []datapath.Fill
+	Attach(ifindex int) error
+	Detach(ifindex int) error
+	Attached() []int
+	// EnsureFirst puts podwall's programs first again where another went ahead of them.
+	EnsureFirst() ([]datapath.Displaced, error)
+	CollectConntrack() (datapath.Collection, error)
+	// Verdicts reads the packets counted under each reason.
+	Verdicts() ([bpf.NumReasons]uint64, error)
+}
+
+// Interfaces finds the pods' interfaces in the namespace the Datapath attaches in:
+// netif.Finder.
+type Interfaces interface {
+	// Find returns the ifindex of the interface that carries the traffic to these addresses.
+	Find(ips []netip.Addr) (int, error)
+	Exists(ifindex int) bool
+	// HostAddrs lists the node's own addresses.
+	HostAddrs() ([]netip.Addr, error)
+	// Links returns the ifindexes of the interfaces whose names match.
+	Links(match func(name string) bool) ([]int, error)
+	// Watch calls changed for each change of links, routes and neighbours until ctx is done
+	// (nil) or notifications were lost (an error).
+	Watch(ctx context.Context, changed func(netif.Change)) error
 }
 
 // Defaults of Config.
@@ -59,9 +92,9 @@ type Config struct {
 	Node     string
 	Options  compiler.Options
 	Source   Source
-	Datapath *datapath.Datapath
+	Datapath Datapath
 	// Finder looks up interfaces in the namespace the Datapath attaches in.
-	Finder *netif.Finder
+	Finder Interfaces
 	// Events receives Kubernetes Events; nil: findings are only logged.
 	Events Events
 	// Metrics default: NewMetrics of the Datapath's stats map.
@@ -113,7 +146,7 @@ func New(cfg Config) *Agent {
 		cfg.Logger = zap.NewNop()
 	}
 	if cfg.Metrics == nil {
-		cfg.Metrics = NewMetrics(cfg.Datapath.Maps().Stats)
+		cfg.Metrics = NewMetrics(cfg.Datapath.Verdicts)
 	}
 	if cfg.Debounce == 0 {
 		cfg.Debounce = DefaultDebounce
@@ -158,6 +191,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	sourceDone := make(chan error, 1)
 	go func() { sourceDone <- a.cfg.Source.Run(ctx, a.sourceChanged) }()
+	sourceJoined := false
+	defer func() {
+		// Nothing the agent started outlives Run: the source is stopped and waited for.
+		cancel()
+		if !sourceJoined {
+			<-sourceDone
+		}
+	}()
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
@@ -181,6 +222,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case err := <-sourceDone:
+			sourceJoined = true
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -315,7 +357,7 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 		a.cfg.Metrics.applyErrors.Inc()
 		a.cfg.Metrics.applyFailing.Set(float64(a.applyFailures.Add(1)))
 		f := finding{kind: kindApply, reason: ReasonApplyFailed, message: err.Error()}
-		if errors.Is(err, maps.ErrMapFull) {
+		if errors.Is(err, datapath.ErrMapFull) {
 			f.reason = ReasonMapFull
 		}
 		a.report.report([]string{kindApply}, []finding{f}, pods)

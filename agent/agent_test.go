@@ -3,9 +3,9 @@ package agent
 import (
 	"context"
 	"errors"
-	"github.com/podwall/podwall/bpf"
 	"net/netip"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/require"
@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/podwall/podwall/agent/netif"
+	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/k8s"
 )
@@ -59,35 +60,43 @@ func TestBuildInput(t *testing.T) {
 	require.Equal(t, uint8(bpf.ModeIsolate), state.Endpoints[7].Mode, "default deny reached the compiler")
 }
 
+// TestSettle runs in a synctest bubble, whose clock moves only when every goroutine waits:
+// the times are exact.
 func TestSettle(t *testing.T) {
 	const quiet, max = 20 * time.Millisecond, 200 * time.Millisecond
 	t.Run("quiet ends a burst", func(t *testing.T) {
-		tr := newTrigger()
-		go func() {
-			for range 5 {
-				tr.fire()
-				time.Sleep(quiet / 4)
-			}
-		}()
-		start := time.Now()
-		require.True(t, settle(t.Context(), tr, quiet, max))
-		took := time.Since(start)
-		require.GreaterOrEqual(t, took, quiet+4*quiet/4)
-		require.Less(t, took, max)
+		synctest.Test(t, func(t *testing.T) {
+			tr := newTrigger()
+			go func() {
+				for range 5 {
+					tr.fire()
+					time.Sleep(quiet / 4)
+				}
+			}()
+			start := time.Now()
+			require.True(t, settle(t.Context(), tr, quiet, max))
+			// The last fire comes 4 quarters in; quiet runs from there.
+			require.Equal(t, quiet+4*quiet/4, time.Since(start))
+		})
 	})
 	t.Run("max bounds an endless burst", func(t *testing.T) {
-		tr := newTrigger()
-		ctx, cancel := context.WithCancel(t.Context())
-		defer cancel()
-		go func() {
-			for ctx.Err() == nil {
-				tr.fire()
-				time.Sleep(quiet / 4)
-			}
-		}()
-		start := time.Now()
-		require.True(t, settle(ctx, tr, quiet, max))
-		require.InDelta(t, max.Seconds(), time.Since(start).Seconds(), (max / 2).Seconds())
+		synctest.Test(t, func(t *testing.T) {
+			tr := newTrigger()
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for ctx.Err() == nil {
+					tr.fire()
+					time.Sleep(quiet / 4)
+				}
+			}()
+			start := time.Now()
+			require.True(t, settle(ctx, tr, quiet, max))
+			require.Equal(t, max, time.Since(start))
+			cancel()
+			<-done
+		})
 	})
 	t.Run("fires coalesce", func(t *testing.T) {
 		tr := newTrigger()

@@ -1,13 +1,12 @@
 package agent
 
 import (
-	"github.com/cilium/ebpf"
-	"github.com/podwall/podwall/bpf"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
-	"github.com/podwall/podwall/maps"
+	"github.com/podwall/podwall/datapath"
 )
 
 // Metrics are the agent's Prometheus metrics.
@@ -40,8 +39,9 @@ type Metrics struct {
 const namespace = "podwall"
 
 // NewMetrics makes the agent's metrics in a registry of their own, with the Go runtime's and
-// the process's, and the verdict counters read from the data path's stats map at each scrape.
-func NewMetrics(stats *ebpf.Map) *Metrics {
+// the process's, and the verdict counters that readVerdicts reads (Datapath.Verdicts) at each
+// scrape.
+func NewMetrics(readVerdicts func() ([bpf.NumReasons]uint64, error)) *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
 		applySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -135,7 +135,7 @@ func NewMetrics(stats *ebpf.Map) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.applySeconds, m.applyErrors, m.applyFailing, m.attachErrors, m.sourceErrors, m.mapEntries, m.mapCapacity,
 		m.endpoints, m.identities, m.policies, m.pods, m.namespaces, m.invalidPolicies, m.problems,
-		m.interfaceMissing, m.interfacesHeld, m.displaced, m.ctEntries, m.ctCapacity, m.ctRemoved, m.ctErrors, &verdicts{stats: stats},
+		m.interfaceMissing, m.interfacesHeld, m.displaced, m.ctEntries, m.ctCapacity, m.ctRemoved, m.ctErrors, &verdicts{read: readVerdicts},
 	)
 	m.displaced.WithLabelValues("restored")
 	m.displaced.WithLabelValues("failed")
@@ -148,7 +148,7 @@ func NewMetrics(stats *ebpf.Map) *Metrics {
 }
 
 // observeState records what a successful apply left in the maps.
-func (m *Metrics) observeState(s *compiler.State, fill []maps.Fill) {
+func (m *Metrics) observeState(s *compiler.State, fill []datapath.Fill) {
 	m.endpoints.Set(float64(len(s.Endpoints)))
 	m.identities.Set(float64(len(s.Identities)))
 	m.policies.Set(float64(len(s.Policies)))
@@ -167,7 +167,7 @@ func (m *Metrics) observeState(s *compiler.State, fill []maps.Fill) {
 }
 
 // observeConntrack records a run of the conntrack collector.
-func (m *Metrics) observeConntrack(c maps.Collection) {
+func (m *Metrics) observeConntrack(c datapath.Collection) {
 	m.ctEntries.Set(float64(c.Live))
 	m.ctCapacity.Set(float64(c.Capacity))
 	m.displaced.WithLabelValues("restored")
@@ -176,9 +176,9 @@ func (m *Metrics) observeConntrack(c maps.Collection) {
 	m.ctRemoved.WithLabelValues("flushed").Add(float64(c.Flushed))
 }
 
-// verdicts reads the per-CPU stats map when scraped.
+// verdicts reads the data path's verdict counters when scraped.
 type verdicts struct {
-	stats *ebpf.Map
+	read func() ([bpf.NumReasons]uint64, error)
 }
 
 var verdictsDesc = prometheus.NewDesc(namespace+"_verdicts_total",
@@ -194,18 +194,13 @@ func (v *verdicts) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (v *verdicts) Collect(ch chan<- prometheus.Metric) {
-	failed := 0.0
-	for r := bpf.Reason(0); r < bpf.NumReasons; r++ {
-		var perCPU []uint64
-		if err := v.stats.Lookup(uint32(r), &perCPU); err != nil {
-			failed = 1
-			continue
-		}
-		var sum uint64
-		for _, n := range perCPU {
-			sum += n
-		}
-		ch <- prometheus.MustNewConstMetric(verdictsDesc, prometheus.CounterValue, float64(sum), r.String())
+	counts, err := v.read()
+	if err != nil {
+		ch <- prometheus.MustNewConstMetric(statsErrorDesc, prometheus.GaugeValue, 1)
+		return
 	}
-	ch <- prometheus.MustNewConstMetric(statsErrorDesc, prometheus.GaugeValue, failed)
+	for r, n := range counts {
+		ch <- prometheus.MustNewConstMetric(verdictsDesc, prometheus.CounterValue, float64(n), bpf.Reason(r).String())
+	}
+	ch <- prometheus.MustNewConstMetric(statsErrorDesc, prometheus.GaugeValue, 0)
 }

@@ -13,7 +13,8 @@ import (
 
 // Serve serves the metrics on /metrics, liveness on /healthz and readiness on /readyz at
 // addr until ctx is done. It returns once it listens (with the address it listens on, for
-// a port 0) or fails to.
+// a port 0) or fails to; the channel then gives the server's error, or nil once it has shut
+// down after ctx is done.
 func Serve(ctx context.Context, addr string, a *Agent) (net.Addr, <-chan error, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -24,19 +25,24 @@ func Serve(ctx context.Context, addr string, a *Agent) (net.Addr, <-chan error, 
 	mux.HandleFunc("/healthz", probe(a.Healthy, "the loop is stuck"))
 	mux.HandleFunc("/readyz", probe(a.Ready, "no state applied yet"))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
 	done := make(chan error, 1)
 	go func() {
-		err := srv.Serve(ln)
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
+		select {
+		case err := <-served:
+			done <- err
+		case <-ctx.Done():
+			// Shutdown returns once every request in flight is answered: after done, no
+			// scrape reads the data path any more, and it may be closed.
+			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			err := srv.Shutdown(shutdown)
+			if serr := <-served; !errors.Is(serr, http.ErrServerClosed) {
+				err = errors.Join(err, serr)
+			}
+			done <- err
 		}
-		done <- err
-	}()
-	go func() {
-		<-ctx.Done()
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(shutdown)
 	}()
 	return ln.Addr(), done, nil
 }

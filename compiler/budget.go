@@ -5,9 +5,8 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/policy"
 )
 
 // The classifier maps a policy's entries go to, in the order of a policy's sizes.

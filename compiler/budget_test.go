@@ -2,11 +2,12 @@ package compiler
 
 import (
 	"fmt"
-	"github.com/podwall/podwall/bpf"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/podwall/podwall/bpf"
 )
 
 // ports is an annotation allowing n single TCP ports that share no prefix: n pol_port entries.

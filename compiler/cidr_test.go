@@ -1,12 +1,13 @@
 package compiler
 
 import (
-	"github.com/podwall/podwall/bpf"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/podwall/podwall/bpf"
 )
 
 func vecOf(rules ...int) vec {

@@ -10,9 +10,8 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/policy"
 )
 
 type podKey struct{ namespace, name string }

@@ -8,10 +8,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/policy"
-
-	"github.com/stretchr/testify/require"
 )
 
 // onePod compiles a cluster of one local pod, ifindex 1, in namespace ns.

@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/policy"
-
-	"github.com/stretchr/testify/require"
 )
 
 var (

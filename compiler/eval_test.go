@@ -4,10 +4,10 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/policy"
-
-	"github.com/stretchr/testify/require"
 )
 
 func addrs(ips ...string) []netip.Addr {

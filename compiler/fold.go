@@ -6,9 +6,8 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/policy"
 )
 
 // rule is a rule of one pod, its labels turned into tags of the pod's namespace.

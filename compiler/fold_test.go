@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/policy"
-
-	"github.com/stretchr/testify/require"
 )
 
 // foldOf folds an annotation for a pod of namespace "ns" with labels and addresses.

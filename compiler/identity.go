@@ -6,9 +6,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/policy"
 )
 
 // identityTags are the tags of a pod's identity: its namespace tag, then one tag per label

@@ -8,9 +8,9 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/stretchr/testify/require"
+
+	"github.com/podwall/podwall/policy"
 )
 
 // TestCompilerEqualsCompile runs random sequences of changes to random clusters through one

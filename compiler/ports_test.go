@@ -5,9 +5,9 @@ import (
 	"testing"
 	"unsafe"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/stretchr/testify/require"
+
+	"github.com/podwall/podwall/policy"
 )
 
 func TestPortPrefixesCount(t *testing.T) {

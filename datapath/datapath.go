@@ -10,6 +10,24 @@ import (
 	"github.com/podwall/podwall/maps"
 )
 
+// The data path's API is this package's: the agent imports it, not loader or maps.
+type (
+	// Config is how the data path is loaded (loader.Config).
+	Config = loader.Config
+	// Mode is how the programs are attached (loader.Mode).
+	Mode = loader.Mode
+	// Fill is how full one map is (maps.Fill).
+	Fill = maps.Fill
+	// Collection is what one run of the conntrack collector did (maps.Collection).
+	Collection = maps.Collection
+	// Displaced is a hook where another program ran before podwall's (loader.Displaced).
+	Displaced = loader.Displaced
+)
+
+// ErrMapFull means a map had no room for an entry: the apply failed, and the next one
+// starts from what the kernel holds.
+var ErrMapFull = maps.ErrMapFull
+
 // Datapath is a loaded, pinned data path.
 type Datapath struct {
 	l *loader.Loader
@@ -20,14 +38,14 @@ type Datapath struct {
 }
 
 // CollectConntrack removes the conntrack entries that expired (see maps.Conntrack).
-func (d *Datapath) CollectConntrack() (maps.Collection, error) {
+func (d *Datapath) CollectConntrack() (Collection, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.ct.Collect(nil)
 }
 
 // Open loads the data path, reusing and repinning what a previous agent left.
-func Open(cfg loader.Config) (*Datapath, error) {
+func Open(cfg Config) (*Datapath, error) {
 	l, err := loader.Open(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open data path: %w", err)
@@ -43,7 +61,7 @@ func (d *Datapath) Apply(s *compiler.State) error {
 }
 
 // Fill reports how full each map the applier writes is.
-func (d *Datapath) Fill() []maps.Fill {
+func (d *Datapath) Fill() []Fill {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.a.Fill()
@@ -66,13 +84,28 @@ func (d *Datapath) Attach(ifindex int) error { return d.l.Attach(ifindex) }
 func (d *Datapath) Detach(ifindex int) error { return d.l.Detach(ifindex) }
 
 // EnsureFirst puts podwall's programs first again where another program went ahead of them.
-func (d *Datapath) EnsureFirst() ([]loader.Displaced, error) { return d.l.EnsureFirst() }
+func (d *Datapath) EnsureFirst() ([]Displaced, error) { return d.l.EnsureFirst() }
 
 // Attached lists the interfaces whose packets are judged.
 func (d *Datapath) Attached() []int { return d.l.Attached() }
 
 // Mode is how the programs are attached: tcx or clsact.
-func (d *Datapath) Mode() loader.Mode { return d.l.Mode() }
+func (d *Datapath) Mode() Mode { return d.l.Mode() }
+
+// Verdicts reads the packets counted under each reason, summed over the CPUs.
+func (d *Datapath) Verdicts() ([bpf.NumReasons]uint64, error) {
+	var out [bpf.NumReasons]uint64
+	var perCPU []uint64
+	for r := range bpf.NumReasons {
+		if err := d.l.Maps().Stats.Lookup(uint32(r), &perCPU); err != nil {
+			return out, fmt.Errorf("read the stats of reason %s: %w", r, err)
+		}
+		for _, n := range perCPU {
+			out[r] += n
+		}
+	}
+	return out, nil
+}
 
 // Maps gives read access to the maps (stats, conntrack, events).
 func (d *Datapath) Maps() *bpf.PodwallMaps { return d.l.Maps() }

@@ -7,12 +7,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/podwall/podwall/policy"
 	"github.com/podwall/podwall/tests/kapi"
 )
 

@@ -5,13 +5,12 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/podwall/podwall/policy"
-
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/policy"
 )
 
 // ErrNotSynced is returned by a source's Snapshot before it first held a whole view.

@@ -1,12 +1,12 @@
 package loader_test
 
 import (
-	"github.com/podwall/podwall/bpf"
 	"net/netip"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/loader"
 	"github.com/podwall/podwall/tests/topo"
 )

@@ -5,13 +5,12 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/policy"
 )
 
 // load gives the test a fresh, unpinned collection, with the ipcache shrunk to ipcacheMax

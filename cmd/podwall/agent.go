@@ -309,18 +309,23 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 		zap.String("default-policy", o.defaultPolicy), zap.Strings("open-namespaces", o.openNamespaces))
 	runErr := make(chan error, 1)
 	go func() { runErr <- a.Run(ctx) }()
-	for {
-		select {
-		case err := <-runErr:
-			return err
-		case err := <-serveErr:
-			serveErr = nil
-			if err != nil {
-				stop()
-				<-runErr
-				return fmt.Errorf("serve metrics: %w", err)
+	// The server is waited for before the data path closes (deferred above): no scrape may
+	// read a closed map.
+	select {
+	case err := <-runErr:
+		stop()
+		if serveErr != nil {
+			if serr := <-serveErr; serr != nil {
+				err = errors.Join(err, fmt.Errorf("serve metrics: %w", serr))
 			}
 		}
+		return err
+	case err := <-serveErr:
+		stop()
+		if err != nil {
+			return errors.Join(fmt.Errorf("serve metrics: %w", err), <-runErr)
+		}
+		return <-runErr // the server shut down because a signal ends the agent
 	}
 }
 

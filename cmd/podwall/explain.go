@@ -9,13 +9,12 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/podwall/podwall/bpf"
-	"github.com/podwall/podwall/policy"
-
 	"github.com/spf13/cobra"
 
+	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/k8s"
+	"github.com/podwall/podwall/policy"
 )
 
 func newExplainCmd(d deps) *cobra.Command {

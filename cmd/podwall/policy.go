@@ -7,13 +7,12 @@ import (
 	"io"
 	"os"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/spf13/cobra"
 	yamlv2 "go.yaml.in/yaml/v2"
 	"sigs.k8s.io/yaml"
 
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/policy"
 )
 
 func newPolicyCmd(d deps) *cobra.Command {

@@ -3,11 +3,10 @@ package main
 import (
 	"fmt"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/spf13/pflag"
 
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/policy"
 )
 
 // policyOptions are the flags that change what a policy means, shared by the agent and by

@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/require"
 
@@ -15,6 +13,7 @@ import (
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/datapath"
 	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/policy"
 	"github.com/podwall/podwall/tests/topo"
 )
 

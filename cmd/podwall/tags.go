@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/spf13/cobra"
+
+	"github.com/podwall/podwall/policy"
 )
 
 func newTagsCmd(d deps) *cobra.Command {

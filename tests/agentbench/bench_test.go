@@ -21,8 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -34,6 +32,7 @@ import (
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/policy"
 	"github.com/podwall/podwall/tests/kapi"
 	"github.com/podwall/podwall/tests/pinned"
 	"github.com/podwall/podwall/tests/topo"

@@ -5,9 +5,8 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/policy"
 )
 
 // The benchmark's cluster: the server pod under test and the client pod that sends to it, in

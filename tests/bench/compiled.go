@@ -6,10 +6,9 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/policy"
 )
 
 // Why a compiled state has no ruleset for a pod.

@@ -5,10 +5,9 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/policy"
 )
 
 // ControlPods is the size of the control-plane clusters.

@@ -6,9 +6,8 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/policy"
 )
 
 // Ruleset is one baseline's form of a pod's compiled policy for one family.

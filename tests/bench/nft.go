@@ -4,9 +4,8 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/policy"
 )
 
 // nftProto names the protocols as nftables' meta l4proto does.

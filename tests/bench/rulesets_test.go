@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"github.com/podwall/podwall/bpf"
 	"net/netip"
 	"strings"
 	"testing"
@@ -9,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/tests/topo"
 )

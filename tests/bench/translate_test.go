@@ -9,11 +9,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/policy"
 	"github.com/podwall/podwall/tests/benchdoc"
 )
 

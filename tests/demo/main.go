@@ -28,14 +28,13 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/podwall/podwall/bpf"
-	"github.com/podwall/podwall/policy"
-
 	"github.com/podwall/podwall/agent/netif"
+	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/k8s"
 	"github.com/podwall/podwall/loader"
 	"github.com/podwall/podwall/maps"
+	"github.com/podwall/podwall/policy"
 	"github.com/podwall/podwall/tests/topo"
 )
 

@@ -8,14 +8,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/policy"
 	"github.com/podwall/podwall/tests/topo"
 )
 

@@ -9,9 +9,8 @@ import (
 	"strings"
 
 	"github.com/podwall/podwall/bpf"
-	"github.com/podwall/podwall/policy"
-
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/policy"
 )
 
 func pick[T any](rng *rand.Rand, xs []T) T { return xs[rng.IntN(len(xs))] }

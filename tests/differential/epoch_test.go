@@ -4,12 +4,11 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/policy"
 	"github.com/podwall/podwall/tests/topo"
 )
 

@@ -3,9 +3,9 @@ package differential
 import (
 	"encoding/binary"
 	"fmt"
-	"github.com/podwall/podwall/bpf"
 	"math/rand/v2"
 
+	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 )
 

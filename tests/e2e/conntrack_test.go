@@ -4,12 +4,11 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/podwall/podwall/bpf"
-
 	"github.com/stretchr/testify/require"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/tests/topo"
 )
 

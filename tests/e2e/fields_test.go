@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/podwall/podwall/bpf"
-
 	"github.com/podwall/podwall/tests/topo"
 )
 

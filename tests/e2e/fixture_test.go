@@ -6,8 +6,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
@@ -15,6 +13,7 @@ import (
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/datapath"
 	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/policy"
 	"github.com/podwall/podwall/tests/topo"
 )
 

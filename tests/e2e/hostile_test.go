@@ -7,10 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podwall/podwall/bpf"
-
 	"github.com/stretchr/testify/require"
 
+	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/tests/topo"
 )
 

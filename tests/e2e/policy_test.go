@@ -3,12 +3,11 @@ package e2e
 import (
 	"testing"
 
-	"github.com/podwall/podwall/bpf"
-	"github.com/podwall/podwall/policy"
-
 	"github.com/stretchr/testify/require"
 
+	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/policy"
 	"github.com/podwall/podwall/tests/topo"
 )
 

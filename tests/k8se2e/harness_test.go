@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/stretchr/testify/require"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/podwall/podwall/agent/netif"
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/policy"
 	"github.com/podwall/podwall/tests/kapi"
 	"github.com/podwall/podwall/tests/pinned"
 	"github.com/podwall/podwall/tests/topo"

@@ -15,8 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podwall/podwall/tests/proc"
 	"github.com/stretchr/testify/require"
+
+	"github.com/podwall/podwall/tests/proc"
 )
 
 // agentProcess is `podwall agent` watching the test's API server.

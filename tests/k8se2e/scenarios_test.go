@@ -10,13 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podwall/podwall/agent"
 	"github.com/podwall/podwall/k8s"
+	"github.com/podwall/podwall/policy"
 	"github.com/podwall/podwall/tests/proc"
 	"github.com/podwall/podwall/tests/topo"
 )

@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podwall/podwall/policy"
-
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -30,6 +28,7 @@ import (
 	"github.com/podwall/podwall/datapath"
 	"github.com/podwall/podwall/k8s"
 	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/policy"
 	"github.com/podwall/podwall/tests/pinned"
 	"github.com/podwall/podwall/tests/topo"
 )
@@ -250,7 +249,7 @@ func (c *cluster) startAgentUnready(opts compiler.Options, edits ...func(*loader
 	}
 	r := &runningAgent{
 		t: c.t, done: make(chan error, 1), dp: dp, finder: finder, logs: logs,
-		metrics: agent.NewMetrics(dp.Maps().Stats),
+		metrics: agent.NewMetrics(dp.Verdicts),
 		ready:   filepath.Join(c.t.TempDir(), "ready"),
 	}
 	r.agent = agent.New(agent.Config{

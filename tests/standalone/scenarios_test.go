@@ -8,14 +8,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podwall/podwall/policy"
-
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/agent"
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/policy"
 	"github.com/podwall/podwall/tests/topo"
 )
 

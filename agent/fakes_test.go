@@ -1,0 +1,205 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/podwall/podwall/agent/netif"
+	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/datapath"
+	"github.com/podwall/podwall/k8s"
+)
+
+// fakeDatapath records, in order, what the agent asks of the data path.
+type fakeDatapath struct {
+	mu       sync.Mutex
+	ops      []string
+	attached []int
+	applied  *compiler.State
+	capacity compiler.Capacity
+	// applyErrs are returned by the next Applies, one each.
+	applyErrs []error
+}
+
+func (d *fakeDatapath) record(op string) {
+	d.ops = append(d.ops, op)
+}
+
+func (d *fakeDatapath) Apply(s *compiler.State) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.record("apply")
+	if len(d.applyErrs) > 0 {
+		err := d.applyErrs[0]
+		d.applyErrs = d.applyErrs[1:]
+		if err != nil {
+			return err
+		}
+	}
+	d.applied = s
+	return nil
+}
+
+func (d *fakeDatapath) Capacity() compiler.Capacity { return d.capacity }
+
+func (d *fakeDatapath) Fill() []datapath.Fill { return nil }
+
+func (d *fakeDatapath) Attach(ifindex int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.record(fmt.Sprint("attach ", ifindex))
+	d.attached = append(d.attached, ifindex)
+	return nil
+}
+
+func (d *fakeDatapath) Detach(ifindex int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.record(fmt.Sprint("detach ", ifindex))
+	d.attached = slices.DeleteFunc(d.attached, func(i int) bool { return i == ifindex })
+	return nil
+}
+
+func (d *fakeDatapath) Attached() []int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.attached)
+}
+
+func (d *fakeDatapath) EnsureFirst() ([]datapath.Displaced, error) { return nil, nil }
+
+func (d *fakeDatapath) CollectConntrack() (datapath.Collection, error) {
+	return datapath.Collection{Capacity: 100}, nil
+}
+
+func (d *fakeDatapath) Verdicts() ([bpf.NumReasons]uint64, error) {
+	return [bpf.NumReasons]uint64{}, nil
+}
+
+// takeOps returns the operations recorded since the last call.
+func (d *fakeDatapath) takeOps() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ops := d.ops
+	d.ops = nil
+	return ops
+}
+
+// fakeInterfaces is a node whose pods' interfaces are a table.
+type fakeInterfaces struct {
+	mu      sync.Mutex
+	byAddr  map[netip.Addr]int
+	changed func(netif.Change)
+}
+
+func (f *fakeInterfaces) set(ip string, ifindex int) {
+	f.mu.Lock()
+	if ifindex == 0 {
+		delete(f.byAddr, netip.MustParseAddr(ip))
+	} else {
+		f.byAddr[netip.MustParseAddr(ip)] = ifindex
+	}
+	changed := f.changed
+	f.mu.Unlock()
+	if changed != nil {
+		changed(netif.Change{Kind: netif.LinkChange})
+	}
+}
+
+func (f *fakeInterfaces) Find(ips []netip.Addr) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, ip := range ips {
+		if i, ok := f.byAddr[ip]; ok {
+			return i, nil
+		}
+	}
+	return 0, netif.ErrNotFound
+}
+
+func (f *fakeInterfaces) Exists(ifindex int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, i := range f.byAddr {
+		if i == ifindex {
+			return true
+		}
+	}
+	return false
+}
+
+func (f *fakeInterfaces) HostAddrs() ([]netip.Addr, error) {
+	return []netip.Addr{netip.MustParseAddr("192.168.0.1")}, nil
+}
+
+func (f *fakeInterfaces) Links(func(string) bool) ([]int, error) { return nil, nil }
+
+func (f *fakeInterfaces) Watch(ctx context.Context, changed func(netif.Change)) error {
+	f.mu.Lock()
+	f.changed = changed
+	f.mu.Unlock()
+	<-ctx.Done()
+	return nil
+}
+
+// fakeSource holds a snapshot the test sets.
+type fakeSource struct {
+	mu     sync.Mutex
+	snap   k8s.Snapshot
+	notify func(error)
+}
+
+func (s *fakeSource) Run(ctx context.Context, notify func(error)) error {
+	s.mu.Lock()
+	s.notify = notify
+	s.mu.Unlock()
+	notify(nil)
+	<-ctx.Done()
+	return nil
+}
+
+func (s *fakeSource) Snapshot() (k8s.Snapshot, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snap, nil
+}
+
+func (s *fakeSource) set(pods ...k8s.Pod) {
+	s.mu.Lock()
+	s.snap = k8s.Snapshot{Pods: pods, Namespaces: []string{"shop"}}
+	notify := s.notify
+	s.mu.Unlock()
+	if notify != nil {
+		notify(nil)
+	}
+}
+
+// fakeEvents records the Events the agent posts, as "reason pod" or "reason node".
+type fakeEvents struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (e *fakeEvents) PodWarning(p k8s.Pod, reason, _ string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.events = append(e.events, reason+" "+p.Namespace+"/"+p.Name)
+}
+
+func (e *fakeEvents) NodeWarning(reason, _ string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.events = append(e.events, reason+" node")
+}
+
+func (e *fakeEvents) take() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := e.events
+	e.events = nil
+	return out
+}
