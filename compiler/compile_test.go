@@ -3,7 +3,6 @@ package compiler
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"testing"
@@ -193,91 +192,6 @@ func TestPolicyIDProbing(t *testing.T) {
 		}
 		require.Equal(t, map[string]uint32{min(a, b): h, max(a, b): h + 1}, c.policyIDs())
 		require.Len(t, c.state.Policies, 2)
-	}
-}
-
-// The state depends on the content of the input only.
-func TestDeterminism(t *testing.T) {
-	rng := rand.New(rand.NewPCG(7, 8))
-	for range 20 {
-		sc := randomScenario(rng)
-		want := Compile(sc.input)
-		for range 3 {
-			in := sc.input
-			in.Pods = append([]Pod(nil), in.Pods...)
-			in.Endpoints = append([]Endpoint(nil), in.Endpoints...)
-			in.HostIPs = append([]netip.Addr(nil), in.HostIPs...)
-			rng.Shuffle(len(in.Pods), func(i, j int) { in.Pods[i], in.Pods[j] = in.Pods[j], in.Pods[i] })
-			rng.Shuffle(len(in.Endpoints), func(i, j int) { in.Endpoints[i], in.Endpoints[j] = in.Endpoints[j], in.Endpoints[i] })
-			rng.Shuffle(len(in.HostIPs), func(i, j int) { in.HostIPs[i], in.HostIPs[j] = in.HostIPs[j], in.HostIPs[i] })
-			require.Equal(t, want, Compile(in))
-		}
-	}
-}
-
-// Every key of a policy carries its id, every stored vector differs from the miss vector
-// (a stored wildcard would be a wasted entry), and a field no rule constrains is not
-// flagged, so its lookup can be skipped.
-func TestStateInvariants(t *testing.T) {
-	rng := rand.New(rand.NewPCG(9, 10))
-	for range 50 {
-		s := Compile(randomScenario(rng).input)
-		for id, p := range s.Policies {
-			r := p.Record
-			var live vec
-			for fi := range r.Proto {
-				for c := range r.Proto[fi] {
-					live = live.or(r.Proto[fi][c])
-				}
-			}
-			ports := [2]int{}
-			for k := range p.Port {
-				ports[k.Dir]++
-			}
-			for _, w := range []struct {
-				wild vec
-				flag uint32
-				n    int
-			}{
-				{r.WildIdent, bpf.PFIdent, len(p.Ident)}, {r.WildCidr, bpf.PFCIDR, len(p.CIDR)},
-				{r.WildSport, bpf.PFSport, ports[bpf.DirSrc]}, {r.WildDport, bpf.PFDport, ports[bpf.DirDst]},
-				{r.WildIcmp, bpf.PFICMP, len(p.ICMP)},
-			} {
-				require.Equal(t, w.wild, w.wild.and(live))
-				if r.Flags&w.flag == 0 {
-					require.Equal(t, live, w.wild)
-					require.Zero(t, w.n)
-				}
-			}
-			for k, v := range p.Ident {
-				require.Equal(t, id, k.Policy)
-				require.NotEqual(t, vec(r.WildIdent), vec(v.Bits))
-				require.Contains(t, s.Identities, k.Identity)
-			}
-			for k, v := range p.CIDR {
-				require.Equal(t, id, k.Policy)
-				require.NotEqual(t, vec(r.WildCidr), vec(v.Bits))
-			}
-			for k, v := range p.Port {
-				require.Equal(t, id, k.Policy)
-				wild := [2]vec{bpf.DirSrc: r.WildSport, bpf.DirDst: r.WildDport}[k.Dir]
-				require.NotEqual(t, wild, vec(v.Bits))
-			}
-			for k, v := range p.ICMP {
-				require.Equal(t, id, k.Policy)
-				require.NotEqual(t, vec(r.WildIcmp), vec(v.Bits))
-			}
-			require.Len(t, p.Rules, int(r.Nrules))
-		}
-		for k, id := range s.IPCache {
-			require.Contains(t, []uint8{bpf.FamV4, bpf.FamV6}, k.Family)
-			if id != bpf.IDHost {
-				require.Contains(t, s.Identities, id)
-			}
-		}
-		for _, ep := range s.Endpoints {
-			require.NotZero(t, ep.Generation)
-		}
 	}
 }
 

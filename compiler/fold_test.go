@@ -1,10 +1,8 @@
 package compiler
 
 import (
-	"math/rand/v2"
 	"net/netip"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -132,31 +130,4 @@ func TestNamespaceRule(t *testing.T) {
 	require.Equal(t, []tagRules{{"namespace_prod", vecOf(0)}}, f.tags)
 	require.Equal(t, uint32(bpf.PFIdent), f.record.Flags)
 	require.Equal(t, RuleSource{Text: "allow from namespace prod (default policy)"}, f.rules[0])
-}
-
-// TestProtoMasksLeaveOtherProtocolsFieldsFree checks what classify in bpf/podwall.c relies on
-// to skip lookups: the rules a packet of a class can match leave free the fields of the other
-// protocols. Ports belong to tcp and udp rules and ICMP types to icmp and icmpv6 rules, so
-// proto[fam][class] of ICMP and other packets is within the port wildcards, and of TCP, UDP
-// and other packets within the ICMP wildcard.
-func TestProtoMasksLeaveOtherProtocolsFieldsFree(t *testing.T) {
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
-	for range 200 {
-		s := Compile(randomScenario(rng).input)
-		for id, p := range s.Policies {
-			rec := p.Record
-			for fi := range rec.Proto {
-				for class, proto := range rec.Proto[fi] {
-					v := vec(proto)
-					if class == bpf.ClassICMP || class == bpf.ClassOther {
-						require.Equal(t, v, v.and(vec(rec.WildSport)), "policy %#x family %d class %d: a rule with source ports", id, fi, class)
-						require.Equal(t, v, v.and(vec(rec.WildDport)), "policy %#x family %d class %d: a rule with destination ports", id, fi, class)
-					}
-					if class != bpf.ClassICMP {
-						require.Equal(t, v, v.and(vec(rec.WildIcmp)), "policy %#x family %d class %d: a rule with an ICMP type", id, fi, class)
-					}
-				}
-			}
-		}
-	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/compiler/compilertest"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -68,11 +69,11 @@ func TestDifferential(t *testing.T) {
 	disagreements, judged := 0, 0
 	count := map[bpf.Reason]int{}
 	for n := 0; judged < packets; n++ {
-		c := randomCluster(rng, devices)
-		s := compiler.Compile(c.in)
+		c := compilertest.Random(rng, devices)
+		s := compiler.Compile(c.Input)
 		require.NoError(t, d.applier.Apply(s), "apply cluster %d (%s)", n, replay)
 		for i := range min(packetsPerCluster, packets-judged) {
-			ifindex, p := c.randomPacket(rng)
+			ifindex, p := c.RandomPacket(rng)
 			w := randomWire(rng, p)
 			want := frameVerdict(s, ifindex, w, compiler.Evaluate(s, ifindex, p))
 			got, err := d.judge(ifindex, p.FromNode, frame(p, w))
@@ -86,7 +87,7 @@ func TestDifferential(t *testing.T) {
 			disagreements++
 			if len(reports) < maxReports {
 				reports = append(reports, fmt.Sprintf("cluster %d packet %d on ifindex %d: %s\n  packet: %s\n  Evaluate: %+v\n  to_pod: %v\n%s",
-					n, i, ifindex, diff, describe(p, w), want, got, c.policyOf(ifindex)))
+					n, i, ifindex, diff, describe(p, w), want, got, c.Describe(ifindex)))
 			}
 		}
 	}

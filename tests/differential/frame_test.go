@@ -266,3 +266,5 @@ func describe(p compiler.Packet, w wire) string {
 	}
 	return s + fmt.Sprintf(", %d bytes of payload, %d of padding, tags %#x, length field %+d", len(w.payload), w.pad, w.tags, w.lie)
 }
+
+func pick[T any](rng *rand.Rand, xs []T) T { return xs[rng.IntN(len(xs))] }

@@ -1,4 +1,7 @@
-package differential
+// Package compilertest makes random clusters and packets for the tests that hold the
+// compiler, its reference evaluator and the data path against each other: one generator,
+// so that every such test draws from the same variety of policies.
+package compilertest
 
 import (
 	"fmt"
@@ -13,7 +16,23 @@ import (
 	"github.com/podwall/podwall/policy"
 )
 
-func pick[T any](rng *rand.Rand, xs []T) T { return xs[rng.IntN(len(xs))] }
+// IP protocol numbers of the packets.
+const (
+	ProtoICMP   = 1
+	ProtoTCP    = 6
+	ProtoUDP    = 17
+	ProtoICMPv6 = 58
+)
+
+// Kind is what a generated pod's annotation holds.
+type Kind int
+
+const (
+	KindNone    Kind = iota // no annotation
+	KindRules               // rules, or none (an empty annotation isolates)
+	KindInvalid             // an annotation that does not parse
+	KindTooMany             // more than bpf.MaxRules rules
+)
 
 var (
 	namespaces = []string{"alpha", "beta", "kube-system"}
@@ -22,16 +41,22 @@ var (
 	hostIPs    = []netip.Addr{netip.MustParseAddr("192.168.0.1"), netip.MustParseAddr("fd00:ffff::1")}
 )
 
-// cluster is a random cluster as one node sees it: the compiler's input, and, per endpoint
-// pod, the values at the edges of its rules, of which most packets are made.
-type cluster struct {
-	in compiler.Input
-	// addrs are every pod's and the node's addresses.
-	addrs []netip.Addr
+func pick[T any](rng *rand.Rand, xs []T) T { return xs[rng.IntN(len(xs))] }
+
+// Cluster is a random cluster as one node sees it: the compiler's input, and what each
+// pod's annotation was written from.
+type Cluster struct {
+	Input compiler.Input
+	// Kinds and Rules say what each pod's annotation holds, by "namespace/name": Rules are
+	// the rules of a KindRules annotation, in order.
+	Kinds map[string]Kind
+	Rules map[string][]policy.Rule
+	// Addrs are every pod's and the node's addresses.
+	Addrs []netip.Addr
+	// Devices are the interfaces packets may arrive on: the endpoints' and others.
+	Devices []uint32
 	// edges holds the edges of each annotated pod's rules, by namespace/name.
 	edges map[string]*edges
-	// devices are the interfaces packets may arrive on: the endpoints' and others.
-	devices []uint32
 }
 
 // edges are values at the edges of rules: a CIDR's first and last addresses and their
@@ -43,11 +68,14 @@ type edges struct {
 	codes []uint8
 }
 
-// randomCluster makes a cluster whose endpoints are some of devices, the ifindexes of real
-// interfaces (BPF_PROG_TEST_RUN runs only on an interface that exists).
-func randomCluster(rng *rand.Rand, devices []uint32) *cluster {
-	c := &cluster{edges: map[string]*edges{}, devices: devices}
-	in := &c.in
+// Key names a pod in Kinds and Rules.
+func Key(p *compiler.Pod) string { return p.Namespace + "/" + p.Name }
+
+// Random makes a cluster whose endpoints are some of devices (ifindexes; nil: made up), and
+// one endpoint of a pod the cluster does not know.
+func Random(rng *rand.Rand, devices []uint32) *Cluster {
+	c := &Cluster{Kinds: map[string]Kind{}, Rules: map[string][]policy.Rule{}, edges: map[string]*edges{}}
+	in := &c.Input
 	in.HostIPs = hostIPs[:1+rng.IntN(2)]
 	in.DefaultPolicy = pick(rng, []compiler.DefaultPolicy{compiler.DefaultNamespace, compiler.DefaultNamespace, compiler.DefaultAllow, compiler.DefaultDeny})
 	in.AllowHost = rng.IntN(2) == 0
@@ -55,10 +83,10 @@ func randomCluster(rng *rand.Rand, devices []uint32) *cluster {
 	if rng.IntN(3) > 0 {
 		in.OpenNamespaces = []string{"kube-system"}
 	}
-	c.addrs = append(c.addrs, hostIPs...)
+	c.Addrs = append(c.Addrs, hostIPs...)
 
 	for nsi, ns := range namespaces {
-		n := 2 + rng.IntN(6)
+		n := 2 + rng.IntN(7)
 		if ns == "kube-system" {
 			n = 1 + rng.IntN(2)
 		}
@@ -72,22 +100,29 @@ func randomCluster(rng *rand.Rand, devices []uint32) *cluster {
 				p.HostNetwork = true
 				p.IPs = in.HostIPs
 			case f == 1: // an address that is already taken
-				p.IPs = []netip.Addr{pick(rng, c.addrs)}
+				p.IPs = []netip.Addr{pick(rng, c.Addrs)}
 			case f == 2: // no address yet
 			default:
 				v4 := netip.AddrFrom4([4]byte{10, 0, byte(nsi), byte(1 + i)})
 				v6 := netip.AddrFrom16([16]byte{0: 0xfd, 13: byte(nsi), 15: byte(1 + i)})
-				p.IPs = pick(rng, [][]netip.Addr{{v4}, {v6}, {v4, v6}, {v4, v6}})
+				p.IPs = pick(rng, [][]netip.Addr{{v4}, {v4}, {v6}, {v4, v6}, {v4, v6}})
 			}
-			c.addrs = append(c.addrs, p.IPs...)
+			c.Addrs = append(c.Addrs, p.IPs...)
 			c.annotate(rng, &p)
 			in.Pods = append(in.Pods, p)
 		}
 	}
 
+	if devices == nil {
+		for i := range in.Pods {
+			devices = append(devices, uint32(10+i))
+		}
+		devices = append(devices, 9)
+	}
+	c.Devices = devices
 	// Some devices are endpoints of pods, one may be the endpoint of a pod the cluster does
 	// not know (isolated), and the others are no endpoints at all.
-	free := append([]uint32(nil), devices...)
+	free := slices.Clone(devices)
 	rng.Shuffle(len(free), func(i, j int) { free[i], free[j] = free[j], free[i] })
 	for _, p := range in.Pods {
 		if len(free) > 1 && rng.IntN(3) > 0 {
@@ -103,19 +138,25 @@ func randomCluster(rng *rand.Rand, devices []uint32) *cluster {
 
 // annotate gives a pod no annotation, rules, an empty one (isolation), one that does not parse
 // or one with too many rules, under either key or both.
-func (c *cluster) annotate(rng *rand.Rand, p *compiler.Pod) {
+func (c *Cluster) annotate(rng *rand.Rand, p *compiler.Pod) {
+	k := Key(p)
 	var value string
 	switch f := rng.IntN(40); {
-	case f < 5:
+	case f < 6:
+		c.Kinds[k] = KindNone
 		return
-	case f < 7:
+	case f < 8:
+		c.Kinds[k] = KindInvalid
 		value = pick(rng, []string{"allow tcp frm label app=web", "allow; permit", "deny udp to ports 90:80",
 			"allow icmp code 3", "allow tcp to ports 65536", "allow from cidr 10.0.0.0/33"})
-	case f < 8:
-		value = pick(rng, []string{"", ";", " ; ;\n"})
 	case f < 9:
+		c.Kinds[k] = KindRules
+		value = pick(rng, []string{"", ";", " ; ;\n"})
+	case f < 10:
+		c.Kinds[k] = KindTooMany
 		value = strings.Repeat("allow;", bpf.MaxRules+1)
 	default:
+		c.Kinds[k] = KindRules
 		n := 1 + rng.IntN(12)
 		switch rng.IntN(30) {
 		case 0, 1, 2:
@@ -124,18 +165,20 @@ func (c *cluster) annotate(rng *rand.Rand, p *compiler.Pod) {
 			n = bpf.MaxRules - rng.IntN(100)
 		}
 		e := &edges{}
-		c.edges[p.Namespace+"/"+p.Name] = e
-		rules := make([]string, n)
-		for i := range rules {
-			rules[i] = c.randomRule(rng, e)
+		c.edges[k] = e
+		texts := make([]string, n)
+		for i := range texts {
+			var r policy.Rule
+			r, texts[i] = c.randomRule(rng, e)
+			c.Rules[k] = append(c.Rules[k], r)
 		}
-		value = strings.Join(rules, pick(rng, []string{";", "; ", " ;\n", ";;"})) + pick(rng, []string{"", ";", " ; "})
+		value = strings.Join(texts, pick(rng, []string{";", "; ", " ;\n", ";;"})) + pick(rng, []string{"", ";", " ; "})
 	}
 	p.Annotations = map[string]string{}
 	switch rng.IntN(4) {
 	case 0:
 		p.Annotations[policy.LegacyAnnotationKey] = value
-	case 1:
+	case 1: // both keys: the namespaced one wins
 		p.Annotations[policy.AnnotationKey] = value
 		p.Annotations[policy.LegacyAnnotationKey] = "deny"
 	default:
@@ -143,49 +186,57 @@ func (c *cluster) annotate(rng *rand.Rand, p *compiler.Pod) {
 	}
 }
 
-// randomRule writes a rule in the grammar of SPEC 2, sometimes in its less usual spellings
-// (leading zeros, bare addresses, host bits), and notes its values in e.
-func (c *cluster) randomRule(rng *rand.Rand, e *edges) string {
-	words := []string{pick(rng, []string{"allow", "allow", "allow", "deny"})}
-	proto := pick(rng, []string{"", "", "tcp", "tcp", "udp", "icmp", "icmpv6"})
-	if proto != "" {
-		words = append(words, proto)
+// randomRule makes a rule and writes it in the grammar of SPEC 2, sometimes in its less
+// usual spellings (leading zeros, bare addresses, host bits, empty clauses, several
+// spaces), and notes its values in e.
+func (c *Cluster) randomRule(rng *rand.Rand, e *edges) (policy.Rule, string) {
+	r := policy.Rule{Action: pick(rng, []policy.Action{policy.Allow, policy.Allow, policy.Allow, policy.Deny})}
+	r.Protocol = pick(rng, []policy.Protocol{policy.ProtoAny, policy.ProtoAny, policy.ProtoTCP, policy.ProtoTCP,
+		policy.ProtoUDP, policy.ProtoICMP, policy.ProtoICMPv6})
+	words := []string{r.Action.String()}
+	if r.Protocol != policy.ProtoAny {
+		words = append(words, r.Protocol.String())
 	}
-	ports := proto == "tcp" || proto == "udp"
-	if (proto == "icmp" || proto == "icmpv6") && rng.IntN(2) == 0 {
+	ports := r.Protocol == policy.ProtoTCP || r.Protocol == policy.ProtoUDP
+	if (r.Protocol == policy.ProtoICMP || r.Protocol == policy.ProtoICMPv6) && rng.IntN(2) == 0 {
 		// Few types and codes, so that rules often share them.
-		typ := pick(rng, []uint8{0, 3, 8, 8, 128, 128, 135, uint8(rng.IntN(255))})
-		e.types = append(e.types, typ)
-		words = append(words, "type", number(rng, int(typ)))
+		r.HasType, r.Type = true, pick(rng, []uint8{0, 3, 8, 8, 128, 128, 135, uint8(rng.IntN(255))})
+		e.types = append(e.types, r.Type)
+		words = append(words, "type", number(rng, int(r.Type)))
 		if rng.IntN(2) == 0 {
-			code := pick(rng, []uint8{0, 0, 1, uint8(rng.IntN(256))})
-			e.codes = append(e.codes, code)
-			words = append(words, "code", number(rng, int(code)))
+			r.HasCode, r.Code = true, pick(rng, []uint8{0, 0, 1, uint8(rng.IntN(256))})
+			e.codes = append(e.codes, r.Code)
+			words = append(words, "code", number(rng, int(r.Code)))
 		}
 	}
 	// Each field of a clause is stated once in so many rules: "to label" and "to cidr" are
 	// rarer, since they only decide whether the rule is kept for the pod.
-	clauses := []struct {
+	for _, cl := range []struct {
 		keyword            string
+		clause             *policy.Clause
 		ports, label, cidr int
-	}{{"from", 3, 3, 3}, {"to", 2, 6, 6}}
-	for _, cl := range clauses {
+	}{{"from", &r.From, 3, 3, 3}, {"to", &r.To, 2, 6, 6}} {
 		clause := []string{cl.keyword}
 		if ports && rng.IntN(cl.ports) == 0 {
-			clause = append(clause, "ports", randomPorts(rng, e))
+			var text string
+			cl.clause.Ports, text = randomPorts(rng, e)
+			clause = append(clause, "ports", text)
 		}
 		if rng.IntN(cl.label) == 0 {
-			clause = append(clause, "label", pick(rng, labelKeys)+"="+pick(rng, labelVals))
+			cl.clause.Label = &policy.Label{Key: pick(rng, labelKeys), Value: pick(rng, labelVals)}
+			clause = append(clause, "label", cl.clause.Label.String())
 		}
 		if rng.IntN(cl.cidr) == 0 {
-			clause = append(clause, "cidr", c.randomCIDR(rng, e))
+			p, text := c.randomCIDR(rng, e)
+			cl.clause.CIDR = &p
+			clause = append(clause, "cidr", text)
 		}
 		// An empty clause is legal and constrains nothing.
 		if len(clause) > 1 || rng.IntN(20) == 0 {
 			words = append(words, clause...)
 		}
 	}
-	return strings.Join(words, pick(rng, []string{" ", " ", "  ", "\t"}))
+	return r, strings.Join(words, pick(rng, []string{" ", " ", "  ", "\t"}))
 }
 
 // number writes n in decimal, sometimes with leading zeros.
@@ -196,39 +247,43 @@ func number(rng *rand.Rand, n int) string {
 	return strconv.Itoa(n)
 }
 
-func randomPorts(rng *rand.Rand, e *edges) string {
+func randomPorts(rng *rand.Rand, e *edges) ([]policy.PortRange, string) {
+	var out []policy.PortRange
 	var list []string
 	for range 1 + rng.IntN(3) {
-		var first, last uint16
+		var pr policy.PortRange
 		switch rng.IntN(5) {
 		case 0:
-			first = pick(rng, []uint16{0, 1, 53, 80, 443, 1023, 1024, 65534, 65535})
-			last = first
+			p := pick(rng, []uint16{0, 1, 53, 80, 443, 1023, 1024, 65534, 65535})
+			pr = policy.PortRange{First: p, Last: p}
 		case 1:
 			a, b := uint16(rng.IntN(65536)), uint16(rng.IntN(65536))
-			first, last = min(a, b), max(a, b)
+			pr = policy.PortRange{First: min(a, b), Last: max(a, b)}
 		case 2:
 			r := pick(rng, [][2]uint16{{0, 65535}, {0, 1023}, {1024, 65535}, {65534, 65535}, {0, 1}})
-			first, last = r[0], r[1]
+			pr = policy.PortRange{First: r[0], Last: r[1]}
 		default:
-			first = uint16(rng.IntN(65536))
-			last = first + uint16(rng.IntN(int(65535-first)+1)%300)
+			a := uint16(rng.IntN(65536))
+			pr = policy.PortRange{First: a, Last: a + uint16(rng.IntN(int(65535-a)+1)%300)}
 		}
-		e.ports = append(e.ports, first, last, first-1, last+1)
-		if first == last && rng.IntN(2) == 0 {
-			list = append(list, number(rng, int(first)))
+		out = append(out, pr)
+		e.ports = append(e.ports, pr.First, pr.Last, pr.First-1, pr.Last+1)
+		if pr.First == pr.Last && rng.IntN(2) == 0 {
+			list = append(list, number(rng, int(pr.First)))
 		} else {
-			list = append(list, number(rng, int(first))+":"+number(rng, int(last)))
+			list = append(list, number(rng, int(pr.First))+":"+number(rng, int(pr.Last)))
 		}
 	}
-	return strings.Join(list, ",")
+	return out, strings.Join(list, ",")
 }
 
-func (c *cluster) randomCIDR(rng *rand.Rand, e *edges) string {
+// randomCIDR makes a prefix, masked, and writes it: masked, with its host bits, or as a bare
+// address when it is one.
+func (c *Cluster) randomCIDR(rng *rand.Rand, e *edges) (netip.Prefix, string) {
 	var a netip.Addr
 	switch rng.IntN(10) {
 	case 0, 1, 2, 3:
-		a = pick(rng, c.addrs)
+		a = pick(rng, c.Addrs)
 	case 4, 5:
 		a = netip.AddrFrom4([4]byte{10, 0, byte(rng.IntN(3)), byte(rng.IntN(256))})
 	case 6, 7:
@@ -244,11 +299,11 @@ func (c *cluster) randomCIDR(rng *rand.Rand, e *edges) string {
 	e.cidrs = append(e.cidrs, p.Masked())
 	switch {
 	case bits == a.BitLen() && rng.IntN(2) == 0:
-		return a.String()
+		return p, a.String()
 	case rng.IntN(3) == 0: // host bits are masked off
-		return p.String()
+		return p.Masked(), p.String()
 	}
-	return p.Masked().String()
+	return p.Masked(), p.Masked().String()
 }
 
 func randomAddr(rng *rand.Rand, v4 bool) netip.Addr {
@@ -272,39 +327,50 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return a
 }
 
-// endpointPod is the pod behind an interface: nil when the interface is no endpoint or its
-// pod is unknown.
-func (c *cluster) endpointPod(ifindex uint32) *compiler.Pod {
-	for _, ep := range c.in.Endpoints {
+// EndpointPod is the pod behind an interface, and whether the interface is an endpoint at
+// all: nil and true for the endpoint of a pod the cluster does not know.
+func (c *Cluster) EndpointPod(ifindex uint32) (*compiler.Pod, bool) {
+	for _, ep := range c.Input.Endpoints {
 		if ep.Ifindex != ifindex {
 			continue
 		}
-		for i, p := range c.in.Pods {
+		for i, p := range c.Input.Pods {
 			if p.Namespace == ep.Namespace && p.Name == ep.Name {
-				return &c.in.Pods[i]
+				return &c.Input.Pods[i], true
 			}
 		}
+		return nil, true
 	}
-	return nil
+	return nil, false
 }
 
-// randomPacket makes a packet to an endpoint (sometimes to an interface that is none), from
-// pod, node and world addresses and with values near the edges of the pod's rules.
-func (c *cluster) randomPacket(rng *rand.Rand) (uint32, compiler.Packet) {
-	ifindex := pick(rng, c.devices)
-	if len(c.in.Endpoints) > 0 && rng.IntN(10) > 0 {
-		ifindex = pick(rng, c.in.Endpoints).Ifindex
+// PodAddr is the pod's address of a family.
+func PodAddr(p *compiler.Pod, v4 bool) (netip.Addr, bool) {
+	for _, a := range p.IPs {
+		if a.Is4() == v4 {
+			return a, true
+		}
 	}
-	pod := c.endpointPod(ifindex)
+	return netip.Addr{}, false
+}
+
+// RandomPacket makes a packet to an endpoint (sometimes to an interface that is none), from
+// pod, node and world addresses and with values near the edges of the pod's rules.
+func (c *Cluster) RandomPacket(rng *rand.Rand) (uint32, compiler.Packet) {
+	ifindex := pick(rng, c.Devices)
+	if len(c.Input.Endpoints) > 0 && rng.IntN(10) > 0 {
+		ifindex = pick(rng, c.Input.Endpoints).Ifindex
+	}
+	pod, _ := c.EndpointPod(ifindex)
 	e := &edges{}
-	if pod != nil && c.edges[pod.Namespace+"/"+pod.Name] != nil {
-		e = c.edges[pod.Namespace+"/"+pod.Name]
+	if pod != nil && c.edges[Key(pod)] != nil {
+		e = c.edges[Key(pod)]
 	}
 
 	var p compiler.Packet
 	switch f := rng.IntN(20); {
 	case f < 8:
-		p.Src = pick(rng, c.addrs)
+		p.Src = pick(rng, c.Addrs)
 	case f < 14 && len(e.cidrs) > 0:
 		pfx := pick(rng, e.cidrs)
 		last := lastAddr(pfx)
@@ -322,11 +388,8 @@ func (c *cluster) randomPacket(rng *rand.Rand) (uint32, compiler.Packet) {
 		p.Dst = netip.MustParseAddr("fd00:255::1")
 	}
 	if pod != nil {
-		for _, a := range pod.IPs {
-			if a.Is4() == v4 {
-				p.Dst = a
-				break
-			}
+		if a, ok := PodAddr(pod, v4); ok {
+			p.Dst = a
 		}
 	}
 
@@ -334,9 +397,9 @@ func (c *cluster) randomPacket(rng *rand.Rand) (uint32, compiler.Packet) {
 	// protocols podwall only counts as "other" (SCTP, GRE, ...). IPv6 extension header numbers
 	// would be walked as headers, so they are not L4 protocols here.
 	if v4 {
-		p.Proto = pick(rng, []uint8{protoTCP, protoTCP, protoTCP, protoUDP, protoUDP, protoICMP, protoICMP, protoICMPv6, 0, 47, 132, 255})
+		p.Proto = pick(rng, []uint8{ProtoTCP, ProtoTCP, ProtoTCP, ProtoUDP, ProtoUDP, ProtoICMP, ProtoICMP, ProtoICMPv6, 0, 47, 132, 255})
 	} else {
-		p.Proto = pick(rng, []uint8{protoTCP, protoTCP, protoTCP, protoUDP, protoUDP, protoICMPv6, protoICMPv6, protoICMP, 59, 47, 132, 255})
+		p.Proto = pick(rng, []uint8{ProtoTCP, ProtoTCP, ProtoTCP, ProtoUDP, ProtoUDP, ProtoICMPv6, ProtoICMPv6, ProtoICMP, 59, 47, 132, 255})
 	}
 	port := func() uint16 {
 		if len(e.ports) > 0 && rng.IntN(4) > 0 {
@@ -360,27 +423,27 @@ func (c *cluster) randomPacket(rng *rand.Rand) (uint32, compiler.Packet) {
 		compiler.FragNone, compiler.FragNone, compiler.FragNone, compiler.FragFirst, compiler.FragLater})
 	// Sent by the node's own stack: mostly from its addresses, sometimes from any; and a
 	// node address on a forwarded packet, which is no claim to be the node.
-	p.FromNode = rng.IntN(8) == 0 || (slices.Contains(c.in.HostIPs, p.Src) && rng.IntN(2) == 0)
+	p.FromNode = rng.IntN(8) == 0 || (slices.Contains(c.Input.HostIPs, p.Src) && rng.IntN(2) == 0)
 	return ifindex, p
 }
 
-// policyOf describes what judges the packets of an interface, for a report.
-func (c *cluster) policyOf(ifindex uint32) string {
+// Describe says what judges the packets of an interface, for a failure's report.
+func (c *Cluster) Describe(ifindex uint32) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "options %+v, node %v\n", c.in.Options, c.in.HostIPs)
-	for _, ep := range c.in.Endpoints {
+	fmt.Fprintf(&b, "options %+v, node %v\n", c.Input.Options, c.Input.HostIPs)
+	for _, ep := range c.Input.Endpoints {
 		if ep.Ifindex == ifindex {
 			fmt.Fprintf(&b, "endpoint %d: pod %s/%s\n", ifindex, ep.Namespace, ep.Name)
 		}
 	}
-	if pod := c.endpointPod(ifindex); pod != nil {
+	if pod, _ := c.EndpointPod(ifindex); pod != nil {
 		fmt.Fprintf(&b, "pod labels %v, addresses %v, host network %v\n", pod.Labels, pod.IPs, pod.HostNetwork)
 		for k, v := range pod.Annotations {
 			fmt.Fprintf(&b, "annotation %s: %q\n", k, v)
 		}
 	}
 	b.WriteString("pods:\n")
-	for _, p := range c.in.Pods {
+	for _, p := range c.Input.Pods {
 		fmt.Fprintf(&b, "  %s/%s labels %v addresses %v host network %v\n", p.Namespace, p.Name, p.Labels, p.IPs, p.HostNetwork)
 	}
 	return b.String()
