@@ -16,6 +16,18 @@ func Run(ns netns.NsHandle, fn func() error) error {
 	}
 	done := make(chan error, 1)
 	go func() {
+		// fn may end the goroutine (runtime.Goexit: a t.FailNow in a test): answer anyway
+		// rather than hang, and let the thread, still locked and maybe in the namespace, die
+		// with it.
+		answered := false
+		defer func() {
+			if !answered {
+				select {
+				case done <- errors.New("fn did not return (runtime.Goexit, a t.FailNow?)"):
+				default: // answered already, before fn ran
+				}
+			}
+		}()
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
@@ -30,6 +42,7 @@ func Run(ns netns.NsHandle, fn func() error) error {
 			return
 		}
 		ferr := fn()
+		answered = true
 		if err := netns.Set(orig); err != nil {
 			done <- errors.Join(ferr, fmt.Errorf("leave netns: %w", err))
 			return

@@ -16,6 +16,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/podwall/podwall/internal/netnsrun"
 )
 
 // RunDir is where named network namespaces are registered, as iproute2 does.
@@ -117,42 +119,10 @@ func newNamed(name string) (netns.NsHandle, error) {
 // namespace after Do returns. If the thread cannot switch back, it is thrown away rather
 // than reused.
 func (n *Netns) Do(fn func() error) error {
-	done := make(chan error, 1)
-	go func() {
-		// A t.FailNow inside fn ends this goroutine: answer anyway rather than hang, and let
-		// the thread, still locked and maybe in the namespace, die with it.
-		answered := false
-		defer func() {
-			if !answered {
-				select {
-				case done <- fmt.Errorf("in netns %s: fn did not return (t.FailNow inside Do?)", n.Name):
-				default: // answered already, before fn ran
-				}
-			}
-		}()
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(n.handle); err != nil {
-			runtime.UnlockOSThread()
-			done <- fmt.Errorf("enter netns %s: %w", n.Name, err)
-			return
-		}
-		ferr := fn()
-		answered = true
-		if err := netns.Set(orig); err != nil {
-			done <- errors.Join(ferr, fmt.Errorf("leave netns %s: %w", n.Name, err))
-			return
-		}
-		runtime.UnlockOSThread()
-		done <- ferr
-	}()
-	return <-done
+	if err := netnsrun.Run(n.handle, fn); err != nil {
+		return fmt.Errorf("in netns %s: %w", n.Name, err)
+	}
+	return nil
 }
 
 // Enter moves the calling goroutine, locked to its thread, into the namespace for the rest of
