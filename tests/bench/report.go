@@ -2,7 +2,6 @@ package bench
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -84,16 +83,7 @@ type Report struct {
 
 // Median of the samples of k, and how many there are.
 func (r *Report) Median(k Key) (float64, int) {
-	s := slices.Clone(r.Samples[k])
-	if len(s) == 0 {
-		return 0, 0
-	}
-	slices.Sort(s)
-	m := s[len(s)/2]
-	if len(s)%2 == 0 {
-		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
-	}
-	return m, len(s)
+	return benchdoc.Median(r.Samples[k]), len(r.Samples[k])
 }
 
 // Ratio is the median of k over the median of no filter for the same test and figure.

@@ -74,3 +74,12 @@ func TestFormat(t *testing.T) {
 	require.NotEqual(t, "(unknown kernel)", KernelRelease())
 	require.NotEmpty(t, CPUModel())
 }
+
+func TestMedian(t *testing.T) {
+	for _, tt := range []struct {
+		xs   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{5, 1, 3}, 3}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		require.Equal(t, tt.want, Median(tt.xs), "%v", tt.xs)
+	}
+}

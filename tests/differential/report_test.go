@@ -57,12 +57,7 @@ func median(name string) (m float64, samples, runs int, err error) {
 			ns = append(ns, float64(s.perRun.Nanoseconds()))
 		}
 	}
-	slices.Sort(ns)
-	m = ns[len(ns)/2]
-	if len(ns)%2 == 0 {
-		m = (ns[len(ns)/2-1] + ns[len(ns)/2]) / 2
-	}
-	return m, len(ns), runs, nil
+	return benchdoc.Median(ns), len(ns), runs, nil
 }
 
 // verdictTable is the generated section: how it was measured, the table, the goals.
