@@ -35,12 +35,28 @@ check-generate: generate
 		git status --porcelain -- '*_bpfel.go' '*_bpfel.o'; \
 		echo "generated BPF files are stale: run make generate and commit them"; exit 1; fi
 
-lint:
-	$(GO) vet ./...
+# golangci-lint (.golangci.yml), pinned, built once per machine into the cache: a few minutes
+# the first time, then nothing.
+GOLANGCI_LINT_VERSION := v2.15.0
+PODWALL_CACHE ?= /var/cache/podwall
+GOLANGCI_LINT := $(PODWALL_CACHE)/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
+.PHONY: golangci-lint
+golangci-lint:
+	@[ -x $(GOLANGCI_LINT) ] || { echo "building golangci-lint $(GOLANGCI_LINT_VERSION) into $(dir $(GOLANGCI_LINT))"; \
+		GOBIN=$(dir $(GOLANGCI_LINT)) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION); }
+
+# The modules of the repository: the root, and tests/bench, which holds the benchmarks'
+# dependencies (tests/k8s/build only builds binaries, with build.sh).
+MODULES := . tests/bench
+
+lint: golangci-lint
+	@for m in $(MODULES); do (cd $$m && $(GO) mod tidy -diff) || { echo "go.mod of $$m is not tidy: run go mod tidy there"; exit 1; }; done
+	@for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
+	@for m in $(MODULES); do (cd $$m && $(GOLANGCI_LINT) run ./...) || exit 1; done
 
 unit:
-	$(GO) test -count=1 ./...
+	@for m in $(MODULES); do (cd $$m && $(GO) test -count=1 ./...) || exit 1; done
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./policy
@@ -67,7 +83,7 @@ test-kernels: deps bpffs
 bench: deps bpffs k8s-bins
 	$(GO) test -run '^$$' -bench '^BenchmarkVerdict$$' -benchtime 1000000x -count 9 ./tests/differential \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md
-	$(GO) test -run '^$$' -bench '^BenchmarkEnforcers$$' -benchtime 1x -timeout 30m ./tests/bench \
+	cd tests/bench && $(GO) test -run '^$$' -bench '^BenchmarkEnforcers$$' -benchtime 1x -timeout 30m . \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md -iperf-seconds 2 -repetitions 3
 	$(GO) test -run '^$$' -bench '^BenchmarkAgent$$' -benchtime 1x -timeout 15m ./tests/agentbench \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md

@@ -196,7 +196,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		// Nothing the agent started outlives Run: the source is stopped and waited for.
 		cancel()
 		if !sourceJoined {
-			<-sourceDone
+			if err := <-sourceDone; err != nil {
+				a.log.Debug("source stopped", zap.Error(err))
+			}
 		}
 	}()
 	watchDone := make(chan struct{})
@@ -599,7 +601,7 @@ func (a *Agent) writeReady() {
 		return
 	}
 	tmp := filepath.Join(filepath.Dir(a.cfg.ReadyFile), "."+filepath.Base(a.cfg.ReadyFile)+".tmp")
-	err := os.WriteFile(tmp, []byte("ready\n"), 0o644)
+	err := os.WriteFile(tmp, []byte("ready\n"), 0o600)
 	if err == nil {
 		err = os.Rename(tmp, a.cfg.ReadyFile)
 	}

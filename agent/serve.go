@@ -28,7 +28,7 @@ func Serve(ctx context.Context, addr string, a *Agent) (net.Addr, <-chan error, 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	done := make(chan error, 1)
-	go func() {
+	go func() { //nolint:gosec // G118: the shutdown outlives ctx on purpose: ctx is what ended
 		select {
 		case err := <-served:
 			done <- err

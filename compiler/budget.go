@@ -75,7 +75,7 @@ func admit(policies map[uint32]*Policy, budget int, capacity Capacity) map[uint3
 		}
 		if fits >= 0 {
 			out[c.id] = fmt.Errorf("map %s has room for %d more entries, the policy needs %d: %w",
-				classifierMaps[fits], room[fits]-used[fits], c.n[fits], ErrNoRoom)
+				classifierMaps[fits], room[fits]-used[fits], c.n[fits], ErrNoRoom) //nolint:gosec // G602: fits indexes room, as long as classifierMaps
 			continue
 		}
 		for i := range used {

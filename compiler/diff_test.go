@@ -110,7 +110,7 @@ func judge(c *compilertest.Cluster, ifindex uint32, p compiler.Packet) spelled {
 		_, hasKey := pod.Annotations[policy.AnnotationKey]
 		_, hasLegacy := pod.Annotations[policy.LegacyAnnotationKey]
 		kind := c.Kinds[k]
-		if !hasKey && !(hasLegacy && c.Input.LegacyKey) {
+		if !hasKey && (!hasLegacy || !c.Input.LegacyKey) {
 			kind = compilertest.KindNone
 		}
 		switch kind {

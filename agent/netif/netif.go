@@ -70,7 +70,7 @@ func (f *Finder) Close() {
 		f.nl.Close()
 	}
 	if f.ns.IsOpen() {
-		f.ns.Close()
+		_ = f.ns.Close() // a namespace's handle: nothing is lost
 	}
 }
 
@@ -191,8 +191,8 @@ func (f *Finder) resolve(ip netip.Addr, why error) error {
 		if err != nil {
 			return fmt.Errorf("resolve %s: %w", ip, err)
 		}
-		defer c.Close()
-		if _, err := c.Write([]byte{0}); err != nil {
+		_, err = c.Write([]byte{0})
+		if err = errors.Join(err, c.Close()); err != nil {
 			return fmt.Errorf("resolve %s: %w", ip, err)
 		}
 		return nil

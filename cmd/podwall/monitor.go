@@ -50,7 +50,7 @@ its position.`,
 			defer stop()
 			go func() {
 				<-ctx.Done()
-				r.Close()
+				_ = r.Close() // ends the Read that monitor waits in
 			}()
 			return monitor(r, d.stdout, count)
 		},

@@ -95,13 +95,13 @@ func Random(rng *rand.Rand, devices []uint32) *Cluster {
 			for range rng.IntN(4) {
 				p.Labels[pick(rng, labelKeys)] = pick(rng, labelVals)
 			}
-			switch f := rng.IntN(12); {
-			case f == 0:
+			switch rng.IntN(12) {
+			case 0:
 				p.HostNetwork = true
 				p.IPs = in.HostIPs
-			case f == 1: // an address that is already taken
+			case 1: // an address that is already taken
 				p.IPs = []netip.Addr{pick(rng, c.Addrs)}
-			case f == 2: // no address yet
+			case 2: // no address yet
 			default:
 				v4 := netip.AddrFrom4([4]byte{10, 0, byte(nsi), byte(1 + i)})
 				v6 := netip.AddrFrom16([16]byte{0: 0xfd, 13: byte(nsi), 15: byte(1 + i)})

@@ -30,7 +30,7 @@ func (s Section) Write(path, text string) error {
 
 func (s Section) write(path, text string, add bool) error {
 	doc, err := os.ReadFile(path)
-	if err != nil && !(add && errors.Is(err, os.ErrNotExist)) {
+	if err != nil && (!add || !errors.Is(err, os.ErrNotExist)) {
 		return fmt.Errorf("read %s: %w", path, err)
 	}
 	begin, end := bytes.Index(doc, []byte(s.Begin)), bytes.Index(doc, []byte(s.End))
