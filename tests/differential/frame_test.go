@@ -1,26 +1,27 @@
 package differential
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/tests/frames"
 )
 
 // IP protocol numbers and IPv6 extension headers the frames use.
 const (
-	protoICMP   = 1
-	protoTCP    = 6
-	protoUDP    = 17
-	protoICMPv6 = 58
+	protoICMP   = frames.ProtoICMP
+	protoTCP    = frames.ProtoTCP
+	protoUDP    = frames.ProtoUDP
+	protoICMPv6 = frames.ProtoICMPv6
 
-	nhHop      = 0
-	nhRouting  = 43
-	nhFragment = 44
-	nhAuth     = 51
-	nhDest     = 60
+	nhHop     = frames.NHHop
+	nhRouting = frames.NHRouting
+	nhAuth    = frames.NHAuth
+	nhDest    = frames.NHDest
 )
 
 // wire is what a frame holds beyond the compiler.Packet it carries: fields Evaluate does not
@@ -134,115 +135,50 @@ func frameVerdict(s *compiler.State, ifindex uint32, w wire, want compiler.Verdi
 }
 
 func ipv4(b []byte, p compiler.Packet, w wire) []byte {
-	start := len(b)
-	hl := 20 + 4*w.v4Options
-	b = append(b, make([]byte, hl)...)
-	h := b[start:]
-	h[0] = 4<<4 | uint8(hl/4)
-	binary.BigEndian.PutUint16(h[4:], uint16(w.fragID))
-	var frag uint16
+	h := frames.IPv4{Src: p.Src, Dst: p.Dst, ID: uint16(w.fragID), Options: bytes.Repeat([]byte{1}, 4*w.v4Options)} // NOP options
 	switch p.Fragment {
 	case compiler.FragFirst:
-		frag = 0x2000
+		h.MF = true
 	case compiler.FragLater:
-		frag = w.fragOffset & 0x1fff
-		if w.more {
-			frag |= 0x2000
-		}
+		h.FragOff, h.MF = w.fragOffset, w.more
 	}
-	binary.BigEndian.PutUint16(h[6:], frag)
-	h[8] = 64
-	h[9] = p.Proto
-	src, dst := p.Src.As4(), p.Dst.As4()
-	copy(h[12:], src[:])
-	copy(h[16:], dst[:])
-	for i := 20; i < hl; i++ {
-		h[i] = 1 // NOP options
-	}
-	b = l4(b, p, w, protoICMP)
-	binary.BigEndian.PutUint16(b[start+2:], uint16(len(b)-start))
-	return b
+	return append(b, h.Packet(transport(p, w, frames.ProtoICMP))...)
 }
 
 func ipv6(b []byte, p compiler.Packet, w wire) []byte {
-	start := len(b)
-	b = append(b, make([]byte, 40)...)
-	h := b[start:]
-	h[0] = 6 << 4
-	h[7] = 64
-	src, dst := p.Src.As16(), p.Dst.As16()
-	copy(h[8:], src[:])
-	copy(h[24:], dst[:])
-
-	chain := w.v6Exts
-	if p.Fragment != compiler.FragNone || w.atomic {
-		chain = append(chain[:len(chain):len(chain)], nhFragment)
-	}
-	next := func(i int) uint8 {
-		if i < len(chain) {
-			return chain[i]
-		}
-		return p.Proto
-	}
-	b[start+6] = next(0)
-	for i, typ := range chain {
-		switch typ {
-		case nhFragment:
-			var fo uint16
-			switch p.Fragment {
-			case compiler.FragFirst:
-				fo = 1
-			case compiler.FragLater:
-				fo = w.fragOffset << 3
-				if w.more {
-					fo |= 1
-				}
-			}
-			e := []byte{next(i + 1), 0, byte(fo >> 8), byte(fo), 0, 0, 0, 0}
-			binary.BigEndian.PutUint32(e[4:], w.fragID)
-			b = append(b, e...)
-		case nhAuth:
-			// AH counts its length in 4-byte units minus 2: 12 bytes.
-			b = append(b, next(i+1), 1)
-			b = append(b, make([]byte, 10)...)
-		default:
-			// Hop-by-hop, routing and destination options: 8-byte units minus 1.
-			b = append(b, next(i+1), 0)
-			b = append(b, make([]byte, 6)...)
+	h := frames.IPv6{Src: p.Src, Dst: p.Dst}
+	for _, typ := range w.v6Exts {
+		if typ == frames.NHAuth {
+			h.Exts = append(h.Exts, frames.Auth6())
+		} else {
+			h.Exts = append(h.Exts, frames.Opts6(typ, 1))
 		}
 	}
-	b = l4(b, p, w, protoICMPv6)
-	binary.BigEndian.PutUint16(b[start+4:], uint16(len(b)-start-40))
-	return b
+	switch {
+	case p.Fragment == compiler.FragFirst:
+		h.Exts = append(h.Exts, frames.Frag6(0, true, w.fragID))
+	case p.Fragment == compiler.FragLater:
+		h.Exts = append(h.Exts, frames.Frag6(w.fragOffset, w.more, w.fragID))
+	case w.atomic:
+		h.Exts = append(h.Exts, frames.Frag6(0, false, w.fragID))
+	}
+	return append(b, h.Packet(transport(p, w, frames.ProtoICMPv6))...)
 }
 
-// l4 appends the transport header of p and the payload. A FragLater packet carries only
+// transport is the transport header of p and the payload. A FragLater packet carries only
 // data; icmp is the ICMP protocol of the packet's family (the other one is just a number).
-func l4(b []byte, p compiler.Packet, w wire, icmp uint8) []byte {
-	if p.Fragment == compiler.FragLater {
-		return append(b, w.payload...)
+func transport(p compiler.Packet, w wire, icmp uint8) frames.L4 {
+	switch {
+	case p.Fragment == compiler.FragLater:
+		return frames.Raw(p.Proto, w.payload)
+	case p.Proto == frames.ProtoTCP:
+		return frames.TCP(p.SrcPort, p.DstPort, w.tcpFlags, w.payload)
+	case p.Proto == frames.ProtoUDP:
+		return frames.UDP(p.SrcPort, p.DstPort, w.payload)
+	case p.Proto == icmp:
+		return frames.ICMP(p.Proto, p.ICMPType, p.ICMPCode, w.echoID, w.payload)
 	}
-	switch p.Proto {
-	case protoTCP:
-		h := make([]byte, 20)
-		binary.BigEndian.PutUint16(h[0:], p.SrcPort)
-		binary.BigEndian.PutUint16(h[2:], p.DstPort)
-		h[12] = 5 << 4
-		h[13] = w.tcpFlags
-		b = append(b, h...)
-	case protoUDP:
-		h := make([]byte, 8)
-		binary.BigEndian.PutUint16(h[0:], p.SrcPort)
-		binary.BigEndian.PutUint16(h[2:], p.DstPort)
-		binary.BigEndian.PutUint16(h[4:], uint16(8+len(w.payload)))
-		b = append(b, h...)
-	case icmp:
-		h := make([]byte, 8)
-		h[0], h[1] = p.ICMPType, p.ICMPCode
-		binary.BigEndian.PutUint16(h[4:], w.echoID)
-		b = append(b, h...)
-	}
-	return append(b, w.payload...)
+	return frames.Raw(p.Proto, w.payload)
 }
 
 // describe prints the packet and its layout for a report.

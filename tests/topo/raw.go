@@ -13,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/podwall/podwall/tests/frames"
 )
 
 // What a pod with CAP_NET_RAW (the container default) can do to the node: send any frame
@@ -135,133 +137,68 @@ func CaptureFrames(tb testing.TB, n *Netns, marker []byte) *Capture {
 
 // Ethertypes and tag protocol identifiers.
 const (
-	EtherIPv4   = 0x0800
-	EtherIPv6   = 0x86dd
-	EtherARP    = 0x0806
-	Ether8021Q  = 0x8100
-	Ether8021AD = 0x88a8
+	EtherIPv4   = frames.EtherIPv4
+	EtherIPv6   = frames.EtherIPv6
+	EtherARP    = frames.EtherARP
+	Ether8021Q  = frames.Ether8021Q
+	Ether8021AD = frames.Ether8021AD
 )
 
 // Frame is an Ethernet frame.
 func Frame(dst, src net.HardwareAddr, etherType uint16, payload []byte) []byte {
-	b := make([]byte, 14, 14+len(payload))
-	copy(b[0:6], dst)
-	copy(b[6:12], src)
-	binary.BigEndian.PutUint16(b[12:], etherType)
-	return append(b, payload...)
+	return frames.Ether(dst, src, etherType, payload)
 }
 
 // Tag inserts a VLAN tag (tpid 0x8100 or 0x88a8, and a VLAN id) after a frame's addresses.
-func Tag(frame []byte, tpid, vid uint16) []byte {
-	out := make([]byte, 0, len(frame)+4)
-	out = append(out, frame[:12]...)
-	out = binary.BigEndian.AppendUint16(out, tpid)
-	out = binary.BigEndian.AppendUint16(out, vid&0x0fff)
-	return append(out, frame[12:]...)
-}
+func Tag(frame []byte, tpid, vid uint16) []byte { return frames.Tag(frame, tpid, vid) }
 
 // IP protocol numbers of the segments below.
 const (
-	ProtoICMP   = 1
-	ProtoTCP    = 6
-	ProtoUDP    = 17
-	ProtoICMPv6 = 58
+	ProtoICMP   = frames.ProtoICMP
+	ProtoTCP    = frames.ProtoTCP
+	ProtoUDP    = frames.ProtoUDP
+	ProtoICMPv6 = frames.ProtoICMPv6
 )
 
 // IPPacket is an IPv4 or IPv6 packet from src to dst carrying l4 as protocol proto, with its
 // ethertype. The transport checksum is l4's own (see UDPSegment, TCPSegment, ICMPMessage).
 func IPPacket(src, dst netip.Addr, proto uint8, l4 []byte) (uint16, []byte) {
 	if src.Is4() {
-		h := make([]byte, 20, 20+len(l4))
-		h[0] = 0x45
-		binary.BigEndian.PutUint16(h[2:], uint16(20+len(l4)))
-		h[8] = 64
-		h[9] = proto
-		s, d := src.As4(), dst.As4()
-		copy(h[12:], s[:])
-		copy(h[16:], d[:])
-		binary.BigEndian.PutUint16(h[10:], ^uint16(sum(0, h)))
-		return EtherIPv4, append(h, l4...)
+		return EtherIPv4, frames.SealIPv4(frames.IPv4{Src: src, Dst: dst}.Packet(frames.Raw(proto, l4)))
 	}
-	h := make([]byte, 40, 40+len(l4))
-	h[0] = 0x60
-	binary.BigEndian.PutUint16(h[4:], uint16(len(l4)))
-	h[6] = proto
-	h[7] = 64
-	s, d := src.As16(), dst.As16()
-	copy(h[8:], s[:])
-	copy(h[24:], d[:])
-	return EtherIPv6, append(h, l4...)
+	return EtherIPv6, frames.IPv6{Src: src, Dst: dst}.Packet(frames.Raw(proto, l4))
 }
 
 // UDPSegment is a UDP header and payload, its checksum computed for src and dst.
 func UDPSegment(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
-	b := make([]byte, 8, 8+len(payload))
-	binary.BigEndian.PutUint16(b[0:], sport)
-	binary.BigEndian.PutUint16(b[2:], dport)
-	binary.BigEndian.PutUint16(b[4:], uint16(8+len(payload)))
-	b = append(b, payload...)
-	binary.BigEndian.PutUint16(b[6:], transportChecksum(src, dst, ProtoUDP, b))
+	b := frames.UDP(sport, dport, payload).B
+	binary.BigEndian.PutUint16(b[6:], frames.Checksum(src, dst, ProtoUDP, b))
 	return b
 }
 
 // TCP flags.
 const (
-	TCPSyn = 0x02
-	TCPAck = 0x10
+	TCPSyn = frames.TCPSyn
+	TCPAck = frames.TCPAck
 )
 
 // TCPSegment is a TCP header with flags and a payload, its checksum computed for src and dst.
 func TCPSegment(src, dst netip.Addr, sport, dport uint16, flags uint8, payload []byte) []byte {
-	b := make([]byte, 20, 20+len(payload))
-	binary.BigEndian.PutUint16(b[0:], sport)
-	binary.BigEndian.PutUint16(b[2:], dport)
-	binary.BigEndian.PutUint32(b[4:], 1)
-	b[12] = 5 << 4
-	b[13] = flags
-	binary.BigEndian.PutUint16(b[14:], 65535)
-	b = append(b, payload...)
-	binary.BigEndian.PutUint16(b[16:], transportChecksum(src, dst, ProtoTCP, b))
+	b := frames.TCP(sport, dport, flags, payload).B
+	binary.BigEndian.PutUint32(b[4:], 1)      // sequence number
+	binary.BigEndian.PutUint16(b[14:], 65535) // window
+	binary.BigEndian.PutUint16(b[16:], frames.Checksum(src, dst, ProtoTCP, b))
 	return b
 }
 
 // ICMPMessage is an ICMP (IPv4) or ICMPv6 message of a type and code; rest is what follows the
 // first four bytes (an echo's identifier and sequence, an error's unused word and quote).
 func ICMPMessage(src, dst netip.Addr, typ, code uint8, rest []byte) []byte {
-	b := make([]byte, 4, 4+len(rest))
-	b[0], b[1] = typ, code
-	b = append(b, rest...)
+	b := append([]byte{typ, code, 0, 0}, rest...)
+	proto := uint8(ProtoICMPv6)
 	if src.Is4() {
-		binary.BigEndian.PutUint16(b[2:], ^uint16(sum(0, b)))
-	} else {
-		binary.BigEndian.PutUint16(b[2:], transportChecksum(src, dst, ProtoICMPv6, b))
+		proto = ProtoICMP
 	}
+	binary.BigEndian.PutUint16(b[2:], frames.Checksum(src, dst, proto, b))
 	return b
-}
-
-func transportChecksum(src, dst netip.Addr, proto uint8, seg []byte) uint16 {
-	var pseudo []byte
-	pseudo = append(pseudo, src.AsSlice()...)
-	pseudo = append(pseudo, dst.AsSlice()...)
-	pseudo = append(pseudo, 0, proto)
-	pseudo = binary.BigEndian.AppendUint16(pseudo, uint16(len(seg)))
-	c := ^uint16(sum(sum(0, pseudo), seg))
-	if c == 0 && proto == ProtoUDP {
-		return 0xffff
-	}
-	return c
-}
-
-// sum is the ones' complement sum of b added to s, folded to 16 bits.
-func sum(s uint32, b []byte) uint32 {
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return s
 }
