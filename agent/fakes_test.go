@@ -185,15 +185,15 @@ type fakeEvents struct {
 }
 
 func (e *fakeEvents) PodWarning(p k8s.Pod, reason, _ string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.events = append(e.events, reason+" "+p.Namespace+"/"+p.Name)
+	e.add(reason + " " + p.Namespace + "/" + p.Name)
 }
 
-func (e *fakeEvents) NodeWarning(reason, _ string) {
+func (e *fakeEvents) NodeWarning(reason, _ string) { e.add(reason + " node") }
+
+func (e *fakeEvents) add(event string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.events = append(e.events, reason+" node")
+	e.events = append(e.events, event)
 }
 
 func (e *fakeEvents) take() []string {

@@ -6,6 +6,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/require"
+
+	"github.com/podwall/podwall/tests/frames"
 )
 
 // BenchmarkToPodHandmade measures to_pod with the hand-compiled policy of the tests (11
@@ -22,11 +24,11 @@ func BenchmarkToPodHandmade(b *testing.B) {
 		})
 		require.NoError(b, err)
 		b.Cleanup(func() { prog.Close() })
-		benchmark(b, prog, in4(xV4, tcp(40000, 80, tcpACK)), actNext)
+		benchmark(b, prog, in4(xV4, tcp(40000, 80, frames.TCPAck)), actNext)
 	})
 	b.Run("established", func(b *testing.B) {
 		f := newFixture(b)
-		frame := in4(xV4, tcp(40000, 80, tcpACK))
+		frame := in4(xV4, tcp(40000, 80, frames.TCPAck))
 		_, reason := f.toPod(frame)
 		require.Equal(b, rsAllow, reason)
 		_, reason = f.toPod(frame)
@@ -35,8 +37,8 @@ func BenchmarkToPodHandmade(b *testing.B) {
 	})
 	b.Run("reply", func(b *testing.B) {
 		f := newFixture(b)
-		f.fromPod(out4(worldV4, tcp(40000, 443, tcpSYN)))
-		frame := in4(worldV4, tcp(443, 40000, tcpACK))
+		f.fromPod(out4(worldV4, tcp(40000, 443, frames.TCPSyn)))
+		frame := in4(worldV4, tcp(443, 40000, frames.TCPAck))
 		_, reason := f.toPod(frame)
 		require.Equal(b, rsReply, reason)
 		benchmark(b, f.objs.ToPod, frame, actNext)
@@ -45,7 +47,7 @@ func BenchmarkToPodHandmade(b *testing.B) {
 		f := newFixture(b, func(s *PodwallSpecs, _ *ebpf.CollectionSpec) {
 			setVar(b, s.CtTimeoutTcpNs, uint64(0))
 		})
-		frame := in4(xV4, tcp(40000, 80, tcpSYN))
+		frame := in4(xV4, tcp(40000, 80, frames.TCPSyn))
 		for range 2 {
 			_, reason := f.toPod(frame)
 			require.Equal(b, rsAllow, reason)
@@ -56,7 +58,7 @@ func BenchmarkToPodHandmade(b *testing.B) {
 		f := newFixture(b, func(s *PodwallSpecs, _ *ebpf.CollectionSpec) {
 			setVar(b, s.CtTimeoutTcpNs, uint64(0))
 		})
-		frame := in6(allowedV6, tcp(40000, 443, tcpSYN))
+		frame := in6(allowedV6, tcp(40000, 443, frames.TCPSyn))
 		for range 2 {
 			_, reason := f.toPod(frame)
 			require.Equal(b, rsAllow, reason)
@@ -65,15 +67,15 @@ func BenchmarkToPodHandmade(b *testing.B) {
 	})
 	b.Run("no rule", func(b *testing.B) {
 		f := newFixture(b)
-		frame := in4(worldV4, tcp(40000, 8081, tcpSYN))
+		frame := in4(worldV4, tcp(40000, 8081, frames.TCPSyn))
 		_, reason := f.toPod(frame)
 		require.Equal(b, rsNoRule, reason)
 		benchmark(b, f.objs.ToPod, frame, actShot)
 	})
 	b.Run("from_pod", func(b *testing.B) {
 		f := newFixture(b)
-		frame := out4(worldV4, tcp(40000, 443, tcpACK))
-		f.fromPod(out4(worldV4, tcp(40000, 443, tcpSYN)))
+		frame := out4(worldV4, tcp(40000, 443, frames.TCPAck))
+		f.fromPod(out4(worldV4, tcp(40000, 443, frames.TCPSyn)))
 		benchmark(b, f.objs.FromPod, frame, actNext)
 	})
 }

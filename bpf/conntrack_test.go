@@ -7,10 +7,12 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/require"
+
+	"github.com/podwall/podwall/tests/frames"
 )
 
 func TestConntrackRecordsInboundFlows(t *testing.T) {
-	syn := uint8(tcpSYN)
+	syn := uint8(frames.TCPSyn)
 	tests := []struct {
 		name  string
 		setup func(*fixture)
@@ -18,23 +20,20 @@ func TestConntrackRecordsInboundFlows(t *testing.T) {
 		key   PodwallCtKey
 		track bool
 	}{
-		{"tcp allowed by a rule", nil, in4(xV4, tcp(40000, 80, syn)), ctKey(podV4, xV4, 80, 40000, protoTCP), true},
-		{"udp allowed by a rule, v6", nil, in6(worldV6, udp(5000, 53)), ctKey(podV6, worldV6, 53, 5000, protoUDP), true},
-		{"echo request allowed by a rule", nil, in4(worldV4, icmp4(8, 0, 3, nil)), ctKey(podV4, worldV4, 3, 0, protoICMP), true},
-		{"echo request v6 allowed by a rule", nil, in6(worldV6, icmp6(128, 0, 3, nil)), ctKey(podV6, worldV6, 3, 0, protoICMPv6), true},
-		{"tcp from the node", nil, in4(hostV4, tcp(40000, 9999, syn)), ctKey(podV4, hostV4, 9999, 40000, protoTCP), true},
-		{"tcp in open mode", setMode(modeOpen), in4(worldV4, tcp(40000, 9999, syn)), ctKey(podV4, worldV4, 9999, 40000, protoTCP), true},
-		{"echo reply in open mode", setMode(modeOpen), in4(worldV4, icmp4(0, 0, 3, nil)), ctKey(podV4, worldV4, 3, 0, protoICMP), false},
-		{"other icmp allowed by a rule", nil, in6(worldV6, icmp6(140, 0, 3, nil)), ctKey(podV6, worldV6, 3, 0, protoICMPv6), false},
-		{"tcp denied", nil, in4(xV4, tcp(40000, 22, syn)), ctKey(podV4, xV4, 22, 40000, protoTCP), false},
-		{"tcp with no rule", nil, in4(worldV4, tcp(40000, 80, syn)), ctKey(podV4, worldV4, 80, 40000, protoTCP), false},
+		{"tcp allowed by a rule", nil, in4(xV4, tcp(40000, 80, syn)), ctKey(podV4, xV4, 80, 40000, frames.ProtoTCP), true},
+		{"udp allowed by a rule, v6", nil, in6(worldV6, udp(5000, 53)), ctKey(podV6, worldV6, 53, 5000, frames.ProtoUDP), true},
+		{"echo request allowed by a rule", nil, in4(worldV4, icmp4(8, 0, 3, nil)), ctKey(podV4, worldV4, 3, 0, frames.ProtoICMP), true},
+		{"echo request v6 allowed by a rule", nil, in6(worldV6, icmp6(128, 0, 3, nil)), ctKey(podV6, worldV6, 3, 0, frames.ProtoICMPv6), true},
+		{"tcp from the node", nil, in4(hostV4, tcp(40000, 9999, syn)), ctKey(podV4, hostV4, 9999, 40000, frames.ProtoTCP), true},
+		{"tcp in open mode", setMode(modeOpen), in4(worldV4, tcp(40000, 9999, syn)), ctKey(podV4, worldV4, 9999, 40000, frames.ProtoTCP), true},
+		{"echo reply in open mode", setMode(modeOpen), in4(worldV4, icmp4(0, 0, 3, nil)), ctKey(podV4, worldV4, 3, 0, frames.ProtoICMP), false},
+		{"other icmp allowed by a rule", nil, in6(worldV6, icmp6(140, 0, 3, nil)), ctKey(podV6, worldV6, 3, 0, frames.ProtoICMPv6), false},
+		{"tcp denied", nil, in4(xV4, tcp(40000, 22, syn)), ctKey(podV4, xV4, 22, 40000, frames.ProtoTCP), false},
+		{"tcp with no rule", nil, in4(worldV4, tcp(40000, 80, syn)), ctKey(podV4, worldV4, 80, 40000, frames.ProtoTCP), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := newFixture(t)
-			if tt.setup != nil {
-				tt.setup(f)
-			}
+			f := newFixtureWith(t, tt.setup)
 			before := monotonicNow(t)
 			f.toPod(tt.frame)
 			e, ok := f.ct(tt.key)
@@ -49,8 +48,8 @@ func TestConntrackRecordsInboundFlows(t *testing.T) {
 
 func TestConntrackEntries(t *testing.T) {
 	const second = uint64(1e9)
-	key := ctKey(podV4, worldV4, 443, 40000, protoTCP)
-	frame := in4(worldV4, tcp(40000, 443, tcpACK))
+	key := ctKey(podV4, worldV4, 443, 40000, frames.ProtoTCP)
+	frame := in4(worldV4, tcp(40000, 443, frames.TCPAck))
 	tests := []struct {
 		name   string
 		entry  PodwallCtEntry // LastSeen: age in ns; Epoch: the fixture's is 2
@@ -98,9 +97,9 @@ func TestConntrackEntries(t *testing.T) {
 
 	t.Run("an allowed flow over an expired entry starts over", func(t *testing.T) {
 		f := newFixture(t)
-		key := ctKey(podV4, xV4, 80, 40000, protoTCP)
+		key := ctKey(podV4, xV4, 80, 40000, frames.ProtoTCP)
 		require.NoError(t, f.objs.Conntrack.Put(key, PodwallCtEntry{LastSeen: monotonicNow(t) - 3*3600*second, Generation: 9, Flags: ctOut}))
-		_, reason := f.toPod(in4(xV4, tcp(40000, 80, tcpSYN)))
+		_, reason := f.toPod(in4(xV4, tcp(40000, 80, frames.TCPSyn)))
 		require.Equal(t, rsAllow, reason)
 		e, _ := f.ct(key)
 		require.Equal(t, uint8(ctIn), e.Flags, "the expired CT_OUT is gone")
@@ -109,20 +108,20 @@ func TestConntrackEntries(t *testing.T) {
 
 	t.Run("an epoch in the middle of a change vouches for no flow", func(t *testing.T) {
 		f := newFixture(t)
-		key := ctKey(podV4, worldV4, 443, 40000, protoTCP)
+		key := ctKey(podV4, worldV4, 443, 40000, frames.ProtoTCP)
 		require.NoError(t, f.objs.Conntrack.Put(key, PodwallCtEntry{LastSeen: monotonicNow(t), Generation: genMain + 5, Epoch: 3, Flags: ctIn}))
 		require.NoError(t, f.objs.Epoch.Put(uint32(0), uint32(3)))
-		_, reason := f.toPod(in4(worldV4, tcp(40000, 443, tcpACK)))
+		_, reason := f.toPod(in4(worldV4, tcp(40000, 443, frames.TCPAck)))
 		require.Equal(t, rsNoRule, reason)
 	})
 
 	t.Run("in open mode, a reply passes on the pod's flow", func(t *testing.T) {
 		f := newFixture(t)
 		setMode(modeOpen)(f)
-		f.fromPod(out4(xV4, tcp(80, 40000, tcpSYN)))
-		_, reason := f.toPod(in4(xV4, tcp(40000, 80, tcpSYN|tcpACK)))
+		f.fromPod(out4(xV4, tcp(80, 40000, frames.TCPSyn)))
+		_, reason := f.toPod(in4(xV4, tcp(40000, 80, frames.TCPSyn|frames.TCPAck)))
 		require.Equal(t, rsReply, reason)
-		e, _ := f.ct(ctKey(podV4, xV4, 80, 40000, protoTCP))
+		e, _ := f.ct(ctKey(podV4, xV4, 80, 40000, frames.ProtoTCP))
 		require.Equal(t, uint8(ctOut|ctAnswered), e.Flags, "still the pod's own flow, answered")
 	})
 }
@@ -136,13 +135,13 @@ func TestConntrackTimeouts(t *testing.T) {
 			})
 			f.fromPod(out4(worldV4, udp(5353, 53)))
 			f.fromPod(out4(worldV4, icmp4(8, 0, 4, nil)))
-			f.fromPod(out4(worldV4, tcp(40000, 443, tcpSYN)))
+			f.fromPod(out4(worldV4, tcp(40000, 443, frames.TCPSyn)))
 			// A tick at 100 Hz is 10 ms; two ticks later the entries are a tick old at least.
 			time.Sleep(25 * time.Millisecond)
 			f.do(t, []step{
 				drop("udp reply after its timeout", in4(worldV4, udp(53, 5353)), rsNoRule),
 				drop("echo reply after its timeout", in4(worldV4, icmp4(0, 0, 4, nil)), rsNoRule),
-				pass("tcp keeps its own", in4(worldV4, tcp(443, 40000, tcpACK)), rsReply),
+				pass("tcp keeps its own", in4(worldV4, tcp(443, 40000, frames.TCPAck)), rsReply),
 			})
 		})
 	}
@@ -216,11 +215,11 @@ func TestJiffyNS(t *testing.T) {
 func TestFragmentEntries(t *testing.T) {
 	f := newFixture(t)
 	f.toPod(v4{src: worldV4, dst: podV4, id: 0xbeef, mf: true}.frame(udp(5000, 53)))
-	f.toPod(v6{src: worldV6, dst: podV6, exts: []ext6{fragHdr(0, true, 0xdeadbeef)}}.frame(tcp(1, 22, tcpSYN)))
+	f.toPod(v6{src: worldV6, dst: podV6, exts: []ext6{fragHdr(0, true, 0xdeadbeef)}}.frame(tcp(1, 22, frames.TCPSyn)))
 	f.toPod(v4{src: xV4, dst: podV4, id: 1}.frame(udp(5000, 53)))
 	want := map[PodwallFragKey]uint8{
-		{Src: ipAddr(worldV4), Dst: ipAddr(podV4), Id: 0xbeef, Proto: protoUDP}:     1, // VERDICT_PASS
-		{Src: ipAddr(worldV6), Dst: ipAddr(podV6), Id: 0xdeadbeef, Proto: protoTCP}: 2, // VERDICT_DROP
+		{Src: ipAddr(worldV4), Dst: ipAddr(podV4), Id: 0xbeef, Proto: frames.ProtoUDP}:     1, // VERDICT_PASS
+		{Src: ipAddr(worldV6), Dst: ipAddr(podV6), Id: 0xdeadbeef, Proto: frames.ProtoTCP}: 2, // VERDICT_DROP
 	}
 	got := map[PodwallFragKey]uint8{}
 	var k PodwallFragKey
@@ -245,17 +244,17 @@ func TestTableFull(t *testing.T) {
 	})
 	full := func() uint64 { return f.stats()[PodwallReasonREASON_CT_FULL] }
 	f.do(t, []step{
-		pass("first flow", in4(xV4, tcp(40000, 80, tcpSYN)), rsAllow),
+		pass("first flow", in4(xV4, tcp(40000, 80, frames.TCPSyn)), rsAllow),
 		pass("first fragment, of a protocol not tracked", v6{src: allowedV6, dst: podV6, exts: []ext6{fragHdr(0, true, 1)}}.frame(raw(47, 100)), rsAllow),
 	})
 	require.Zero(t, full())
 	f.do(t, []step{
-		pass("second flow", in4(xV4, tcp(40001, 80, tcpSYN)), rsAllow),
-		drop("second first fragment", v4{src: worldV4, dst: podV4, id: 2, mf: true}.frame(tcp(1, 22, tcpSYN)), rsDeny),
+		pass("second flow", in4(xV4, tcp(40001, 80, frames.TCPSyn)), rsAllow),
+		drop("second first fragment", v4{src: worldV4, dst: podV4, id: 2, mf: true}.frame(tcp(1, 22, frames.TCPSyn)), rsDeny),
 	})
 	require.Equal(t, uint64(2), full())
 	f.do(t, []step{
-		drop("a fragment whose first did not fit is judged", v4{src: worldV4, dst: podV4, id: 2, fragOff: 10}.frame(raw(protoTCP, 100)), rsNoRule),
+		drop("a fragment whose first did not fit is judged", v4{src: worldV4, dst: podV4, id: 2, fragOff: 10}.frame(raw(frames.ProtoTCP, 100)), rsNoRule),
 	})
 	f.fromPod(out4(worldV4, udp(5353, 53)))
 	require.Equal(t, uint64(3), full(), "from_pod counts too")
@@ -266,7 +265,7 @@ func TestTableFull(t *testing.T) {
 // not apply to the packet (ports of ICMP, the type of TCP) uses its wildcard mask.
 func TestUnconstrainedFieldsAreNotLookedUp(t *testing.T) {
 	const pol = 20
-	tcpFrame, icmpFrame := in4(xV4, tcp(40000, 80, tcpSYN)), in4(xV4, icmp4(8, 0, 1, nil))
+	tcpFrame, icmpFrame := in4(xV4, tcp(40000, 80, frames.TCPSyn)), in4(xV4, icmp4(8, 0, 1, nil))
 	tests := []struct {
 		name  string
 		flag  uint32

@@ -12,6 +12,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/podwall/podwall/tests/frames"
 )
 
 // skbContext is a __sk_buff context for BPF_PROG_TEST_RUN that sets only ingress_ifindex
@@ -34,14 +36,14 @@ func skbContext(ifindex, ingress uint32) []byte {
 func TestContextIfindex(t *testing.T) {
 	f := newFixture(t)
 	idx := enterNewNetns(t)
-	frame := in4(xV4, tcp(40000, 80, tcpSYN))
+	frame := in4(xV4, tcp(40000, 80, frames.TCPSyn))
 	require.NoError(t, f.objs.Endpoints.Put(idx, PodwallEndpointEntry{Ep: PodwallEndpoint{Policy: polMain, Generation: genMain, Mode: modeIsolate}}))
 
 	_, reason := f.toPodWith(&ebpf.RunOptions{Data: frame, Context: skbContext(0, forwardedFrom)})
 	require.Equal(t, rsAllow, reason, "no context: loopback, ifindex 1")
 	_, reason = f.toPodWith(&ebpf.RunOptions{Data: frame, Context: skbContext(1, forwardedFrom)})
 	require.Equal(t, rsEstablished, reason, "ifindex 1: loopback again")
-	_, reason = f.toPodWith(&ebpf.RunOptions{Data: in4(xV4, tcp(40001, 80, tcpSYN)), Context: skbContext(idx, forwardedFrom)})
+	_, reason = f.toPodWith(&ebpf.RunOptions{Data: in4(xV4, tcp(40001, 80, frames.TCPSyn)), Context: skbContext(idx, forwardedFrom)})
 	require.Equal(t, rsIsolated, reason, "the veth's endpoint")
 
 	_, err := f.objs.ToPod.Run(&ebpf.RunOptions{Data: frame, Context: skbContext(idx+100, forwardedFrom)})

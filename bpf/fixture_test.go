@@ -64,6 +64,16 @@ type fixture struct {
 	epoch uint32
 }
 
+// newFixtureWith is a fixture that setup, if not nil, prepared.
+func newFixtureWith(t *testing.T, setup func(*fixture)) *fixture {
+	t.Helper()
+	f := newFixture(t)
+	if setup != nil {
+		setup(f)
+	}
+	return f
+}
+
 // newFixture loads the collection with small maps, after edit changes the spec (variables,
 // map types), and installs the world: the endpoint in enforce mode with EP_ALLOW_HOST and the
 // main policy.

@@ -7,6 +7,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/require"
+
+	"github.com/podwall/podwall/tests/frames"
 )
 
 // The attacks of SPEC 8 on the programs alone: each test here failed before the defence it
@@ -47,7 +49,7 @@ func arp(spa [4]byte) []byte {
 }
 
 func TestFromPodDropsForgedSources(t *testing.T) {
-	syn := uint8(tcpSYN)
+	syn := uint8(frames.TCPSyn)
 	linkLocal := "fe80::1"
 	tests := []struct {
 		name   string
@@ -101,7 +103,7 @@ func TestFromPodDropsForgedSources(t *testing.T) {
 
 	t.Run("a forged packet refreshes no flow", func(t *testing.T) {
 		f := newFixture(t)
-		key := ctKey(xV4, worldV4, 8080, 40002, protoUDP)
+		key := ctKey(xV4, worldV4, 8080, 40002, frames.ProtoUDP)
 		old := monotonicNow(t) - uint64(100*time.Second)
 		require.NoError(t, f.objs.Conntrack.Put(key, PodwallCtEntry{LastSeen: old, Flags: ctOut}))
 		f.fromPodAction(v4{src: xV4, dst: worldV4}.frame(udp(8080, 40002)))
@@ -116,7 +118,7 @@ func TestFromPodDropsForgedSources(t *testing.T) {
 		require.Equal(t, uint32(actShot), f.fromPodAction(out4(worldV4, udp(5353, 53))))
 		require.Equal(t, uint32(actShot), f.fromPodAction(ether(0x0806, make([]byte, 28))), "arp")
 		require.Equal(t, uint64(2), f.stats()[rsNoEntry]-before[rsNoEntry])
-		_, ok := f.ct(ctKey(podV4, worldV4, 5353, 53, protoUDP))
+		_, ok := f.ct(ctKey(podV4, worldV4, 5353, 53, frames.ProtoUDP))
 		require.False(t, ok)
 		evs := f.drainEvents()
 		require.NotEmpty(t, evs)
@@ -129,7 +131,7 @@ func TestConntrackIsBoundToTheInterface(t *testing.T) {
 	setMode(modeIsolate)(f)
 	// What a pod on another interface recorded, forging this pod's address (or this pod's
 	// own flow, moved): no reply passes on it here.
-	other := ctKey(podV4, worldV4, 8080, 40002, protoUDP)
+	other := ctKey(podV4, worldV4, 8080, 40002, frames.ProtoUDP)
 	other.Ifindex = podIfindex + 1
 	require.NoError(t, f.objs.Conntrack.Put(other, PodwallCtEntry{LastSeen: monotonicNow(t), Flags: ctOut}))
 	_, reason := f.toPod(in4(worldV4, udp(40002, 8080)))
@@ -145,7 +147,7 @@ func TestConntrackIsBoundToTheInterface(t *testing.T) {
 		pass("error about the pod's flow", in4(worldV4, icmp4(3, 3, 0, quoted(podV4, worldV4))), rsICMPError),
 		drop("error quoting another source", in4(worldV4, icmp4(3, 3, 0, quoted(xV4, worldV4))), rsIsolated),
 	})
-	require.NoError(t, f.objs.Conntrack.Put(ctKey(xV4, worldV4, 8080, 40002, protoUDP), PodwallCtEntry{LastSeen: monotonicNow(t), Flags: ctOut}))
+	require.NoError(t, f.objs.Conntrack.Put(ctKey(xV4, worldV4, 8080, 40002, frames.ProtoUDP), PodwallCtEntry{LastSeen: monotonicNow(t), Flags: ctOut}))
 	f.do(t, []step{
 		drop("error quoting another pod's tracked flow", in4(worldV4, icmp4(3, 3, 0, quoted(xV4, worldV4))), rsIsolated),
 	})
@@ -153,11 +155,11 @@ func TestConntrackIsBoundToTheInterface(t *testing.T) {
 
 func TestTheNodeIsWhereAPacketComesFrom(t *testing.T) {
 	f := newFixture(t)
-	fromNode := &ebpf.RunOptions{Data: in4(worldV4, tcp(40000, 9999, tcpSYN)), Context: skbContext(podIfindex, 0)}
+	fromNode := &ebpf.RunOptions{Data: in4(worldV4, tcp(40000, 9999, frames.TCPSyn)), Context: skbContext(podIfindex, 0)}
 	_, reason := f.toPodWith(fromNode)
 	require.Equal(t, rsHost, reason, "the node's stack, whatever its source")
 
-	forwarded := &ebpf.RunOptions{Data: in4(hostV4, tcp(40001, 9999, tcpSYN)), Context: skbContext(podIfindex, forwardedFrom)}
+	forwarded := &ebpf.RunOptions{Data: in4(hostV4, tcp(40001, 9999, frames.TCPSyn)), Context: skbContext(podIfindex, forwardedFrom)}
 	_, reason = f.toPodWith(forwarded)
 	require.Equal(t, rsNoRule, reason, "a forwarded packet with the node's address is the world's")
 	evs := f.drainEvents()
@@ -170,7 +172,7 @@ func TestTheNodeIsWhereAPacketComesFrom(t *testing.T) {
 }
 
 func TestLengthsMustAgree(t *testing.T) {
-	syn := uint8(tcpSYN)
+	syn := uint8(frames.TCPSyn)
 	setLen4 := func(frame []byte, n uint16) []byte {
 		binary.BigEndian.PutUint16(frame[14+2:], n)
 		return frame
@@ -190,7 +192,7 @@ func TestLengthsMustAgree(t *testing.T) {
 		drop("UDP header past the total length", setLen4(in4(worldV4, udp(4096, 53)), 20+4), rsMalformed),
 		drop("IPv6 payload length past the frame", setLen6(in6(xV6, tcp(40004, 80, syn)), 200), rsMalformed),
 		drop("TCP header past the IPv6 payload", setLen6(in6(xV6, tcp(40005, 80, syn)), 12), rsMalformed),
-		drop("an extension header past the IPv6 payload", setLen6(v6{src: xV6, dst: podV6, exts: []ext6{optsHdr(nhDest, 1)}}.frame(tcp(40006, 80, syn)), 8), rsMalformed),
+		drop("an extension header past the IPv6 payload", setLen6(v6{src: xV6, dst: podV6, exts: []ext6{optsHdr(frames.NHDest, 1)}}.frame(tcp(40006, 80, syn)), 8), rsMalformed),
 	})
 	// A quoted packet is read only within the error that quotes it.
 	f.fromPod(out4(worldV4, udp(1, 2)))
@@ -207,22 +209,22 @@ func TestTCPFlowsCloseAndGoUnanswered(t *testing.T) {
 			f := newFixture(t, clk.setup)
 			setMode(modeIsolate)(f)
 			// An unanswered SYN, and a connection the pod opened, answered, then closed.
-			f.fromPod(out4(worldV4, tcp(40000, 443, tcpSYN)))
-			f.fromPod(out4(worldV4, tcp(40001, 443, tcpSYN)))
-			f.fromPod(out4(worldV4, tcp(40002, 443, tcpSYN)))
+			f.fromPod(out4(worldV4, tcp(40000, 443, frames.TCPSyn)))
+			f.fromPod(out4(worldV4, tcp(40001, 443, frames.TCPSyn)))
+			f.fromPod(out4(worldV4, tcp(40002, 443, frames.TCPSyn)))
 			f.do(t, []step{
-				pass("answered", in4(worldV4, tcp(443, 40001, tcpSYN|tcpACK)), rsReply),
-				pass("answered, to be closed", in4(worldV4, tcp(443, 40002, tcpSYN|tcpACK)), rsReply),
+				pass("answered", in4(worldV4, tcp(443, 40001, frames.TCPSyn|frames.TCPAck)), rsReply),
+				pass("answered, to be closed", in4(worldV4, tcp(443, 40002, frames.TCPSyn|frames.TCPAck)), rsReply),
 			})
-			f.fromPod(out4(worldV4, tcp(40002, 443, tcpFIN|tcpACK)))
-			e, _ := f.ct(ctKey(podV4, worldV4, 40002, 443, protoTCP))
+			f.fromPod(out4(worldV4, tcp(40002, 443, frames.TCPFin|frames.TCPAck)))
+			e, _ := f.ct(ctKey(podV4, worldV4, 40002, 443, frames.ProtoTCP))
 			require.Equal(t, uint8(ctOut|ctAnswered|ctClosing), e.Flags)
 			// Past the SYN's timeout (60 s) and the close's (10 s), far within an open one's (2 h).
 			f.age(clk.unit, 61*time.Second)
 			f.do(t, []step{
-				drop("an unanswered SYN opens nothing for long", in4(worldV4, tcp(443, 40000, tcpSYN|tcpACK)), rsIsolated),
-				pass("an answered connection lives on", in4(worldV4, tcp(443, 40001, tcpACK)), rsReply),
-				drop("a closed connection is no pinhole", in4(worldV4, tcp(443, 40002, tcpACK)), rsIsolated),
+				drop("an unanswered SYN opens nothing for long", in4(worldV4, tcp(443, 40000, frames.TCPSyn|frames.TCPAck)), rsIsolated),
+				pass("an answered connection lives on", in4(worldV4, tcp(443, 40001, frames.TCPAck)), rsReply),
+				drop("a closed connection is no pinhole", in4(worldV4, tcp(443, 40002, frames.TCPAck)), rsIsolated),
 			})
 		})
 	}
@@ -230,13 +232,13 @@ func TestTCPFlowsCloseAndGoUnanswered(t *testing.T) {
 	t.Run("a SYN on a closing inbound flow is judged as new", func(t *testing.T) {
 		f := newFixture(t)
 		f.do(t, []step{
-			pass("opened by a rule", in4(xV4, tcp(40000, 80, tcpSYN)), rsAllow),
-			pass("established", in4(xV4, tcp(40000, 80, tcpRST)), rsEstablished),
+			pass("opened by a rule", in4(xV4, tcp(40000, 80, frames.TCPSyn)), rsAllow),
+			pass("established", in4(xV4, tcp(40000, 80, frames.TCPRst)), rsEstablished),
 		})
-		e, _ := f.ct(ctKey(podV4, xV4, 80, 40000, protoTCP))
+		e, _ := f.ct(ctKey(podV4, xV4, 80, 40000, frames.ProtoTCP))
 		require.Equal(t, uint8(ctIn|ctClosing), e.Flags)
-		f.do(t, []step{pass("the SYN of a new connection", in4(xV4, tcp(40000, 80, tcpSYN)), rsAllow)})
-		e, _ = f.ct(ctKey(podV4, xV4, 80, 40000, protoTCP))
+		f.do(t, []step{pass("the SYN of a new connection", in4(xV4, tcp(40000, 80, frames.TCPSyn)), rsAllow)})
+		e, _ = f.ct(ctKey(podV4, xV4, 80, 40000, frames.ProtoTCP))
 		require.Equal(t, uint8(ctIn), e.Flags, "a new flow")
 	})
 }
@@ -245,11 +247,11 @@ func TestFragmentVerdictsAgeOut(t *testing.T) {
 	f := newFixture(t)
 	f.do(t, []step{
 		pass("first fragment", v4{src: worldV4, dst: podV4, id: 9, mf: true}.frame(udp(4096, 53)), rsAllow),
-		pass("a later one at once", v4{src: worldV4, dst: podV4, id: 9, fragOff: 10, mf: true}.frame(raw(protoUDP, 16)), rsFragment),
+		pass("a later one at once", v4{src: worldV4, dst: podV4, id: 9, fragOff: 10, mf: true}.frame(raw(frames.ProtoUDP, 16)), rsFragment),
 	})
 	f.age(1, 31*time.Second) // frag_timeout_ns is 30 s
 	f.do(t, []step{
-		drop("a later one after the timeout", v4{src: worldV4, dst: podV4, id: 9, fragOff: 20}.frame(raw(protoUDP, 16)), rsNoRule),
+		drop("a later one after the timeout", v4{src: worldV4, dst: podV4, id: 9, fragOff: 20}.frame(raw(frames.ProtoUDP, 16)), rsNoRule),
 	})
 }
 
@@ -262,14 +264,14 @@ func TestEachPodHasItsShareOfConntrack(t *testing.T) {
 	before := f.stats()
 	f.fromPod(out4(worldV4, udp(5002, 53)))
 	require.Equal(t, uint64(1), f.stats()[PodwallReasonREASON_CT_QUOTA]-before[PodwallReasonREASON_CT_QUOTA])
-	_, ok := f.ct(ctKey(podV4, worldV4, 5002, 53, protoUDP))
+	_, ok := f.ct(ctKey(podV4, worldV4, 5002, 53, frames.ProtoUDP))
 	require.False(t, ok, "over the pod's share")
 	var n PodwallCtCount
 	require.NoError(t, f.objs.CtUsed.Lookup(uint32(podIfindex), &n))
 	require.Equal(t, int64(2), n.Entries)
 
 	// Another interface has a share of its own.
-	other := ctKey(podV4, worldV4, 5003, 53, protoUDP)
+	other := ctKey(podV4, worldV4, 5003, 53, frames.ProtoUDP)
 	other.Ifindex = podIfindex + 1
 	require.NoError(t, f.objs.CtUsed.Put(uint32(podIfindex+1), PodwallCtCount{}))
 	require.NoError(t, f.objs.CtUsed.Lookup(uint32(podIfindex+1), &n))
@@ -277,12 +279,12 @@ func TestEachPodHasItsShareOfConntrack(t *testing.T) {
 
 	// The collector gives the share back as entries go.
 	var run PodwallCtGcRun
-	require.NoError(t, f.objs.Conntrack.Delete(ctKey(podV4, worldV4, 5000, 53, protoUDP)))
-	require.NoError(t, f.objs.Conntrack.Put(ctKey(podV4, worldV4, 5000, 53, protoUDP), PodwallCtEntry{LastSeen: monotonicNow(t) - uint64(3*time.Hour), Flags: ctOut}))
+	require.NoError(t, f.objs.Conntrack.Delete(ctKey(podV4, worldV4, 5000, 53, frames.ProtoUDP)))
+	require.NoError(t, f.objs.Conntrack.Put(ctKey(podV4, worldV4, 5000, 53, frames.ProtoUDP), PodwallCtEntry{LastSeen: monotonicNow(t) - uint64(3*time.Hour), Flags: ctOut}))
 	_, err := f.objs.CtGc.Run(&ebpf.RunOptions{Context: run, ContextOut: &run})
 	require.NoError(t, err)
 	require.Equal(t, uint32(1), run.Expired)
 	f.fromPod(out4(worldV4, udp(5002, 53)))
-	_, ok = f.ct(ctKey(podV4, worldV4, 5002, 53, protoUDP))
+	_, ok = f.ct(ctKey(podV4, worldV4, 5002, 53, frames.ProtoUDP))
 	require.True(t, ok, "within the share again")
 }

@@ -10,24 +10,6 @@ import (
 // The frames of the tests, in the short spelling they are written in: tests/frames builds
 // them. Checksums stay zero: the programs never verify them.
 
-const (
-	protoICMP   = frames.ProtoICMP
-	protoTCP    = frames.ProtoTCP
-	protoUDP    = frames.ProtoUDP
-	protoICMPv6 = frames.ProtoICMPv6
-
-	nhHop      = frames.NHHop
-	nhRouting  = frames.NHRouting
-	nhFragment = frames.NHFragment
-	nhAuth     = frames.NHAuth
-	nhDest     = frames.NHDest
-
-	tcpSYN = frames.TCPSyn
-	tcpACK = frames.TCPAck
-	tcpFIN = frames.TCPFin
-	tcpRST = frames.TCPRst
-)
-
 type (
 	l4   = frames.L4
 	ext6 = frames.Ext6
@@ -37,11 +19,11 @@ func tcp(sport, dport uint16, flags uint8) l4 { return frames.TCP(sport, dport, 
 func udp(sport, dport uint16) l4              { return frames.UDP(sport, dport, nil) }
 
 func icmp4(typ, code uint8, id uint16, body []byte) l4 {
-	return frames.ICMP(protoICMP, typ, code, id, body)
+	return frames.ICMP(frames.ProtoICMP, typ, code, id, body)
 }
 
 func icmp6(typ, code uint8, id uint16, body []byte) l4 {
-	return frames.ICMP(protoICMPv6, typ, code, id, body)
+	return frames.ICMP(frames.ProtoICMPv6, typ, code, id, body)
 }
 
 // raw is n bytes announced as proto: unknown protocols, the data of later fragments.

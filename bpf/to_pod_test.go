@@ -4,6 +4,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/podwall/podwall/tests/frames"
 )
 
 // step is one thing a to_pod test case does: run a frame through to_pod and check the action
@@ -118,10 +120,10 @@ const (
 )
 
 func TestToPod(t *testing.T) {
-	syn, ack := uint8(tcpSYN), uint8(tcpACK)
+	syn, ack := uint8(frames.TCPSyn), uint8(frames.TCPAck)
 	eightExts := []ext6{
-		optsHdr(nhHop, 1), optsHdr(nhDest, 2), optsHdr(nhRouting, 1), authHdr(),
-		optsHdr(nhDest, 1), optsHdr(nhDest, 1), fragHdr(0, false, 5), optsHdr(nhDest, 3),
+		optsHdr(frames.NHHop, 1), optsHdr(frames.NHDest, 2), optsHdr(frames.NHRouting, 1), authHdr(),
+		optsHdr(frames.NHDest, 1), optsHdr(frames.NHDest, 1), fragHdr(0, false, 5), optsHdr(frames.NHDest, 3),
 	}
 	ipv6v4 := v6{src: xV6, dst: podV6}.frame(tcp(40000, 80, syn))
 	ipv6v4[14] = 4 << 4
@@ -197,25 +199,25 @@ func TestToPod(t *testing.T) {
 			drop("short tcp", cut(in4(xV4, tcp(1, 80, syn)), 14+20+12), rsMalformed),
 			drop("short udp", cut(in4(worldV4, udp(5000, 53)), 14+20+6), rsMalformed),
 			drop("short icmp", cut(in4(worldV4, icmp4(8, 0, 1, nil)), 14+20+4), rsMalformed),
-			drop("ipv4 options hide the tcp header", v4{src: xV4, dst: podV4, options: make([]byte, 40)}.frame(raw(protoTCP, 4)), rsMalformed),
+			drop("ipv4 options hide the tcp header", v4{src: xV4, dst: podV4, options: make([]byte, 40)}.frame(raw(frames.ProtoTCP, 4)), rsMalformed),
 			drop("version 4 in an ipv6 frame", ipv6v4, rsMalformed),
-			drop("nine extension headers", v6{src: xV6, dst: podV6, exts: append(eightExts, optsHdr(nhDest, 1))}.frame(tcp(1, 80, syn)), rsMalformed),
-			drop("short extension header", cut(v6{src: xV6, dst: podV6, exts: []ext6{optsHdr(nhHop, 2)}}.frame(tcp(1, 80, syn)), 14+40+12), rsMalformed),
+			drop("nine extension headers", v6{src: xV6, dst: podV6, exts: append(eightExts, optsHdr(frames.NHDest, 1))}.frame(tcp(1, 80, syn)), rsMalformed),
+			drop("short extension header", cut(v6{src: xV6, dst: podV6, exts: []ext6{optsHdr(frames.NHHop, 2)}}.frame(tcp(1, 80, syn)), 14+40+12), rsMalformed),
 			drop("two fragment headers", v6{src: xV6, dst: podV6, exts: []ext6{fragHdr(0, false, 1), fragHdr(0, false, 2)}}.frame(tcp(1, 80, syn)), rsMalformed),
 			drop("short tcp after extension headers", cut(v6{src: xV6, dst: podV6, exts: []ext6{authHdr()}}.frame(tcp(1, 80, syn)), 14+40+12+8), rsMalformed),
 			change("open", setMode(modeOpen)),
 			pass("short tcp, open mode", cut(in4(xV4, tcp(1, 80, syn)), 14+20+12), rsOpen),
-			pass("nine extension headers, open mode", v6{src: xV6, dst: podV6, exts: append(eightExts, optsHdr(nhDest, 1))}.frame(tcp(1, 80, syn)), rsOpen),
+			pass("nine extension headers, open mode", v6{src: xV6, dst: podV6, exts: append(eightExts, optsHdr(frames.NHDest, 1))}.frame(tcp(1, 80, syn)), rsOpen),
 		}},
 		{"ipv6 extension headers are walked", []step{
-			pass("hop-by-hop", v6{src: xV6, dst: podV6, exts: []ext6{optsHdr(nhHop, 1)}}.frame(tcp(41001, 80, syn)), rsAllow),
-			pass("routing", v6{src: xV6, dst: podV6, exts: []ext6{optsHdr(nhRouting, 2)}}.frame(tcp(41002, 80, syn)), rsAllow),
-			pass("destination options", v6{src: xV6, dst: podV6, exts: []ext6{optsHdr(nhDest, 1)}}.frame(tcp(41003, 80, syn)), rsAllow),
+			pass("hop-by-hop", v6{src: xV6, dst: podV6, exts: []ext6{optsHdr(frames.NHHop, 1)}}.frame(tcp(41001, 80, syn)), rsAllow),
+			pass("routing", v6{src: xV6, dst: podV6, exts: []ext6{optsHdr(frames.NHRouting, 2)}}.frame(tcp(41002, 80, syn)), rsAllow),
+			pass("destination options", v6{src: xV6, dst: podV6, exts: []ext6{optsHdr(frames.NHDest, 1)}}.frame(tcp(41003, 80, syn)), rsAllow),
 			pass("ah", v6{src: xV6, dst: podV6, exts: []ext6{authHdr()}}.frame(tcp(41004, 80, syn)), rsAllow),
 			pass("atomic fragment", v6{src: xV6, dst: podV6, exts: []ext6{fragHdr(0, false, 3)}}.frame(tcp(41005, 80, syn)), rsAllow),
 			pass("eight", v6{src: xV6, dst: podV6, exts: eightExts}.frame(tcp(41006, 80, syn)), rsAllow).by(0),
 			drop("eight, then port 22", v6{src: xV6, dst: podV6, exts: eightExts}.frame(tcp(41007, 22, syn)), rsDeny),
-			pass("icmpv6 after extension headers", v6{src: worldV6, dst: podV6, exts: []ext6{optsHdr(nhHop, 1)}}.frame(icmp6(128, 0, 1, nil)), rsAllow),
+			pass("icmpv6 after extension headers", v6{src: worldV6, dst: podV6, exts: []ext6{optsHdr(frames.NHHop, 1)}}.frame(icmp6(128, 0, 1, nil)), rsAllow),
 		}},
 		{"open mode passes everything and tracks it", []step{
 			change("open", setMode(modeOpen)),
@@ -247,34 +249,34 @@ func TestToPod(t *testing.T) {
 		}},
 		{"fragments of an allowed datagram", []step{
 			pass("first", v4{src: worldV4, dst: podV4, id: 77, mf: true}.frame(udp(5000, 53)), rsAllow),
-			pass("middle", v4{src: worldV4, dst: podV4, id: 77, fragOff: 100, mf: true}.frame(raw(protoUDP, 800)), rsFragment),
-			pass("last", v4{src: worldV4, dst: podV4, id: 77, fragOff: 200}.frame(raw(protoUDP, 100)), rsFragment),
-			drop("other datagram, first unseen", v4{src: worldV4, dst: podV4, id: 78, fragOff: 100}.frame(raw(protoUDP, 100)), rsNoRule),
-			drop("same id, other protocol", v4{src: worldV4, dst: podV4, id: 77, fragOff: 100}.frame(raw(protoTCP, 100)), rsNoRule),
+			pass("middle", v4{src: worldV4, dst: podV4, id: 77, fragOff: 100, mf: true}.frame(raw(frames.ProtoUDP, 800)), rsFragment),
+			pass("last", v4{src: worldV4, dst: podV4, id: 77, fragOff: 200}.frame(raw(frames.ProtoUDP, 100)), rsFragment),
+			drop("other datagram, first unseen", v4{src: worldV4, dst: podV4, id: 78, fragOff: 100}.frame(raw(frames.ProtoUDP, 100)), rsNoRule),
+			drop("same id, other protocol", v4{src: worldV4, dst: podV4, id: 77, fragOff: 100}.frame(raw(frames.ProtoTCP, 100)), rsNoRule),
 		}},
 		{"fragments of a denied datagram", []step{
 			drop("first", v4{src: worldV4, dst: podV4, id: 9, mf: true}.frame(tcp(1, 22, syn)), rsDeny),
-			drop("later", v4{src: worldV4, dst: podV4, id: 9, fragOff: 3}.frame(raw(protoTCP, 100)), rsFragment),
+			drop("later", v4{src: worldV4, dst: podV4, id: 9, fragOff: 3}.frame(raw(frames.ProtoTCP, 100)), rsFragment),
 		}},
 		{"fragments without their first match only portless rules", []step{
-			pass("v6 cidr rule", v6{src: allowedV6, dst: podV6, exts: []ext6{fragHdr(10, true, 1)}}.frame(raw(protoUDP, 100)), rsAllow),
-			drop("world", v6{src: worldV6, dst: podV6, exts: []ext6{fragHdr(10, true, 1)}}.frame(raw(protoUDP, 100)), rsNoRule),
-			drop("denied cidr", v4{src: deniedV4, dst: podV4, id: 1, fragOff: 10}.frame(raw(protoUDP, 100)), rsDeny),
-			pass("label rule states no ports", v4{src: xV4, dst: podV4, id: 1, fragOff: 10}.frame(raw(protoTCP, 100)), rsAllow),
-			drop("port rule", v4{src: worldV4, dst: podV4, id: 2, fragOff: 10}.frame(raw(protoUDP, 100)), rsNoRule),
-			drop("icmp type rule", v4{src: worldV4, dst: podV4, id: 2, fragOff: 10}.frame(raw(protoICMP, 100)), rsNoRule),
-			pass("icmpv6 rule without a type", v6{src: worldV6, dst: podV6, exts: []ext6{fragHdr(10, false, 2)}}.frame(raw(protoICMPv6, 100)), rsAllow),
+			pass("v6 cidr rule", v6{src: allowedV6, dst: podV6, exts: []ext6{fragHdr(10, true, 1)}}.frame(raw(frames.ProtoUDP, 100)), rsAllow),
+			drop("world", v6{src: worldV6, dst: podV6, exts: []ext6{fragHdr(10, true, 1)}}.frame(raw(frames.ProtoUDP, 100)), rsNoRule),
+			drop("denied cidr", v4{src: deniedV4, dst: podV4, id: 1, fragOff: 10}.frame(raw(frames.ProtoUDP, 100)), rsDeny),
+			pass("label rule states no ports", v4{src: xV4, dst: podV4, id: 1, fragOff: 10}.frame(raw(frames.ProtoTCP, 100)), rsAllow),
+			drop("port rule", v4{src: worldV4, dst: podV4, id: 2, fragOff: 10}.frame(raw(frames.ProtoUDP, 100)), rsNoRule),
+			drop("icmp type rule", v4{src: worldV4, dst: podV4, id: 2, fragOff: 10}.frame(raw(frames.ProtoICMP, 100)), rsNoRule),
+			pass("icmpv6 rule without a type", v6{src: worldV6, dst: podV6, exts: []ext6{fragHdr(10, false, 2)}}.frame(raw(frames.ProtoICMPv6, 100)), rsAllow),
 		}},
 		{"ipv6 fragments", []step{
-			pass("first", v6{src: worldV6, dst: podV6, exts: []ext6{optsHdr(nhHop, 1), fragHdr(0, true, 99)}}.frame(udp(5000, 53)), rsAllow),
-			pass("later", v6{src: worldV6, dst: podV6, exts: []ext6{optsHdr(nhHop, 1), fragHdr(185, false, 99)}}.frame(raw(protoUDP, 100)), rsFragment),
+			pass("first", v6{src: worldV6, dst: podV6, exts: []ext6{optsHdr(frames.NHHop, 1), fragHdr(0, true, 99)}}.frame(udp(5000, 53)), rsAllow),
+			pass("later", v6{src: worldV6, dst: podV6, exts: []ext6{optsHdr(frames.NHHop, 1), fragHdr(185, false, 99)}}.frame(raw(frames.ProtoUDP, 100)), rsFragment),
 			drop("first, denied", v6{src: worldV6, dst: podV6, exts: []ext6{fragHdr(0, true, 100)}}.frame(tcp(1, 22, syn)), rsDeny),
-			drop("later, denied", v6{src: worldV6, dst: podV6, exts: []ext6{fragHdr(185, false, 100)}}.frame(raw(protoTCP, 100)), rsFragment),
+			drop("later, denied", v6{src: worldV6, dst: podV6, exts: []ext6{fragHdr(185, false, 100)}}.frame(raw(frames.ProtoTCP, 100)), rsFragment),
 		}},
 		{"a first fragment records its verdict whatever decided it", []step{
 			pass("from the node", v4{src: hostV4, dst: podV4, id: 5, mf: true}.frame(udp(1, 2)), rsHost),
 			change("node not allowed", rejudge(polMain, 0)),
-			pass("later", v4{src: hostV4, dst: podV4, id: 5, fragOff: 10}.frame(raw(protoUDP, 100)), rsFragment),
+			pass("later", v4{src: hostV4, dst: podV4, id: 5, fragOff: 10}.frame(raw(frames.ProtoUDP, 100)), rsFragment),
 		}},
 		{"replies to the pod's flows pass", []step{
 			sent("tcp syn", out4(worldV4, tcp(40000, 443, syn))),
@@ -331,7 +333,7 @@ func TestToPod(t *testing.T) {
 			sent("echo request", out4(worldV4, icmp4(8, 0, 5, nil))),
 			pass("time exceeded about the echo", in4("192.0.2.254", icmp4(11, 0, 0, v4{src: podV4, dst: worldV4}.packet(icmp4(8, 0, 5, nil)))), rsICMPError),
 			sent("tcp syn v6", out6(worldV6, tcp(40000, 443, syn))),
-			pass("v6 packet too big, quoted extension header", in6("2001:db9::fe", icmp6(2, 0, 0, v6{src: podV6, dst: worldV6, exts: []ext6{optsHdr(nhDest, 1)}}.packet(tcp(40000, 443, syn)))), rsICMPError),
+			pass("v6 packet too big, quoted extension header", in6("2001:db9::fe", icmp6(2, 0, 0, v6{src: podV6, dst: worldV6, exts: []ext6{optsHdr(frames.NHDest, 1)}}.packet(tcp(40000, 443, syn)))), rsICMPError),
 			pass("v6 error quoting v4 is judged by the rules", in6("2001:db9::fe", icmp6(1, 4, 0, v4{src: podV4, dst: worldV4}.packet(udp(40000, 53)))), rsAllow),
 			pass("inbound flow", in4(xV4, tcp(40000, 80, syn)), rsAllow),
 			pass("error about the pod's answer", in4("192.0.2.254", icmp4(3, 1, 0, v4{src: podV4, dst: xV4}.packet(tcp(80, 40000, syn|ack)))), rsICMPError),

@@ -125,6 +125,13 @@ type attachment interface {
 // the attachments. Attaching an attached interface does nothing. On failure nothing of this
 // call stays attached.
 func (l *Loader) Attach(ifindex int) error {
+	return l.changing(func() error { return l.attach(ifindex) })
+}
+
+// changing runs fn, a change of the attachments and their pins, holding the state folder's
+// exclusive lock (readers see no pin half replaced) and the Loader's mutex; ErrClosed after
+// Close.
+func (l *Loader) changing(fn func() error) error {
 	stateLock, err := lock(l.dir, unix.LOCK_EX)
 	if err != nil {
 		return err
@@ -135,7 +142,7 @@ func (l *Loader) Attach(ifindex int) error {
 	if l.attached == nil {
 		return ErrClosed
 	}
-	return l.attach(ifindex)
+	return fn()
 }
 
 func (l *Loader) attach(ifindex int) error {
@@ -172,28 +179,20 @@ func (l *Loader) attachHook(h hook) (attachment, error) {
 // Detach removes podwall from both hooks of an interface, and their pins. An interface that
 // is not attached, or no longer exists, is not an error.
 func (l *Loader) Detach(ifindex int) error {
-	stateLock, err := lock(l.dir, unix.LOCK_EX)
-	if err != nil {
-		return err
-	}
-	defer stateLock.Close()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.attached == nil {
-		return ErrClosed
-	}
-	var errs []error
-	for _, d := range directions {
-		h := hook{ifindex, d}
-		if a, ok := l.attached[h]; ok {
-			if err := a.detach(); err != nil {
-				errs = append(errs, fmt.Errorf("detach %s: %w", h, err))
-				continue
+	return l.changing(func() error {
+		var errs []error
+		for _, d := range directions {
+			h := hook{ifindex, d}
+			if a, ok := l.attached[h]; ok {
+				if err := a.detach(); err != nil {
+					errs = append(errs, fmt.Errorf("detach %s: %w", h, err))
+					continue
+				}
+				delete(l.attached, h)
 			}
-			delete(l.attached, h)
 		}
-	}
-	return errors.Join(errs...)
+		return errors.Join(errs...)
+	})
 }
 
 // reattach takes over the pinned attachments: each live one moves to the new programs (in

@@ -21,35 +21,13 @@ import (
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/loader/loadertest"
 	"github.com/podwall/podwall/tests/topo"
 )
 
 func TestMain(m *testing.M) { topo.Main(m) }
 
 const port = 8080
-
-// bestMode is the mode the probe must choose on the running kernel: tcx from 6.6 on, where a
-// kernel without it (or a probe that misses it) is a failure; clsact below, where the loader
-// falls back to it by design.
-func bestMode(t *testing.T) loader.Mode {
-	t.Helper()
-	if topo.KernelHasTCX(t) {
-		return loader.ModeTCX
-	}
-	return loader.ModeClsact
-}
-
-// modes are the attach modes the running kernel offers: tcx and clsact from 6.6 on, only
-// clsact below.
-func modes(t *testing.T) []loader.Mode {
-	t.Helper()
-	if topo.KernelHasTCX(t) {
-		t.Log("attach modes: tcx and clsact (kernel 6.6 or later)")
-		return []loader.Mode{loader.ModeTCX, loader.ModeClsact}
-	}
-	t.Log("attach modes: clsact only (the kernel is older than 6.6, which brought tcx)")
-	return []loader.Mode{loader.ModeClsact}
-}
 
 // env is a routed node with two pods and a client, and a pin folder of its own.
 type env struct {
@@ -206,7 +184,7 @@ func pinNames(mode loader.Mode, ifindexes ...int) []string {
 // TestProbeChoosesKernelsBest: with nothing forced, the loader attaches with tcx on a kernel
 // that has it (6.6 and later) and falls back to clsact below.
 func TestProbeChoosesKernelsBest(t *testing.T) {
-	want := bestMode(t)
+	want := loadertest.Best(t)
 	e := newEnv(t, want)
 	e.cfg.ForceClsact = false
 	require.Equal(t, want, e.open(t).Mode(), "tcx from kernel 6.6 on, clsact below")
@@ -215,7 +193,7 @@ func TestProbeChoosesKernelsBest(t *testing.T) {
 // TestProcessNamespace runs the Loader the way the agent runs under nsenter: with no
 // Config.Netns, in the namespace of the thread that calls it (here a thread of the node's).
 func TestProcessNamespace(t *testing.T) {
-	for _, mode := range modes(t) {
+	for _, mode := range loadertest.Modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			e.cfg.Netns = ""
@@ -246,7 +224,7 @@ func TestProcessNamespace(t *testing.T) {
 // gets no new inbound connection (to_pod on egress drops it) but gets the replies to its own
 // (from_pod on ingress records them), also while no Loader runs.
 func TestEnforces(t *testing.T) {
-	for _, mode := range modes(t) {
+	for _, mode := range loadertest.Modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			e.client.Echo(t, port)
@@ -280,7 +258,7 @@ func TestEnforces(t *testing.T) {
 }
 
 func TestAttachDetach(t *testing.T) {
-	for _, mode := range modes(t) {
+	for _, mode := range loadertest.Modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			l := e.open(t)
@@ -311,7 +289,7 @@ func TestAttachDetach(t *testing.T) {
 }
 
 func TestRestartKeepsLinksAndMaps(t *testing.T) {
-	for _, mode := range modes(t) {
+	for _, mode := range loadertest.Modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			l := e.open(t)
@@ -365,7 +343,7 @@ func TestRestartKeepsLinksAndMaps(t *testing.T) {
 // clsact, then the probe's choice) must keep clsact and the connection, which is what an
 // agent there does when its flags change; no run is skipped.
 func TestModeSwitch(t *testing.T) {
-	best := bestMode(t)
+	best := loadertest.Best(t)
 	e := newEnv(t, best)
 	ifindex := e.pod.HostIfindex
 	l := e.open(t)
@@ -389,7 +367,7 @@ func TestModeSwitch(t *testing.T) {
 }
 
 func TestIncompatiblePinLeavesProgramsRunning(t *testing.T) {
-	for _, mode := range modes(t) {
+	for _, mode := range loadertest.Modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			l := e.open(t)
@@ -420,7 +398,7 @@ func TestIncompatiblePinLeavesProgramsRunning(t *testing.T) {
 }
 
 func TestLocks(t *testing.T) {
-	e := newEnv(t, bestMode(t))
+	e := newEnv(t, loadertest.Best(t))
 	l := e.open(t)
 	require.NoError(t, l.Attach(e.pod.HostIfindex))
 
@@ -441,7 +419,7 @@ func TestLocks(t *testing.T) {
 }
 
 func TestUninstall(t *testing.T) {
-	for _, mode := range modes(t) {
+	for _, mode := range loadertest.Modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			l := e.open(t)
@@ -465,7 +443,7 @@ func TestUninstall(t *testing.T) {
 }
 
 func TestRemovedInterfaces(t *testing.T) {
-	for _, mode := range modes(t) {
+	for _, mode := range loadertest.Modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			l := e.open(t)
@@ -501,7 +479,7 @@ func deleteLink(t *testing.T, e *env, name string) {
 // TestRepairsHalfAttached: a crash between the two hooks of an Attach leaves one; the next
 // Loader attaches the other.
 func TestRepairsHalfAttached(t *testing.T) {
-	for _, mode := range modes(t) {
+	for _, mode := range loadertest.Modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			l := e.open(t)
@@ -596,7 +574,7 @@ func TestConstants(t *testing.T) {
 		{"wrong size", map[string]any{name: bad}, func(t *testing.T, err error) { require.Error(t, err) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, bestMode(t))
+			e := newEnv(t, loadertest.Best(t))
 			e.cfg.Constants = tc.constants
 			l, err := loader.Open(e.cfg)
 			tc.check(t, err)

@@ -4,8 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"slices"
-
-	"golang.org/x/sys/unix"
 )
 
 // Displaced is a hook where another program ran before podwall's: it judged, or let
@@ -21,16 +19,15 @@ type Displaced struct {
 // puts it first again, with no moment without it, where another program went ahead. It
 // returns the hooks it found displaced.
 func (l *Loader) EnsureFirst() ([]Displaced, error) {
-	stateLock, err := lock(l.dir, unix.LOCK_EX)
-	if err != nil {
-		return nil, err
-	}
-	defer stateLock.Close()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.attached == nil {
-		return nil, ErrClosed
-	}
+	var out []Displaced
+	err := l.changing(func() error {
+		out = l.ensureFirst()
+		return nil
+	})
+	return out, err
+}
+
+func (l *Loader) ensureFirst() []Displaced {
 	var out []Displaced
 	for h, a := range l.attached {
 		first, err := a.first()
@@ -49,7 +46,7 @@ func (l *Loader) EnsureFirst() ([]Displaced, error) {
 	slices.SortFunc(out, func(a, b Displaced) int {
 		return cmp.Or(cmp.Compare(a.Ifindex, b.Ifindex), cmp.Compare(a.Direction, b.Direction))
 	})
-	return out, nil
+	return out
 }
 
 // errGone means the hook's interface no longer exists.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/loader/loadertest"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -15,7 +16,7 @@ import (
 // everything opens an isolated pod; EnsureFirst finds it and puts podwall first again,
 // leaving the other program in place, and a restarted Loader keeps the moved attachment.
 func TestEnsureFirstPutsPodwallAheadAgain(t *testing.T) {
-	for _, mode := range modes(t) {
+	for _, mode := range loadertest.Modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			l := e.open(t)

@@ -15,6 +15,7 @@ import (
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/policy"
+	"github.com/podwall/podwall/tests/frames"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -30,9 +31,6 @@ const (
 	flowCTInsert    = "conntrack-insert"
 	flowNew         = "new-flow"
 	flowEstablished = "established-flow"
-
-	tcpSYN = 0x02
-	tcpACK = 0x10
 )
 
 // BenchmarkVerdict measures to_pod per packet, as the kernel times BPF_PROG_TEST_RUN with
@@ -59,10 +57,10 @@ const (
 func BenchmarkVerdict(b *testing.B) {
 	ns := topo.NewNetns(b, "bench")
 	b.Run(flowEmpty, func(b *testing.B) {
-		measure(b, ns, emptyProgram(b), frame(benchPacket(), wire{tcpFlags: tcpSYN}))
+		measure(b, ns, emptyProgram(b), frame(benchPacket(), wire{tcpFlags: frames.TCPSyn}))
 	})
 	b.Run(flowCTInsert, func(b *testing.B) {
-		measure(b, ns, ctInsertProgram(b, b.N), frame(benchPacket(), wire{tcpFlags: tcpSYN}))
+		measure(b, ns, ctInsertProgram(b, b.N), frame(benchPacket(), wire{tcpFlags: frames.TCPSyn}))
 	})
 	for _, flow := range []string{flowNew, flowEstablished} {
 		d := loadDatapath(b, func(s *bpf.PodwallSpecs) error {
@@ -178,10 +176,10 @@ func prepare(b *testing.B, ns *topo.Netns, d *datapath, s *compiler.State, flow 
 	require.Equal(b, rules, s.Policies[v.Policy].Rules[v.Rule].Index, "the deciding rule is the last")
 
 	want := []bpf.Reason{bpf.ReasonAllowRule, bpf.ReasonAllowRule}
-	flags := uint8(tcpSYN)
+	flags := uint8(frames.TCPSyn)
 	if flow == flowEstablished {
 		want[1] = bpf.ReasonEstablished
-		flags = tcpACK
+		flags = frames.TCPAck
 	}
 	fr := frame(p, wire{tcpFlags: flags})
 	var got []bpf.Reason
@@ -213,7 +211,7 @@ var (
 // benchPacket is a TCP packet from the client pod (the second pod) to the server pod (the
 // first), the endpoint at ifindex 1, the loopback of the benchmark's namespace.
 func benchPacket() compiler.Packet {
-	return compiler.Packet{Src: benchPodIP(1), Dst: benchPodIP(0), Proto: protoTCP, SrcPort: 40000, DstPort: 443}
+	return compiler.Packet{Src: benchPodIP(1), Dst: benchPodIP(0), Proto: frames.ProtoTCP, SrcPort: 40000, DstPort: 443}
 }
 
 func benchPodIP(i int) netip.Addr {

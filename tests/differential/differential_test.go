@@ -19,6 +19,7 @@ import (
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/compiler/compilertest"
+	"github.com/podwall/podwall/tests/frames"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -160,9 +161,9 @@ func opensFlow(p compiler.Packet) bool {
 		return false
 	}
 	v4 := p.Src.Is4()
-	return p.Proto == protoTCP || p.Proto == protoUDP ||
-		v4 && p.Proto == protoICMP && p.ICMPType == 8 ||
-		!v4 && p.Proto == protoICMPv6 && p.ICMPType == 128
+	return p.Proto == frames.ProtoTCP || p.Proto == frames.ProtoUDP ||
+		v4 && p.Proto == frames.ProtoICMP && p.ICMPType == 8 ||
+		!v4 && p.Proto == frames.ProtoICMPv6 && p.ICMPType == 128
 }
 
 // eventPorts are event.sport and event.dport as the program fills them, in the byte order
@@ -172,9 +173,9 @@ func eventPorts(p compiler.Packet, echoID uint16) (uint16, uint16) {
 	switch {
 	case p.Fragment == compiler.FragLater:
 		return 0, 0
-	case p.Proto == protoTCP, p.Proto == protoUDP:
+	case p.Proto == frames.ProtoTCP, p.Proto == frames.ProtoUDP:
 		return be(byte(p.SrcPort>>8), byte(p.SrcPort)), be(byte(p.DstPort>>8), byte(p.DstPort))
-	case p.Src.Is4() && p.Proto == protoICMP, p.Src.Is6() && p.Proto == protoICMPv6:
+	case p.Src.Is4() && p.Proto == frames.ProtoICMP, p.Src.Is6() && p.Proto == frames.ProtoICMPv6:
 		return be(p.ICMPType, p.ICMPCode), be(byte(echoID>>8), byte(echoID))
 	}
 	return 0, 0

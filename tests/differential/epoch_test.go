@@ -9,6 +9,7 @@ import (
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/policy"
+	"github.com/podwall/podwall/tests/frames"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -39,8 +40,8 @@ func TestEstablishedFlowsFollowTheEpoch(t *testing.T) {
 		require.Empty(t, s.Problems)
 		return s
 	}
-	p := compiler.Packet{Src: client, Dst: server, Proto: protoTCP, SrcPort: 40000, DstPort: 443}
-	syn, ack := frame(p, wire{tcpFlags: tcpSYN}), frame(p, wire{tcpFlags: tcpACK})
+	p := compiler.Packet{Src: client, Dst: server, Proto: frames.ProtoTCP, SrcPort: 40000, DstPort: 443}
+	syn, ack := frame(p, wire{tcpFlags: frames.TCPSyn}), frame(p, wire{tcpFlags: frames.TCPAck})
 	epoch := func() uint32 {
 		var v uint32
 		require.NoError(t, d.objs.Epoch.Lookup(uint32(0), &v))

@@ -11,19 +11,6 @@ import (
 	"github.com/podwall/podwall/tests/frames"
 )
 
-// IP protocol numbers and IPv6 extension headers the frames use.
-const (
-	protoICMP   = frames.ProtoICMP
-	protoTCP    = frames.ProtoTCP
-	protoUDP    = frames.ProtoUDP
-	protoICMPv6 = frames.ProtoICMPv6
-
-	nhHop     = frames.NHHop
-	nhRouting = frames.NHRouting
-	nhAuth    = frames.NHAuth
-	nhDest    = frames.NHDest
-)
-
 // wire is what a frame holds beyond the compiler.Packet it carries: fields Evaluate does not
 // read but the program's parser walks, so that the packets also vary in their layout.
 type wire struct {
@@ -31,7 +18,7 @@ type wire struct {
 	tcpFlags uint8
 	// v4Options is the number of 4-byte IPv4 option words (IHL - 5).
 	v4Options int
-	// v6Exts are IPv6 extension headers (nhHop, nhDest, nhRouting, nhAuth) before the
+	// v6Exts are IPv6 extension headers (frames.NHHop, frames.NHDest, frames.NHRouting, frames.NHAuth) before the
 	// fragment header, if any, and the L4 header.
 	v6Exts []uint8
 	// atomic puts a fragment header with offset 0 and no more fragments on an IPv6
@@ -86,7 +73,7 @@ func randomWire(rng *rand.Rand, p compiler.Packet) wire {
 		return w
 	}
 	for range pick(rng, []int{0, 0, 0, 1, 2, 3}) {
-		w.v6Exts = append(w.v6Exts, pick(rng, []uint8{nhHop, nhDest, nhRouting, nhAuth}))
+		w.v6Exts = append(w.v6Exts, pick(rng, []uint8{frames.NHHop, frames.NHDest, frames.NHRouting, frames.NHAuth}))
 	}
 	w.atomic = p.Fragment == compiler.FragNone && rng.IntN(10) == 0
 	return w
@@ -187,11 +174,11 @@ func describe(p compiler.Packet, w wire) string {
 	s := fmt.Sprintf("%v -> %v proto %d", p.Src, p.Dst, p.Proto)
 	switch {
 	case p.Fragment == compiler.FragLater:
-	case p.Proto == protoTCP:
+	case p.Proto == frames.ProtoTCP:
 		s += fmt.Sprintf(" ports %d -> %d flags %#02x", p.SrcPort, p.DstPort, w.tcpFlags)
-	case p.Proto == protoUDP:
+	case p.Proto == frames.ProtoUDP:
 		s += fmt.Sprintf(" ports %d -> %d", p.SrcPort, p.DstPort)
-	case p.Proto == protoICMP && p.Src.Is4(), p.Proto == protoICMPv6 && p.Src.Is6():
+	case p.Proto == frames.ProtoICMP && p.Src.Is4(), p.Proto == frames.ProtoICMPv6 && p.Src.Is6():
 		s += fmt.Sprintf(" type %d code %d id %d", p.ICMPType, p.ICMPCode, w.echoID)
 	}
 	s += fmt.Sprintf(", fragment %s (id %#x offset %d more %v atomic %v)", frag, w.fragID, w.fragOffset, w.more, w.atomic)

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/loader/loadertest"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -18,7 +19,7 @@ import (
 // neighbour discovery keeps working, so that it can still talk over IPv6 once its neighbour
 // entries are gone.
 func TestIsolatedPodGetsRepliesAndNeighbourDiscovery(t *testing.T) {
-	c := newCluster(t, topo.Routed, bestMode(t))
+	c := newCluster(t, topo.Routed, loadertest.Best(t))
 	isolated := c.addPod(t, "isolated", nsProd, nil, policyOf(""))
 	backendPod := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)
 	guarded := c.addPod(t, "guarded", nsProd, nil, policyOf("allow from label role=backend"))
@@ -90,7 +91,7 @@ func flushNeighbours(t *testing.T, ns *topo.Netns) {
 // established inbound connection, its next packet is dropped, whether the pod's own policy
 // changed or the source pod was relabelled; a change that still allows it leaves it alone.
 func TestPolicyChangeCutsEstablishedConnections(t *testing.T) {
-	c := newCluster(t, topo.Routed, bestMode(t))
+	c := newCluster(t, topo.Routed, loadertest.Best(t))
 	target := c.addPod(t, "target", nsProd, nil, policyOf("allow tcp to ports 8080; allow udp to ports 8080"))
 	guarded := c.addPod(t, "guarded", nsProd, nil, policyOf("allow from label role=backend"))
 	backend := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/loader/loadertest"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -15,7 +16,7 @@ import (
 // ports and to ports with ranges, to label, to cidr, ICMP type and code; and that a deny
 // rule wins over any allow rule, whatever the order.
 func TestEachRuleFieldMatchesAsSpecified(t *testing.T) {
-	c := newCluster(t, topo.Routed, bestMode(t))
+	c := newCluster(t, topo.Routed, loadertest.Best(t))
 	cl := c.tp.AddClient("client", worldIPv4, worldIPv6)
 	backendPod := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)
 	frontendPod := c.addPod(t, "frontend", nsProd, labels("role", "frontend"), nil)

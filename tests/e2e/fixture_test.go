@@ -79,28 +79,6 @@ func defaultOptions() compiler.Options {
 	}
 }
 
-// bestMode is how the data path attaches when nothing is forced: tcx on kernels that must
-// have it (6.6 and later), clsact below, where the loader falls back to it by design.
-func bestMode(t *testing.T) loader.Mode {
-	t.Helper()
-	if topo.KernelHasTCX(t) {
-		return loader.ModeTCX
-	}
-	return loader.ModeClsact
-}
-
-// modes are the attach modes the running kernel offers: tcx and clsact from 6.6 on, only
-// clsact below.
-func modes(t *testing.T) []loader.Mode {
-	t.Helper()
-	if topo.KernelHasTCX(t) {
-		t.Log("attach modes: tcx and clsact (kernel 6.6 or later)")
-		return []loader.Mode{loader.ModeTCX, loader.ModeClsact}
-	}
-	t.Log("attach modes: clsact only (the kernel is older than 6.6, which brought tcx)")
-	return []loader.Mode{loader.ModeClsact}
-}
-
 // newCluster builds a node of the given kind and opens a data path that must attach with
 // mode: ModeClsact is forced, ModeTCX is what the loader's probe must choose (bestMode is the
 // mode of the running kernel).

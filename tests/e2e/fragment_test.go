@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/loader/loadertest"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -20,7 +21,7 @@ import (
 func TestFragmentsShareTheirDatagramsVerdict(t *testing.T) {
 	for _, kind := range []topo.Kind{topo.Routed, topo.Bridged} {
 		t.Run(kind.String(), func(t *testing.T) {
-			c := newCluster(t, kind, bestMode(t))
+			c := newCluster(t, kind, loadertest.Best(t))
 			udpPort := c.addPod(t, "udp-port", nsProd, nil, policyOf("allow udp to ports 8080"))
 			udpSource := c.addPod(t, "udp-source", nsProd, nil, policyOf("allow udp from ports 40300"))
 			tcpOnly := c.addPod(t, "tcp-only", nsProd, nil, policyOf("allow tcp"))

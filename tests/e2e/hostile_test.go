@@ -10,6 +10,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/loader/loadertest"
+	"github.com/podwall/podwall/tests/frames"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -54,7 +56,7 @@ func (c *cluster) clientAttacker(t *testing.T, cl *topo.Client) *attack {
 func (a *attack) ip(src, dst netip.Addr, proto uint8, l4 []byte) {
 	a.t.Helper()
 	et, pkt := topo.IPPacket(src, dst, proto, l4)
-	a.frames(topo.Frame(a.to, a.me, et, pkt))
+	a.frames(frames.Ether(a.to, a.me, et, pkt))
 }
 
 // frames sends frames as they are.
@@ -68,18 +70,18 @@ func (a *attack) frames(frames ...[]byte) {
 func settle() { time.Sleep(200 * time.Millisecond * time.Duration(slowdown())) }
 
 func udpPacket(src, dst netip.Addr, sport, dport uint16, payload []byte) (netip.Addr, netip.Addr, uint8, []byte) {
-	return src, dst, topo.ProtoUDP, topo.UDPSegment(src, dst, sport, dport, payload)
+	return src, dst, frames.ProtoUDP, topo.UDPSegment(src, dst, sport, dport, payload)
 }
 
 func synPacket(src, dst netip.Addr, sport, dport uint16) (netip.Addr, netip.Addr, uint8, []byte) {
-	return src, dst, topo.ProtoTCP, topo.TCPSegment(src, dst, sport, dport, topo.TCPSyn, nil)
+	return src, dst, frames.ProtoTCP, topo.TCPSegment(src, dst, sport, dport, frames.TCPSyn, nil)
 }
 
 // echo is an ICMP(v6) echo request or reply with an identifier.
 func echo(src, dst netip.Addr, reply bool, id uint16, payload []byte) (netip.Addr, netip.Addr, uint8, []byte) {
-	typ, proto := uint8(8), uint8(topo.ProtoICMP)
+	typ, proto := uint8(8), uint8(frames.ProtoICMP)
 	if src.Is6() {
-		typ, proto = 128, topo.ProtoICMPv6
+		typ, proto = 128, frames.ProtoICMPv6
 	}
 	if reply {
 		typ++
@@ -94,10 +96,10 @@ func echo(src, dst netip.Addr, reply bool, id uint16, payload []byte) (netip.Add
 
 // unreachable is an ICMP(v6) port unreachable quoting a UDP datagram from qsrc to qdst.
 func unreachable(src, dst, qsrc, qdst netip.Addr, qsport, qdport uint16, payload []byte) (netip.Addr, netip.Addr, uint8, []byte) {
-	_, quoted := topo.IPPacket(qsrc, qdst, topo.ProtoUDP, topo.UDPSegment(qsrc, qdst, qsport, qdport, nil))
-	typ, code, proto := uint8(3), uint8(3), uint8(topo.ProtoICMP)
+	_, quoted := topo.IPPacket(qsrc, qdst, frames.ProtoUDP, topo.UDPSegment(qsrc, qdst, qsport, qdport, nil))
+	typ, code, proto := uint8(3), uint8(3), uint8(frames.ProtoICMP)
 	if src.Is6() {
-		typ, code, proto = 1, 4, topo.ProtoICMPv6
+		typ, code, proto = 1, 4, frames.ProtoICMPv6
 	}
 	rest := append(make([]byte, 4), quoted...)
 	return src, dst, proto, topo.ICMPMessage(src, dst, typ, code, append(rest, payload...))
@@ -131,7 +133,7 @@ func famName(v6 bool) string {
 func TestForgedSourcesOpenNothing(t *testing.T) {
 	for _, kind := range []topo.Kind{topo.Routed, topo.Bridged} {
 		t.Run(kind.String(), func(t *testing.T) {
-			c := newCluster(t, kind, bestMode(t))
+			c := newCluster(t, kind, loadertest.Best(t))
 			victim := c.addPod(t, "victim", nsProd, nil, policyOf("allow tcp from label role=frontend to ports 5432"))
 			isolated := c.addPod(t, "isolated", nsProd, nil, policyOf(""))
 			evil := c.addPod(t, "evil", nsDev, nil, nil)
@@ -206,7 +208,7 @@ func TestForgedSourcesOpenNothing(t *testing.T) {
 func TestICMPErrorsReachOnlyThePodTheyAreAbout(t *testing.T) {
 	for _, kind := range []topo.Kind{topo.Routed, topo.Bridged} {
 		t.Run(kind.String(), func(t *testing.T) {
-			c := newCluster(t, kind, bestMode(t))
+			c := newCluster(t, kind, loadertest.Best(t))
 			victim := c.addPod(t, "victim", nsProd, nil, policyOf(""))
 			other := c.addPod(t, "other", nsDev, nil, nil)
 			r := c.tp.AddClient("r")
@@ -232,7 +234,7 @@ func TestICMPErrorsReachOnlyThePodTheyAreAbout(t *testing.T) {
 // and other ethertypes do not reach a pod on a bridge; before, a UDP datagram in two VID-0
 // tags reached a pod whose policy denies UDP.
 func TestOnlyIPAndARPReachAPod(t *testing.T) {
-	c := newCluster(t, topo.Bridged, bestMode(t))
+	c := newCluster(t, topo.Bridged, loadertest.Best(t))
 	// Where br_netfilter is loaded, the bridge checks IP headers itself and drops a lying
 	// length before podwall sees it; a node without it forwards the frame as it is, which is
 	// what the tests of lengths need.
@@ -251,25 +253,25 @@ func TestOnlyIPAndARPReachAPod(t *testing.T) {
 	frame := func(name string, proto uint8, port uint16) []byte {
 		src, dst := evil.IPv4, victim.IPv4
 		var l4 []byte
-		if proto == topo.ProtoTCP {
-			l4 = topo.TCPSegment(src, dst, 40200, port, topo.TCPSyn, marker(name))
+		if proto == frames.ProtoTCP {
+			l4 = topo.TCPSegment(src, dst, 40200, port, frames.TCPSyn, marker(name))
 		} else {
 			l4 = topo.UDPSegment(src, dst, 40200, port, marker(name))
 		}
 		et, pkt := topo.IPPacket(src, dst, proto, l4)
-		return topo.Frame(vmac, a.me, et, pkt)
+		return frames.Ether(vmac, a.me, et, pkt)
 	}
 	arp := func(name string) []byte {
 		b := make([]byte, 28)
 		binary.BigEndian.PutUint16(b[0:], 1)
-		binary.BigEndian.PutUint16(b[2:], topo.EtherIPv4)
+		binary.BigEndian.PutUint16(b[2:], frames.EtherIPv4)
 		b[4], b[5] = 6, 4
 		binary.BigEndian.PutUint16(b[6:], 1)
 		copy(b[8:], a.me)
 		src, dst := evil.IPv4.As4(), victim.IPv4.As4()
 		copy(b[14:], src[:])
 		copy(b[24:], dst[:])
-		return topo.Frame(vmac, a.me, topo.EtherARP, append(b, marker(name)...))
+		return frames.Ether(vmac, a.me, frames.EtherARP, append(b, marker(name)...))
 	}
 	tests := []struct {
 		name, mark string
@@ -277,32 +279,32 @@ func TestOnlyIPAndARPReachAPod(t *testing.T) {
 		reason     bpf.Reason
 		passes     bool
 	}{
-		{"tcp", "tcp", func(m string) []byte { return frame(m, topo.ProtoTCP, portWeb) }, bpf.ReasonAllowRule, true},
+		{"tcp", "tcp", func(m string) []byte { return frame(m, frames.ProtoTCP, portWeb) }, bpf.ReasonAllowRule, true},
 		{"arp", "arp", arp, bpf.ReasonARP, true},
-		{"udp, denied", "udp", func(m string) []byte { return frame(m, topo.ProtoUDP, portWeb) }, bpf.ReasonDenyRule, false},
+		{"udp, denied", "udp", func(m string) []byte { return frame(m, frames.ProtoUDP, portWeb) }, bpf.ReasonDenyRule, false},
 		{"udp in a VID-0 tag", "vid0", func(m string) []byte {
-			return topo.Tag(frame(m, topo.ProtoUDP, portWeb), topo.Ether8021Q, 0)
+			return frames.Tag(frame(m, frames.ProtoUDP, portWeb), frames.Ether8021Q, 0)
 		}, bpf.ReasonVLAN, false},
 		{"udp in two VID-0 tags", "qinq0", func(m string) []byte {
-			return topo.Tag(topo.Tag(frame(m, topo.ProtoUDP, portWeb), topo.Ether8021Q, 0), topo.Ether8021Q, 0)
+			return frames.Tag(frames.Tag(frame(m, frames.ProtoUDP, portWeb), frames.Ether8021Q, 0), frames.Ether8021Q, 0)
 		}, bpf.ReasonVLAN, false},
 		{"tcp in a VID-5 tag", "vid5", func(m string) []byte {
-			return topo.Tag(frame(m, topo.ProtoTCP, portWeb), topo.Ether8021Q, 5)
+			return frames.Tag(frame(m, frames.ProtoTCP, portWeb), frames.Ether8021Q, 5)
 		}, bpf.ReasonVLAN, false},
 		{"udp in 802.1ad and 802.1Q", "ad", func(m string) []byte {
-			return topo.Tag(topo.Tag(frame(m, topo.ProtoUDP, portWeb), topo.Ether8021Q, 0), topo.Ether8021AD, 0)
+			return frames.Tag(frames.Tag(frame(m, frames.ProtoUDP, portWeb), frames.Ether8021Q, 0), frames.Ether8021AD, 0)
 		}, bpf.ReasonVLAN, false},
 		{"another ethertype", "88b5", func(m string) []byte {
-			return topo.Frame(vmac, a.me, 0x88b5, append(make([]byte, 46), marker(m)...))
+			return frames.Ether(vmac, a.me, 0x88b5, append(make([]byte, 46), marker(m)...))
 		}, bpf.ReasonNotIP, false},
 		{"udp whose IPv4 length is past the frame", "long", func(m string) []byte {
-			return lie(frame(m, topo.ProtoUDP, portAlt), 400)
+			return lie(frame(m, frames.ProtoUDP, portAlt), 400)
 		}, bpf.ReasonMalformed, false},
 		{"udp whose IPv4 length cuts its header", "short", func(m string) []byte {
-			return lie(frame(m, topo.ProtoUDP, portAlt), 24)
+			return lie(frame(m, frames.ProtoUDP, portAlt), 24)
 		}, bpf.ReasonMalformed, false},
 		{"udp to the allowed port, lengths that agree", "agree", func(m string) []byte {
-			return frame(m, topo.ProtoUDP, portAlt)
+			return frame(m, frames.ProtoUDP, portAlt)
 		}, bpf.ReasonAllowRule, true},
 	}
 	for _, tt := range tests {
@@ -329,7 +331,7 @@ func lie(frame []byte, n uint16) []byte {
 // the victim's flow to the old pod stayed, and the new holder of the address reached the
 // isolated victim through it as a reply.
 func TestAReusedAddressStartsClean(t *testing.T) {
-	c := newCluster(t, topo.Routed, bestMode(t))
+	c := newCluster(t, topo.Routed, loadertest.Best(t))
 	victim := c.addPod(t, "victim", nsProd, nil, policyOf(""))
 	old := c.addPod(t, "old", nsDev, nil, nil)
 	c.apply(t)
@@ -359,7 +361,7 @@ func TestAReusedAddressStartsClean(t *testing.T) {
 // or RST by the close timeout, and a SYN nobody answered by the SYN timeout, not by the 2
 // hours of an open connection. Both timeouts are set to a second here.
 func TestClosedAndUnansweredConnectionsAreNoPinholes(t *testing.T) {
-	c := newCluster(t, topo.Routed, bestMode(t), withConstants(map[string]any{
+	c := newCluster(t, topo.Routed, loadertest.Best(t), withConstants(map[string]any{
 		"ct_timeout_tcp_close_ns": uint64(time.Second),
 		"ct_timeout_tcp_syn_ns":   uint64(time.Second),
 	}))
@@ -382,10 +384,10 @@ func TestClosedAndUnansweredConnectionsAreNoPinholes(t *testing.T) {
 		got := topo.CaptureFrames(t, isolated.NS, marker("pinhole-"+famName(v6)))
 		from := c.clientAttacker(t, r)
 		c.counted(t, []bpf.Reason{bpf.ReasonIsolated}, []bpf.Reason{bpf.ReasonReply}, func() {
-			ack := topo.TCPSegment(to.Addr(), local.Addr(), portWeb, local.Port(), topo.TCPAck, marker("pinhole-"+famName(v6)))
-			from.ip(to.Addr(), local.Addr(), topo.ProtoTCP, ack)
-			synAck := topo.TCPSegment(to.Addr(), addrOf(isolated, v6), portAlt, 41200, topo.TCPSyn|topo.TCPAck, marker("pinhole-"+famName(v6)))
-			from.ip(to.Addr(), addrOf(isolated, v6), topo.ProtoTCP, synAck)
+			ack := topo.TCPSegment(to.Addr(), local.Addr(), portWeb, local.Port(), frames.TCPAck, marker("pinhole-"+famName(v6)))
+			from.ip(to.Addr(), local.Addr(), frames.ProtoTCP, ack)
+			synAck := topo.TCPSegment(to.Addr(), addrOf(isolated, v6), portAlt, 41200, frames.TCPSyn|frames.TCPAck, marker("pinhole-"+famName(v6)))
+			from.ip(to.Addr(), addrOf(isolated, v6), frames.ProtoTCP, synAck)
 		})
 		require.Zero(t, got.Count(), "a packet reached the pod through a closed or unanswered connection")
 	}
@@ -464,7 +466,7 @@ func startFlood(t *testing.T, ns *topo.Netns, to netip.Addr) func() int {
 func TestAFloodBreaksNoOtherPodsFlows(t *testing.T) {
 	const size = 4096
 	t.Run("a full table", func(t *testing.T) {
-		c := newCluster(t, topo.Routed, bestMode(t), withConntrackSize(size))
+		c := newCluster(t, topo.Routed, loadertest.Best(t), withConntrackSize(size))
 		holder := c.addPod(t, "holder", nsProd, nil, policyOf("allow tcp to ports 8080"))
 		flooder := c.addPod(t, "flooder", nsDev, nil, nil)
 		r := c.tp.AddClient("r")
@@ -497,7 +499,7 @@ func TestAFloodBreaksNoOtherPodsFlows(t *testing.T) {
 
 	t.Run("a share per pod", func(t *testing.T) {
 		const share = 1024
-		c := newCluster(t, topo.Routed, bestMode(t), withConntrackSize(size),
+		c := newCluster(t, topo.Routed, loadertest.Best(t), withConntrackSize(size),
 			withConstants(map[string]any{"ct_endpoint_max": uint32(share)}))
 		holder := c.addPod(t, "holder", nsProd, nil, policyOf("allow tcp to ports 8080"))
 		flooder := c.addPod(t, "flooder", nsDev, nil, nil)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/podwall/podwall/loader/loadertest"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -15,7 +16,7 @@ import (
 // fragments, traffic from the node, and a policy change cutting an established connection.
 func TestCoreOnEveryTopologyAndHook(t *testing.T) {
 	for _, kind := range []topo.Kind{topo.Routed, topo.Bridged} {
-		for _, mode := range modes(t) {
+		for _, mode := range loadertest.Modes(t) {
 			t.Run(kind.String()+"-"+string(mode), func(t *testing.T) {
 				c := newCluster(t, kind, mode)
 				backendPod := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)

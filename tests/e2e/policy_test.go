@@ -7,6 +7,7 @@ import (
 
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/loader/loadertest"
 	"github.com/podwall/podwall/policy"
 	"github.com/podwall/podwall/tests/topo"
 )
@@ -16,7 +17,7 @@ import (
 // open kube-system namespace, isolation by an empty or an invalid annotation, the
 // --default-policy choices, and traffic from the node (SPEC 3.2) with AllowHost on and off.
 func TestSeedExamplesAndDefaults(t *testing.T) {
-	c := newCluster(t, topo.Routed, bestMode(t))
+	c := newCluster(t, topo.Routed, loadertest.Best(t))
 	backendPod := c.addPod(t, "backend", nsProd, labels("role", "backend"), nil)
 	frontendPod := c.addPod(t, "frontend", nsProd, labels("role", "frontend"), nil)
 	strangerPod := c.addPod(t, "stranger", nsDev, labels("role", "backend"), nil)

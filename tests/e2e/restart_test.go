@@ -21,6 +21,7 @@ import (
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/loader"
+	"github.com/podwall/podwall/loader/loadertest"
 	"github.com/podwall/podwall/tests/topo"
 )
 
@@ -36,7 +37,7 @@ const probeWait = 50 * time.Millisecond
 // and UDP streams, and new connections) lose no packet and see no error, and no probe to a
 // denied port ever gets an answer.
 func TestRestartKeepsEnforcingWithoutLoss(t *testing.T) {
-	for _, mode := range modes(t) {
+	for _, mode := range loadertest.Modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			c := newCluster(t, topo.Routed, mode)
 			target := c.addPod(t, "target", nsProd, nil, policyOf("allow tcp to ports 8080; allow udp to ports 8080"))

@@ -15,12 +15,7 @@ import (
 // interface, a program that passes everything; the agent finds it at its next check, runs
 // first again (the other program stays), and reports it.
 func TestProgramAheadIsPushedBack(t *testing.T) {
-	c := newCluster(t, topo.Routed)
-	guarded, client := c.addPod("guarded"), c.addPod("client")
-	c.write([]podSpec{
-		{ns: "shop", name: "guarded", tp: guarded, annotations: policyOf("deny tcp; allow udp")},
-		{ns: "shop", name: "client", tp: client},
-	}, "shop")
+	c, guarded, client := guardedCluster(t)
 	a := c.startAgentUnready(defaults, func(_ *loader.Config, ac *agent.Config) { ac.ChainCheck = 100 * time.Millisecond })
 	a.awaitReady()
 	c.awaitApplied(defaults)
@@ -35,4 +30,16 @@ func TestProgramAheadIsPushedBack(t *testing.T) {
 	)
 	require.Equal(t, 1.0, a.metric("podwall_programs_displaced_total", "outcome", "restored"), "once")
 	require.Equal(t, 0.0, a.metric("podwall_programs_displaced_total", "outcome", "failed"))
+}
+
+// guardedCluster is a cluster in its pods file: a pod whose policy denies TCP and allows UDP,
+// and a client, in namespace shop.
+func guardedCluster(t *testing.T) (c *cluster, guarded, client *topo.Pod) {
+	c = newCluster(t, topo.Routed)
+	guarded, client = c.addPod("guarded"), c.addPod("client")
+	c.write([]podSpec{
+		{ns: "shop", name: "guarded", tp: guarded, annotations: policyOf("deny tcp; allow udp")},
+		{ns: "shop", name: "client", tp: client},
+	}, "shop")
+	return c, guarded, client
 }

@@ -56,12 +56,7 @@ func TestLeastPrivilege(t *testing.T) {
 	require.Equal(t, "/sys/fs/bpf/podwall", volume.HostPath.Path)
 
 	bin := proc.BuildPodwall(t)
-	c := newCluster(t, topo.Routed)
-	guarded, client := c.addPod("guarded"), c.addPod("client")
-	c.write([]podSpec{
-		{ns: "shop", name: "guarded", tp: guarded, annotations: policyOf("deny tcp; allow udp")},
-		{ns: "shop", name: "client", tp: client},
-	}, "shop")
+	c, guarded, client := guardedCluster(t)
 	host := filepath.Join(c.bpffs, "podwall") // the node's /sys/fs/bpf/podwall
 	require.NoError(t, os.MkdirAll(host, 0o700))
 	root := t.TempDir() // the container's root

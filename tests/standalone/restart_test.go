@@ -153,13 +153,19 @@ func TestRestartAndUninstall(t *testing.T) {
 	var firstErr atomic.Value
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Go(func() {
+	// until runs probe again and again until stop is closed.
+	until := func(probe func()) {
 		for {
 			select {
 			case <-stop:
 				return
 			default:
 			}
+			probe()
+		}
+	}
+	wg.Go(func() {
+		until(func() {
 			if err := topo.UDPEcho(web.NS, netip.AddrPortFrom(api.IPv4, port), topo.Timeout(time.Second)); err != nil {
 				lost.Add(1)
 				firstErr.CompareAndSwap(nil, err)
@@ -167,22 +173,17 @@ func TestRestartAndUninstall(t *testing.T) {
 				allowed.Add(1)
 			}
 			time.Sleep(2 * time.Millisecond)
-		}
+		})
 	})
 	wg.Go(func() {
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
+		until(func() {
 			err := topo.UDPEcho(worker.NS, netip.AddrPortFrom(api.IPv6, port), topo.Timeout(50*time.Millisecond))
 			if errors.Is(err, topo.ErrNoAnswer) {
 				denied.Add(1)
 			} else {
 				passed.Add(1)
 			}
-		}
+		})
 	})
 	time.Sleep(200 * time.Millisecond)
 	first.terminate(t)

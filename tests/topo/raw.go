@@ -135,59 +135,28 @@ func CaptureFrames(tb testing.TB, n *Netns, marker []byte) *Capture {
 	return c
 }
 
-// Ethertypes and tag protocol identifiers.
-const (
-	EtherIPv4   = frames.EtherIPv4
-	EtherIPv6   = frames.EtherIPv6
-	EtherARP    = frames.EtherARP
-	Ether8021Q  = frames.Ether8021Q
-	Ether8021AD = frames.Ether8021AD
-)
-
-// Frame is an Ethernet frame.
-func Frame(dst, src net.HardwareAddr, etherType uint16, payload []byte) []byte {
-	return frames.Ether(dst, src, etherType, payload)
-}
-
-// Tag inserts a VLAN tag (tpid 0x8100 or 0x88a8, and a VLAN id) after a frame's addresses.
-func Tag(frame []byte, tpid, vid uint16) []byte { return frames.Tag(frame, tpid, vid) }
-
-// IP protocol numbers of the segments below.
-const (
-	ProtoICMP   = frames.ProtoICMP
-	ProtoTCP    = frames.ProtoTCP
-	ProtoUDP    = frames.ProtoUDP
-	ProtoICMPv6 = frames.ProtoICMPv6
-)
-
 // IPPacket is an IPv4 or IPv6 packet from src to dst carrying l4 as protocol proto, with its
 // ethertype. The transport checksum is l4's own (see UDPSegment, TCPSegment, ICMPMessage).
 func IPPacket(src, dst netip.Addr, proto uint8, l4 []byte) (uint16, []byte) {
 	if src.Is4() {
-		return EtherIPv4, frames.SealIPv4(frames.IPv4{Src: src, Dst: dst}.Packet(frames.Raw(proto, l4)))
+		return frames.EtherIPv4, frames.SealIPv4(frames.IPv4{Src: src, Dst: dst}.Packet(frames.Raw(proto, l4)))
 	}
-	return EtherIPv6, frames.IPv6{Src: src, Dst: dst}.Packet(frames.Raw(proto, l4))
+	return frames.EtherIPv6, frames.IPv6{Src: src, Dst: dst}.Packet(frames.Raw(proto, l4))
 }
 
 // UDPSegment is a UDP header and payload, its checksum computed for src and dst.
 func UDPSegment(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
 	b := frames.UDP(sport, dport, payload).B
-	binary.BigEndian.PutUint16(b[6:], frames.Checksum(src, dst, ProtoUDP, b))
+	binary.BigEndian.PutUint16(b[6:], frames.Checksum(src, dst, frames.ProtoUDP, b))
 	return b
 }
-
-// TCP flags.
-const (
-	TCPSyn = frames.TCPSyn
-	TCPAck = frames.TCPAck
-)
 
 // TCPSegment is a TCP header with flags and a payload, its checksum computed for src and dst.
 func TCPSegment(src, dst netip.Addr, sport, dport uint16, flags uint8, payload []byte) []byte {
 	b := frames.TCP(sport, dport, flags, payload).B
 	binary.BigEndian.PutUint32(b[4:], 1)      // sequence number
 	binary.BigEndian.PutUint16(b[14:], 65535) // window
-	binary.BigEndian.PutUint16(b[16:], frames.Checksum(src, dst, ProtoTCP, b))
+	binary.BigEndian.PutUint16(b[16:], frames.Checksum(src, dst, frames.ProtoTCP, b))
 	return b
 }
 
@@ -195,9 +164,9 @@ func TCPSegment(src, dst netip.Addr, sport, dport uint16, flags uint8, payload [
 // first four bytes (an echo's identifier and sequence, an error's unused word and quote).
 func ICMPMessage(src, dst netip.Addr, typ, code uint8, rest []byte) []byte {
 	b := append([]byte{typ, code, 0, 0}, rest...)
-	proto := uint8(ProtoICMPv6)
+	proto := uint8(frames.ProtoICMPv6)
 	if src.Is4() {
-		proto = ProtoICMP
+		proto = frames.ProtoICMP
 	}
 	binary.BigEndian.PutUint16(b[2:], frames.Checksum(src, dst, proto, b))
 	return b
