@@ -398,7 +398,7 @@ func (d *checker) table(conns []conn, before []string) ([]string, error) {
 			srcNS, src = c.from.tp.NS, c.from.tp.IPv4
 		}
 		v := compiler.Evaluate(state, uint32(c.to.tp.HostIfindex), compiler.Packet{
-			Src: src, Dst: c.to.tp.IPv4, Proto: 6, SrcPort: 40000, DstPort: c.port,
+			Src: src, Dst: c.to.tp.IPv4, Proto: 6, SrcPort: 40000, DstPort: c.port, FromNode: c.fromNode,
 		})
 		err := topo.TCPEcho(srcNS, netip.AddrPortFrom(c.to.tp.IPv4, c.port), topo.Timeout(dropWait))
 		result := "passes"
