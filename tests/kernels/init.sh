@@ -8,6 +8,7 @@
 # serial console, which run.sh reads; suite.sh prints the result line. Then it powers off.
 #
 # Kernel command line (set by run.sh):
+#   podwall.repo=DIR     the checkout on the host, shared on its own (mount tag podwallrepo)
 #   podwall.modules=DIR  base of the kernel's module tree on the host (DIR/lib/modules/VERSION)
 #   podwall.suite=FILE   the suite script on the host
 #   podwall.tests=DIR    the test binaries on the host
@@ -24,18 +25,19 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
-modules='' suite='' tests='' env=''
+repo='' modules='' suite='' tests='' env=''
 # shellcheck disable=SC2013 # the command line is read as words, on purpose.
 for arg in $(cat /proc/cmdline); do
 	case "$arg" in
+	podwall.repo=*) repo="${arg#*=}" ;;
 	podwall.modules=*) modules="${arg#*=}" ;;
 	podwall.suite=*) suite="${arg#*=}" ;;
 	podwall.tests=*) tests="${arg#*=}" ;;
 	podwall.env=*) env="$env ${arg#*=}" ;;
 	esac
 done
-if [ -z "$modules" ] || [ -z "$suite" ] || [ -z "$tests" ]; then
-	fail "podwall.modules, podwall.suite and podwall.tests must be on the kernel command line"
+if [ -z "$repo" ] || [ -z "$modules" ] || [ -z "$suite" ] || [ -z "$tests" ]; then
+	fail "podwall.repo, podwall.modules, podwall.suite and podwall.tests must be on the kernel command line"
 fi
 
 # The modules listed in /modules/order (dependencies first) are what mounting 9p needs.
@@ -49,6 +51,10 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroo
 for fs in proc:/proc sysfs:/sys bpf:/sys/fs/bpf devtmpfs:/dev tmpfs:/tmp tmpfs:/run; do
 	mount -t "${fs%%:*}" "${fs%%:*}" "/host${fs#*:}" || fail "mount ${fs%%:*} on ${fs#*:} in the host's root"
 done
+# The checkout, at its own path: under /tmp or /run the fresh tmpfs hid it.
+mkdir -p "/host$repo" 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 podwallrepo "/host$repo" ||
+	fail "mount the checkout $repo over 9p"
 
 # Every other module comes from the kernel's own tree on the host, through the host's kmod
 # (which reads .ko.xz); the kernel's own requests (a qdisc, a link type) go the same way,

@@ -54,11 +54,15 @@ die() {
 [[ $run_pattern != *[[:space:]]* ]] || die "PODWALL_KERNEL_RUN: a pattern goes on the kernel command line, which is split at blanks"
 mkdir -p "$cache/debs"
 cache="$(cd "$cache" && pwd -P)"
-# The guest sees the host's files at the same paths, except under what it mounts afresh; and
-# paths go on the kernel command line, which is split at blanks.
+# The guest sees the host's files at the same paths, except under what it mounts afresh (its
+# own /tmp, /run, /proc, /sys and /dev); the checkout is shared on its own and mounted at its
+# path after those, so it may be anywhere, /tmp included. Paths go on the kernel command line,
+# which is split at blanks.
+case "$cache/" in
+/tmp/* | /run/* | /proc/* | /sys/* | /dev/*) die "PODWALL_CACHE $cache is hidden in the guest (it mounts its own /tmp, /run, /proc, /sys and /dev)" ;;
+esac
 for p in "$repo" "$cache"; do
-	case "$p/" in
-	/tmp/* | /run/* | /proc/* | /sys/* | /dev/*) die "$p is hidden in the guest (it mounts its own /tmp, /run, /proc, /sys and /dev)" ;;
+	case "$p" in
 	*[[:space:]]*) die "$p: blanks in the path cannot go on a kernel command line" ;;
 	esac
 done
@@ -183,7 +187,7 @@ boot() {
 	# about halving the guest's speed; root's BPF programs are verified the same either way
 	# (CAP_PERFMON already skips the verifier's Spectre sanitation).
 	cmdline="console=ttyS0 panic=-1 quiet mitigations=off podwall.modules=$base"
-	cmdline+=" podwall.suite=$here/suite.sh podwall.tests=$cache/tests"
+	cmdline+=" podwall.repo=$repo podwall.suite=$here/suite.sh podwall.tests=$cache/tests"
 	# The suite ends its tests before the guest's timeout, so that a test that hangs shows where.
 	cmdline+=" podwall.env=PODWALL_SUITE_SECONDS=$((timeout_s - 20))"
 	# Emulated CPUs can be held for seconds by a program load: tests that wait for traffic
@@ -203,6 +207,7 @@ boot() {
 		-nodefaults -nic none -display none -no-reboot -serial "file:$output" \
 		-kernel "$vmlinuz" -initrd "$initrd" -append "$cmdline" \
 		-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+		-virtfs local,path="$repo",mount_tag=podwallrepo,security_model=none,readonly=on,multidevs=remap \
 		</dev/null || rc=$?
 	case $rc in
 	0) ;;
