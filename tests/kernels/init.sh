@@ -3,14 +3,16 @@
 # beside a static busybox and the modules that mounting 9p needs).
 #
 # It mounts the host's root read-only over 9p at /host, gives it fresh proc, sys, dev, bpffs
-# and writable tmpfs /tmp and /run, and runs the suite (suite.sh, from the host's tree) chrooted
-# there, so the guest runs the host's own binaries and test binaries. Its output goes to the
+# and writable tmpfs /tmp and /run, mounts the checkout (shared on its own, read-only) at
+# podwall.repo there, and runs the suite (suite.sh, from the checkout) chrooted in it, so the
+# guest runs the host's own binaries and test binaries. Its output goes to the
 # serial console, which run.sh reads; suite.sh prints the result line. Then it powers off.
 #
 # Kernel command line (set by run.sh):
-#   podwall.repo=DIR     the checkout on the host, shared on its own (mount tag podwallrepo)
+#   podwall.repo=DIR     where to mount the checkout (mount tag podwallrepo) in the chroot: a
+#                        path under its fresh /run or /tmp, since the rest is read-only
 #   podwall.modules=DIR  base of the kernel's module tree on the host (DIR/lib/modules/VERSION)
-#   podwall.suite=FILE   the suite script on the host
+#   podwall.suite=FILE   the suite script, as the chroot sees it (in the checkout)
 #   podwall.tests=DIR    the test binaries on the host
 #   podwall.env=K=V      exported to the suite (repeatable)
 /bin/busybox --install -s /bin
@@ -51,8 +53,9 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroo
 for fs in proc:/proc sysfs:/sys bpf:/sys/fs/bpf devtmpfs:/dev tmpfs:/tmp tmpfs:/run; do
 	mount -t "${fs%%:*}" "${fs%%:*}" "/host${fs#*:}" || fail "mount ${fs%%:*} on ${fs#*:} in the host's root"
 done
-# The checkout, at its own path: under /tmp or /run the fresh tmpfs hid it.
-mkdir -p "/host$repo" 2>/dev/null
+# The checkout, at a path of its own: wherever it is on the host (under /tmp, say, which the
+# fresh tmpfs hides), the guest finds it at podwall.repo.
+mkdir -p "/host$repo" || fail "make the mount point $repo for the checkout"
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 podwallrepo "/host$repo" ||
 	fail "mount the checkout $repo over 9p"
 

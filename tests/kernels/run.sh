@@ -5,11 +5,12 @@
 #   kernel VERSION: PASS (tcx|clsact) in Ns
 # with the guest's whole output after a FAIL, and exits non-zero if any kernel failed.
 #
-# A guest boots a small initramfs (init.sh) that mounts the host's root read-only over 9p and
-# runs suite.sh there with the test binaries built here, so the guest runs exactly what the
-# host built. It has no network device and a hard timeout. The host's kernel is booted the
-# same way when its image and modules are on disk; otherwise (the kernel of a VM, given by its
-# hypervisor) the suite runs on the host directly, and the line says so.
+# A guest boots a small initramfs (init.sh) that mounts the host's root read-only over 9p, and
+# this checkout on its own at /run/podwall-src (so the checkout may be anywhere on the host, /tmp
+# included), and runs suite.sh from there with the test binaries built here, so the guest runs
+# exactly what the host built. It has no network device and a hard timeout. The host's kernel
+# is booted the same way when its image and modules are on disk; otherwise (the kernel of a
+# VM, given by its hypervisor) the suite runs on the host directly, and the line says so.
 #
 # Cached under ${PODWALL_CACHE:-/var/cache/podwall}/kernels: the downloaded .debs (debs/),
 # each kernel unpacked with its module index, initramfs and last output (VERSION/), and the
@@ -33,6 +34,9 @@ shopt -s inherit_errexit
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+# Where the guest mounts the checkout: on the fresh tmpfs it mounts at /run (the host's root
+# is read-only there), whatever the checkout's path on the host.
+guest_repo=/run/podwall-src
 cache="${PODWALL_CACHE:-/var/cache/podwall}/kernels"
 read -r -a packages <<<"${PODWALL_KERNEL_PACKAGES:-linux-image-amd64 linux-image-6.12-amd64}"
 timeout_s="${PODWALL_KERNEL_TIMEOUT:-600}"
@@ -55,17 +59,13 @@ die() {
 mkdir -p "$cache/debs"
 cache="$(cd "$cache" && pwd -P)"
 # The guest sees the host's files at the same paths, except under what it mounts afresh (its
-# own /tmp, /run, /proc, /sys and /dev); the checkout is shared on its own and mounted at its
-# path after those, so it may be anywhere, /tmp included. Paths go on the kernel command line,
-# which is split at blanks.
+# own /tmp, /run, /proc, /sys and /dev), and the cache's path goes on the kernel command line,
+# which is split at blanks. The checkout is shared on its own at $guest_repo: its path on the
+# host matters to the guest not at all.
 case "$cache/" in
 /tmp/* | /run/* | /proc/* | /sys/* | /dev/*) die "PODWALL_CACHE $cache is hidden in the guest (it mounts its own /tmp, /run, /proc, /sys and /dev)" ;;
+*[[:space:]]*) die "PODWALL_CACHE $cache: blanks in the path cannot go on a kernel command line" ;;
 esac
-for p in "$repo" "$cache"; do
-	case "$p" in
-	*[[:space:]]*) die "$p: blanks in the path cannot go on a kernel command line" ;;
-	esac
-done
 # One run at a time: runs share the unpacked kernels and the test binaries.
 exec 9>"$cache/.lock"
 flock 9
@@ -187,7 +187,7 @@ boot() {
 	# about halving the guest's speed; root's BPF programs are verified the same either way
 	# (CAP_PERFMON already skips the verifier's Spectre sanitation).
 	cmdline="console=ttyS0 panic=-1 quiet mitigations=off podwall.modules=$base"
-	cmdline+=" podwall.repo=$repo podwall.suite=$here/suite.sh podwall.tests=$cache/tests"
+	cmdline+=" podwall.repo=$guest_repo podwall.suite=$guest_repo/tests/kernels/suite.sh podwall.tests=$cache/tests"
 	# The suite ends its tests before the guest's timeout, so that a test that hangs shows where.
 	cmdline+=" podwall.env=PODWALL_SUITE_SECONDS=$((timeout_s - 20))"
 	# Emulated CPUs can be held for seconds by a program load: tests that wait for traffic
@@ -207,7 +207,7 @@ boot() {
 		-nodefaults -nic none -display none -no-reboot -serial "file:$output" \
 		-kernel "$vmlinuz" -initrd "$initrd" -append "$cmdline" \
 		-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-		-virtfs local,path="$repo",mount_tag=podwallrepo,security_model=none,readonly=on,multidevs=remap \
+		-virtfs local,path="${repo//,/,,}",mount_tag=podwallrepo,security_model=none,readonly=on,multidevs=remap \
 		</dev/null || rc=$?
 	case $rc in
 	0) ;;
