@@ -8,7 +8,7 @@ export BPF_CFLAGS := -O2 -g -Wall -Werror -Wno-unused-function
 APT_PACKAGES := clang-14 llvm-14 bpftool libbpf-dev iproute2 iputils-ping iperf3 ethtool iptables ipset nftables
 FUZZTIME ?= 30s
 
-.PHONY: all deps bpffs build generate check-generate lint test unit fuzz bench demo clean
+.PHONY: all deps bpffs build generate check-generate lint test unit fuzz bench demo image clean
 
 all: build
 
@@ -25,6 +25,17 @@ bpffs:
 
 build:
 	$(GO) build -o bin/podwall ./cmd/podwall
+
+# image builds the agent's image without Docker or a registry (deploy/image): a static podwall
+# as the only file, tagged with the version git describes, written to bin/podwall-image.tar
+# for `ctr -n k8s.io images import`, `docker load` or `podman load`. deploy/Dockerfile builds
+# the same entrypoint for those who have Docker.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+IMAGE ?= ghcr.io/podwall/podwall:$(VERSION)
+image:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags="-s -w" -o bin/podwall-static ./cmd/podwall
+	cd deploy/image && $(GO) run . -binary ../../bin/podwall-static -tag $(IMAGE) -o ../../bin/podwall-image.tar
+	@echo "bin/podwall-image.tar: $(IMAGE)"
 
 generate: deps
 	$(GO) generate ./...
@@ -45,9 +56,10 @@ golangci-lint:
 	@[ -x $(GOLANGCI_LINT) ] || { echo "building golangci-lint $(GOLANGCI_LINT_VERSION) into $(dir $(GOLANGCI_LINT))"; \
 		GOBIN=$(dir $(GOLANGCI_LINT)) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION); }
 
-# The modules of the repository: the root, and tests/bench, which holds the benchmarks'
-# dependencies (tests/k8s/build only builds binaries, with build.sh).
-MODULES := . tests/bench
+# The modules of the repository: the root; tests/bench, which holds the benchmarks'
+# dependencies; deploy/image, which builds the image (tests/k8s/build only builds binaries,
+# with build.sh).
+MODULES := . tests/bench deploy/image
 
 lint: golangci-lint
 	@for m in $(MODULES); do (cd $$m && $(GO) mod tidy -diff) || { echo "go.mod of $$m is not tidy: run go mod tidy there"; exit 1; }; done
