@@ -206,7 +206,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer close(watchDone)
 		a.watchInterfaces(ctx)
 	}()
-	defer func() { <-watchDone }()
+	defer func() {
+		// The watcher ends with ctx: cancel first, or a source that failed would wait here
+		// for good.
+		cancel()
+		<-watchDone
+	}()
 
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
@@ -577,14 +582,20 @@ func (a *Agent) ensureFirst() {
 	a.report.report([]string{kindChainOrder}, found, pods)
 }
 
-// detach detaches the programs from the interfaces that are neither endpoints nor held by
-// strict mode, once the state without them is applied.
+// detach detaches the programs from the interfaces that are gone, once the state without them
+// is applied.
 func (a *Agent) detach(eps []compiler.Endpoint) {
 	held := a.held(eps)
 	a.cfg.Metrics.interfacesHeld.Set(float64(len(held)))
 	for _, ifindex := range a.cfg.Datapath.Attached() {
 		if slices.Contains(held, ifindex) ||
 			slices.ContainsFunc(eps, func(ep compiler.Endpoint) bool { return int(ep.Ifindex) == ifindex }) {
+			continue
+		}
+		// An interface that lives keeps the programs, without an entry (it passes nothing)
+		// until its pod is found again: a restarted agent that has not resolved a pod's
+		// bridge port yet must not unguard it.
+		if a.cfg.Finder.Exists(ifindex) {
 			continue
 		}
 		if err := a.cfg.Datapath.Detach(ifindex); err != nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -171,3 +172,32 @@ func TestRunLeavesNothingRunning(t *testing.T) {
 	require.Eventually(t, w.agent.Ready, 5*time.Second, time.Millisecond)
 	w.stop()
 }
+
+// TestAnUnresolvedPodKeepsItsGuard: after a restart, a pod whose interface is attached but
+// not found yet (a bridge port not learnt) keeps the programs, passing nothing, until it is.
+func TestAnUnresolvedPodKeepsItsGuard(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := start(t, compiler.Capacity{}, local("a", "10.0.0.1"))
+		defer w.stop()
+		w.dp.attached = []int{7}                          // taken over from the pins of the last agent
+		w.ifs.byAddr[netip.MustParseAddr("10.0.0.9")] = 7 // the interface exists; the pod's address does not lead to it yet
+		time.Sleep(startupResolve)
+		w.step()
+		require.Equal(t, []int{7}, w.dp.Attached(), "not detached")
+		require.NotContains(t, w.dp.applied.Endpoints, uint32(7), "no entry: it passes nothing")
+	})
+}
+
+// TestAFailedSourceEndsRun: a source that fails ends Run with its error.
+func TestAFailedSourceEndsRun(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := New(Config{Node: "n1", Source: failingSource{}, Datapath: &fakeDatapath{},
+			Finder: &fakeInterfaces{byAddr: map[netip.Addr]int{}}})
+		require.ErrorContains(t, a.Run(context.Background()), "source: no watch")
+	})
+}
+
+type failingSource struct{}
+
+func (failingSource) Run(context.Context, func(error)) error { return errors.New("no watch") }
+func (failingSource) Snapshot() (k8s.Snapshot, error)        { return k8s.Snapshot{}, nil }

@@ -58,3 +58,26 @@ func TestEnsureFirstPutsPodwallAheadAgain(t *testing.T) {
 		})
 	}
 }
+
+// TestDetachAfterEnsureFirstLeavesNoPin: the link EnsureFirst put ahead is detached with its
+// pin, so the interface can be attached again by the same Loader.
+func TestDetachAfterEnsureFirstLeavesNoPin(t *testing.T) {
+	for _, mode := range loadertest.Modes(t) {
+		t.Run(string(mode), func(t *testing.T) {
+			e := newEnv(t, mode)
+			l := e.open(t)
+			ifindex := e.pod.HostIfindex
+			require.NoError(t, l.Attach(ifindex))
+			e.tp.Node.Intrude(t, ifindex, mode == loader.ModeTCX)
+			displaced, err := l.EnsureFirst()
+			require.NoError(t, err)
+			require.Len(t, displaced, 1)
+
+			require.NoError(t, l.Detach(ifindex))
+			require.Empty(t, e.pins(t), "no pin left")
+			require.Len(t, e.hooks(t, ifindex)[string(mode)+"/egress"], 1, "the other program only")
+			require.NoError(t, l.Attach(ifindex), "attached again")
+			require.Equal(t, pinNames(mode, ifindex), e.pins(t))
+		})
+	}
+}

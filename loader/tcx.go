@@ -81,8 +81,10 @@ func (a *tcxAttachment) detach() error {
 	if err := a.link.Detach(); err != nil {
 		return err
 	}
-	if err := a.link.Unpin(); err != nil {
-		return err
+	// The pin by its path: a link moveFirst pinned under a temporary name and renamed does
+	// not know its pin by this name, and Unpin would miss it.
+	if err := os.Remove(a.l.pinPath(a.h, ModeTCX)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove the pin of %s: %w", a.h, err)
 	}
 	return a.link.Close()
 }
@@ -142,7 +144,7 @@ func (a *tcxAttachment) moveFirst(prog *ebpf.Program) error {
 	old := a.link
 	a.link = head.(*tcxAttachment).link
 	if err := old.Detach(); err != nil {
-		return fmt.Errorf("detach the old link of %s: %w", a.h, err)
+		return errors.Join(fmt.Errorf("detach the old link of %s: %w", a.h, err), old.Close())
 	}
 	return old.Close()
 }

@@ -182,6 +182,11 @@ func (a *Applier) makeRoom(s *compiler.State) []func() error {
 			continue
 		}
 		e.Ep.Mode, e.Ep.Policy, e.Rules = bpf.ModeIsolate, 0, bpf.PodwallPolicy{}
+		// Another generation: inbound flows allowed under the old one pass no more.
+		e.Ep.Generation = e.Ep.Generation*2654435761 + 1
+		if e.Ep.Generation == 0 {
+			e.Ep.Generation = 1
+		}
 		isolated[ifindex] = e
 	}
 	keep := map[uint32]bool{}
