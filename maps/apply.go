@@ -189,18 +189,16 @@ func (a *Applier) makeRoom(s *compiler.State) []func() error {
 		}
 		isolated[ifindex] = e
 	}
-	keep := map[uint32]bool{}
-	for id := range s.Policies {
-		keep[id] = true
-	}
+	// Every endpoint left enforced uses a policy of s, whose entries s holds but for the
+	// pol_ident entries of identities that leave (a policy keeps its id when only the pods its
+	// labels select change): the tables can shrink to exactly s's entries.
+	d := Want(s)
 	steps := a.epoch.around(func() error { return a.endpoints.put(isolated) })
 	return append(steps,
-		func() error {
-			return pruneOrphans(a.ident, keep, func(k bpf.PodwallIdentKey) uint32 { return k.Policy })
-		},
-		func() error { return pruneOrphans(a.cidr, keep, func(k bpf.PodwallCidrKey) uint32 { return k.Policy }) },
-		func() error { return pruneOrphans(a.port, keep, func(k bpf.PodwallPortKey) uint32 { return k.Policy }) },
-		func() error { return pruneOrphans(a.icmp, keep, func(k bpf.PodwallIcmpKey) uint32 { return k.Policy }) },
+		func() error { return a.ident.prune(d.Ident) },
+		func() error { return a.cidr.prune(d.CIDR) },
+		func() error { return a.port.prune(d.Port) },
+		func() error { return a.icmp.prune(d.ICMP) },
 	)
 }
 

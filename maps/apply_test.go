@@ -2,7 +2,9 @@ package maps
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -290,4 +292,25 @@ func TestApplyTakesNewEndpointsInAFullMapOnceOthersLeave(t *testing.T) {
 	s := compiler.Compile(in)
 	require.NoError(t, a.Apply(s))
 	require.Equal(t, Want(s), dump(t, m))
+}
+
+// A policy keeps its id when only the pods its labels select change: in a pol_ident map that
+// its entries fill, its new entries come in once the stale ones are gone.
+func TestApplyReplacesAPolicysIdentitiesInAFullMap(t *testing.T) {
+	m := loadSized(t, map[string]uint32{bpf.PodwallMapPolIdent: 2})
+	a := NewApplier(m)
+	in := func(peers ...string) compiler.Input {
+		pods := []compiler.Pod{pod("shop", "web", "10.0.0.2", "allow from label role=peer", nil)}
+		for i, n := range peers {
+			pods = append(pods, pod("shop", "peer-"+n, fmt.Sprintf("10.0.0.%d", 10+i), "", map[string]string{"role": "peer", "n": n}))
+		}
+		return compiler.Input{Pods: pods, Endpoints: []compiler.Endpoint{{Ifindex: 7, Namespace: "shop", Name: "web"}}}
+	}
+	first := compiler.Compile(in("1", "2"))
+	require.NoError(t, a.Apply(first))
+	require.Len(t, dump(t, m).Ident, 2)
+	next := compiler.Compile(in("1", "3"))
+	require.Equal(t, slices.Collect(maps.Keys(first.Policies)), slices.Collect(maps.Keys(next.Policies)), "the same policy id")
+	require.NoError(t, a.Apply(next))
+	require.Equal(t, Want(next), dump(t, m))
 }
