@@ -83,17 +83,25 @@ func isOurs(f *netlink.BpfFilter) bool {
 		strings.HasPrefix(f.Name, filterPrefix)
 }
 
-func (l *Loader) attachClsact(h hook) (attachment, error) {
+// addClsactQdisc adds the clsact qdisc to an interface that has none.
+func (l *Loader) addClsactQdisc(ifindex int) error {
 	qdisc := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{
-			LinkIndex: h.ifindex,
+			LinkIndex: ifindex,
 			Handle:    netlink.MakeHandle(0xffff, 0),
 			Parent:    netlink.HANDLE_CLSACT,
 		},
 		QdiscType: "clsact",
 	}
 	if err := l.nl.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
-		return nil, fmt.Errorf("add clsact qdisc to ifindex %d: %w", h.ifindex, err)
+		return fmt.Errorf("add clsact qdisc to ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+func (l *Loader) attachClsact(h hook) (attachment, error) {
+	if err := l.addClsactQdisc(h.ifindex); err != nil {
+		return nil, err
 	}
 	a := &clsactAttachment{l: l, h: h}
 	// A filter of ours without a pin is left by a crash between the two steps: replace it.
@@ -208,6 +216,11 @@ func (a *clsactAttachment) moveFirst(prog *ebpf.Program) error {
 	}
 	if !exists {
 		return fmt.Errorf("%s: %w", a.h, errGone)
+	}
+	if old == nil { // the filter, or the whole qdisc, was removed
+		if err := a.l.addClsactQdisc(a.h.ifindex); err != nil {
+			return err
+		}
 	}
 	nf := a.l.filter(a.h, prog)
 	if old != nil && old.Handle == clsactHandle {

@@ -1,10 +1,14 @@
 package loader_test
 
 import (
+	"fmt"
 	"net/netip"
+	"path/filepath"
 	"testing"
 
+	"github.com/cilium/ebpf/link"
 	"github.com/stretchr/testify/require"
+	"github.com/vishvananda/netlink"
 
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/loader"
@@ -78,6 +82,46 @@ func TestDetachAfterEnsureFirstLeavesNoPin(t *testing.T) {
 			require.Len(t, e.hooks(t, ifindex)[string(mode)+"/egress"], 1, "the other program only")
 			require.NoError(t, l.Attach(ifindex), "attached again")
 			require.Equal(t, pinNames(mode, ifindex), e.pins(t))
+		})
+	}
+}
+
+// TestEnsureFirstPutsBackWhatAnotherToolRemoved: podwall's tcx link detached, or the clsact
+// qdisc deleted, by another tool leaves the pod unguarded; EnsureFirst attaches podwall again.
+func TestEnsureFirstPutsBackWhatAnotherToolRemoved(t *testing.T) {
+	for _, mode := range loadertest.Modes(t) {
+		t.Run(string(mode), func(t *testing.T) {
+			e := newEnv(t, mode)
+			l := e.open(t)
+			ifindex := e.pod.HostIfindex
+			require.NoError(t, l.Attach(ifindex))
+			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), e.entry(bpf.ModeIsolate)))
+			to := netip.AddrPortFrom(e.pod.IPv4, port)
+			require.ErrorIs(t, topo.TCPEcho(e.client.NS, to), topo.ErrNoAnswer, "isolated")
+
+			if mode == loader.ModeTCX {
+				pinned, err := link.LoadPinnedLink(filepath.Join(loader.StateDir(e.cfg.BPFFS), "links", fmt.Sprintf("%d-egress", ifindex)), nil)
+				require.NoError(t, err)
+				require.NoError(t, pinned.Detach())
+				require.NoError(t, pinned.Close())
+			} else {
+				lk, err := e.tp.Node.Handle().LinkByIndex(ifindex)
+				require.NoError(t, err)
+				require.NoError(t, e.tp.Node.Handle().QdiscDel(&netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{
+					LinkIndex: lk.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}))
+			}
+			require.NoError(t, topo.TCPEcho(e.client.NS, to), "unguarded")
+
+			displaced, err := l.EnsureFirst()
+			require.NoError(t, err)
+			require.NotEmpty(t, displaced)
+			for _, d := range displaced {
+				require.NoError(t, d.Err)
+			}
+			require.ErrorIs(t, topo.TCPEcho(e.client.NS, to), topo.ErrNoAnswer, "guarded again")
+			displaced, err = l.EnsureFirst()
+			require.NoError(t, err)
+			require.Empty(t, displaced)
 		})
 	}
 }

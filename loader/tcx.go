@@ -98,7 +98,12 @@ func (a *tcxAttachment) first() (bool, error) {
 	}
 	tcx := info.TCX()
 	if tcx == nil || tcx.Ifindex == 0 {
-		return false, errGone
+		// The link was detached: by the interface's removal, or by another tool, which
+		// leaves the hook without podwall until moveFirst attaches it again.
+		if _, err := a.l.nl.LinkByIndex(a.h.ifindex); err != nil {
+			return false, errGone
+		}
+		return false, nil
 	}
 	var res *link.QueryResult
 	err = a.l.inNetns(func() error {
@@ -143,6 +148,9 @@ func (a *tcxAttachment) moveFirst(prog *ebpf.Program) error {
 	}
 	old := a.link
 	a.link = head.(*tcxAttachment).link
+	if tcx := info.TCX(); tcx != nil && tcx.Ifindex == 0 {
+		return old.Close() // detached already
+	}
 	if err := old.Detach(); err != nil {
 		return errors.Join(fmt.Errorf("detach the old link of %s: %w", a.h, err), old.Close())
 	}
