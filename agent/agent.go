@@ -9,6 +9,7 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -188,30 +189,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.lastTurn.Store(time.Now().UnixNano())
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	sourceDone := make(chan error, 1)
-	go func() { sourceDone <- a.cfg.Source.Run(ctx, a.sourceChanged) }()
-	sourceJoined := false
+	// Nothing the agent started outlives Run: ctx ends the source and the watcher, and Run
+	// waits for both.
+	var started sync.WaitGroup
 	defer func() {
-		// Nothing the agent started outlives Run: the source is stopped and waited for.
 		cancel()
-		if !sourceJoined {
-			if err := <-sourceDone; err != nil {
-				a.log.Debug("source stopped", zap.Error(err))
-			}
-		}
+		started.Wait()
 	}()
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		a.watchInterfaces(ctx)
-	}()
-	defer func() {
-		// The watcher ends with ctx: cancel first, or a source that failed would wait here
-		// for good.
-		cancel()
-		<-watchDone
-	}()
+	sourceDone := make(chan error, 1) // buffered: the source's goroutine never waits on Run
+	started.Go(func() { sourceDone <- a.cfg.Source.Run(ctx, a.sourceChanged) })
+	started.Go(func() { a.watchInterfaces(ctx) })
 
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
@@ -229,7 +216,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case err := <-sourceDone:
-			sourceJoined = true
 			if ctx.Err() != nil {
 				return nil
 			}

@@ -64,6 +64,24 @@ func (e *env) open(t *testing.T) *loader.Loader {
 	return l
 }
 
+// openAttached opens a Loader and attaches it to the pod's interface.
+func (e *env) openAttached(t *testing.T) (*loader.Loader, int) {
+	t.Helper()
+	l := e.open(t)
+	require.NoError(t, l.Attach(e.pod.HostIfindex))
+	return l, e.pod.HostIfindex
+}
+
+// isolate writes the pod's entry, isolated, and checks that a connection to the pod is
+// dropped; it returns where the connection went.
+func (e *env) isolate(t *testing.T, l *loader.Loader) netip.AddrPort {
+	t.Helper()
+	require.NoError(t, l.Maps().Endpoints.Put(uint32(e.pod.HostIfindex), e.entry(bpf.ModeIsolate)))
+	to := netip.AddrPortFrom(e.pod.IPv4, port)
+	require.ErrorIs(t, topo.TCPEcho(e.client.NS, to), topo.ErrNoAnswer, "isolated")
+	return to
+}
+
 // entry is the pod's endpoint entry in a mode that needs no policy.
 func (e *env) entry(mode uint8) bpf.PodwallEndpointEntry {
 	return bpf.PodwallEndpointEntry{Ep: bpf.PodwallEndpoint{Mode: mode,
@@ -228,9 +246,7 @@ func TestEnforces(t *testing.T) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
 			e.client.Echo(t, port)
-			l := e.open(t)
-			ifindex := e.pod.HostIfindex
-			require.NoError(t, l.Attach(ifindex))
+			l, ifindex := e.openAttached(t)
 			isolated := e.entry(bpf.ModeIsolate)
 			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), isolated))
 
@@ -292,9 +308,7 @@ func TestRestartKeepsLinksAndMaps(t *testing.T) {
 	for _, mode := range loadertest.Modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
-			l := e.open(t)
-			ifindex := e.pod.HostIfindex
-			require.NoError(t, l.Attach(ifindex))
+			l, ifindex := e.openAttached(t)
 			conn, err := topo.DialTCP(t, e.client.NS, netip.AddrPortFrom(e.pod.IPv6, port))
 			require.NoError(t, err)
 
@@ -482,9 +496,7 @@ func TestRepairsHalfAttached(t *testing.T) {
 	for _, mode := range loadertest.Modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
-			l := e.open(t)
-			ifindex := e.pod.HostIfindex
-			require.NoError(t, l.Attach(ifindex))
+			l, ifindex := e.openAttached(t)
 			require.NoError(t, l.Close())
 
 			ingress := pinNames(mode, ifindex)[1]

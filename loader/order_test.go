@@ -2,7 +2,6 @@ package loader_test
 
 import (
 	"fmt"
-	"net/netip"
 	"path/filepath"
 	"testing"
 
@@ -23,13 +22,8 @@ func TestEnsureFirstPutsPodwallAheadAgain(t *testing.T) {
 	for _, mode := range loadertest.Modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
-			l := e.open(t)
-			ifindex := e.pod.HostIfindex
-			require.NoError(t, l.Attach(ifindex))
-			isolated := e.entry(bpf.ModeIsolate)
-			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), isolated))
-			to := netip.AddrPortFrom(e.pod.IPv4, port)
-			require.ErrorIs(t, topo.TCPEcho(e.client.NS, to), topo.ErrNoAnswer, "isolated")
+			l, ifindex := e.openAttached(t)
+			to := e.isolate(t, l)
 			displaced, err := l.EnsureFirst()
 			require.NoError(t, err)
 			require.Empty(t, displaced, "podwall is first")
@@ -50,7 +44,7 @@ func TestEnsureFirstPutsPodwallAheadAgain(t *testing.T) {
 
 			require.NoError(t, l.Close())
 			l = e.open(t)
-			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), isolated))
+			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), e.entry(bpf.ModeIsolate)))
 			require.Equal(t, []int{ifindex}, l.Attached())
 			require.Equal(t, pinNames(mode, ifindex), e.pins(t))
 			require.ErrorIs(t, topo.TCPEcho(e.client.NS, to), topo.ErrNoAnswer, "after a restart")
@@ -69,9 +63,7 @@ func TestDetachAfterEnsureFirstLeavesNoPin(t *testing.T) {
 	for _, mode := range loadertest.Modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
-			l := e.open(t)
-			ifindex := e.pod.HostIfindex
-			require.NoError(t, l.Attach(ifindex))
+			l, ifindex := e.openAttached(t)
 			e.tp.Node.Intrude(t, ifindex, mode == loader.ModeTCX)
 			displaced, err := l.EnsureFirst()
 			require.NoError(t, err)
@@ -92,12 +84,8 @@ func TestEnsureFirstPutsBackWhatAnotherToolRemoved(t *testing.T) {
 	for _, mode := range loadertest.Modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			e := newEnv(t, mode)
-			l := e.open(t)
-			ifindex := e.pod.HostIfindex
-			require.NoError(t, l.Attach(ifindex))
-			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), e.entry(bpf.ModeIsolate)))
-			to := netip.AddrPortFrom(e.pod.IPv4, port)
-			require.ErrorIs(t, topo.TCPEcho(e.client.NS, to), topo.ErrNoAnswer, "isolated")
+			l, ifindex := e.openAttached(t)
+			to := e.isolate(t, l)
 
 			if mode == loader.ModeTCX {
 				pinned, err := link.LoadPinnedLink(filepath.Join(loader.StateDir(e.cfg.BPFFS), "links", fmt.Sprintf("%d-egress", ifindex)), nil)
