@@ -37,6 +37,19 @@ image:
 	cd deploy/image && $(GO) run . -binary ../../bin/podwall-static -tag $(IMAGE) -o ../../bin/podwall-image.tar
 	@echo "bin/podwall-image.tar: $(IMAGE)"
 
+# test-node runs the DaemonSet of deploy/, with the image `make image` built, on a real
+# one-node cluster (tests/node): etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubelet and kube-proxy built from their Go modules (tests/k8s/build.sh), containerd 2, runc
+# and the CNI plugins from theirs (tests/node/build.sh), the node in a network namespace of
+# its own; once with the ptp CNI and once with bridge.
+NODE_APT_PACKAGES := libseccomp-dev
+.PHONY: test-node
+test-node: deps bpffs k8s-bins image
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(NODE_APT_PACKAGES)"
+	tests/node/build.sh >/dev/null
+	$(GO) test -tags node -count=1 -timeout 30m -v ./tests/node \
+		-args -agent-image $(IMAGE) -agent-image-tar $(CURDIR)/bin/podwall-image.tar
+
 generate: deps
 	$(GO) generate ./...
 

@@ -28,7 +28,7 @@ func TestImageRunsPodwall(t *testing.T) {
 
 	const tag = "ghcr.io/podwall/podwall:0.1.0-test"
 	path := filepath.Join(dir, "image.tar")
-	require.NoError(t, write(bin, tag, path))
+	require.NoError(t, write(bin, "podwall", tag, path))
 	ref, err := name.NewTag(tag)
 	require.NoError(t, err)
 	img, err := tarball.ImageFromPath(path, &ref)
@@ -64,7 +64,7 @@ func TestImageRunsPodwall(t *testing.T) {
 	require.Contains(t, string(help), "Run the node agent")
 
 	// The same binary gives the same image.
-	again, err := Image(bin)
+	again, err := Image(bin, "podwall")
 	require.NoError(t, err)
 	d1, err := img.Digest()
 	require.NoError(t, err)

@@ -4,6 +4,9 @@
 //
 //	go run ./deploy/image -binary bin/podwall-static -tag ghcr.io/podwall/podwall:0.1.0 -o bin/podwall-image.tar
 //
+// The test node (tests/node) builds its pause and test-pod images the same way, with -name
+// naming the entrypoint.
+//
 // The image is reproducible: the layer's file times and the image's creation time are the
 // epoch, so the same binary gives the same digest.
 package main
@@ -15,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -27,15 +31,16 @@ func main() {
 	binary := flag.String("binary", "", "the static podwall binary")
 	tag := flag.String("tag", "", "the image's name and tag, e.g. ghcr.io/podwall/podwall:0.1.0")
 	out := flag.String("o", "", "the image tarball to write")
+	entry := flag.String("name", "podwall", "the binary's name in the image, its entrypoint /NAME")
 	flag.Parse()
-	if err := write(*binary, *tag, *out); err != nil {
+	if err := write(*binary, *entry, *tag, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "image:", err)
 		os.Exit(1)
 	}
 }
 
-// write builds the image of binary and writes it, named tag, as a tarball at out.
-func write(binary, tag, out string) error {
+// write builds the image of binary, as /entry, and writes it, named tag, as a tarball at out.
+func write(binary, entry, tag, out string) error {
 	if binary == "" || tag == "" || out == "" {
 		return fmt.Errorf("-binary, -tag and -o are needed")
 	}
@@ -43,7 +48,7 @@ func write(binary, tag, out string) error {
 	if err != nil {
 		return fmt.Errorf("tag %q: %w", tag, err)
 	}
-	img, err := Image(binary)
+	img, err := Image(binary, entry)
 	if err != nil {
 		return err
 	}
@@ -53,16 +58,19 @@ func write(binary, tag, out string) error {
 	return nil
 }
 
-// Image is the agent image of the binary: /podwall, mode 0755, as the entrypoint, run as root
-// (its capabilities come from the DaemonSet).
-func Image(binary string) (v1.Image, error) {
+// Image is the image of the binary: /entry, mode 0755, as the entrypoint, run as root (the
+// agent's capabilities come from the DaemonSet).
+func Image(binary, entry string) (v1.Image, error) {
+	if entry == "" || strings.Contains(entry, "/") {
+		return nil, fmt.Errorf("entrypoint name %q: want a file name", entry)
+	}
 	data, err := os.ReadFile(binary) //nolint:gosec // G304: the binary the caller names
 	if err != nil {
 		return nil, fmt.Errorf("read the binary: %w", err)
 	}
 	var layer bytes.Buffer
 	tw := tar.NewWriter(&layer)
-	if err := tw.WriteHeader(&tar.Header{Name: "podwall", Mode: 0o755, Size: int64(len(data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
+	if err := tw.WriteHeader(&tar.Header{Name: entry, Mode: 0o755, Size: int64(len(data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
 		return nil, fmt.Errorf("layer: %w", err)
 	}
 	if _, err := tw.Write(data); err != nil {
@@ -87,7 +95,7 @@ func Image(binary string) (v1.Image, error) {
 	}
 	cfg = cfg.DeepCopy()
 	cfg.Architecture, cfg.OS = "amd64", "linux"
-	cfg.Config.Entrypoint = []string{"/podwall"}
+	cfg.Config.Entrypoint = []string{"/" + entry}
 	cfg.Config.User = "0"
 	img, err = mutate.ConfigFile(img, cfg)
 	if err != nil {

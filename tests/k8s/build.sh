@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# build.sh builds the kube-apiserver, etcd and kubectl that podwall's
-# Kubernetes tests run (package tests/kapi) from their Go modules, into a
-# per-machine cache keyed by version:
-#   ${PODWALL_CACHE:-/var/cache/podwall}/k8s-<version>/{kube-apiserver,etcd,kubectl}
-# It does nothing when the three are there, so `make test` can always call it.
+# build.sh builds the Kubernetes binaries podwall's tests run from their Go
+# modules, into a per-machine cache keyed by version:
+#   ${PODWALL_CACHE:-/var/cache/podwall}/k8s-<version>/
+# etcd, kube-apiserver and kubectl for the API tests (package tests/kapi); the
+# controller-manager, scheduler, kubelet and kube-proxy for the node
+# (tests/node). It does nothing when all are there, so `make test` can always
+# call it.
 # A cold build takes several minutes and a few GB of Go caches.
 set -euo pipefail
 
@@ -19,7 +21,7 @@ major="${BASH_REMATCH[1]}"
 minor="${BASH_REMATCH[2]}"
 cache="${PODWALL_CACHE:-/var/cache/podwall}"
 dest="$cache/k8s-$version"
-bins=(kube-apiserver etcd kubectl)
+bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 
 complete() {
 	local b
@@ -33,7 +35,7 @@ exec 9>"$cache/.k8s-$version.lock"
 flock 9
 complete && exit 0
 
-echo "build.sh: building kube-apiserver, etcd and kubectl $version into $dest (cold: several minutes)" >&2
+echo "build.sh: building ${bins[*]} $version into $dest (cold: several minutes)" >&2
 tmp="$(mktemp -d "$cache/.k8s-$version.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
@@ -47,9 +49,9 @@ done
 
 cd "$mod"
 CGO_ENABLED=0 go build -buildvcs=false -ldflags "$ldflags" -o "$tmp/" \
-	k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./etcd
+	./etcd $(printf 'k8s.io/kubernetes/cmd/%s ' "${bins[@]:1}")
 
-# Publish all three at once, so a reader never sees a partial set.
+# Publish them all at once, so a reader never sees a partial set.
 rm -rf "$dest"
 mv "$tmp" "$dest"
 chmod 755 "$dest"

@@ -22,8 +22,8 @@ type binaries struct {
 	apiserver, etcd, kubectl string
 }
 
-// binDir is where tests/k8s/build.sh puts the binaries, unless BinDirEnv says otherwise.
-func binDir() string {
+// BinDir is where tests/k8s/build.sh puts the binaries, unless BinDirEnv says otherwise.
+func BinDir() string {
 	if dir := os.Getenv(BinDirEnv); dir != "" {
 		return dir
 	}
@@ -36,7 +36,7 @@ func binDir() string {
 
 func findBinaries(tb testing.TB) binaries {
 	tb.Helper()
-	dir := binDir()
+	dir := BinDir()
 	b := binaries{
 		apiserver: filepath.Join(dir, "kube-apiserver"),
 		etcd:      filepath.Join(dir, "etcd"),

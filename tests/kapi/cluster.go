@@ -11,9 +11,12 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/podwall/podwall/tests/proc"
 )
 
 const (
@@ -38,9 +41,9 @@ type Cluster struct {
 
 	bins          binaries
 	dir           string
-	etcd          *process
+	etcd          *proc.Server
 	etcdURL       string
-	apiserver     *process
+	apiserver     *proc.Server
 	apiserverArgs []string
 	apiserverRuns int // names each run's log file
 }
@@ -94,7 +97,7 @@ func Start(tb testing.TB) *Cluster {
 
 	c.Kubeconfig = filepath.Join(c.dir, "kubeconfig")
 	host := "https://127.0.0.1:" + strconv.Itoa(port)
-	if err := writeKubeconfig(c.Kubeconfig, host, keys.caData, keys.adminToken); err != nil {
+	if err := WriteKubeconfig(c.Kubeconfig, host, keys.caData, keys.adminToken); err != nil {
 		tb.Fatalf("kapi: %v", err)
 	}
 	// Read back rather than built by hand, so the file kubectl uses is the one tested.
@@ -119,8 +122,8 @@ func Start(tb testing.TB) *Cluster {
 // test can check that a client resyncs; Kubeconfig, RESTConfig and Client stay valid.
 func (c *Cluster) RestartAPIServer(tb testing.TB) {
 	tb.Helper()
-	if killed := c.apiserver.stop(); killed {
-		tb.Logf("kapi: kube-apiserver ignored SIGTERM for %v and was killed", stopTimeout)
+	if killed := c.apiserver.Stop(); killed {
+		tb.Logf("kapi: kube-apiserver ignored SIGTERM for %v and was killed", proc.StopTimeout)
 	}
 	c.startAPIServer(tb)
 }
@@ -149,7 +152,7 @@ func (c *Cluster) startEtcd(tb testing.TB) {
 		"--unsafe-no-fsync",
 		"--log-level=warn",
 	}
-	c.etcd, err = startProcess("etcd", c.bins.etcd, args, filepath.Join(c.dir, "etcd.log"))
+	c.etcd, err = proc.StartServer("etcd", filepath.Join(c.dir, "etcd.log"), append([]string{c.bins.etcd}, args...)...)
 	if err != nil {
 		tb.Fatalf("kapi: %v", err)
 	}
@@ -174,7 +177,7 @@ func (c *Cluster) startAPIServer(tb testing.TB) {
 	c.apiserverRuns++
 	logPath := filepath.Join(c.dir, fmt.Sprintf("kube-apiserver.%d.log", c.apiserverRuns))
 	var err error
-	c.apiserver, err = startProcess("kube-apiserver", c.bins.apiserver, c.apiserverArgs, logPath)
+	c.apiserver, err = proc.StartServer("kube-apiserver", logPath, append([]string{c.bins.apiserver}, c.apiserverArgs...)...)
 	if err != nil {
 		tb.Fatalf("kapi: %v", err)
 	}
@@ -187,7 +190,7 @@ func (c *Cluster) startAPIServer(tb testing.TB) {
 
 // waitReady polls ready until it holds, failing the test when the process exits first or
 // readyTimeout passes.
-func (c *Cluster) waitReady(tb testing.TB, p *process, ready func(context.Context) bool) {
+func (c *Cluster) waitReady(tb testing.TB, p *proc.Server, ready func(context.Context) bool) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
@@ -195,23 +198,23 @@ func (c *Cluster) waitReady(tb testing.TB, p *process, ready func(context.Contex
 	defer tick.Stop()
 	for !ready(ctx) {
 		select {
-		case <-p.done:
+		case <-p.Done():
 			tb.Fatalf("kapi: %s exited before it was ready (%v); last lines of %s:\n%s",
-				p.name, p.err, p.log, p.logTail(logTailLines))
+				p.Name, p.Err(), p.Log, p.LogTail(logTailLines))
 		case <-ctx.Done():
 			tb.Fatalf("kapi: %s not ready after %v; last lines of %s:\n%s",
-				p.name, readyTimeout, p.log, p.logTail(logTailLines))
+				p.Name, readyTimeout, p.Log, p.LogTail(logTailLines))
 		case <-tick.C:
 		}
 	}
 }
 
-func stopLogged(tb testing.TB, p *process) {
+func stopLogged(tb testing.TB, p *proc.Server) {
 	if p == nil {
 		return
 	}
-	if killed := p.stop(); killed {
-		tb.Logf("kapi: %s ignored SIGTERM for %v and was killed", p.name, stopTimeout)
+	if killed := p.Stop(); killed {
+		tb.Logf("kapi: %s ignored SIGTERM for %v and was killed", p.Name, proc.StopTimeout)
 	}
 }
 
@@ -221,14 +224,15 @@ func (c *Cluster) logOnFailure(tb testing.TB) {
 	if !tb.Failed() {
 		return
 	}
-	for _, p := range []*process{c.etcd, c.apiserver} {
+	for _, p := range []*proc.Server{c.etcd, c.apiserver} {
 		if p != nil {
-			tb.Logf("kapi: last lines of %s:\n%s", p.log, p.logTail(logTailLines))
+			tb.Logf("kapi: last lines of %s:\n%s", p.Log, p.LogTail(logTailLines))
 		}
 	}
 }
 
-func writeKubeconfig(path, host string, caData []byte, token string) error {
+// WriteKubeconfig writes a kubeconfig file for host, trusting caData, with a bearer token.
+func WriteKubeconfig(path, host string, caData []byte, token string) error {
 	const name = "podwall-test"
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters[name] = &clientcmdapi.Cluster{Server: host, CertificateAuthorityData: caData}

@@ -38,7 +38,7 @@ func TestCluster(t *testing.T) {
 		t.Logf("cluster ready in %v", time.Since(start))
 		ctx := t.Context()
 		dir = c.dir
-		pids = append(pids, c.etcd.cmd.Process.Pid, c.apiserver.cmd.Process.Pid)
+		pids = append(pids, c.etcd.Pid(), c.apiserver.Pid())
 		ports = append(ports, strings.TrimPrefix(c.etcdURL, "http://"), strings.TrimPrefix(c.RESTConfig.Host, "https://"))
 
 		c.CreateNamespace(t, "web", map[string]string{"team": "a"})
@@ -78,7 +78,7 @@ func TestCluster(t *testing.T) {
 		restart := time.Now()
 		c.RestartAPIServer(t)
 		t.Logf("kube-apiserver restarted in %v", time.Since(restart))
-		pids = append(pids, c.apiserver.cmd.Process.Pid)
+		pids = append(pids, c.apiserver.Pid())
 		requireWatchEnds(t, cut)
 
 		// The restarted server's watch cache starts at etcd's current revision, so a new
@@ -175,7 +175,7 @@ func TestVersionMatchesBuild(t *testing.T) {
 // TestStartFailures checks that Start fails (never skips) and leaves nothing behind when it
 // cannot bring a cluster up.
 func TestStartFailures(t *testing.T) {
-	real := binDir()
+	real := BinDir()
 	tests := []struct {
 		name    string
 		bins    map[string]string // name in the bin dir: path of the file it links to
