@@ -95,9 +95,10 @@ type Node struct {
 	socket          string
 	cgroupRoot      string
 	servers         []*proc.Server
-	// madeShimSocketDir: the shims' socket folder, which containerd does not let one move, is
-	// the node's to remove.
-	madeShimSocketDir bool
+	// made are the machine's folders that the node's servers create and do not let one move
+	// (the shims' sockets, the kubelet's log links) and that did not exist before: the node's
+	// to remove.
+	made []string
 }
 
 // Start starts a one-node cluster for the test and returns once the node is Ready and
@@ -125,8 +126,11 @@ func Start(tb testing.TB, opts Options) *Node {
 	require.NoError(tb, err)
 	n.socket = filepath.Join(n.Dir, "containerd.sock")
 	n.cgroupRoot = "/" + topo.Prefix + "node"
-	_, err = os.Stat(shimSocketDir)
-	n.madeShimSocketDir = errors.Is(err, os.ErrNotExist)
+	for _, dir := range []string{shimStateDir, containerLogLinks} {
+		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+			n.made = append(n.made, dir)
+		}
+	}
 	tb.Cleanup(func() { n.teardown(tb) })
 	n.makeCgroupRoot(tb)
 
@@ -455,8 +459,12 @@ func (n *Node) Run(argv ...string) string {
 // LogTail is the last lines of a server's log ("kubelet", "containerd", ...).
 func (n *Node) LogTail(name string, lines int) string { return n.server(name).LogTail(lines) }
 
-// shimSocketDir is where containerd's shims put their sockets, whatever its configuration.
-const shimSocketDir = "/run/containerd/s"
+// shimStateDir holds containerd's shims' sockets (under s/), whatever its configuration;
+// containerLogLinks is where the kubelet links containers' logs, whatever its root.
+const (
+	shimStateDir      = "/run/containerd"
+	containerLogLinks = "/var/log/containers"
+)
 
 // bpffsFolder is where the DaemonSet's agent pins, through its hostPath volume.
 const bpffsFolder = "/sys/fs/bpf/podwall"
@@ -479,8 +487,8 @@ func (n *Node) teardown(tb testing.TB) {
 	n.unmountAll(tb)
 	n.removeCgroupRoot(tb)
 	n.removeLogLinks(tb)
-	if n.madeShimSocketDir {
-		if err := os.RemoveAll(filepath.Dir(shimSocketDir)); err != nil {
+	for _, dir := range n.made {
+		if err := os.RemoveAll(dir); err != nil {
 			tb.Errorf("node: %v", err)
 		}
 	}
@@ -620,10 +628,9 @@ func (n *Node) removeCgroupRoot(tb testing.TB) {
 
 // removeLogLinks removes the kubelet's links in /var/log/containers to logs of this node.
 func (n *Node) removeLogLinks(tb testing.TB) {
-	const dir = "/var/log/containers"
-	entries, _ := os.ReadDir(dir)
+	entries, _ := os.ReadDir(containerLogLinks)
 	for _, e := range entries {
-		path := filepath.Join(dir, e.Name())
+		path := filepath.Join(containerLogLinks, e.Name())
 		if target, err := os.Readlink(path); err == nil && strings.HasPrefix(target, n.Dir+"/") {
 			if err := os.Remove(path); err != nil {
 				tb.Errorf("node: %v", err)
