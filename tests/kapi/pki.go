@@ -65,7 +65,7 @@ func writePKI(dir string) (*pki, error) {
 	if err := os.WriteFile(p.servingCert, p.caData, 0o644); err != nil {
 		return nil, fmt.Errorf("write serving certificate: %w", err)
 	}
-	if err := writeECKey(p.servingKey, servingKey); err != nil {
+	if err := WriteECKey(p.servingKey, servingKey); err != nil {
 		return nil, err
 	}
 
@@ -73,7 +73,7 @@ func writePKI(dir string) (*pki, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generate service-account key: %w", err)
 	}
-	if err := writeECKey(p.saKey, saKey); err != nil {
+	if err := WriteECKey(p.saKey, saKey); err != nil {
 		return nil, err
 	}
 
@@ -90,7 +90,8 @@ func writePKI(dir string) (*pki, error) {
 	return p, nil
 }
 
-func writeECKey(path string, key *ecdsa.PrivateKey) error {
+// WriteECKey writes key as a PEM "EC PRIVATE KEY" file, readable by its owner only.
+func WriteECKey(path string, key *ecdsa.PrivateKey) error {
 	der, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
 		return fmt.Errorf("marshal key for %s: %w", path, err)

@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/podwall/podwall/tests/kapi"
 )
 
 // identity is a user of the cluster, authenticated by a bearer token from the token file.
@@ -106,7 +108,7 @@ func writePKI(dir, nodeName string, servingIPs []net.IP) (*pki, error) {
 		if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
 			return fmt.Errorf("write certificate: %w", err)
 		}
-		return writeECKey(keyPath, key)
+		return kapi.WriteECKey(keyPath, key)
 	}
 	if err := issue(2, pkix.Name{CommonName: "kube-apiserver"}, x509.ExtKeyUsageServerAuth, servingIPs,
 		[]string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"},
@@ -124,7 +126,7 @@ func writePKI(dir, nodeName string, servingIPs []net.IP) (*pki, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generate service-account key: %w", err)
 	}
-	if err := writeECKey(p.saKey, saKey); err != nil {
+	if err := kapi.WriteECKey(p.saKey, saKey); err != nil {
 		return nil, err
 	}
 
@@ -150,15 +152,4 @@ func writePKI(dir, nodeName string, servingIPs []net.IP) (*pki, error) {
 		return nil, fmt.Errorf("write token file: %w", err)
 	}
 	return p, nil
-}
-
-func writeECKey(path string, key *ecdsa.PrivateKey) error {
-	der, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return fmt.Errorf("marshal key for %s: %w", path, err)
-	}
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		return fmt.Errorf("write key: %w", err)
-	}
-	return nil
 }
