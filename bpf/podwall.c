@@ -2,7 +2,8 @@
 
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* podwall's data path: the verdict on packets going to a pod (tc/tcx egress of the pod's
- * host-side interface) and the record of connections the pod opens (tc/tcx ingress). */
+ * host-side interface), the record of connections the pod opens (tc/tcx ingress), and the
+ * early drop, at the node's uplinks (XDP), of what the first would drop. */
 #include "headers/vmlinux.h"
 #include "headers/bpf_helpers.h"
 #include "headers/bpf_endian.h"
@@ -112,6 +113,25 @@ struct {
 	__type(value, __u64); /* packets */
 } stats SEC(".maps");
 
+/* The same counts for from_world's verdicts at the uplinks (XDP). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, REASON_MAX);
+	__type(key, __u32);  /* enum reason */
+	__type(value, __u64); /* packets */
+} xdp_stats SEC(".maps");
+
+/* Each local pod's addresses (the endpoints' addr4 and addr6), for from_world to find the
+ * interface, and with it the endpoint, that to_pod judges a packet on. The applier derives it
+ * from the endpoints it writes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ip_addr);
+	__type(value, __u32); /* ifindex */
+} local_pods SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
@@ -200,6 +220,14 @@ static __always_inline __s64 ct_age(const struct ct_entry *e, __u64 now)
 static __always_inline void count(__u32 reason)
 {
 	__u64 *n = bpf_map_lookup_elem(&stats, &reason);
+
+	if (n)
+		*n += 1;
+}
+
+static __always_inline void count_xdp(__u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&xdp_stats, &reason);
 
 	if (n)
 		*n += 1;
@@ -606,7 +634,7 @@ static __always_inline bool event_allowed(__u32 kind, __u64 ct_now)
 	return true;
 }
 
-static __always_inline void send_event(struct __sk_buff *skb, const struct judge *c,
+static __always_inline void send_event(__u32 ifindex, enum hook hook, const struct judge *c,
 				       enum reason reason, __u8 verdict)
 {
 	const struct pkt *p = &c->p;
@@ -620,7 +648,7 @@ static __always_inline void send_event(struct __sk_buff *skb, const struct judge
 		return;
 	}
 	ev->timestamp = clock_ns();
-	ev->ifindex = skb->ifindex;
+	ev->ifindex = ifindex;
 	ev->policy = c->policy;
 	ev->rule = c->rule;
 	ev->identity = c->identity;
@@ -637,7 +665,7 @@ static __always_inline void send_event(struct __sk_buff *skb, const struct judge
 	ev->proto = p->proto;
 	ev->verdict = verdict;
 	ev->reason = reason;
-	ev->pad = 0;
+	ev->hook = hook;
 	bpf_ringbuf_submit(ev, 0);
 }
 
@@ -673,7 +701,7 @@ __noinline int finish(struct __sk_buff *skb, const struct judge *c, enum reason 
 			count(REASON_CT_FULL);
 	}
 	if (verdict == VERDICT_DROP || c->new_flow)
-		send_event(skb, c, reason, verdict);
+		send_event(skb->ifindex, HOOK_TC, c, reason, verdict);
 	if (verdict == VERDICT_DROP)
 		/* The policy refuses the packet; reason says why: a deny rule, no allow rule,
 		 * an isolated pod, unparsable headers (fail closed), or the drop of the
@@ -841,6 +869,65 @@ int to_pod(struct __sk_buff *skb)
 	return finish(skb, &c, res);
 }
 
+/* from_world drops, at the node's uplink and before the kernel builds an skb, a packet to a
+ * local pod that to_pod would drop at this moment, and passes everything else unchanged: tc
+ * stays the authority, and the one that records flows. It judges with to_pod's steps and maps
+ * but writes nothing of theirs, and leaves to tc all it cannot judge as to_pod would: frames
+ * it cannot parse in one buffer, fragments, ICMP errors, neighbour discovery, packets of
+ * open, unknown or unentered pods, and every packet to another address. A packet that enters
+ * by an uplink was never sent by the node's own stack (step 8), so the node's addresses have
+ * no labels here, as in to_pod for a forwarded packet. */
+SEC("xdp")
+int from_world(struct xdp_md *ctx)
+{
+	struct judge c = {};
+	struct ct_key k = {};
+	struct endpoint_entry *ee;
+	struct ct_entry *e;
+	__u32 *ifindex, *id;
+	int res;
+
+	if (parse_frame_xdp(ctx, &c.p) != PARSE_OK || c.p.frag != FRAG_NONE)
+		return XDP_PASS;
+	ifindex = bpf_map_lookup_elem(&local_pods, &c.p.dst);
+	if (!ifindex)
+		return XDP_PASS;
+	ee = bpf_map_lookup_elem(&endpoints, ifindex);
+	if (!ee || ee->ep.mode == MODE_OPEN)
+		return XDP_PASS;
+	c.policy = ee->ep.policy;
+	c.generation = ee->ep.generation;
+	c.mode = ee->ep.mode;
+	c.ep_flags = ee->ep.flags;
+	if (is_icmp(&c.p) && ((c.p.src.family == FAM_V6 && c.p.icmp_type >= 133 &&
+			       c.p.icmp_type <= 137) || is_icmp_error(&c.p)))
+		return XDP_PASS;
+
+	/* 6: a live flow passes, whether the pod opened it or a rule of this generation let it
+	 * in; tc refreshes and restamps it. */
+	c.now = ct_clock();
+	if (ct_tuple(&c.p, true, *ifindex, &k)) {
+		c.epoch = read_epoch();
+		e = bpf_map_lookup_elem(&conntrack, &k);
+		if (e && ct_passes(e, k.proto, is_syn(&c.p), c.generation, c.epoch, c.now))
+			return XDP_PASS;
+	}
+
+	/* 8 */
+	id = bpf_map_lookup_elem(&ipcache, &c.p.src);
+	c.identity = id ? *id : ID_WORLD;
+	if (c.identity == ID_HOST)
+		c.identity = ID_WORLD;
+
+	/* 9, 10 */
+	res = c.mode == MODE_ISOLATE ? REASON_ISOLATED : classify(&ee->rules, &c);
+	if (!drops(res))
+		return XDP_PASS;
+	count_xdp(res);
+	send_event(*ifindex, HOOK_XDP, &c, res, VERDICT_DROP);
+	return XDP_DROP;
+}
+
 /* own_source: the packet's source is the pod's own address, or it is one of the link-local
  * control messages a pod's kernel sends before and beside its address: neighbour discovery
  * (133-137) and multicast listener reports (130-132, 143), from a link-local or the
@@ -899,7 +986,7 @@ int from_pod(struct __sk_buff *skb)
 	if (!ee) {
 		c.now = ct_clock();
 		count(REASON_NO_ENTRY);
-		send_event(skb, &c, REASON_NO_ENTRY, VERDICT_DROP);
+		send_event(ifindex, HOOK_TC, &c, REASON_NO_ENTRY, VERDICT_DROP);
 		return TC_ACT_SHOT;
 	}
 	if (parsed == PARSE_ARP && !arp_source_ok(skb, &ee->ep)) {
@@ -913,7 +1000,7 @@ int from_pod(struct __sk_buff *skb)
 		c.now = ct_clock();
 		c.policy = ee->ep.policy;
 		count(REASON_SPOOFED);
-		send_event(skb, &c, REASON_SPOOFED, VERDICT_DROP);
+		send_event(ifindex, HOOK_TC, &c, REASON_SPOOFED, VERDICT_DROP);
 		/* A source that is not the pod's: a forged packet, which must neither reach
 		 * anyone nor record a flow that would pass the forged address's replies. */
 		return TC_ACT_SHOT;

@@ -261,6 +261,12 @@ enum verdict {
 	VERDICT_DROP = 2,
 };
 
+/* Where a verdict was made: tc on a pod's interface, or XDP on an uplink (from_world). */
+enum hook {
+	HOOK_TC = 0,
+	HOOK_XDP = 1,
+};
+
 /* events (ring buffer): drops and the first packet of each newly allowed inbound flow. */
 struct event {
 	__u64 timestamp; /* CLOCK_MONOTONIC ns at tick precision */
@@ -275,13 +281,14 @@ struct event {
 	__u8 proto;
 	__u8 verdict;
 	__u8 reason;
-	__u8 pad;
+	__u8 hook; /* enum hook */
 };
 
 /* Names every enum of the contract, so that clang puts them in BTF even where no map or
  * program uses one as a type; podwall.c declares one pointer to it, which nothing reads. */
 struct contract {
 	enum limits limits;
+	enum hook hook;
 	enum family family;
 	enum proto_class proto_class;
 	enum port_dir port_dir;

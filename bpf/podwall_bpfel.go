@@ -108,7 +108,7 @@ type PodwallEvent struct {
 	Proto     uint8
 	Verdict   uint8
 	Reason    uint8
-	Pad       uint8
+	Hook      uint8
 }
 
 type PodwallFamily uint32
@@ -133,6 +133,13 @@ type PodwallFragKey struct {
 	Proto uint8
 	Pad   [3]uint8
 }
+
+type PodwallHook uint32
+
+const (
+	PodwallHookHOOK_TC  PodwallHook = 0
+	PodwallHookHOOK_XDP PodwallHook = 1
+)
 
 type PodwallIcmpCode uint32
 
@@ -275,13 +282,16 @@ const (
 	PodwallMapEvents              = "events"
 	PodwallMapFrags               = "frags"
 	PodwallMapIpcache             = "ipcache"
+	PodwallMapLocalPods           = "local_pods"
 	PodwallMapPolCidr             = "pol_cidr"
 	PodwallMapPolIcmp             = "pol_icmp"
 	PodwallMapPolIdent            = "pol_ident"
 	PodwallMapPolPort             = "pol_port"
 	PodwallMapStats               = "stats"
+	PodwallMapXdpStats            = "xdp_stats"
 	PodwallProgCtGc               = "ct_gc"
 	PodwallProgFromPod            = "from_pod"
+	PodwallProgFromWorld          = "from_world"
 	PodwallProgToPod              = "to_pod"
 	PodwallVarCtEndpointMax       = "ct_endpoint_max"
 	PodwallVarCtTimeoutIcmpNs     = "ct_timeout_icmp_ns"
@@ -337,9 +347,10 @@ type PodwallSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PodwallProgramSpecs struct {
-	CtGc    *ebpf.ProgramSpec `ebpf:"ct_gc"`
-	FromPod *ebpf.ProgramSpec `ebpf:"from_pod"`
-	ToPod   *ebpf.ProgramSpec `ebpf:"to_pod"`
+	CtGc      *ebpf.ProgramSpec `ebpf:"ct_gc"`
+	FromPod   *ebpf.ProgramSpec `ebpf:"from_pod"`
+	FromWorld *ebpf.ProgramSpec `ebpf:"from_world"`
+	ToPod     *ebpf.ProgramSpec `ebpf:"to_pod"`
 }
 
 // PodwallMapSpecs contains maps before they are loaded into the kernel.
@@ -354,11 +365,13 @@ type PodwallMapSpecs struct {
 	Events    *ebpf.MapSpec `ebpf:"events"`
 	Frags     *ebpf.MapSpec `ebpf:"frags"`
 	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
+	LocalPods *ebpf.MapSpec `ebpf:"local_pods"`
 	PolCidr   *ebpf.MapSpec `ebpf:"pol_cidr"`
 	PolIcmp   *ebpf.MapSpec `ebpf:"pol_icmp"`
 	PolIdent  *ebpf.MapSpec `ebpf:"pol_ident"`
 	PolPort   *ebpf.MapSpec `ebpf:"pol_port"`
 	Stats     *ebpf.MapSpec `ebpf:"stats"`
+	XdpStats  *ebpf.MapSpec `ebpf:"xdp_stats"`
 }
 
 // PodwallVariableSpecs contains global variables before they are loaded into the kernel.
@@ -405,11 +418,13 @@ type PodwallMaps struct {
 	Events    *ebpf.Map `ebpf:"events"`
 	Frags     *ebpf.Map `ebpf:"frags"`
 	Ipcache   *ebpf.Map `ebpf:"ipcache"`
+	LocalPods *ebpf.Map `ebpf:"local_pods"`
 	PolCidr   *ebpf.Map `ebpf:"pol_cidr"`
 	PolIcmp   *ebpf.Map `ebpf:"pol_icmp"`
 	PolIdent  *ebpf.Map `ebpf:"pol_ident"`
 	PolPort   *ebpf.Map `ebpf:"pol_port"`
 	Stats     *ebpf.Map `ebpf:"stats"`
+	XdpStats  *ebpf.Map `ebpf:"xdp_stats"`
 }
 
 func (m *PodwallMaps) Close() error {
@@ -422,11 +437,13 @@ func (m *PodwallMaps) Close() error {
 		m.Events,
 		m.Frags,
 		m.Ipcache,
+		m.LocalPods,
 		m.PolCidr,
 		m.PolIcmp,
 		m.PolIdent,
 		m.PolPort,
 		m.Stats,
+		m.XdpStats,
 	)
 }
 
@@ -450,15 +467,17 @@ type PodwallVariables struct {
 //
 // It can be passed to LoadPodwallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PodwallPrograms struct {
-	CtGc    *ebpf.Program `ebpf:"ct_gc"`
-	FromPod *ebpf.Program `ebpf:"from_pod"`
-	ToPod   *ebpf.Program `ebpf:"to_pod"`
+	CtGc      *ebpf.Program `ebpf:"ct_gc"`
+	FromPod   *ebpf.Program `ebpf:"from_pod"`
+	FromWorld *ebpf.Program `ebpf:"from_world"`
+	ToPod     *ebpf.Program `ebpf:"to_pod"`
 }
 
 func (p *PodwallPrograms) Close() error {
 	return _PodwallClose(
 		p.CtGc,
 		p.FromPod,
+		p.FromWorld,
 		p.ToPod,
 	)
 }

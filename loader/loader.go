@@ -97,6 +97,7 @@ type Loader struct {
 
 	mu       sync.Mutex
 	attached map[hook]attachment
+	xdp      map[int]link.Link // uplink ifindex -> from_world's link
 }
 
 // StateDir is the folder of the pinned state under a bpffs mount.
@@ -123,8 +124,9 @@ func Open(cfg Config) (_ *Loader, err error) {
 		dir:      StateDir(cfg.BPFFS),
 		ns:       netns.None(),
 		attached: map[hook]attachment{},
+		xdp:      map[int]link.Link{},
 	}
-	for _, d := range []string{l.mapsDir(), l.linksDir()} {
+	for _, d := range []string{l.mapsDir(), l.linksDir(), l.xdpDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
@@ -160,6 +162,9 @@ func Open(cfg Config) (_ *Loader, err error) {
 	}
 	l.log.Info("loaded podwall", zap.String("mode", string(l.mode)), zap.String("state", l.dir))
 	if err := l.reattach(); err != nil {
+		return nil, err
+	}
+	if err := l.reattachXDP(); err != nil {
 		return nil, err
 	}
 	return l, nil
@@ -204,6 +209,8 @@ func (l *Loader) load(constants map[string]any, sizes map[string]uint32) error {
 		}
 		ms.MaxEntries = n
 	}
+	// Every endpoint has at most an address of each family.
+	spec.Maps[bpf.PodwallMapLocalPods].MaxEntries = 2 * spec.Maps[bpf.PodwallMapEndpoints].MaxEntries
 	for name, m := range spec.Maps {
 		if isDataSection(name) {
 			continue
@@ -321,7 +328,12 @@ func (l *Loader) Close() error {
 			errs = append(errs, fmt.Errorf("close %s: %w", h, err))
 		}
 	}
-	l.attached = nil
+	for ifindex, lk := range l.xdp {
+		if err := lk.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close xdp of ifindex %d: %w", ifindex, err))
+		}
+	}
+	l.attached, l.xdp = nil, nil
 	errs = append(errs, l.release())
 	return errors.Join(errs...)
 }
@@ -377,6 +389,12 @@ func (l *Loader) Uninstall() error {
 			errs = append(errs, fmt.Errorf("detach %s: %w", h, err))
 		}
 		delete(l.attached, h)
+	}
+	for ifindex, lk := range l.xdp {
+		if err := detachLink(lk, l.xdpPin(ifindex)); err != nil {
+			errs = append(errs, fmt.Errorf("detach xdp of ifindex %d: %w", ifindex, err))
+		}
+		delete(l.xdp, ifindex)
 	}
 	l.mu.Unlock()
 	// Removing a pin unpins it: the maps, and any leftover of a crashed attach, go with the

@@ -76,17 +76,12 @@ func (a *tcxAttachment) mode() Mode { return ModeTCX }
 func (a *tcxAttachment) update(prog *ebpf.Program) error { return a.link.Update(prog) }
 
 func (a *tcxAttachment) detach() error {
-	// Detach at once: a link whose last reference was its pin is released only after an
-	// RCU grace period.
-	if err := a.link.Detach(); err != nil {
-		return err
-	}
 	// The pin by its path: a link moveFirst pinned under a temporary name and renamed does
 	// not know its pin by this name, and Unpin would miss it.
-	if err := os.Remove(a.l.pinPath(a.h, ModeTCX)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove the pin of %s: %w", a.h, err)
+	if err := detachLink(a.link, a.l.pinPath(a.h, ModeTCX)); err != nil {
+		return fmt.Errorf("%s: %w", a.h, err)
 	}
-	return a.link.Close()
+	return nil
 }
 
 func (a *tcxAttachment) close() error { return a.link.Close() }

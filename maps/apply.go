@@ -17,6 +17,7 @@ type Applier struct {
 	cidr      *table[bpf.PodwallCidrKey, bpf.PodwallRuleVec]
 	port      *table[bpf.PodwallPortKey, bpf.PodwallRuleVec]
 	icmp      *table[bpf.PodwallIcmpKey, bpf.PodwallRuleVec]
+	local     *table[bpf.PodwallIpAddr, uint32]
 	epoch     *epoch
 	ct        *Conntrack
 
@@ -47,6 +48,7 @@ func newApplier(m *bpf.PodwallMaps) *Applier {
 		cidr:      newTable[bpf.PodwallCidrKey, bpf.PodwallRuleVec](m.PolCidr, bpf.PodwallMapPolCidr),
 		port:      newTable[bpf.PodwallPortKey, bpf.PodwallRuleVec](m.PolPort, bpf.PodwallMapPolPort),
 		icmp:      newTable[bpf.PodwallIcmpKey, bpf.PodwallRuleVec](m.PolIcmp, bpf.PodwallMapPolIcmp),
+		local:     newTable[bpf.PodwallIpAddr, uint32](m.LocalPods, bpf.PodwallMapLocalPods),
 		epoch:     &epoch{m: m.Epoch},
 	}
 }
@@ -59,12 +61,16 @@ type Contents struct {
 	CIDR      map[bpf.PodwallCidrKey]bpf.PodwallRuleVec
 	Port      map[bpf.PodwallPortKey]bpf.PodwallRuleVec
 	ICMP      map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec
+	// LocalPods maps each endpoint's addresses to its ifindex, for the uplinks' XDP.
+	LocalPods map[bpf.PodwallIpAddr]uint32
 }
 
 // Want is what the maps hold once s is applied.
 func Want(s *compiler.State) Contents {
+	ends := entries(s)
 	d := Contents{
-		Endpoints: entries(s),
+		Endpoints: ends,
+		LocalPods: localPods(ends),
 		IPCache:   s.IPCache,
 		Ident:     make(map[bpf.PodwallIdentKey]bpf.PodwallRuleVec),
 		CIDR:      make(map[bpf.PodwallCidrKey]bpf.PodwallRuleVec),
@@ -89,7 +95,21 @@ func Read(m *bpf.PodwallMaps) (Contents, error) {
 	return Contents{
 		Endpoints: a.endpoints.present, IPCache: a.ipcache.present,
 		Ident: a.ident.present, CIDR: a.cidr.present, Port: a.port.present, ICMP: a.icmp.present,
+		LocalPods: a.local.present,
 	}, nil
+}
+
+// localPods are the values of local_pods: the address of each endpoint, to its ifindex.
+func localPods(ends map[uint32]bpf.PodwallEndpointEntry) map[bpf.PodwallIpAddr]uint32 {
+	out := make(map[bpf.PodwallIpAddr]uint32, 2*len(ends))
+	for ifindex, e := range ends {
+		for _, addr := range []bpf.PodwallIpAddr{e.Ep.Addr4, e.Ep.Addr6} {
+			if addr.Family != 0 {
+				out[addr] = ifindex
+			}
+		}
+	}
+	return out
 }
 
 // entries are the values of the endpoints map: each endpoint with its policy's record. An
@@ -309,14 +329,31 @@ func (a *Applier) incremental(s *compiler.State) []func() error {
 // endpointSteps makes the endpoints map hold want, between the two epochs when anything
 // changes, and also when an earlier apply failed between them.
 func (a *Applier) endpointSteps(want map[uint32]bpf.PodwallEndpointEntry) []func() error {
-	if !a.endpoints.differs(want) && !a.epoch.changing() {
+	local := localPods(want)
+	if !a.endpoints.differs(want) && !a.epoch.changing() && !a.local.differs(local) {
 		return nil
 	}
+	// An address that leaves or moves to another interface leaves local_pods before the
+	// endpoints change, and one that comes enters after: the uplinks' XDP then never judges
+	// a packet by an endpoint that is not its pod's (it passes what it cannot place).
+	steps := []func() error{func() error { return a.local.prune(unchanged(a.local.present, local)) }}
 	// The interfaces that leave go first: a full map then still takes the new ones.
-	return a.epoch.around(
+	steps = append(steps, a.epoch.around(
 		func() error { return a.endpoints.prune(want) },
 		func() error { return a.endpoints.put(want) },
-	)
+	)...)
+	return append(steps, func() error { return a.local.put(local) })
+}
+
+// unchanged are the entries of present that want holds with the same value.
+func unchanged[K, V comparable](present, want map[K]V) map[K]V {
+	out := make(map[K]V, len(present))
+	for k, v := range present {
+		if w, ok := want[k]; ok && w == v {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // pruneOrphans deletes the entries of the policies that are not kept: neither wanted nor
@@ -366,7 +403,7 @@ func changed(old, p *compiler.Policy) bool {
 }
 
 func (a *Applier) load() error {
-	for _, l := range []interface{ load() error }{a.endpoints, a.ipcache, a.ident, a.cidr, a.port, a.icmp, a.epoch} {
+	for _, l := range []interface{ load() error }{a.endpoints, a.ipcache, a.ident, a.cidr, a.port, a.icmp, a.local, a.epoch} {
 		if err := l.load(); err != nil {
 			return err
 		}
@@ -386,6 +423,6 @@ type Fill struct {
 func (a *Applier) Fill() []Fill {
 	return []Fill{
 		a.endpoints.fill(), a.ipcache.fill(),
-		a.ident.fill(), a.cidr.fill(), a.port.fill(), a.icmp.fill(),
+		a.ident.fill(), a.cidr.fill(), a.port.fill(), a.icmp.fill(), a.local.fill(),
 	}
 }
