@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/podwall/podwall/agent/netif"
 	"github.com/podwall/podwall/bpf"
@@ -46,6 +47,12 @@ type Datapath interface {
 	CollectConntrack() (datapath.Collection, error)
 	// Verdicts reads the packets counted under each reason.
 	Verdicts() ([bpf.NumReasons]uint64, error)
+	// AttachXDP, DetachXDP and XDPAttached manage from_world on the uplinks; XDPDrops reads
+	// what it dropped, by reason.
+	AttachXDP(ifindex int, mode datapath.XDPMode) error
+	DetachXDP(ifindex int) error
+	XDPAttached() []int
+	XDPDrops() ([bpf.NumReasons]uint64, error)
 }
 
 // Interfaces finds the pods' interfaces in the namespace the Datapath attaches in:
@@ -58,6 +65,8 @@ type Interfaces interface {
 	HostAddrs() ([]netip.Addr, error)
 	// Links returns the ifindexes of the interfaces whose names match.
 	Links(match func(name string) bool) ([]int, error)
+	// Uplinks returns the ifindexes of the interfaces holding the default routes.
+	Uplinks() ([]int, error)
 	// Watch calls changed for each change of links, routes and neighbours until ctx is done
 	// (nil) or notifications were lost (an error).
 	Watch(ctx context.Context, changed func(netif.Change)) error
@@ -117,7 +126,14 @@ type Config struct {
 	// nothing until that pod's entry is written. Empty: an interface is attached once its
 	// pod is known.
 	Strict []string
+	// XDP lists the uplinks to attach from_world to, by name, or XDPAuto alone for the
+	// interfaces holding the default routes. Empty: no XDP. Auto attaches in native mode only
+	// and skips a driver without it; a named interface falls back to generic mode.
+	XDP []string
 }
+
+// XDPAuto in Config.XDP stands for the interfaces that hold the default routes.
+const XDPAuto = "auto"
 
 // Agent runs the loop.
 type Agent struct {
@@ -139,6 +155,8 @@ type Agent struct {
 	strict []int
 	// compiler keeps the last compilation, so a change recompiles what it touches.
 	compiler compiler.Compiler
+	// xdpSkipped are the uplinks whose driver has no native XDP, reported once.
+	xdpSkipped map[int]bool
 }
 
 // New returns an agent; Run starts it.
@@ -147,7 +165,7 @@ func New(cfg Config) *Agent {
 		cfg.Logger = zap.NewNop()
 	}
 	if cfg.Metrics == nil {
-		cfg.Metrics = NewMetrics(cfg.Datapath.Verdicts)
+		cfg.Metrics = NewMetrics(cfg.Datapath.Verdicts, cfg.Datapath.XDPDrops)
 	}
 	if cfg.Debounce == 0 {
 		cfg.Debounce = DefaultDebounce
@@ -167,6 +185,8 @@ func New(cfg Config) *Agent {
 		report: newReporter(cfg.Logger, cfg.Events, cfg.Node),
 		kick:   newTrigger(),
 		known:  map[podKey]int{},
+
+		xdpSkipped: map[int]bool{},
 	}
 }
 
@@ -367,12 +387,67 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 	}
 
 	a.detach(endpoints)
+	a.syncXDP()
 	if len(missing) == 0 && len(attachFailed) == 0 {
 		a.writeReady()
 	}
 	a.log.Debug("reconciled", zap.Int("pods", len(snap.Pods)), zap.Int("endpoints", len(state.Endpoints)),
 		zap.Int("missing", len(missing)), zap.Duration("took", time.Since(start)))
 	return len(missing) > 0 || len(attachFailed) > 0
+}
+
+// syncXDP keeps from_world on the uplinks Config.XDP names, and on no other: the default
+// routes move, interfaces come and go. It runs after an apply, so local_pods holds the pods
+// it judges (until then, it would pass everything: harmless, tc judges it all the same).
+func (a *Agent) syncXDP() {
+	if len(a.cfg.XDP) == 0 {
+		return
+	}
+	auto := len(a.cfg.XDP) == 1 && a.cfg.XDP[0] == XDPAuto
+	var want []int
+	var err error
+	if auto {
+		want, err = a.cfg.Finder.Uplinks()
+	} else {
+		want, err = a.cfg.Finder.Links(func(name string) bool { return slices.Contains(a.cfg.XDP, name) })
+	}
+	if err != nil {
+		a.log.Error("find the uplinks for XDP", zap.Error(err))
+		return
+	}
+	for _, ifindex := range want {
+		if slices.Contains(a.cfg.Datapath.XDPAttached(), ifindex) || a.xdpSkipped[ifindex] {
+			continue
+		}
+		err := a.cfg.Datapath.AttachXDP(ifindex, datapath.XDPNative)
+		if err != nil && errors.Is(err, unix.EOPNOTSUPP) {
+			if auto {
+				a.xdpSkipped[ifindex] = true
+				a.log.Info("uplink skipped: its driver has no native XDP, and generic XDP is no faster than tc",
+					zap.Int("ifindex", ifindex))
+				continue
+			}
+			a.log.Warn("uplink without native XDP: attaching generic XDP, which drops no earlier than tc",
+				zap.Int("ifindex", ifindex))
+			err = a.cfg.Datapath.AttachXDP(ifindex, datapath.XDPGeneric)
+		}
+		if err != nil {
+			a.cfg.Metrics.attachErrors.Inc()
+			a.log.Error("attach XDP to an uplink", zap.Int("ifindex", ifindex), zap.Error(err))
+			continue
+		}
+		a.log.Info("XDP attached to an uplink", zap.Int("ifindex", ifindex))
+	}
+	for _, ifindex := range a.cfg.Datapath.XDPAttached() {
+		if slices.Contains(want, ifindex) {
+			continue
+		}
+		if err := a.cfg.Datapath.DetachXDP(ifindex); err != nil {
+			a.log.Error("detach XDP from a former uplink", zap.Int("ifindex", ifindex), zap.Error(err))
+			continue
+		}
+		a.log.Info("XDP detached from a former uplink", zap.Int("ifindex", ifindex))
+	}
 }
 
 // Kinds of the agent's own findings.

@@ -81,6 +81,13 @@ func (d *fakeDatapath) Verdicts() ([bpf.NumReasons]uint64, error) {
 }
 
 // takeOps returns the operations recorded since the last call.
+func (d *fakeDatapath) AttachXDP(int, datapath.XDPMode) error { return nil }
+func (d *fakeDatapath) DetachXDP(int) error                   { return nil }
+func (d *fakeDatapath) XDPAttached() []int                    { return nil }
+func (d *fakeDatapath) XDPDrops() ([bpf.NumReasons]uint64, error) {
+	return [bpf.NumReasons]uint64{}, nil
+}
+
 func (d *fakeDatapath) takeOps() []string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -137,6 +144,7 @@ func (f *fakeInterfaces) HostAddrs() ([]netip.Addr, error) {
 }
 
 func (f *fakeInterfaces) Links(func(string) bool) ([]int, error) { return nil, nil }
+func (f *fakeInterfaces) Uplinks() ([]int, error)                { return nil, nil }
 
 func (f *fakeInterfaces) Watch(ctx context.Context, changed func(netif.Change)) error {
 	f.mu.Lock()

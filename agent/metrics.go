@@ -39,9 +39,9 @@ type Metrics struct {
 const namespace = "podwall"
 
 // NewMetrics makes the agent's metrics in a registry of their own, with the Go runtime's and
-// the process's, and the verdict counters that readVerdicts reads (Datapath.Verdicts) at each
-// scrape.
-func NewMetrics(readVerdicts func() ([bpf.NumReasons]uint64, error)) *Metrics {
+// the process's, and the verdict counters that readVerdicts (Datapath.Verdicts, tc's) and
+// readXDP (Datapath.XDPDrops, the uplinks') read at each scrape.
+func NewMetrics(readVerdicts, readXDP func() ([bpf.NumReasons]uint64, error)) *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
 		applySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -135,7 +135,7 @@ func NewMetrics(readVerdicts func() ([bpf.NumReasons]uint64, error)) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.applySeconds, m.applyErrors, m.applyFailing, m.attachErrors, m.sourceErrors, m.mapEntries, m.mapCapacity,
 		m.endpoints, m.identities, m.policies, m.pods, m.namespaces, m.invalidPolicies, m.problems,
-		m.interfaceMissing, m.interfacesHeld, m.displaced, m.ctEntries, m.ctCapacity, m.ctRemoved, m.ctErrors, &verdicts{read: readVerdicts},
+		m.interfaceMissing, m.interfacesHeld, m.displaced, m.ctEntries, m.ctCapacity, m.ctRemoved, m.ctErrors, &verdicts{desc: verdictsDesc, read: readVerdicts}, &verdicts{desc: xdpDropsDesc, read: readXDP, dropsOnly: true},
 	)
 	m.displaced.WithLabelValues("restored")
 	m.displaced.WithLabelValues("failed")
@@ -176,31 +176,49 @@ func (m *Metrics) observeConntrack(c datapath.Collection) {
 	m.ctRemoved.WithLabelValues("flushed").Add(float64(c.Flushed))
 }
 
-// verdicts reads the data path's verdict counters when scraped.
+// verdicts reads one of the data path's verdict counters (tc's, or XDP's drops) when scraped.
 type verdicts struct {
-	read func() ([bpf.NumReasons]uint64, error)
+	desc      *prometheus.Desc
+	read      func() ([bpf.NumReasons]uint64, error)
+	dropsOnly bool // XDP counts only the drops: the other reasons are not series of it
 }
 
 var verdictsDesc = prometheus.NewDesc(namespace+"_verdicts_total",
-	"Packets to pods by the reason of their verdict (reason event-lost counts events the ring buffer had no room for).",
+	"Packets to pods judged by tc on the pods' interfaces, by the reason of their verdict (reason event-lost counts events the ring buffer had no room for).",
+	[]string{"reason"}, nil)
+
+var xdpDropsDesc = prometheus.NewDesc(namespace+"_xdp_drops_total",
+	"Packets to pods dropped by XDP on the node's uplinks, before the kernel built an skb, by reason; they never reach tc.",
 	[]string{"reason"}, nil)
 
 var statsErrorDesc = prometheus.NewDesc(namespace+"_stats_read_errors",
-	"1 when the last scrape could not read the stats map.", nil, nil)
+	"1 when the last scrape could not read a stats map.", []string{"hook"}, nil)
+
+func (v *verdicts) hook() string {
+	if v.dropsOnly {
+		return "xdp"
+	}
+	return "tc"
+}
 
 func (v *verdicts) Describe(ch chan<- *prometheus.Desc) {
-	ch <- verdictsDesc
-	ch <- statsErrorDesc
+	ch <- v.desc
+	if !v.dropsOnly {
+		ch <- statsErrorDesc
+	}
 }
 
 func (v *verdicts) Collect(ch chan<- prometheus.Metric) {
 	counts, err := v.read()
 	if err != nil {
-		ch <- prometheus.MustNewConstMetric(statsErrorDesc, prometheus.GaugeValue, 1)
+		ch <- prometheus.MustNewConstMetric(statsErrorDesc, prometheus.GaugeValue, 1, v.hook())
 		return
 	}
 	for r, n := range counts {
-		ch <- prometheus.MustNewConstMetric(verdictsDesc, prometheus.CounterValue, float64(n), bpf.Reason(r).String())
+		if v.dropsOnly && n == 0 {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(v.desc, prometheus.CounterValue, float64(n), bpf.Reason(r).String())
 	}
-	ch <- prometheus.MustNewConstMetric(statsErrorDesc, prometheus.GaugeValue, 0)
+	ch <- prometheus.MustNewConstMetric(statsErrorDesc, prometheus.GaugeValue, 0, v.hook())
 }

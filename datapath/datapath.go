@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/loader"
@@ -22,7 +24,18 @@ type (
 	Collection = maps.Collection
 	// Displaced is a hook where another program ran before podwall's (loader.Displaced).
 	Displaced = loader.Displaced
+	// XDPMode is how from_world is attached to an uplink (loader.XDPMode).
+	XDPMode = loader.XDPMode
 )
+
+// The XDP modes (loader.XDPNative, loader.XDPGeneric).
+const (
+	XDPNative  = loader.XDPNative
+	XDPGeneric = loader.XDPGeneric
+)
+
+// ErrXDPTaken means another tool's XDP program holds the uplink (loader.ErrXDPTaken).
+var ErrXDPTaken = loader.ErrXDPTaken
 
 // ErrMapFull means a map had no room for an entry: the apply failed, and the next one
 // starts from what the kernel holds.
@@ -92,12 +105,27 @@ func (d *Datapath) Attached() []int { return d.l.Attached() }
 // Mode is how the programs are attached: tcx or clsact.
 func (d *Datapath) Mode() Mode { return d.l.Mode() }
 
-// Verdicts reads the packets counted under each reason, summed over the CPUs.
-func (d *Datapath) Verdicts() ([bpf.NumReasons]uint64, error) {
+// AttachXDP attaches from_world to an uplink, in the namespace the Datapath attaches in.
+func (d *Datapath) AttachXDP(ifindex int, mode XDPMode) error { return d.l.AttachXDP(ifindex, mode) }
+
+// DetachXDP removes from_world from an uplink.
+func (d *Datapath) DetachXDP(ifindex int) error { return d.l.DetachXDP(ifindex) }
+
+// XDPAttached lists the uplinks from_world is attached to.
+func (d *Datapath) XDPAttached() []int { return d.l.XDPAttached() }
+
+// Verdicts reads the packets tc counted under each reason, summed over the CPUs.
+func (d *Datapath) Verdicts() ([bpf.NumReasons]uint64, error) { return ReadStats(d.l.Maps().Stats) }
+
+// XDPDrops reads the packets from_world dropped at the uplinks, under each reason.
+func (d *Datapath) XDPDrops() ([bpf.NumReasons]uint64, error) { return ReadStats(d.l.Maps().XdpStats) }
+
+// ReadStats sums a per-CPU stats map (stats, xdp_stats) over the CPUs, by reason.
+func ReadStats(m *ebpf.Map) ([bpf.NumReasons]uint64, error) {
 	var out [bpf.NumReasons]uint64
 	var perCPU []uint64
 	for r := range bpf.NumReasons {
-		if err := d.l.Maps().Stats.Lookup(uint32(r), &perCPU); err != nil {
+		if err := m.Lookup(uint32(r), &perCPU); err != nil {
 			return out, fmt.Errorf("read the stats of reason %s: %w", r, err)
 		}
 		for _, n := range perCPU {

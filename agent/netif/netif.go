@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -266,5 +267,44 @@ func (f *Finder) Links(match func(name string) bool) ([]int, error) {
 			out = append(out, l.Attrs().Index)
 		}
 	}
+	return out, nil
+}
+
+// Uplinks returns the ifindexes of the interfaces that hold the namespace's default routes
+// (IPv4 and IPv6, every next hop of a multipath route): where traffic from other nodes and
+// from outside the cluster comes in.
+func (f *Finder) Uplinks() ([]int, error) {
+	var out []int
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		var routes []netlink.Route
+		var err error
+		for i := 0; ; i++ {
+			routes, err = f.nl.RouteList(nil, family)
+			if errors.Is(err, netlink.ErrDumpInterrupted) && i < dumpRetries {
+				continue
+			}
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list routes: %w", err)
+		}
+		for _, r := range routes {
+			if r.Dst != nil {
+				if ones, _ := r.Dst.Mask.Size(); ones != 0 {
+					continue
+				}
+			}
+			idx := []int{r.LinkIndex}
+			for _, nh := range r.MultiPath {
+				idx = append(idx, nh.LinkIndex)
+			}
+			for _, i := range idx {
+				if i > 0 && !slices.Contains(out, i) {
+					out = append(out, i)
+				}
+			}
+		}
+	}
+	slices.Sort(out)
 	return out, nil
 }

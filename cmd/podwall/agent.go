@@ -47,6 +47,7 @@ type agentOptions struct {
 	conntrack   conntrackOptions
 	mapSizes    map[string]int
 	strict      []string
+	xdp         []string
 	chainCheck  time.Duration
 }
 
@@ -122,6 +123,7 @@ func (o *agentOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.logFormat, "log-format", "json", "json or console")
 	f.DurationVar(&o.chainCheck, "chain-check-interval", agent.DefaultChainCheck, "how often the agent checks that its programs run first on every pod interface (tcx and clsact), and puts them first again where another tool attached ahead of them")
 	f.StringSliceVar(&o.strict, "strict-interfaces", nil, "strict mode: name patterns of the pods' host-side interfaces (shell globs, e.g. cali*,lxc*); each is isolated from the moment it appears, before the cluster says whose it is, and passes nothing until its pod's policy is in the kernel (a new pod's first packets are dropped); an interface that matches and is no pod's passes nothing at all")
+	f.StringSliceVar(&o.xdp, "xdp-devices", []string{agent.XDPAuto}, "uplinks whose XDP drops, in the driver, the packets to local pods that policy drops: interface names (a driver without native XDP falls back to generic XDP, which is no faster than tc), or auto: the interfaces holding the default routes, native XDP only (others are skipped); empty: no XDP")
 	f.StringVar(&o.podsFile, "pods-file", "", "standalone mode: read Pods and Namespaces from this YAML file and follow its changes, instead of the cluster")
 	f.DurationVar(&o.podsConfirm, "pods-file-confirm", k8s.DefaultConfirm, "how long a pods file that lost most pods at once must stay the same before it is taken (an empty file never is)")
 	f.StringVar(&o.readyFile, "ready-file", "", "file to write once the first state is applied and every local pod is attached")
@@ -295,6 +297,7 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 		ConntrackGC: o.conntrack.gc,
 		Strict:      o.strict,
 		ChainCheck:  o.chainCheck,
+		XDP:         o.xdp,
 	})
 	var serveErr <-chan error // nil: no server, never ready
 	if o.metricsAddr != "" {

@@ -249,7 +249,7 @@ func (c *cluster) startAgentUnready(opts compiler.Options, edits ...func(*loader
 	}
 	r := &runningAgent{
 		t: c.t, done: make(chan error, 1), dp: dp, finder: finder, logs: logs,
-		metrics: agent.NewMetrics(dp.Verdicts),
+		metrics: agent.NewMetrics(dp.Verdicts, dp.XDPDrops),
 		ready:   filepath.Join(c.t.TempDir(), "ready"),
 	}
 	r.agent = agent.New(agent.Config{
