@@ -21,6 +21,8 @@ import (
 const (
 	actNext = math.MaxUint32 // TCX_NEXT: pass
 	actShot = 2              // TC_ACT_SHOT: drop
+	xdpDrop = 1              // XDP_DROP
+	xdpPass = 2              // XDP_PASS
 )
 
 // datapath is a loaded, unpinned podwall collection whose maps an Applier fills.
@@ -29,8 +31,9 @@ type datapath struct {
 	applier *maps.Applier
 	events  *ringbuf.Reader
 
-	// stats are the totals of the stats map before the last run.
+	// stats and xdpStats are the totals of the stats maps before the last run.
 	stats     [bpf.NumReasons]uint64
+	xdpStats  [bpf.NumReasons]uint64
 	statsKeys []uint32
 	perCPU    []uint64
 }
@@ -69,14 +72,19 @@ func loadDatapath(tb testing.TB, edit func(*bpf.PodwallSpecs) error) *datapath {
 	d.perCPU = make([]uint64, int(bpf.NumReasons)*cpus)
 	d.stats, err = d.readStats()
 	require.NoError(tb, err)
+	d.xdpStats, err = d.readCounters(d.objs.XdpStats)
+	require.NoError(tb, err)
 	return d
 }
 
-// readStats sums the per-CPU counters of every reason, in one batch lookup.
-func (d *datapath) readStats() ([bpf.NumReasons]uint64, error) {
+// readStats sums the per-CPU counters of every reason tc counted, in one batch lookup.
+func (d *datapath) readStats() ([bpf.NumReasons]uint64, error) { return d.readCounters(d.objs.Stats) }
+
+// readCounters sums a per-CPU counter map by reason (stats, xdp_stats), in one batch lookup.
+func (d *datapath) readCounters(m *ebpf.Map) ([bpf.NumReasons]uint64, error) {
 	var out [bpf.NumReasons]uint64
 	var cursor ebpf.MapBatchCursor
-	n, err := d.objs.Stats.BatchLookup(&cursor, d.statsKeys, d.perCPU, nil)
+	n, err := m.BatchLookup(&cursor, d.statsKeys, d.perCPU, nil)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return out, fmt.Errorf("read stats: %w", err)
 	}
@@ -144,6 +152,45 @@ func (d *datapath) run(ifindex uint32, fromNode bool, frame []byte) (outcome, er
 		return o, fmt.Errorf("one run counted reasons %v", counted)
 	}
 	o.reason = counted[0]
+	o.event, err = d.event()
+	return o, err
+}
+
+// runXDP runs from_world once on frame as if it came in through an uplink. It must leave
+// conntrack, frags and tc's counters alone; a drop counts its one reason in xdp_stats and
+// sends its event.
+func (d *datapath) runXDP(frame []byte) (outcome, error) {
+	var o outcome
+	ret, err := d.objs.FromWorld.Run(&ebpf.RunOptions{Data: frame})
+	if err != nil {
+		return o, fmt.Errorf("run from_world: %w", err)
+	}
+	o.action = ret
+	after, err := d.readCounters(d.objs.XdpStats)
+	if err != nil {
+		return o, err
+	}
+	var counted []bpf.Reason
+	for r := range bpf.NumReasons {
+		for range after[r] - d.xdpStats[r] {
+			counted = append(counted, r)
+		}
+	}
+	d.xdpStats = after
+	if tc, err := d.readStats(); err != nil || tc != d.stats {
+		return o, errors.Join(err, fmt.Errorf("from_world counted in tc's stats"))
+	}
+	switch {
+	case ret == xdpDrop && len(counted) == 1:
+		o.reason = counted[0]
+	case ret == xdpPass && len(counted) == 0:
+	default:
+		return o, fmt.Errorf("from_world returned %d and counted %v", ret, counted)
+	}
+	var k bpf.PodwallCtKey
+	if err := d.objs.Conntrack.NextKey(nil, &k); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return o, fmt.Errorf("from_world wrote conntrack (%v)", err)
+	}
 	o.event, err = d.event()
 	return o, err
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/compiler/compilertest"
+	"github.com/podwall/podwall/maps"
 	"github.com/podwall/podwall/tests/frames"
 	"github.com/podwall/podwall/tests/topo"
 )
@@ -68,16 +69,37 @@ func TestDifferential(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 0))
 	var reports []string
 	disagreements, judged := 0, 0
+	xdpDrops, xdpLeft := 0, 0 // drops from_world made, and those it left to tc
 	count := map[bpf.Reason]int{}
 	for n := 0; judged < packets; n++ {
 		c := compilertest.Random(rng, devices)
 		s := compiler.Compile(c.Input)
 		require.NoError(t, d.applier.Apply(s), "apply cluster %d (%s)", n, replay)
+		localPods := maps.Want(s).LocalPods
 		for i := range min(packetsPerCluster, packets-judged) {
 			ifindex, p := c.RandomPacket(rng)
 			w := randomWire(rng, p)
 			want := frameVerdict(s, ifindex, w, compiler.Evaluate(s, ifindex, p))
-			got, err := d.judge(ifindex, p.FromNode, frame(p, w))
+			f := frame(p, w)
+			if !p.FromNode && localPods[compiler.AddrKey(p.Dst)] == ifindex {
+				// As if it came from another node: from_world may drop it only where
+				// to_pod drops it, for the same reason.
+				x, err := d.runXDP(f)
+				require.NoError(t, err, "cluster %d packet %d: %s (%s)", n, i, describe(p, w), replay)
+				if x.action == xdpDrop {
+					xdpDrops++
+					if want.Pass || x.reason != want.Reason {
+						disagreements++
+						if len(reports) < maxReports {
+							reports = append(reports, fmt.Sprintf("cluster %d packet %d on ifindex %d: from_world dropped it (%v)\n  packet: %s\n  Evaluate: %+v\n%s",
+								n, i, ifindex, x, describe(p, w), want, c.Describe(ifindex)))
+						}
+					}
+				} else if !want.Pass {
+					xdpLeft++
+				}
+			}
+			got, err := d.judge(ifindex, p.FromNode, f)
 			require.NoError(t, err, "cluster %d packet %d: %s (%s)", n, i, describe(p, w), replay)
 			judged++
 			count[want.Reason]++
@@ -93,6 +115,7 @@ func TestDifferential(t *testing.T) {
 		}
 	}
 	t.Logf("%d packets judged; reasons by Evaluate: %v", judged, count)
+	t.Logf("from_world dropped %d of the packets from outside that to_pod drops, and left %d to it (fragments, ICMP errors, frames it does not parse)", xdpDrops, xdpLeft)
 	if disagreements > 0 {
 		t.Fatalf("%d of %d packets judged differently (seed %d, replay with %s); the first %d:\n\n%s",
 			disagreements, judged, seed, replay, len(reports), strings.Join(reports, "\n"))
