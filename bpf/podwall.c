@@ -883,8 +883,9 @@ int from_world(struct xdp_md *ctx)
 	struct judge c = {};
 	struct ct_key k = {};
 	struct endpoint_entry *ee;
-	struct ct_entry *e;
+	struct ct_entry *e = NULL;
 	__u32 *ifindex, *id;
+	bool syn = false;
 	int res;
 
 	if (parse_frame_xdp(ctx, &c.p) != PARSE_OK || c.p.frag != FRAG_NONE)
@@ -892,6 +893,22 @@ int from_world(struct xdp_md *ctx)
 	ifindex = bpf_map_lookup_elem(&local_pods, &c.p.dst);
 	if (!ifindex)
 		return XDP_PASS;
+	if (is_icmp(&c.p) && ((c.p.src.family == FAM_V6 && c.p.icmp_type >= 133 &&
+			       c.p.icmp_type <= 137) || is_icmp_error(&c.p)))
+		return XDP_PASS;
+
+	/* 6, before the endpoint, as in to_pod: replies, and flows stamped with this epoch; tc
+	 * refreshes and restamps them. */
+	c.now = ct_clock();
+	if (ct_tuple(&c.p, true, *ifindex, &k)) {
+		c.epoch = read_epoch();
+		syn = is_syn(&c.p);
+		e = bpf_map_lookup_elem(&conntrack, &k);
+		if (e && ct_passes(e, k.proto, syn, 0, c.epoch, c.now))
+			return XDP_PASS;
+	}
+
+	/* 1, 3 */
 	ee = bpf_map_lookup_elem(&endpoints, ifindex);
 	if (!ee || ee->ep.mode == MODE_OPEN)
 		return XDP_PASS;
@@ -899,19 +916,10 @@ int from_world(struct xdp_md *ctx)
 	c.generation = ee->ep.generation;
 	c.mode = ee->ep.mode;
 	c.ep_flags = ee->ep.flags;
-	if (is_icmp(&c.p) && ((c.p.src.family == FAM_V6 && c.p.icmp_type >= 133 &&
-			       c.p.icmp_type <= 137) || is_icmp_error(&c.p)))
-		return XDP_PASS;
 
-	/* 6: a live flow passes, whether the pod opened it or a rule of this generation let it
-	 * in; tc refreshes and restamps it. */
-	c.now = ct_clock();
-	if (ct_tuple(&c.p, true, *ifindex, &k)) {
-		c.epoch = read_epoch();
-		e = bpf_map_lookup_elem(&conntrack, &k);
-		if (e && ct_passes(e, k.proto, is_syn(&c.p), c.generation, c.epoch, c.now))
-			return XDP_PASS;
-	}
+	/* 6, with the endpoint's generation */
+	if (e && ct_passes(e, k.proto, syn, c.generation, c.epoch, c.now))
+		return XDP_PASS;
 
 	/* 8 */
 	id = bpf_map_lookup_elem(&ipcache, &c.p.src);

@@ -14,6 +14,7 @@ import (
 
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/maps"
 	"github.com/podwall/podwall/policy"
 	"github.com/podwall/podwall/tests/frames"
 	"github.com/podwall/podwall/tests/topo"
@@ -27,7 +28,10 @@ var (
 )
 
 const (
-	flowEmpty       = "empty"
+	flowEmpty    = "empty"
+	flowXDPEmpty = "xdp-empty"
+	// xdpPrefix names from_world's runs of a flow: "xdp-new-flow", "xdp-established-flow".
+	xdpPrefix       = "xdp-"
 	flowCTInsert    = "conntrack-insert"
 	flowNew         = "new-flow"
 	flowEstablished = "established-flow"
@@ -52,6 +56,10 @@ const (
 //   - established-flow: the flow was allowed once, and each run passes on its conntrack
 //     entry.
 //
+// from_world, the uplinks' XDP program, is measured on the same packets and states (at the
+// largest ipcache, with the fewest and the most rules), against an empty XDP program: a new
+// flow goes through its classifier, an established one passes on its conntrack entry.
+//
 // With -benchmarks-md FILE it rewrites its section of FILE (docs/BENCHMARKS.md) from the
 // median of the runs of each benchmark; `make bench` does that.
 func BenchmarkVerdict(b *testing.B) {
@@ -61,6 +69,9 @@ func BenchmarkVerdict(b *testing.B) {
 	})
 	b.Run(flowCTInsert, func(b *testing.B) {
 		measure(b, ns, ctInsertProgram(b, b.N), frame(benchPacket(), wire{tcpFlags: frames.TCPSyn}))
+	})
+	b.Run(flowXDPEmpty, func(b *testing.B) {
+		measureXDP(b, ns, emptyXDPProgram(b), frame(benchPacket(), wire{tcpFlags: frames.TCPSyn}))
 	})
 	for _, flow := range []string{flowNew, flowEstablished} {
 		d := loadDatapath(b, func(s *bpf.PodwallSpecs) error {
@@ -87,10 +98,37 @@ func BenchmarkVerdict(b *testing.B) {
 				})
 			}
 		})
+		b.Run(xdpPrefix+flow, func(b *testing.B) {
+			entries := benchIPCache[len(benchIPCache)-1]
+			for _, rules := range benchXDPRules {
+				b.Run(fmt.Sprintf("ipcache=%d/rules=%d", entries, rules), func(b *testing.B) {
+					s := benchState(b, rules, entries)
+					require.NoError(b, d.applier.Apply(s))
+					require.Equal(b, uint32(1), maps.Want(s).LocalPods[compiler.AddrKey(benchPacket().Dst)],
+						"from_world finds the endpoint by the packet's destination")
+					measureXDP(b, ns, d.objs.FromWorld, prepare(b, ns, d, s, flow, rules))
+				})
+			}
+		})
 	}
 	if *benchmarksMD != "" {
 		require.NoError(b, writeBenchmarks(*benchmarksMD))
 	}
+}
+
+// benchXDPRules are the policies from_world is measured with.
+var benchXDPRules = []int{1, 1024}
+
+// emptyXDPProgram is an XDP program that only returns XDP_PASS.
+func emptyXDPProgram(b *testing.B) *ebpf.Program {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.XDP,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, xdpPass), asm.Return()},
+		License:      "Dual BSD/GPL",
+	})
+	require.NoError(b, err)
+	b.Cleanup(func() { prog.Close() })
+	return prog
 }
 
 // emptyProgram is a tc program that only returns TCX_NEXT.
@@ -150,6 +188,17 @@ func ctInsertProgram(b *testing.B, runs int) *ebpf.Program {
 // endpoint), and reports the kernel's time per run.
 func measure(b *testing.B, ns *topo.Netns, prog *ebpf.Program, frame []byte) {
 	b.Helper()
+	measureReturning(b, ns, prog, frame, actNext)
+}
+
+// measureXDP is measure for an XDP program, whose packets pass with XDP_PASS.
+func measureXDP(b *testing.B, ns *topo.Netns, prog *ebpf.Program, frame []byte) {
+	b.Helper()
+	measureReturning(b, ns, prog, frame, xdpPass)
+}
+
+func measureReturning(b *testing.B, ns *topo.Netns, prog *ebpf.Program, frame []byte, pass uint32) {
+	b.Helper()
 	var (
 		ret    uint32
 		perRun time.Duration
@@ -161,7 +210,7 @@ func measure(b *testing.B, ns *topo.Netns, prog *ebpf.Program, frame []byte) {
 	})
 	b.StopTimer()
 	require.NoError(b, err)
-	require.Equal(b, uint32(actNext), ret, "the packet passes")
+	require.Equal(b, pass, ret, "the packet passes")
 	b.ReportMetric(float64(perRun.Nanoseconds()), "ns/op")
 	results.add(b.Name(), b.N, perRun)
 }

@@ -154,7 +154,38 @@ func verdictTable() (string, error) {
 		}
 		fmt.Fprintf(&b, " %s |\n", met)
 	}
+	if err := xdpTable(&b, floor); err != nil {
+		return "", err
+	}
 	return b.String(), nil
+}
+
+// xdpTable is from_world's part: its flows against an empty XDP program, and against to_pod
+// on the same packet and state.
+func xdpTable(b *strings.Builder, tcFloor float64) error {
+	floor, _, _, err := median(flowXDPEmpty)
+	if err != nil {
+		return err
+	}
+	entries := benchIPCache[len(benchIPCache)-1]
+	fmt.Fprintf(b, "\nfrom_world (XDP, on the uplinks), same packets, %s ipcache entries; empty XDP program: **%.0f ns** "+
+		"(the empty tc program: %.0f ns):\n\n", benchdoc.Thousands(entries), floor, tcFloor)
+	b.WriteString("| flow | rules | ns | ÷ empty XDP program | ÷ to_pod |\n|---|---:|---:|---:|---:|\n")
+	for _, flow := range []string{flowNew, flowEstablished} {
+		for _, rules := range benchXDPRules {
+			cell := fmt.Sprintf("ipcache=%d/rules=%d", entries, rules)
+			x, _, _, err := median(xdpPrefix + flow + "/" + cell)
+			if err != nil {
+				return err
+			}
+			tc, _, _, err := median(flow + "/" + cell)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(b, "| %s | %s | %.0f | %.2f | %.2f |\n", flow, benchdoc.Thousands(rules), x, x/floor, x/tc)
+		}
+	}
+	return nil
 }
 
 // command is the go test command line that ran the benchmarks, from the test flags.
