@@ -76,6 +76,12 @@ const (
 	VerdictDrop = uint8(PodwallVerdictVERDICT_DROP)
 )
 
+// event.hook: where the verdict was made.
+const (
+	HookTC  = uint8(PodwallHookHOOK_TC)  // to_pod or from_pod, on a pod's interface
+	HookXDP = uint8(PodwallHookHOOK_XDP) // from_world, on an uplink
+)
+
 // Reason is why a packet got its verdict: the index of the stats map and event.reason.
 type Reason = PodwallReason
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"maps"
 	"math/bits"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/datapath"
 	"github.com/podwall/podwall/loader"
 	pwmaps "github.com/podwall/podwall/maps"
 )
@@ -84,7 +84,7 @@ func printSection(w *tabwriter.Writer, m *bpf.PodwallMaps, endpoints map[uint32]
 	case "conntrack":
 		return printConntrack(w, m.Conntrack)
 	case "stats":
-		return printStats(w, m.Stats)
+		return printStats(w, m.Stats, m.XdpStats)
 	}
 	return fmt.Errorf("unknown section %q", section)
 }
@@ -224,21 +224,20 @@ func printConntrack(w *tabwriter.Writer, m *ebpf.Map) error {
 	return nil
 }
 
-func printStats(w *tabwriter.Writer, m *ebpf.Map) error {
-	fmt.Fprintf(w, "REASON\tPACKETS\n")
+// printStats prints the packets counted under each reason: by to_pod and from_pod on the pods'
+// interfaces (tc), and by from_world on the uplinks (xdp), which only drops.
+func printStats(w *tabwriter.Writer, tc, xdp *ebpf.Map) error {
+	tcCounts, err := datapath.ReadStats(tc)
+	if err != nil {
+		return fmt.Errorf("read map stats: %w", err)
+	}
+	xdpCounts, err := datapath.ReadStats(xdp)
+	if err != nil {
+		return fmt.Errorf("read map xdp_stats: %w", err)
+	}
+	fmt.Fprintf(w, "REASON\tTC\tXDP\n")
 	for r := range bpf.NumReasons {
-		var perCPU []uint64
-		if err := m.Lookup(uint32(r), &perCPU); err != nil {
-			if errors.Is(err, ebpf.ErrKeyNotExist) {
-				continue
-			}
-			return fmt.Errorf("read map stats: %w", err)
-		}
-		var sum uint64
-		for _, n := range perCPU {
-			sum += n
-		}
-		fmt.Fprintf(w, "%s\t%d\n", r, sum)
+		fmt.Fprintf(w, "%s\t%d\t%d\n", r, tcCounts[r], xdpCounts[r])
 	}
 	fmt.Fprintln(w)
 	return nil

@@ -106,8 +106,14 @@ func formatEvent(ev bpf.PodwallEvent, now time.Time) string {
 	default:
 		flow = fmt.Sprintf("%s -> %s", src, dst)
 	}
-	line := fmt.Sprintf("%s %s %-12s if=%d %s %s identity=%s", now.Format("15:04:05.000"), verdict,
-		bpf.Reason(ev.Reason), ev.Ifindex, proto, flow, identityName(ev.Identity))
+	// at=tc: on the pod's interface; at=xdp: at an uplink, before the kernel built an skb
+	// (if= is still the pod's interface, whose policy decided).
+	at := "tc"
+	if ev.Hook == bpf.HookXDP {
+		at = "xdp"
+	}
+	line := fmt.Sprintf("%s %s %-12s at=%s if=%d %s %s identity=%s", now.Format("15:04:05.000"), verdict,
+		bpf.Reason(ev.Reason), at, ev.Ifindex, proto, flow, identityName(ev.Identity))
 	if r := bpf.Reason(ev.Reason); r == bpf.ReasonAllowRule || r == bpf.ReasonDenyRule {
 		line += fmt.Sprintf(" policy=%#08x rule=%d", ev.Policy, ev.Rule+1)
 	}

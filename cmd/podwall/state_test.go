@@ -87,7 +87,7 @@ func TestMapsPrintsThePinnedState(t *testing.T) {
 	require.Regexp(t, `(?m)^conntrack epoch 2 \(established flows pass on it\)$`, out)
 	require.Regexp(t, `(?m)^1\s+isolate\s+-\s+0x[0-9a-f]+\s+false$`, out)
 	require.Regexp(t, `(?m)^10\.0\.0\.2\s+0x[0-9a-f]+$`, out)
-	require.Regexp(t, `(?m)^isolated\s+1$`, out)
+	require.Regexp(t, `(?m)^isolated\s+1\s+0$`, out)
 	require.Regexp(t, `(?m)^flows\s+0\s+0\s+\d+$`, out)
 
 	out, stderr, code = runInProcess([]string{"maps", "--bpffs", dir, "stats"}, "")
@@ -111,5 +111,5 @@ func TestMonitorPrintsTheDrop(t *testing.T) {
 	dir := pinnedState(t)
 	out, stderr, code := runInProcess([]string{"monitor", "--bpffs", dir, "-c", "1"}, "")
 	require.Equal(t, 0, code, stderr)
-	require.Regexp(t, `^\d\d:\d\d:\d\d\.\d{3} DROP isolated\s+if=1 tcp 10\.0\.0\.3:40000 -> 10\.0\.0\.2:80 identity=0x[0-9a-f]+\n$`, out)
+	require.Regexp(t, `^\d\d:\d\d:\d\d\.\d{3} DROP isolated\s+at=tc if=1 tcp 10\.0\.0\.3:40000 -> 10\.0\.0\.2:80 identity=0x[0-9a-f]+\n$`, out)
 }

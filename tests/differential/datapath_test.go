@@ -192,6 +192,9 @@ func (d *datapath) runXDP(frame []byte) (outcome, error) {
 		return o, fmt.Errorf("from_world wrote conntrack (%v)", err)
 	}
 	o.event, err = d.event()
+	if err == nil && ret == xdpDrop && (o.event == nil || o.event.Hook != bpf.HookXDP || bpf.Reason(o.event.Reason) != o.reason) {
+		err = fmt.Errorf("from_world's drop sent event %+v", o.event)
+	}
 	return o, err
 }
 
