@@ -264,6 +264,7 @@ func (c *cluster) startAgentUnready(opts compiler.Options, edits ...func(*loader
 		ConntrackGC: ac.ConntrackGC,
 		ChainCheck:  ac.ChainCheck,
 		Strict:      ac.Strict,
+		XDP:         ac.XDP,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
