@@ -205,6 +205,10 @@ func (c *cluster) scenarios(t *testing.T) {
 		require.Contains(t, body, `podwall_verdicts_total{reason="allow-rule"}`)
 		require.Contains(t, body, `podwall_verdicts_total{reason="no-rule"}`)
 		require.Contains(t, body, "podwall_invalid_policies 0")
+		// The node's uplink holds the default route: the agent put XDP on it (native, as
+		// veth has it), where the outside's refused packets were dropped.
+		require.Regexp(t, `(?m)^podwall_xdp_drops_total\{reason="no-rule"\} [1-9]`, body)
+		require.Contains(t, n.Run("ip", "link", "show", "eth0"), "xdp ", "native XDP on the node's uplink")
 		t.Logf("agent memory: %s", c.agentMemory(t))
 	})
 
