@@ -67,6 +67,8 @@ type Interfaces interface {
 	Links(match func(name string) bool) ([]int, error)
 	// Uplinks returns the ifindexes of the interfaces holding the default routes.
 	Uplinks() ([]int, error)
+	// LinkType is the kind of an interface ("veth", "device", ...).
+	LinkType(ifindex int) (string, error)
 	// Watch calls changed for each change of links, routes and neighbours until ctx is done
 	// (nil) or notifications were lost (an error).
 	Watch(ctx context.Context, changed func(netif.Change)) error
@@ -418,6 +420,17 @@ func (a *Agent) syncXDP() {
 	for _, ifindex := range want {
 		if slices.Contains(a.cfg.Datapath.XDPAttached(), ifindex) || a.xdpSkipped[ifindex] {
 			continue
+		}
+		if auto {
+			// veth has native XDP, but its skb exists already, so XDP saves little there,
+			// and costs TCP three quarters of its throughput (tests/bench BenchmarkFlood):
+			// a node that is a container (kind) keeps tc alone unless its uplink is named.
+			if kind, err := a.cfg.Finder.LinkType(ifindex); err == nil && kind == "veth" {
+				a.xdpSkipped[ifindex] = true
+				a.log.Info("uplink skipped: XDP on veth costs more than it saves; name it in --xdp-devices to attach anyway",
+					zap.Int("ifindex", ifindex))
+				continue
+			}
 		}
 		err := a.cfg.Datapath.AttachXDP(ifindex, datapath.XDPNative)
 		if err != nil && errors.Is(err, unix.EOPNOTSUPP) {

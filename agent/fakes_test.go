@@ -23,6 +23,7 @@ type fakeDatapath struct {
 	capacity compiler.Capacity
 	// applyErrs are returned by the next Applies, one each.
 	applyErrs []error
+	xdp       []int
 }
 
 func (d *fakeDatapath) record(op string) {
@@ -80,13 +81,33 @@ func (d *fakeDatapath) Verdicts() ([bpf.NumReasons]uint64, error) {
 	return [bpf.NumReasons]uint64{}, nil
 }
 
-// takeOps returns the operations recorded since the last call.
-func (d *fakeDatapath) AttachXDP(int, datapath.XDPMode) error { return nil }
-func (d *fakeDatapath) DetachXDP(int) error                   { return nil }
-func (d *fakeDatapath) XDPAttached() []int                    { return nil }
+func (d *fakeDatapath) AttachXDP(ifindex int, mode datapath.XDPMode) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.record(fmt.Sprintf("xdp %s %d", mode, ifindex))
+	d.xdp = append(d.xdp, ifindex)
+	return nil
+}
+
+func (d *fakeDatapath) DetachXDP(ifindex int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.record(fmt.Sprint("xdp off ", ifindex))
+	d.xdp = slices.DeleteFunc(d.xdp, func(i int) bool { return i == ifindex })
+	return nil
+}
+
+func (d *fakeDatapath) XDPAttached() []int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.xdp)
+}
+
 func (d *fakeDatapath) XDPDrops() ([bpf.NumReasons]uint64, error) {
 	return [bpf.NumReasons]uint64{}, nil
 }
+
+// takeOps returns the operations recorded since the last call.
 
 func (d *fakeDatapath) takeOps() []string {
 	d.mu.Lock()
@@ -101,6 +122,20 @@ type fakeInterfaces struct {
 	mu      sync.Mutex
 	byAddr  map[netip.Addr]int
 	changed func(netif.Change)
+	// uplinks hold the default routes; veths are of them those that are veth.
+	uplinks []int
+	veths   []int
+}
+
+// route moves the default routes to the uplinks.
+func (f *fakeInterfaces) route(uplinks ...int) {
+	f.mu.Lock()
+	f.uplinks = uplinks
+	changed := f.changed
+	f.mu.Unlock()
+	if changed != nil {
+		changed(netif.Change{Kind: netif.RouteChange})
+	}
 }
 
 func (f *fakeInterfaces) set(ip string, ifindex int) {
@@ -144,7 +179,21 @@ func (f *fakeInterfaces) HostAddrs() ([]netip.Addr, error) {
 }
 
 func (f *fakeInterfaces) Links(func(string) bool) ([]int, error) { return nil, nil }
-func (f *fakeInterfaces) Uplinks() ([]int, error)                { return nil, nil }
+
+func (f *fakeInterfaces) Uplinks() ([]int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.uplinks), nil
+}
+
+func (f *fakeInterfaces) LinkType(ifindex int) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if slices.Contains(f.veths, ifindex) {
+		return "veth", nil
+	}
+	return "device", nil
+}
 
 func (f *fakeInterfaces) Watch(ctx context.Context, changed func(netif.Change)) error {
 	f.mu.Lock()

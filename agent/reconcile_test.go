@@ -31,6 +31,12 @@ type world struct {
 
 func start(t *testing.T, capacity compiler.Capacity, pods ...k8s.Pod) *world {
 	t.Helper()
+	return startWith(t, func(*Config) {}, capacity, pods...)
+}
+
+// startWith is start with the agent's Config edited.
+func startWith(t *testing.T, edit func(*Config), capacity compiler.Capacity, pods ...k8s.Pod) *world {
+	t.Helper()
 	w := &world{
 		dp:     &fakeDatapath{capacity: capacity},
 		ifs:    &fakeInterfaces{byAddr: map[netip.Addr]int{}},
@@ -38,8 +44,10 @@ func start(t *testing.T, capacity compiler.Capacity, pods ...k8s.Pod) *world {
 		events: &fakeEvents{},
 	}
 	w.src.snap = k8s.Snapshot{Pods: pods, Namespaces: []string{"shop"}}
-	w.agent = New(Config{Node: "n1", Source: w.src, Datapath: w.dp, Finder: w.ifs, Events: w.events,
-		Options: compiler.Options{DefaultPolicy: compiler.DefaultNamespace, AllowHost: true}})
+	cfg := Config{Node: "n1", Source: w.src, Datapath: w.dp, Finder: w.ifs, Events: w.events,
+		Options: compiler.Options{DefaultPolicy: compiler.DefaultNamespace, AllowHost: true}}
+	edit(&cfg)
+	w.agent = New(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.agent.Run(ctx) }()
@@ -201,3 +209,27 @@ type failingSource struct{}
 
 func (failingSource) Run(context.Context, func(error)) error { return errors.New("no watch") }
 func (failingSource) Snapshot() (k8s.Snapshot, error)        { return k8s.Snapshot{}, nil }
+
+// TestXDPFollowsTheDefaultRoutes: with XDP auto, from_world goes, in native mode, to the
+// interfaces of the default routes, after the apply, and moves when they move; a veth uplink
+// is left to tc.
+func TestXDPFollowsTheDefaultRoutes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := startWith(t, func(c *Config) { c.XDP = []string{XDPAuto} }, compiler.Capacity{}, local("a", "10.0.0.1"))
+		defer w.stop()
+		w.ifs.set("10.0.0.1", 7)
+		w.ifs.route(2)
+		w.step()
+		require.Equal(t, []string{"attach 7", "apply", "xdp native 2"}, w.dp.takeOps())
+
+		w.ifs.route(3, 4)
+		w.step()
+		require.Equal(t, []string{"apply", "xdp native 3", "xdp native 4", "xdp off 2"}, w.dp.takeOps())
+
+		w.ifs.veths = []int{5}
+		w.ifs.route(5)
+		w.step()
+		require.Equal(t, []string{"apply", "xdp off 3", "xdp off 4"}, w.dp.takeOps(), "a veth uplink is left to tc")
+		require.Empty(t, w.dp.XDPAttached())
+	})
+}

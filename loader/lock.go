@@ -59,8 +59,9 @@ func OpenMaps(bpffs string) (*bpf.PodwallMaps, error) {
 			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
 		}
 		coll.Maps[name] = m
-		if Sizable(name) {
-			// The agent sizes these by its flags: a reader takes the size it finds.
+		if Sizable(name) || name == bpf.PodwallMapLocalPods {
+			// The agent sizes these by its flags (local_pods by the endpoints' size): a
+			// reader takes the size it finds.
 			ms = ms.Copy()
 			ms.MaxEntries = m.MaxEntries()
 		}

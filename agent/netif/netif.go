@@ -308,3 +308,13 @@ func (f *Finder) Uplinks() ([]int, error) {
 	slices.Sort(out)
 	return out, nil
 }
+
+// LinkType is the kind of the interface at ifindex, as netlink names it ("veth", "device"
+// for a NIC, "bridge", ...).
+func (f *Finder) LinkType(ifindex int) (string, error) {
+	l, err := f.nl.LinkByIndex(ifindex)
+	if err != nil {
+		return "", fmt.Errorf("find interface %d: %w", ifindex, err)
+	}
+	return l.Type(), nil
+}

@@ -205,10 +205,10 @@ func (c *cluster) scenarios(t *testing.T) {
 		require.Contains(t, body, `podwall_verdicts_total{reason="allow-rule"}`)
 		require.Contains(t, body, `podwall_verdicts_total{reason="no-rule"}`)
 		require.Contains(t, body, "podwall_invalid_policies 0")
-		// The node's uplink holds the default route: the agent put XDP on it (native, as
-		// veth has it), where the outside's refused packets were dropped.
-		require.Regexp(t, `(?m)^podwall_xdp_drops_total\{reason="no-rule"\} [1-9]`, body)
-		require.Contains(t, n.Run("ip", "link", "show", "eth0"), "xdp ", "native XDP on the node's uplink")
+		// The node's uplink, which holds the default route, is a veth (the node is a network
+		// namespace, as a kind node is a container): --xdp-devices auto leaves it to tc.
+		require.Contains(t, logs, "uplink skipped: XDP on veth")
+		require.NotContains(t, n.Run("ip", "link", "show", "eth0"), "xdp", "no XDP on a veth uplink")
 		t.Logf("agent memory: %s", c.agentMemory(t))
 	})
 
