@@ -157,8 +157,10 @@ type Agent struct {
 	strict []int
 	// compiler keeps the last compilation, so a change recompiles what it touches.
 	compiler compiler.Compiler
-	// xdpSkipped are the uplinks whose driver has no native XDP, reported once.
+	// xdpSkipped are the uplinks auto leaves to tc (no native XDP, or veth), reported once;
+	// xdpFailed the last error of each uplink XDP could not be attached to.
 	xdpSkipped map[int]bool
+	xdpFailed  map[int]string
 }
 
 // New returns an agent; Run starts it.
@@ -189,6 +191,7 @@ func New(cfg Config) *Agent {
 		known:  map[podKey]int{},
 
 		xdpSkipped: map[int]bool{},
+		xdpFailed:  map[int]string{},
 	}
 }
 
@@ -446,9 +449,15 @@ func (a *Agent) syncXDP() {
 		}
 		if err != nil {
 			a.cfg.Metrics.attachErrors.Inc()
-			a.log.Error("attach XDP to an uplink", zap.Int("ifindex", ifindex), zap.Error(err))
+			// Tried again at each reconcile (another tool may let the hook go), reported
+			// once per error.
+			if a.xdpFailed[ifindex] != err.Error() {
+				a.xdpFailed[ifindex] = err.Error()
+				a.log.Error("attach XDP to an uplink; tc still judges its packets", zap.Int("ifindex", ifindex), zap.Error(err))
+			}
 			continue
 		}
+		delete(a.xdpFailed, ifindex)
 		a.log.Info("XDP attached to an uplink", zap.Int("ifindex", ifindex))
 	}
 	for _, ifindex := range a.cfg.Datapath.XDPAttached() {
