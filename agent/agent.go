@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/podwall/podwall/agent/netif"
 	"github.com/podwall/podwall/bpf"
@@ -128,6 +129,9 @@ type Config struct {
 	// nothing until that pod's entry is written. Empty: an interface is attached once its
 	// pod is known.
 	Strict []string
+	// Status, if set, receives each local pod's podwall.io/policy-enforced condition after
+	// every apply that changes it; nil (a pods file): none.
+	Status Status
 	// XDP lists the uplinks to attach from_world to, by name, or XDPAuto alone for the
 	// interfaces holding the default routes. Empty: no XDP. Auto attaches in native mode only
 	// and skips a driver without it; a named interface falls back to generic mode.
@@ -136,6 +140,18 @@ type Config struct {
 
 // XDPAuto in Config.XDP stands for the interfaces that hold the default routes.
 const XDPAuto = "auto"
+
+// Status sets the pods' podwall.io/policy-enforced condition (k8s.StatusWriter).
+type Status interface {
+	SetEnforced(ctx context.Context, p k8s.Pod, enforced bool, reason, message string, since time.Time) error
+}
+
+// Reasons of the podwall.io/policy-enforced condition besides the findings' (InvalidPolicy,
+// InterfaceNotFound, MapFull, ...).
+const (
+	ReasonEnforced    = "Enforced"
+	ReasonNotEnforced = "NotEnforced"
+)
 
 // Agent runs the loop.
 type Agent struct {
@@ -161,6 +177,21 @@ type Agent struct {
 	// xdpFailed the last error of each uplink XDP could not be attached to.
 	xdpSkipped map[int]bool
 	xdpFailed  map[int]string
+	// enforcement is the condition last written on each local pod (a pod re-created under its
+	// name is another pod).
+	enforcement map[podUID]condition
+}
+
+type podUID struct {
+	podKey
+	uid types.UID
+}
+
+// condition is a pod's podwall.io/policy-enforced condition as the agent last wrote it.
+type condition struct {
+	enforced        bool
+	reason, message string
+	since           time.Time
 }
 
 // New returns an agent; Run starts it.
@@ -192,6 +223,8 @@ func New(cfg Config) *Agent {
 
 		xdpSkipped: map[int]bool{},
 		xdpFailed:  map[int]string{},
+
+		enforcement: map[podUID]condition{},
 	}
 }
 
@@ -393,12 +426,85 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 
 	a.detach(endpoints)
 	a.syncXDP()
+	a.publishEnforcement(ctx, locals, endpoints, state, missing)
 	if len(missing) == 0 && len(attachFailed) == 0 {
 		a.writeReady()
 	}
 	a.log.Debug("reconciled", zap.Int("pods", len(snap.Pods)), zap.Int("endpoints", len(state.Endpoints)),
 		zap.Int("missing", len(missing)), zap.Duration("took", time.Since(start)))
 	return len(missing) > 0 || len(attachFailed) > 0
+}
+
+// publishEnforcement writes each running local pod's podwall.io/policy-enforced condition
+// where it changed, after an apply: True once the kernel holds the pod's current policy on its
+// interface (the message names the policy and generation), False with the reason while the
+// pod is isolated for its annotation or the node's room, or has no interface found. A failed
+// write is tried again at the next apply.
+func (a *Agent) publishEnforcement(ctx context.Context, locals []k8s.Pod, eps []compiler.Endpoint, state *compiler.State, missing []finding) {
+	if a.cfg.Status == nil {
+		return
+	}
+	ifindexOf := map[podKey]uint32{}
+	for _, ep := range eps {
+		ifindexOf[podKey{ep.Namespace, ep.Name}] = ep.Ifindex
+	}
+	why := map[podKey]finding{}
+	for _, f := range append(problemFindings(state.Problems), missing...) {
+		if _, ok := why[f.pod]; !ok && f.reason != "" {
+			why[f.pod] = f
+		}
+	}
+	live := map[podUID]bool{}
+	for _, p := range locals {
+		if len(p.IPs) == 0 || p.HostNetwork {
+			continue
+		}
+		k := keyOf(p)
+		id := podUID{k, p.UID}
+		live[id] = true
+		c := condition{reason: ReasonNotEnforced, message: "no entry in the kernel"}
+		if f, ok := why[k]; ok {
+			c.reason, c.message = f.reason, f.message
+		} else if ifindex, ok := ifindexOf[k]; ok {
+			if ep, ok := state.Endpoints[ifindex]; ok {
+				c = condition{enforced: true, reason: ReasonEnforced, message: enforcedMessage(ep)}
+			}
+		}
+		last, ok := a.enforcement[id]
+		if ok && last.enforced == c.enforced && last.reason == c.reason && last.message == c.message {
+			continue
+		}
+		c.since = time.Now()
+		if ok && last.enforced == c.enforced {
+			c.since = last.since
+		}
+		wctx, cancel := context.WithTimeout(ctx, statusTimeout)
+		err := a.cfg.Status.SetEnforced(wctx, p, c.enforced, c.reason, c.message, c.since)
+		cancel()
+		if err != nil {
+			a.log.Warn("write the policy-enforced condition", zap.Stringer("pod", k), zap.Error(err))
+			continue
+		}
+		a.enforcement[id] = c
+	}
+	for id := range a.enforcement {
+		if !live[id] {
+			delete(a.enforcement, id)
+		}
+	}
+}
+
+// statusTimeout bounds one write of a pod's condition.
+const statusTimeout = 5 * time.Second
+
+func enforcedMessage(ep bpf.PodwallEndpoint) string {
+	switch ep.Mode {
+	case bpf.ModeOpen:
+		return fmt.Sprintf("open namespace, generation %d", ep.Generation)
+	case bpf.ModeIsolate:
+		return fmt.Sprintf("isolated: the policy has no rules, generation %d", ep.Generation)
+	}
+	return fmt.Sprintf("policy %#08x, generation %d", ep.Policy, ep.Generation)
 }
 
 // syncXDP keeps from_world on the uplinks Config.XDP names, and on no other: the default

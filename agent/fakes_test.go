@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/podwall/podwall/agent/netif"
 	"github.com/podwall/podwall/bpf"
@@ -259,4 +260,29 @@ func (e *fakeEvents) take() []string {
 	out := e.events
 	e.events = nil
 	return out
+}
+
+// fakeStatus records the conditions the agent writes: "ns/name True Reason".
+type fakeStatus struct {
+	mu     sync.Mutex
+	writes []string
+}
+
+func (s *fakeStatus) SetEnforced(_ context.Context, p k8s.Pod, enforced bool, reason, _ string, _ time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	status := "False"
+	if enforced {
+		status = "True"
+	}
+	s.writes = append(s.writes, p.Namespace+"/"+p.Name+" "+status+" "+reason)
+	return nil
+}
+
+func (s *fakeStatus) take() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.writes
+	s.writes = nil
+	return w
 }

@@ -233,3 +233,37 @@ func TestXDPFollowsTheDefaultRoutes(t *testing.T) {
 		require.Empty(t, w.dp.XDPAttached())
 	})
 }
+
+// TestPolicyEnforcedCondition: after each apply, every running local pod's
+// podwall.io/policy-enforced condition says whether the kernel holds its policy, written only
+// when it changes: True for a pod whose entry was applied, False with the reason for an
+// invalid annotation or an interface not found; a fixed annotation turns it True.
+func TestPolicyEnforcedCondition(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		status := &fakeStatus{}
+		good := local("good", "10.0.0.1")
+		bad := local("bad", "10.0.0.2")
+		bad.Annotations = map[string]string{"projectcalico.org/policy": "allow tcp from prots 80"}
+		lost := local("lost", "10.0.0.3")
+		w := startWith(t, func(c *Config) { c.Status = status }, compiler.Capacity{}, good, bad, lost)
+		defer w.stop()
+		w.ifs.set("10.0.0.1", 7)
+		w.ifs.set("10.0.0.2", 8)
+		// The first reconcile waits startupResolve for the missing interface.
+		w.step()
+		w.step()
+		w.step()
+		require.ElementsMatch(t, []string{"shop/good True Enforced", "shop/bad False InvalidPolicy",
+			"shop/lost False InterfaceNotFound"}, status.take())
+
+		w.src.set(good, bad, lost) // a change that changes none of them
+		w.step()
+		require.Empty(t, status.take(), "written only when it changes")
+
+		bad.Annotations = map[string]string{"projectcalico.org/policy": "allow tcp to ports 80"}
+		w.ifs.set("10.0.0.3", 9)
+		w.src.set(good, bad, lost)
+		w.step()
+		require.ElementsMatch(t, []string{"shop/bad True Enforced", "shop/lost True Enforced"}, status.take())
+	})
+}

@@ -255,6 +255,7 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 
 	var source agent.Source
 	var events agent.Events
+	var status agent.Status
 	if o.podsFile != "" {
 		source = k8s.NewFile(o.podsFile, o.podsConfirm)
 		log.Info("standalone mode", zap.String("pods-file", o.podsFile))
@@ -267,6 +268,7 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 		rec := k8s.NewRecorder(ctx, client, node)
 		defer rec.Shutdown()
 		events = rec
+		status = k8s.NewStatusWriter(client)
 	}
 
 	dp, err := datapath.Open(ldr)
@@ -292,6 +294,7 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 		Datapath:    dp,
 		Finder:      finder,
 		Events:      events,
+		Status:      status,
 		Logger:      log,
 		ReadyFile:   o.readyFile,
 		ConntrackGC: o.conntrack.gc,
