@@ -2,6 +2,7 @@ package k8se2e
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/podwall/podwall/agent/netif"
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/k8s"
 	"github.com/podwall/podwall/policy"
 	"github.com/podwall/podwall/tests/kapi"
 	"github.com/podwall/podwall/tests/pinned"
@@ -197,6 +199,27 @@ func (e *env) uid(k podKey) types.UID {
 	pod, err := e.api.Client.CoreV1().Pods(k.ns).Get(ctx, k.name, metav1.GetOptions{})
 	require.NoError(e.t, err)
 	return pod.UID
+}
+
+// awaitCondition waits until the agent has set the pod's podwall.io/policy-enforced
+// condition to status, for reason, through the API (the agent's ServiceAccount may patch
+// pods/status).
+func (e *env) awaitCondition(k podKey, status corev1.ConditionStatus, reason string) {
+	e.t.Helper()
+	var last corev1.PodCondition
+	requireEventually(e.t, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+		defer cancel()
+		pod, err := e.api.Client.CoreV1().Pods(k.ns).Get(ctx, k.name, metav1.GetOptions{})
+		require.NoError(e.t, err)
+		for _, c := range pod.Status.Conditions {
+			if c.Type == k8s.ConditionEnforced {
+				last = c
+				return c.Status == status && c.Reason == reason
+			}
+		}
+		return false
+	}, fmt.Sprintf("%s: %s %s %s (last %+v)", k, k8s.ConditionEnforced, status, reason, last))
 }
 
 // expected compiles what the test put in the API the way the agent must: every local pod with

@@ -131,11 +131,13 @@ func TestScenarios(t *testing.T) {
 		require.Equal(t, e.uid(webKey), ev.InvolvedObject.UID)
 		require.Equal(t, corev1.EventSource{Component: k8s.Component, Host: nodeName}, ev.Source)
 		a.awaitMetric(t, 1.0, "podwall_invalid_policies")
+		e.awaitCondition(webKey, corev1.ConditionFalse, agent.ReasonInvalidPolicy)
 
 		e.update(webKey, func(p *podSpec) { p.annotations = nil })
 		e.awaitApplied(defaults)
 		topo.Expect(t, topo.TCP("worker to web: fixed, default policy again", worker.NS, none, web.IPv4, port, true))
 		a.awaitMetric(t, 0.0, "podwall_invalid_policies")
+		e.awaitCondition(webKey, corev1.ConditionTrue, agent.ReasonEnforced)
 	})
 
 	t.Run("moved to another namespace", func(t *testing.T) {

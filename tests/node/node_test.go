@@ -25,6 +25,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/podwall/podwall/k8s"
 	"github.com/podwall/podwall/tests/node/podapi"
 	"github.com/podwall/podwall/tests/topo"
 )
@@ -73,6 +74,8 @@ type pod struct {
 	ns, name string
 	labels   map[string]string
 	policy   *string
+	// gated pods list podwall.io/policy-enforced in their readiness gates.
+	gated bool
 }
 
 func policy(s string) *string { return &s }
@@ -86,17 +89,17 @@ func (c *cluster) scenarios(t *testing.T) {
 		n.Kubectl(t, "create", "namespace", ns)
 		n.AwaitServiceAccount(t, ns)
 	}
-	db := pod{"shop", "db", map[string]string{"role": "db"}, policy("allow tcp from label role=backend")}
+	db := pod{"shop", "db", map[string]string{"role": "db"}, policy("allow tcp from label role=backend"), false}
 	pods := []pod{
-		{"shop", "store", map[string]string{"role": "store"}, policy("allow from label role=backend; allow tcp to ports 2379,443")},
-		{"shop", "api", map[string]string{"role": "backend"}, nil},
-		{"shop", "web", map[string]string{"role": "frontend"}, nil},
-		{"shop", "ports", map[string]string{"role": "ports"}, policy("allow tcp to ports 80,443; deny tcp to ports 443")},
-		{"shop", "isolated", map[string]string{"role": "isolated"}, policy(" ; ;")},
-		{"shop", "broken", map[string]string{"role": "broken"}, policy("allow tcp from prots 80")},
-		{"other", "intruder", map[string]string{"role": "backend"}, nil},
+		{"shop", "store", map[string]string{"role": "store"}, policy("allow from label role=backend; allow tcp to ports 2379,443"), false},
+		{"shop", "api", map[string]string{"role": "backend"}, nil, false},
+		{"shop", "web", map[string]string{"role": "frontend"}, nil, false},
+		{"shop", "ports", map[string]string{"role": "ports"}, policy("allow tcp to ports 80,443; deny tcp to ports 443"), false},
+		{"shop", "isolated", map[string]string{"role": "isolated"}, policy(" ; ;"), false},
+		{"shop", "broken", map[string]string{"role": "broken"}, policy("allow tcp from prots 80"), false},
+		{"other", "intruder", map[string]string{"role": "backend"}, nil, false},
 		// kube-system is open: its annotations are ignored, this one would drop everything.
-		{"kube-system", "dns", map[string]string{"k8s-app": "dns"}, policy("deny")},
+		{"kube-system", "dns", map[string]string{"k8s-app": "dns"}, policy("deny"), false},
 	}
 	// db first and alone, so it has the lowest address, which its re-creation takes again.
 	c.create(t, db)
@@ -137,6 +140,21 @@ func (c *cluster) scenarios(t *testing.T) {
 		c.requireStillReady(t, append(pods, db)...)
 	})
 
+	t.Run("readiness gated on enforcement", func(t *testing.T) {
+		gated := pod{"shop", "gated", map[string]string{"role": "gated"}, policy("allow tcp from prots 80"), true}
+		c.create(t, gated)
+		cond := c.awaitCondition(t, gated, corev1.ConditionFalse)
+		require.Equal(t, "InvalidPolicy", cond.Reason)
+		require.Contains(t, cond.Message, `rule 1, offset 15 ("prots")`)
+		require.False(t, c.isReady(t, gated), "not Ready while its policy is not enforced")
+		n.Kubectl(t, "-n", "shop", "annotate", "pod", "gated", policyKey+"=allow tcp from label role=frontend", "--overwrite")
+		cond = c.awaitCondition(t, gated, corev1.ConditionTrue)
+		require.Equal(t, "Enforced", cond.Reason)
+		require.Contains(t, cond.Message, "generation")
+		c.awaitReady(t, gated)
+		require.Equal(t, corev1.ConditionTrue, c.awaitCondition(t, db, corev1.ConditionTrue).Status, "ungated pods get it too")
+	})
+
 	t.Run("services", func(t *testing.T) {
 		c.services(t)
 	})
@@ -165,7 +183,7 @@ func (c *cluster) scenarios(t *testing.T) {
 		// give the lowest free one, the address db had.
 		last := filepath.Join(n.Dir, "cni", "ipam", "podwall-"+string(n.CNI), "last_reserved_ip.0")
 		require.NoError(t, os.Remove(last))
-		again := pod{"shop", "db", map[string]string{"role": "db"}, policy("allow udp from label role=frontend")}
+		again := pod{"shop", "db", map[string]string{"role": "db"}, policy("allow udp from label role=frontend"), false}
 		c.create(t, again)
 		c.awaitReady(t, again)
 		require.Equal(t, old, c.ip(t, "shop/db"), "the new db has the old one's address")
@@ -233,9 +251,14 @@ func (c *cluster) create(t *testing.T, p pod) {
 		annotations = map[string]string{policyKey: *p.policy}
 	}
 	grace := int64(1)
+	var gates []corev1.PodReadinessGate
+	if p.gated {
+		gates = []corev1.PodReadinessGate{{ConditionType: k8s.ConditionEnforced}}
+	}
 	obj := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: p.ns, Name: p.name, Labels: p.labels, Annotations: annotations},
 		Spec: corev1.PodSpec{
+			ReadinessGates:                gates,
 			TerminationGracePeriodSeconds: &grace,
 			Containers: []corev1.Container{{
 				Name:            "echo",
@@ -297,6 +320,38 @@ func (c *cluster) requireStillReady(t *testing.T, pods ...pod) {
 		}
 		require.True(t, ready, "pod %s did not stay ready: %v", p.key(), got.Status.Conditions)
 	}
+}
+
+// awaitCondition waits until the pod's podwall.io/policy-enforced condition has the status.
+func (c *cluster) awaitCondition(t *testing.T, p pod, status corev1.ConditionStatus) corev1.PodCondition {
+	t.Helper()
+	var last corev1.PodCondition
+	ok := poll(settle, func() bool {
+		got, err := c.n.Client.CoreV1().Pods(p.ns).Get(context.Background(), p.name, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		for _, cond := range got.Status.Conditions {
+			if cond.Type == k8s.ConditionEnforced {
+				last = cond
+				return cond.Status == status
+			}
+		}
+		return false
+	})
+	require.True(t, ok, "pod %s: condition %s not %s (last %+v)", p.key(), k8s.ConditionEnforced, status, last)
+	return last
+}
+
+func (c *cluster) isReady(t *testing.T, p pod) bool {
+	got, err := c.n.Client.CoreV1().Pods(p.ns).Get(context.Background(), p.name, metav1.GetOptions{})
+	require.NoError(t, err)
+	for _, cond := range got.Status.Conditions {
+		if cond.Type == corev1.PodReady {
+			return cond.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
 
 func (c *cluster) ip(t *testing.T, key string) netip.Addr {
