@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"net/netip"
 	"path/filepath"
 	"testing"
@@ -112,4 +113,33 @@ func TestMonitorPrintsTheDrop(t *testing.T) {
 	out, stderr, code := runInProcess([]string{"monitor", "--bpffs", dir, "-c", "1"}, "")
 	require.Equal(t, 0, code, stderr)
 	require.Regexp(t, `^\d\d:\d\d:\d\d\.\d{3} DROP isolated\s+at=tc if=1 tcp 10\.0\.0\.3:40000 -> 10\.0\.0\.2:80 identity=0x[0-9a-f]+\n$`, out)
+}
+
+// TestMonitorNamesAndFilters: with the pods, monitor names both ends; -o json prints the
+// event's fields; filters select by verdict, hook and pod.
+func TestMonitorNamesAndFilters(t *testing.T) {
+	topo.NewNetns(t, "cli").Enter(t)
+	dir := pinnedState(t)
+	out, stderr, code := runInProcess([]string{"monitor", "--bpffs", dir, "-c", "1", "-f", "testdata/explain-pods.yaml",
+		"-o", "json", "--verdict", "drop", "--hook", "tc", "--pod", "shop/web"}, "")
+	require.Equal(t, 0, code, stderr)
+	var ev map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &ev), out)
+	delete(ev, "time")
+	require.Equal(t, map[string]any{
+		"verdict": "DROP", "reason": "isolated", "hook": "tc", "ifindex": 1.0, "proto": "tcp",
+		"src": "10.0.0.3", "dst": "10.0.0.2", "src_port": 40000.0, "dst_port": 80.0,
+		"identity": ev["identity"], "src_pod": "shop/front", "dst_pod": "shop/web",
+	}, ev)
+
+	for _, tt := range []cliTest{
+		{name: "a filter by pod needs the pods", args: []string{"monitor", "--bpffs", dir, "--pod", "shop/web"}, code: 1,
+			stderr: "podwall: --namespace and --pod need the pods (-f)\n"},
+		{name: "an unknown verdict", args: []string{"monitor", "--bpffs", dir, "--verdict", "maybe"}, code: 1,
+			stderr: "podwall: --verdict \"maybe\": drop or pass\n"},
+		{name: "an unknown output", args: []string{"monitor", "--bpffs", dir, "-o", "yaml"}, code: 1,
+			stderr: "podwall: -o \"yaml\": text or json\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) { requireCLI(t, tt) })
+	}
 }
