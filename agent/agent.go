@@ -532,8 +532,9 @@ func (a *Agent) syncXDP() {
 		}
 		if auto {
 			// veth has native XDP, but its skb exists already, so XDP saves little there,
-			// and costs TCP three quarters of its throughput (tests/bench BenchmarkFlood):
-			// a node that is a container (kind) keeps tc alone unless its uplink is named.
+			// and it cut an allowed TCP stream to about a third (tests/bench
+			// BenchmarkFlood): a node that is a container (kind) keeps tc alone unless its
+			// uplink is named.
 			if kind, err := a.cfg.Finder.LinkType(ifindex); err == nil && kind == "veth" {
 				a.xdpSkipped[ifindex] = true
 				a.log.Info("uplink skipped: XDP on veth costs more than it saves; name it in --xdp-devices to attach anyway",
