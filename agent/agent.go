@@ -526,8 +526,9 @@ func (a *Agent) syncXDP() {
 		a.log.Error("find the uplinks for XDP", zap.Error(err))
 		return
 	}
+	attached := a.cfg.Datapath.XDPAttached()
 	for _, ifindex := range want {
-		if slices.Contains(a.cfg.Datapath.XDPAttached(), ifindex) || a.xdpSkipped[ifindex] {
+		if slices.Contains(attached, ifindex) || a.xdpSkipped[ifindex] {
 			continue
 		}
 		if auto {

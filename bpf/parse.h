@@ -134,14 +134,6 @@ static __always_inline bool is_ext_hdr(__u8 nh)
 #define PARSE_QUOTED
 #include "parse_ctx.h"
 #undef PARSE_QUOTED
-#undef PARSE_CTX
-#undef PN
-#undef CTX_DATA
-#undef CTX_DATA_END
-#undef CTX_LEN
-#undef CTX_PULL
-#undef CTX_GSO
-#undef CTX_VLAN
 
 /* XDP: the frame as the driver received it, in one buffer; what lies beyond it, GSO and a
  * tag the NIC stripped are unknown here, so such packets are passed to the stack, where tc
@@ -159,13 +151,5 @@ static __always_inline int xdp_cannot_pull(void)
 #define CTX_GSO(ctx) 0
 #define CTX_VLAN(ctx) 0
 #include "parse_ctx.h"
-#undef PARSE_CTX
-#undef PN
-#undef CTX_DATA
-#undef CTX_DATA_END
-#undef CTX_LEN
-#undef CTX_PULL
-#undef CTX_GSO
-#undef CTX_VLAN
 
 #endif

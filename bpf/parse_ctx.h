@@ -2,8 +2,8 @@
 /*
  * The parsers of parse.h, written once for any context: parse.h includes this file once for
  * tc (struct __sk_buff, the names as they are) and once for XDP (struct xdp_md, names ending
- * in _xdp), with PARSE_CTX, PN and the CTX_ accessors defined for each. No include guard, on
- * purpose.
+ * in _xdp), with PARSE_CTX, PN and the CTX_ accessors defined for each, which it undefines
+ * at its end. No include guard, on purpose.
  */
 
 /* hdr returns a pointer to len bytes of the packet at off, or NULL when they do not all lie
@@ -236,3 +236,12 @@ __noinline int PN(parse_quoted)(PARSE_CTX *ctx, __u32 off, __u8 family, __u32 en
 	return PN(parse_ipv6)(ctx, off, p, false, end);
 }
 #endif
+
+#undef PARSE_CTX
+#undef PN
+#undef CTX_DATA
+#undef CTX_DATA_END
+#undef CTX_LEN
+#undef CTX_PULL
+#undef CTX_GSO
+#undef CTX_VLAN

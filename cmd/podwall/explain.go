@@ -47,13 +47,9 @@ connections only.`,
 			if err != nil {
 				return err
 			}
-			data, err := readFile(d, file)
+			snap, err := readPods(d, file)
 			if err != nil {
 				return err
-			}
-			snap, err := k8s.ParseFile(data)
-			if err != nil {
-				return fmt.Errorf("read pods from %s: %w", file, err)
 			}
 			q := query{from: args[0], to: args[1], proto: "tcp:80", sport: sport, ipv6: ipv6}
 			if len(args) == 3 {
@@ -76,6 +72,19 @@ connections only.`,
 	cmd.Flags().BoolVarP(&ipv6, "ipv6", "6", false, "use the pods' IPv6 addresses")
 	_ = cmd.MarkFlagRequired("filename")
 	return cmd
+}
+
+// readPods reads the Pods and Namespaces of a file, or of stdin for "-".
+func readPods(d deps, name string) (k8s.Snapshot, error) {
+	data, err := readFile(d, name)
+	if err != nil {
+		return k8s.Snapshot{}, err
+	}
+	snap, err := k8s.ParseFile(data)
+	if err != nil {
+		return k8s.Snapshot{}, fmt.Errorf("read pods from %s: %w", name, err)
+	}
+	return snap, nil
 }
 
 func readFile(d deps, name string) ([]byte, error) {

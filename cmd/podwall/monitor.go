@@ -60,13 +60,9 @@ of one ring buffer share its position.`,
 				if err != nil {
 					return err
 				}
-				data, err := readFile(d, file)
+				snap, err := readPods(d, file)
 				if err != nil {
 					return err
-				}
-				snap, err := k8s.ParseFile(data)
-				if err != nil {
-					return fmt.Errorf("read pods from %s: %w", file, err)
 				}
 				n = newNamer(snap, opts)
 			} else if f.namespace != "" || f.pod != "" {
@@ -222,6 +218,8 @@ type eventView struct {
 	Policy   string    `json:"policy,omitempty"`
 	Rule     int       `json:"rule,omitempty"` // 1-based, as in the annotation
 	RuleText string    `json:"rule_text,omitempty"`
+
+	src, dst netip.Addr // Src and Dst, for text
 }
 
 func (n *namer) view(ev bpf.PodwallEvent, now time.Time) eventView {
@@ -238,6 +236,7 @@ func (n *namer) view(ev bpf.PodwallEvent, now time.Time) eventView {
 		v.Proto = fmt.Sprintf("proto-%d", ev.Proto)
 	}
 	src, dst := compiler.KeyAddr(ev.Src), compiler.KeyAddr(ev.Dst)
+	v.src, v.dst = src, dst
 	v.Src, v.Dst = src.String(), dst.String()
 	v.SrcPod, v.DstPod = n.pods[src], n.pods[dst]
 	// Ports are in network byte order; for ICMP the source "port" holds type and code.
@@ -263,18 +262,17 @@ func (n *namer) view(ev bpf.PodwallEvent, now time.Time) eventView {
 // text is one line of `podwall monitor`, stamped with when it was read: the kernel's
 // timestamp is monotonic, not wall-clock time.
 func (v eventView) text() string {
-	end := func(addr string, port *uint16, pod string) string {
-		s := addr
+	end := func(addr netip.Addr, port *uint16, pod string) string {
+		s := addr.String()
 		if port != nil {
-			a, _ := netip.ParseAddr(addr)
-			s = netip.AddrPortFrom(a, *port).String()
+			s = netip.AddrPortFrom(addr, *port).String()
 		}
 		if pod != "" {
 			s += " (" + pod + ")"
 		}
 		return s
 	}
-	flow := end(v.Src, v.SrcPort, v.SrcPod) + " -> " + end(v.Dst, v.DstPort, v.DstPod)
+	flow := end(v.src, v.SrcPort, v.SrcPod) + " -> " + end(v.dst, v.DstPort, v.DstPod)
 	if v.ICMPType != nil {
 		flow += fmt.Sprintf(" type %d code %d", *v.ICMPType, *v.ICMPCode)
 	}

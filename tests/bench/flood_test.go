@@ -95,27 +95,6 @@ func BenchmarkFlood(b *testing.B) {
 	}
 }
 
-// serveOn starts another iperf3 server in the pod, on p.
-func (s *setup) serveOn(b *testing.B, p int) {
-	cmd, err := Cmd(s.pod.NS.Path, "iperf3", "-s", "-p", strconv.Itoa(p))
-	require.NoError(b, err)
-	require.NoError(b, cmd.Start())
-	b.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	deadline := time.Now().Add(serverWait)
-	for {
-		ok, err := listening(s.pod.NS, p)
-		require.NoError(b, err)
-		if ok {
-			return
-		}
-		require.True(b, time.Now().Before(deadline), "iperf3 server on %d not listening", p)
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // flood measures the TCP stream alone, then the flood with the stream beside it.
 func (s *setup) flood(seconds, streams int) (floodResult, error) {
 	var r floodResult

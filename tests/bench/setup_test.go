@@ -169,7 +169,13 @@ func plural(n int, thing string) string {
 // serve starts iperf3's server in the pod, stopped when the test ends.
 func (s *setup) serve(tb testing.TB) {
 	tb.Helper()
-	cmd, err := Cmd(s.pod.NS.Path, "iperf3", "-s", "-p", strconv.Itoa(port))
+	s.serveOn(tb, port)
+}
+
+// serveOn starts an iperf3 server in the pod on p, stopped when the test ends.
+func (s *setup) serveOn(tb testing.TB, p int) {
+	tb.Helper()
+	cmd, err := Cmd(s.pod.NS.Path, "iperf3", "-s", "-p", strconv.Itoa(p))
 	require.NoError(tb, err)
 	require.NoError(tb, cmd.Start(), "start iperf3 server")
 	tb.Cleanup(func() {
@@ -178,12 +184,12 @@ func (s *setup) serve(tb testing.TB) {
 	})
 	deadline := time.Now().Add(serverWait)
 	for {
-		ok, err := listening(s.pod.NS, port)
+		ok, err := listening(s.pod.NS, p)
 		require.NoError(tb, err)
 		if ok {
 			return
 		}
-		require.True(tb, time.Now().Before(deadline), "iperf3 server in %s not listening after %s", s.pod.NS.Name, serverWait)
+		require.True(tb, time.Now().Before(deadline), "iperf3 server on port %d in %s not listening after %s", p, s.pod.NS.Name, serverWait)
 		time.Sleep(10 * time.Millisecond)
 	}
 }

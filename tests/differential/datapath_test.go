@@ -141,12 +141,7 @@ func (d *datapath) run(ifindex uint32, fromNode bool, frame []byte) (outcome, er
 	if err != nil {
 		return o, err
 	}
-	var counted []bpf.Reason
-	for r := range bpf.NumReasons {
-		for range after[r] - d.stats[r] {
-			counted = append(counted, r)
-		}
-	}
+	counted := countedBetween(d.stats, after)
 	d.stats = after
 	if len(counted) != 1 {
 		return o, fmt.Errorf("one run counted reasons %v", counted)
@@ -170,12 +165,7 @@ func (d *datapath) runXDP(frame []byte) (outcome, error) {
 	if err != nil {
 		return o, err
 	}
-	var counted []bpf.Reason
-	for r := range bpf.NumReasons {
-		for range after[r] - d.xdpStats[r] {
-			counted = append(counted, r)
-		}
-	}
+	counted := countedBetween(d.xdpStats, after)
 	d.xdpStats = after
 	if tc, err := d.readStats(); err != nil || tc != d.stats {
 		return o, errors.Join(err, fmt.Errorf("from_world counted in tc's stats"))
@@ -196,6 +186,17 @@ func (d *datapath) runXDP(frame []byte) (outcome, error) {
 		err = fmt.Errorf("from_world's drop sent event %+v", o.event)
 	}
 	return o, err
+}
+
+// countedBetween lists the reasons counted from before to after, once per packet.
+func countedBetween(before, after [bpf.NumReasons]uint64) []bpf.Reason {
+	var counted []bpf.Reason
+	for r := range bpf.NumReasons {
+		for range after[r] - before[r] {
+			counted = append(counted, r)
+		}
+	}
+	return counted
 }
 
 // forget empties conntrack and frags: what the program remembers of the packets it judged.
