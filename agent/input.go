@@ -33,5 +33,5 @@ func buildInput(snap k8s.Snapshot, endpoints []compiler.Endpoint, hostIPs []neti
 	for i, p := range snap.Pods {
 		pods[i] = p.Pod
 	}
-	return compiler.Input{Pods: pods, Endpoints: endpoints, HostIPs: hostIPs, Options: opts}
+	return compiler.Input{Pods: pods, Endpoints: endpoints, HostIPs: hostIPs, NamespaceAnnotations: snap.NamespaceAnnotations, Options: opts}
 }

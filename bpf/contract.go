@@ -48,7 +48,10 @@ const (
 )
 
 // endpoint.flags.
-const EPAllowHost = uint8(PodwallEndpointFlagEP_ALLOW_HOST)
+const (
+	EPAllowHost = uint8(PodwallEndpointFlagEP_ALLOW_HOST)
+	EPAudit     = uint8(PodwallEndpointFlagEP_AUDIT) // the policy's drops pass as VerdictAudit
+)
 
 // policy.flags: which fields at least one rule constrains.
 const (
@@ -74,7 +77,15 @@ const (
 const (
 	VerdictPass = uint8(PodwallVerdictVERDICT_PASS)
 	VerdictDrop = uint8(PodwallVerdictVERDICT_DROP)
+	// VerdictAudit passed a packet its policy drops: the pod is in audit mode.
+	VerdictAudit = uint8(PodwallVerdictVERDICT_AUDIT)
 )
+
+// Audited says whether audit mode passes a drop for reason r: the policy's drops, never
+// those of the threat model (SPEC 8).
+func Audited(r Reason) bool {
+	return r == PodwallReasonREASON_DENY_RULE || r == PodwallReasonREASON_NO_RULE || r == PodwallReasonREASON_ISOLATED
+}
 
 // event.hook: where the verdict was made.
 const (

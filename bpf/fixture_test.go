@@ -239,13 +239,23 @@ func (f *fixture) put(m *ebpf.Map, key any, v vec) {
 	require.NoError(f.tb, m.Put(key, PodwallRuleVec{Bits: v}))
 }
 
-// stats sums the per-CPU counters.
+// stats sums the per-CPU counters of verdicts, audited ones (audit_stats) included.
 func (f *fixture) stats() map[PodwallReason]uint64 {
+	f.tb.Helper()
+	out := f.sum(f.objs.Stats)
+	for r, n := range f.sum(f.objs.AuditStats) {
+		out[r] += n
+	}
+	return out
+}
+
+// sum sums a per-CPU map of counters by reason.
+func (f *fixture) sum(m *ebpf.Map) map[PodwallReason]uint64 {
 	f.tb.Helper()
 	out := map[PodwallReason]uint64{}
 	for r := PodwallReason(0); r < PodwallReasonREASON_MAX; r++ {
 		var per []uint64
-		require.NoError(f.tb, f.objs.Stats.Lookup(uint32(r), &per))
+		require.NoError(f.tb, m.Lookup(uint32(r), &per))
 		for _, n := range per {
 			out[r] += n
 		}

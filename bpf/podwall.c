@@ -121,6 +121,23 @@ struct {
 	__type(value, __u64); /* packets */
 } xdp_stats SEC(".maps");
 
+/* The packets the policy would have dropped for each reason and passed in audit mode (tc). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, REASON_MAX);
+	__type(key, __u32);  /* enum reason */
+	__type(value, __u64); /* packets */
+} audit_stats SEC(".maps");
+
+/* Per pod and rule, what the rule decided; the agent gives each counted endpoint its slots
+ * (endpoint.counters) and reads them by the rules' text. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, RULE_SLOTS);
+	__type(key, __u32); /* slot */
+	__type(value, struct rule_count);
+} rule_counters SEC(".maps");
+
 /* Each local pod's addresses (the endpoints' addr4 and addr6), for from_world to find the
  * interface, and with it the endpoint, that to_pod judges a packet on. The applier derives it
  * from the endpoints it writes. */
@@ -184,10 +201,11 @@ struct judge {
 	__u32 epoch; /* read_epoch(), before the endpoint was looked up */
 	__u32 identity;
 	__u32 rule;
+	__u32 slot; /* the rule_counters slot of the verdict: 0 when no rule or default decided */
 	__u8 mode;
 	__u8 ep_flags;
 	__u8 frag_verdict; /* REASON_FRAGMENT: the verdict of the first fragment */
-	__u8 new_flow;     /* an inbound flow was just allowed by a rule */
+	__u8 new_flow;     /* an inbound flow was just allowed by a rule (or audited) */
 };
 
 /* clock_ns is CLOCK_MONOTONIC at tick precision, for events: bpf_ktime_get_ns cost twice as
@@ -231,6 +249,29 @@ static __always_inline void count_xdp(__u32 reason)
 
 	if (n)
 		*n += 1;
+}
+
+static __always_inline void count_audit(__u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&audit_stats, &reason);
+
+	if (n)
+		*n += 1;
+}
+
+/* count_rule counts a packet, and a flow when flow, at slot (0: not counted). */
+static __always_inline void count_rule(__u32 slot, bool flow)
+{
+	struct rule_count *n;
+
+	if (!slot)
+		return;
+	n = bpf_map_lookup_elem(&rule_counters, &slot);
+	if (!n)
+		return;
+	n->packets += 1;
+	if (flow)
+		n->flows += 1;
 }
 
 static __always_inline __u64 ct_timeout(const struct ct_entry *e, __u8 proto)
@@ -389,6 +430,7 @@ static __always_inline void track_in(struct judge *c, const struct ct_key *k, st
 		.generation = c->generation,
 		.epoch = c->epoch,
 		.flags = CT_IN,
+		.counter = c->slot,
 	};
 	int res;
 
@@ -396,6 +438,7 @@ static __always_inline void track_in(struct judge *c, const struct ct_key *k, st
 		e->flags |= CT_IN;
 		e->generation = c->generation;
 		e->epoch = c->epoch;
+		e->counter = c->slot;
 		e->last_seen = now;
 		return;
 	}
@@ -604,6 +647,39 @@ __noinline int classify(const struct policy *pol, struct judge *c)
 	return decide(pol, c, &r, a, b);
 }
 
+/* audited: a drop of the policy's, which audit mode passes. */
+static __always_inline bool audited(enum reason reason)
+{
+	return reason == REASON_DENY_RULE || reason == REASON_NO_RULE || reason == REASON_ISOLATED;
+}
+
+/* opens_flow: a packet that starts a connection, or is one (UDP, protocols conntrack does not
+ * follow): what a drop counts as a flow. */
+static __always_inline bool opens_flow(const struct pkt *p)
+{
+	if (p->frag == FRAG_LATER)
+		return false;
+	if (p->proto == IPPROTO_TCP)
+		return is_syn(p);
+	if (is_icmp(p))
+		return is_echo_request(p);
+	return true;
+}
+
+/* rule_slot is the rule_counters slot of a verdict for reason on endpoint ep: the deciding
+ * rule's, or the pod's slot of packets no rule decided. */
+static __always_inline __u32 rule_slot(const struct endpoint_entry *ee, const struct judge *c,
+				       enum reason reason)
+{
+	__u32 base = ee->ep.counters;
+
+	if (!base)
+		return 0;
+	if (reason == REASON_ALLOW_RULE || reason == REASON_DENY_RULE)
+		return base + c->rule;
+	return base + ee->rules.nrules;
+}
+
 static __always_inline bool drops(enum reason reason)
 {
 	return reason == REASON_DENY_RULE || reason == REASON_NO_RULE ||
@@ -691,7 +767,13 @@ __noinline int finish(struct __sk_buff *skb, const struct judge *c, enum reason 
 
 	if (reason == REASON_FRAGMENT)
 		verdict = c->frag_verdict;
-	count(reason);
+	if (verdict == VERDICT_DROP && (c->ep_flags & EP_AUDIT) && audited(reason))
+		verdict = VERDICT_AUDIT;
+	if (verdict == VERDICT_AUDIT)
+		count_audit(reason);
+	else
+		count(reason);
+	count_rule(c->slot, c->new_flow || (verdict != VERDICT_PASS && opens_flow(&c->p)));
 	if (c->p.frag == FRAG_FIRST) {
 		struct frag_entry f = { .seen = c->now, .verdict = verdict };
 		struct frag_key k;
@@ -700,7 +782,7 @@ __noinline int finish(struct __sk_buff *skb, const struct judge *c, enum reason 
 		if (bpf_map_update_elem(&frags, &k, &f, BPF_ANY))
 			count(REASON_CT_FULL);
 	}
-	if (verdict == VERDICT_DROP || c->new_flow)
+	if (verdict != VERDICT_PASS || c->new_flow)
 		send_event(skb->ifindex, HOOK_TC, c, reason, verdict);
 	if (verdict == VERDICT_DROP)
 		/* The policy refuses the packet; reason says why: a deny rule, no allow rule,
@@ -741,6 +823,8 @@ static __always_inline int pass_tracked(struct __sk_buff *skb, const struct judg
 {
 	ct_observe(e, &c->p, CT_OUT);
 	ct_refresh(e, c->now);
+	if (e->counter && reason == REASON_ESTABLISHED)
+		count_rule(e->counter, false);
 	if (c->p.frag != FRAG_FIRST) {
 		count(reason);
 		return TCX_NEXT;
@@ -856,13 +940,13 @@ int to_pod(struct __sk_buff *skb)
 		c.identity = ID_WORLD;
 	}
 
-	/* 9 */
-	if (c.mode == MODE_ISOLATE)
-		return finish(skb, &c, REASON_ISOLATED);
-
-	/* 10 */
-	res = classify(&ee->rules, &c);
-	if (res == REASON_ALLOW_RULE && trackable) {
+	/* 9, 10 */
+	res = c.mode == MODE_ISOLATE ? REASON_ISOLATED : classify(&ee->rules, &c);
+	c.slot = rule_slot(ee, &c, res);
+	/* A flow audit mode passes is tracked like an allowed one, counted on the rule that
+	 * would have dropped it; leaving audit mode changes the generation, so it is judged
+	 * again. */
+	if ((res == REASON_ALLOW_RULE || ((c.ep_flags & EP_AUDIT) && audited(res))) && trackable) {
 		track_in(&c, &k, e);
 		c.new_flow = 1;
 	}
@@ -908,9 +992,9 @@ int from_world(struct xdp_md *ctx)
 			return XDP_PASS;
 	}
 
-	/* 1, 3 */
+	/* 1, 3; audit mode passes what the policy drops, and tc reports it */
 	ee = bpf_map_lookup_elem(&endpoints, ifindex);
-	if (!ee || ee->ep.mode == MODE_OPEN)
+	if (!ee || ee->ep.mode == MODE_OPEN || (ee->ep.flags & EP_AUDIT))
 		return XDP_PASS;
 	c.policy = ee->ep.policy;
 	c.generation = ee->ep.generation;
@@ -932,6 +1016,7 @@ int from_world(struct xdp_md *ctx)
 	if (!drops(res))
 		return XDP_PASS;
 	count_xdp(res);
+	count_rule(rule_slot(ee, &c, res), opens_flow(&c.p));
 	send_event(*ifindex, HOOK_XDP, &c, res, VERDICT_DROP);
 	return XDP_DROP;
 }

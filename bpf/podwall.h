@@ -15,6 +15,8 @@
 enum limits {
 	MAX_RULES = 1024,
 	VEC_WORDS = MAX_RULES / 64,
+	/* Slots of rule_counters: each counted endpoint holds nrules + 1 of them (below). */
+	RULE_SLOTS = 16384,
 };
 
 /* Address families as stored in keys (not AF_*: one byte, and 0 is never valid). */
@@ -57,6 +59,10 @@ enum endpoint_mode {
 /* endpoint.flags */
 enum endpoint_flag {
 	EP_ALLOW_HOST = 1, /* SPEC 3.2: traffic from the node passes */
+	/* Audit mode: what the policy drops (a deny rule, no allow rule, an isolated pod) passes
+	 * with VERDICT_AUDIT. The threat model's drops (forged sources, unparsable or tagged
+	 * frames, no entry) are never audited. */
+	EP_AUDIT = 2,
 };
 
 /* policy.flags: which fields at least one rule constrains; a field no rule constrains needs
@@ -88,7 +94,10 @@ struct endpoint {
 	__u32 generation; /* bumped by the agent whenever what judges this pod changes */
 	__u8 mode;
 	__u8 flags;
-	__u8 pad[2];
+	/* The first of the pod's slots in rule_counters: rule i counts at counters + i, and the
+	 * packets no rule decided (no allow rule matched, isolated) at counters + nrules. 0: the
+	 * pod is not counted. */
+	__u16 counters;
 	/* The pod's own addresses, the only sources from_pod lets its packets carry (SPEC 8);
 	 * family 0 when the pod has none of that family. */
 	struct ip_addr addr4;
@@ -190,7 +199,11 @@ struct ct_entry {
 	__u32 generation; /* CT_IN: the endpoint's generation that allowed the flow */
 	__u32 epoch;      /* CT_IN: the node's epoch when generation was last found current */
 	__u8 flags;
-	__u8 pad[7];
+	__u8 pad;
+	/* CT_IN: the rule_counters slot of the rule that allowed the flow (or audited it), which
+	 * counts its packets; 0: none. */
+	__u16 counter;
+	__u8 pad2[4];
 };
 
 /* epoch (array of one u32): the node's conntrack epoch. maps.Applier makes it odd before it
@@ -259,6 +272,13 @@ enum reason {
 enum verdict {
 	VERDICT_PASS = 1,
 	VERDICT_DROP = 2,
+	VERDICT_AUDIT = 3, /* passed in audit mode; the reason says what would have dropped it */
+};
+
+/* rule_counters (per-CPU array of RULE_SLOTS): what one rule of one pod decided. */
+struct rule_count {
+	__u64 packets;
+	__u64 flows; /* allow: flows it admitted; deny and no rule: packets that would open one */
 };
 
 /* Where a verdict was made: tc on a pod's interface, or XDP on an uplink (from_world). */

@@ -31,7 +31,9 @@ type PodwallCtEntry struct {
 	Generation uint32
 	Epoch      uint32
 	Flags      uint8
-	Pad        [7]uint8
+	Pad        uint8
+	Counter    uint16
+	Pad2       [4]uint8
 }
 
 type PodwallCtFlag uint32
@@ -68,7 +70,7 @@ type PodwallEndpoint struct {
 	Generation uint32
 	Mode       uint8
 	Flags      uint8
-	Pad        [2]uint8
+	Counters   uint16
 	Addr4      PodwallIpAddr
 	Addr6      PodwallIpAddr
 }
@@ -84,6 +86,7 @@ type PodwallEndpointFlag uint32
 
 const (
 	PodwallEndpointFlagEP_ALLOW_HOST PodwallEndpointFlag = 1
+	PodwallEndpointFlagEP_AUDIT      PodwallEndpointFlag = 2
 )
 
 type PodwallEndpointMode uint32
@@ -171,8 +174,9 @@ type PodwallIpAddr struct {
 type PodwallLimits uint32
 
 const (
-	PodwallLimitsMAX_RULES PodwallLimits = 1024
-	PodwallLimitsVEC_WORDS PodwallLimits = 16
+	PodwallLimitsMAX_RULES  PodwallLimits = 1024
+	PodwallLimitsVEC_WORDS  PodwallLimits = 16
+	PodwallLimitsRULE_SLOTS PodwallLimits = 16384
 )
 
 type PodwallPolicy struct {
@@ -258,6 +262,12 @@ const (
 	PodwallReservedIdentityID_FIRST_POD PodwallReservedIdentity = 256
 )
 
+type PodwallRuleCount struct {
+	_       structs.HostLayout
+	Packets uint64
+	Flows   uint64
+}
+
 type PodwallRuleVec struct {
 	_    structs.HostLayout
 	Bits [16]uint64
@@ -266,14 +276,16 @@ type PodwallRuleVec struct {
 type PodwallVerdict uint32
 
 const (
-	PodwallVerdictVERDICT_PASS PodwallVerdict = 1
-	PodwallVerdictVERDICT_DROP PodwallVerdict = 2
+	PodwallVerdictVERDICT_PASS  PodwallVerdict = 1
+	PodwallVerdictVERDICT_DROP  PodwallVerdict = 2
+	PodwallVerdictVERDICT_AUDIT PodwallVerdict = 3
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	PodwallMapAuditStats          = "audit_stats"
 	PodwallMapConntrack           = "conntrack"
 	PodwallMapCtFlush             = "ct_flush"
 	PodwallMapCtUsed              = "ct_used"
@@ -287,6 +299,7 @@ const (
 	PodwallMapPolIcmp             = "pol_icmp"
 	PodwallMapPolIdent            = "pol_ident"
 	PodwallMapPolPort             = "pol_port"
+	PodwallMapRuleCounters        = "rule_counters"
 	PodwallMapStats               = "stats"
 	PodwallMapXdpStats            = "xdp_stats"
 	PodwallProgCtGc               = "ct_gc"
@@ -357,21 +370,23 @@ type PodwallProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PodwallMapSpecs struct {
-	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
-	CtFlush   *ebpf.MapSpec `ebpf:"ct_flush"`
-	CtUsed    *ebpf.MapSpec `ebpf:"ct_used"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Epoch     *ebpf.MapSpec `ebpf:"epoch"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	Frags     *ebpf.MapSpec `ebpf:"frags"`
-	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
-	LocalPods *ebpf.MapSpec `ebpf:"local_pods"`
-	PolCidr   *ebpf.MapSpec `ebpf:"pol_cidr"`
-	PolIcmp   *ebpf.MapSpec `ebpf:"pol_icmp"`
-	PolIdent  *ebpf.MapSpec `ebpf:"pol_ident"`
-	PolPort   *ebpf.MapSpec `ebpf:"pol_port"`
-	Stats     *ebpf.MapSpec `ebpf:"stats"`
-	XdpStats  *ebpf.MapSpec `ebpf:"xdp_stats"`
+	AuditStats   *ebpf.MapSpec `ebpf:"audit_stats"`
+	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
+	CtFlush      *ebpf.MapSpec `ebpf:"ct_flush"`
+	CtUsed       *ebpf.MapSpec `ebpf:"ct_used"`
+	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
+	Epoch        *ebpf.MapSpec `ebpf:"epoch"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Frags        *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
+	LocalPods    *ebpf.MapSpec `ebpf:"local_pods"`
+	PolCidr      *ebpf.MapSpec `ebpf:"pol_cidr"`
+	PolIcmp      *ebpf.MapSpec `ebpf:"pol_icmp"`
+	PolIdent     *ebpf.MapSpec `ebpf:"pol_ident"`
+	PolPort      *ebpf.MapSpec `ebpf:"pol_port"`
+	RuleCounters *ebpf.MapSpec `ebpf:"rule_counters"`
+	Stats        *ebpf.MapSpec `ebpf:"stats"`
+	XdpStats     *ebpf.MapSpec `ebpf:"xdp_stats"`
 }
 
 // PodwallVariableSpecs contains global variables before they are loaded into the kernel.
@@ -410,25 +425,28 @@ func (o *PodwallObjects) Close() error {
 //
 // It can be passed to LoadPodwallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PodwallMaps struct {
-	Conntrack *ebpf.Map `ebpf:"conntrack"`
-	CtFlush   *ebpf.Map `ebpf:"ct_flush"`
-	CtUsed    *ebpf.Map `ebpf:"ct_used"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Epoch     *ebpf.Map `ebpf:"epoch"`
-	Events    *ebpf.Map `ebpf:"events"`
-	Frags     *ebpf.Map `ebpf:"frags"`
-	Ipcache   *ebpf.Map `ebpf:"ipcache"`
-	LocalPods *ebpf.Map `ebpf:"local_pods"`
-	PolCidr   *ebpf.Map `ebpf:"pol_cidr"`
-	PolIcmp   *ebpf.Map `ebpf:"pol_icmp"`
-	PolIdent  *ebpf.Map `ebpf:"pol_ident"`
-	PolPort   *ebpf.Map `ebpf:"pol_port"`
-	Stats     *ebpf.Map `ebpf:"stats"`
-	XdpStats  *ebpf.Map `ebpf:"xdp_stats"`
+	AuditStats   *ebpf.Map `ebpf:"audit_stats"`
+	Conntrack    *ebpf.Map `ebpf:"conntrack"`
+	CtFlush      *ebpf.Map `ebpf:"ct_flush"`
+	CtUsed       *ebpf.Map `ebpf:"ct_used"`
+	Endpoints    *ebpf.Map `ebpf:"endpoints"`
+	Epoch        *ebpf.Map `ebpf:"epoch"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Frags        *ebpf.Map `ebpf:"frags"`
+	Ipcache      *ebpf.Map `ebpf:"ipcache"`
+	LocalPods    *ebpf.Map `ebpf:"local_pods"`
+	PolCidr      *ebpf.Map `ebpf:"pol_cidr"`
+	PolIcmp      *ebpf.Map `ebpf:"pol_icmp"`
+	PolIdent     *ebpf.Map `ebpf:"pol_ident"`
+	PolPort      *ebpf.Map `ebpf:"pol_port"`
+	RuleCounters *ebpf.Map `ebpf:"rule_counters"`
+	Stats        *ebpf.Map `ebpf:"stats"`
+	XdpStats     *ebpf.Map `ebpf:"xdp_stats"`
 }
 
 func (m *PodwallMaps) Close() error {
 	return _PodwallClose(
+		m.AuditStats,
 		m.Conntrack,
 		m.CtFlush,
 		m.CtUsed,
@@ -442,6 +460,7 @@ func (m *PodwallMaps) Close() error {
 		m.PolIcmp,
 		m.PolIdent,
 		m.PolPort,
+		m.RuleCounters,
 		m.Stats,
 		m.XdpStats,
 	)

@@ -232,6 +232,7 @@ func (c *compilation) endpoints() {
 		mode    uint8
 		enc     string
 		pod     podKey
+		audit   bool
 	}
 	todo := make([]pending, 0, len(eps))
 	for i, ep := range eps {
@@ -249,7 +250,10 @@ func (c *compilation) endpoints() {
 		if pp.f != nil {
 			c.policies[pp.enc] = pp.f
 		}
-		todo = append(todo, pending{ifindex: ep.Ifindex, mode: pp.mode, enc: pp.enc, pod: k})
+		// Only a policy can be audited: a pod isolated in doubt (an invalid annotation, no
+		// room) stays isolated.
+		audit := pp.mode != bpf.ModeOpen && pp.problem == nil && c.audit(k)
+		todo = append(todo, pending{ifindex: ep.Ifindex, mode: pp.mode, enc: pp.enc, pod: k, audit: audit})
 	}
 
 	ids := c.policyIDs()
@@ -275,25 +279,50 @@ func (c *compilation) endpoints() {
 		switch {
 		case p.mode == bpf.ModeEnforce && ipcacheFull != nil:
 			c.problem(p.pod, ProblemNoRoom, ipcacheFull)
-			p.mode, id = bpf.ModeIsolate, 0
+			p.mode, id, p.audit = bpf.ModeIsolate, 0, false
 		case left[id] != nil:
 			kind := ProblemNoRoom
 			if errors.Is(left[id], ErrOverBudget) {
 				kind = ProblemOverBudget
 			}
 			c.problem(p.pod, kind, left[id])
-			p.mode, id = bpf.ModeIsolate, 0
+			p.mode, id, p.audit = bpf.ModeIsolate, 0, false
+		}
+		epFlags := flags
+		if p.audit {
+			epFlags |= bpf.EPAudit
 		}
 		addr4, addr6 := c.cl.ownAddrs(p.pod)
 		c.state.Endpoints[p.ifindex] = bpf.PodwallEndpoint{
 			Policy:     id,
-			Generation: generation(p.mode, flags, id, digest),
+			Generation: generation(p.mode, epFlags, id, digest),
 			Mode:       p.mode,
-			Flags:      flags,
+			Flags:      epFlags,
 			Addr4:      addr4,
 			Addr6:      addr6,
 		}
 	}
+}
+
+// audit says whether local pod k is in audit mode: its own annotation, else its namespace's,
+// else the node's --audit. A value that is neither true nor false is reported and enforces:
+// only an explicit "true" passes what a policy drops.
+func (c *compilation) audit(k podKey) bool {
+	pod, ok := c.cl.pods[k]
+	if !ok {
+		return false // an endpoint of an unknown pod: isolated in doubt
+	}
+	for _, ann := range []map[string]string{pod.Annotations, c.in.NamespaceAnnotations[k.namespace]} {
+		on, set, err := policy.Audit(ann)
+		if err != nil {
+			c.problem(k, ProblemInvalidAudit, err)
+			return false
+		}
+		if set {
+			return on
+		}
+	}
+	return c.in.Audit
 }
 
 // fitIPCache leaves in the state's ipcache what the map has room for, the node's addresses

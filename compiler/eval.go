@@ -48,12 +48,22 @@ type Verdict struct {
 	Identity uint32
 	// Policy is the endpoint's policy id.
 	Policy uint32
+	// Audit: the policy drops the packet (Reason, Rule), and audit mode passes it.
+	Audit bool
 }
 
 // Evaluate is what to_pod answers from the maps of s for a packet to the endpoint at
 // ifindex that opens a new flow: no conntrack entry, no fragment seen before (steps 1-5 and
 // 8-10 of docs/ARCHITECTURE.md). Src and Dst must be of one family.
 func Evaluate(s *State, ifindex uint32, p Packet) Verdict {
+	v := evaluate(s, ifindex, p)
+	if !v.Pass && s.Endpoints[ifindex].Flags&bpf.EPAudit != 0 && bpf.Audited(v.Reason) {
+		v.Pass, v.Audit = true, true
+	}
+	return v
+}
+
+func evaluate(s *State, ifindex uint32, p Packet) Verdict {
 	v := Verdict{Rule: -1}
 	ep, ok := s.Endpoints[ifindex]
 	if !ok {

@@ -48,6 +48,9 @@ type Options struct {
 	// Capacity is the room of the maps on this node: what does not fit is isolated, never
 	// written in part. The zero Capacity has room for everything.
 	Capacity Capacity
+	// Audit puts the node's pods in audit mode (--audit) unless their own or their
+	// namespace's audit annotation says otherwise.
+	Audit bool
 }
 
 // DefaultPolicyBudget is the default of Options.PolicyBudget: an eighth of the smallest map
@@ -66,6 +69,9 @@ type Input struct {
 	Endpoints []Endpoint
 	// HostIPs are the node's own addresses: identity IDHost.
 	HostIPs []netip.Addr
+	// NamespaceAnnotations are the annotations podwall reads of each namespace that has any
+	// (the audit annotation), by name.
+	NamespaceAnnotations map[string]map[string]string
 	Options
 }
 
@@ -131,6 +137,9 @@ const (
 	// ProblemNoRoom: a map of the node has no room for the pod's policy, its endpoint or the
 	// cluster's addresses (Options.Capacity); the pod is isolated.
 	ProblemNoRoom
+	// ProblemInvalidAudit: the audit annotation of the pod or its namespace is neither true
+	// nor false; the pod is enforced.
+	ProblemInvalidAudit
 	// NumProblemKinds is the number of kinds.
 	NumProblemKinds
 )
@@ -144,6 +153,7 @@ var problemNames = []string{
 	ProblemAddressConflict: "address-conflict",
 	ProblemOverBudget:      "over-budget",
 	ProblemNoRoom:          "no-room",
+	ProblemInvalidAudit:    "invalid-audit",
 }
 
 func (k ProblemKind) String() string { return problemNames[k] }

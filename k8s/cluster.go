@@ -114,7 +114,7 @@ func (c *Cluster) Snapshot() (Snapshot, error) {
 	}
 	snap := Snapshot{Pods: c.convert(pods), Namespaces: make([]string, 0, len(nss))}
 	for _, ns := range nss {
-		snap.Namespaces = append(snap.Namespaces, ns.Name)
+		snap.addNamespace(ns.Name, ns.Annotations)
 	}
 	slices.Sort(snap.Namespaces)
 	return snap, nil

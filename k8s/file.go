@@ -251,7 +251,7 @@ func (s *Snapshot) add(raw json.RawMessage, itemKind string) error {
 		if ns.Name == "" {
 			return errors.New("namespace without a name")
 		}
-		s.Namespaces = append(s.Namespaces, ns.Name)
+		s.addNamespace(ns.Name, ns.Annotations)
 	case strings.HasSuffix(kind, "List"):
 		items := strings.TrimSuffix(kind, "List")
 		for i, item := range tm.Items {

@@ -29,10 +29,17 @@ type Snapshot struct {
 	Pods []Pod
 	// Namespaces are the names of the namespaces that exist, sorted.
 	Namespaces []string
+	// NamespaceAnnotations are the annotations podwall reads (the audit annotation) of each
+	// namespace that has one, by name.
+	NamespaceAnnotations map[string]map[string]string
 }
 
-// policyKeys are the only annotations the transform keeps.
-var policyKeys = []string{policy.AnnotationKey, policy.LegacyAnnotationKey}
+// policyKeys are the only annotations of a Pod the transform keeps, namespaceKeys those of a
+// Namespace.
+var (
+	policyKeys    = []string{policy.AnnotationKey, policy.LegacyAnnotationKey, policy.AuditAnnotationKey}
+	namespaceKeys = []string{policy.AuditAnnotationKey}
+)
 
 // Transform is the informers' transform: it reduces a Pod or a Namespace to the fields
 // podFromAPI reads and drops everything else (specs, statuses, managed fields, other
@@ -47,21 +54,39 @@ func Transform(obj any) (any, error) {
 			Name:            o.Name,
 			UID:             o.UID,
 			ResourceVersion: o.ResourceVersion,
+			Annotations:     keep(o.Annotations, namespaceKeys),
 		}}, nil
 	}
 	return obj, nil
 }
 
-func slimPod(p *corev1.Pod) *corev1.Pod {
-	var annotations map[string]string
-	for _, k := range policyKeys {
-		if v, ok := p.Annotations[k]; ok {
-			if annotations == nil {
-				annotations = map[string]string{}
+// keep is the annotations of keys that all has; nil when none.
+func keep(all map[string]string, keys []string) map[string]string {
+	var kept map[string]string
+	for _, k := range keys {
+		if v, ok := all[k]; ok {
+			if kept == nil {
+				kept = map[string]string{}
 			}
-			annotations[k] = v
+			kept[k] = v
 		}
 	}
+	return kept
+}
+
+// addNamespace notes a namespace of the snapshot, with the annotations podwall reads.
+func (s *Snapshot) addNamespace(name string, annotations map[string]string) {
+	s.Namespaces = append(s.Namespaces, name)
+	if kept := keep(annotations, namespaceKeys); kept != nil {
+		if s.NamespaceAnnotations == nil {
+			s.NamespaceAnnotations = map[string]map[string]string{}
+		}
+		s.NamespaceAnnotations[name] = kept
+	}
+}
+
+func slimPod(p *corev1.Pod) *corev1.Pod {
+	annotations := keep(p.Annotations, policyKeys)
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:            p.Name,

@@ -20,6 +20,7 @@ type Applier struct {
 	local     *table[bpf.PodwallIpAddr, uint32]
 	epoch     *epoch
 	ct        *Conntrack
+	counters  *counters
 
 	// gone are the addresses that left the ipcache and whose conntrack entries are not
 	// flushed yet: a failed flush is tried again by the next Apply.
@@ -50,6 +51,7 @@ func newApplier(m *bpf.PodwallMaps) *Applier {
 		icmp:      newTable[bpf.PodwallIcmpKey, bpf.PodwallRuleVec](m.PolIcmp, bpf.PodwallMapPolIcmp),
 		local:     newTable[bpf.PodwallIpAddr, uint32](m.LocalPods, bpf.PodwallMapLocalPods),
 		epoch:     &epoch{m: m.Epoch},
+		counters:  newCounters(m.RuleCounters),
 	}
 }
 
@@ -264,7 +266,7 @@ func (a *Applier) full(s *compiler.State) []func() error {
 		func() error { return a.pruneIPCache(d.IPCache) },
 		func() error { return a.ipcache.put(d.IPCache) },
 	}
-	steps = append(steps, a.endpointSteps(d.Endpoints)...)
+	steps = append(steps, a.endpointSteps(d.Endpoints, s.Policies)...)
 	return append(steps,
 		func() error { return a.ident.prune(d.Ident) },
 		func() error { return a.cidr.prune(d.CIDR) },
@@ -309,7 +311,7 @@ func (a *Applier) incremental(s *compiler.State) []func() error {
 			func() error { return a.pruneIPCache(s.IPCache) },
 			func() error { return a.ipcache.put(s.IPCache) })
 	}
-	steps = append(steps, a.endpointSteps(entries(s))...)
+	steps = append(steps, a.endpointSteps(entries(s), s.Policies)...)
 	return append(steps,
 		func() error {
 			return dropEach(a.ident, removed, s, func(p *compiler.Policy) map[bpf.PodwallIdentKey]bpf.PodwallRuleVec { return p.Ident })
@@ -327,10 +329,15 @@ func (a *Applier) incremental(s *compiler.State) []func() error {
 }
 
 // endpointSteps makes the endpoints map hold want, between the two epochs when anything
-// changes, and also when an earlier apply failed between them.
-func (a *Applier) endpointSteps(want map[uint32]bpf.PodwallEndpointEntry) []func() error {
+// changes, and also when an earlier apply failed between them. It gives each endpoint its
+// rule counters first (policies are the rules' texts).
+func (a *Applier) endpointSteps(want map[uint32]bpf.PodwallEndpointEntry, policies map[uint32]*compiler.Policy) []func() error {
+	if err := a.counters.assign(want, policies); err != nil {
+		return []func() error{func() error { return err }}
+	}
 	local := localPods(want)
 	if !a.endpoints.differs(want) && !a.epoch.changing() && !a.local.differs(local) {
+		a.counters.release()
 		return nil
 	}
 	// An address that leaves or moves to another interface leaves local_pods before the
@@ -342,7 +349,9 @@ func (a *Applier) endpointSteps(want map[uint32]bpf.PodwallEndpointEntry) []func
 		func() error { return a.endpoints.prune(want) },
 		func() error { return a.endpoints.put(want) },
 	)...)
-	return append(steps, func() error { return a.local.put(local) })
+	return append(steps,
+		func() error { return a.local.put(local) },
+		func() error { a.counters.release(); return nil })
 }
 
 // unchanged are the entries of present that want holds with the same value.
@@ -408,6 +417,7 @@ func (a *Applier) load() error {
 			return err
 		}
 	}
+	a.counters.load(a.endpoints.present)
 	a.synced = true
 	return nil
 }
@@ -424,5 +434,6 @@ func (a *Applier) Fill() []Fill {
 	return []Fill{
 		a.endpoints.fill(), a.ipcache.fill(),
 		a.ident.fill(), a.cidr.fill(), a.port.fill(), a.icmp.fill(), a.local.fill(),
+		a.counters.fillLevel(),
 	}
 }

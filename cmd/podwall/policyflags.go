@@ -17,6 +17,7 @@ type policyOptions struct {
 	allowHost      bool
 	legacyKey      bool
 	budget         int
+	audit          bool
 }
 
 func (o *policyOptions) addFlags(f *pflag.FlagSet) {
@@ -24,6 +25,7 @@ func (o *policyOptions) addFlags(f *pflag.FlagSet) {
 	f.StringSliceVar(&o.openNamespaces, "open-namespaces", []string{"kube-system"}, "namespaces whose pods accept all traffic (their annotations are ignored)")
 	f.BoolVar(&o.allowHost, "allow-host", true, "let traffic from the node's own addresses reach every pod (kubelet probes)")
 	f.BoolVar(&o.legacyKey, "legacy-policy-key", true, `read the annotation "policy" when "`+policy.AnnotationKey+`" is absent`)
+	f.BoolVar(&o.audit, "audit", false, `audit mode for the node's pods: what a policy would drop passes and is reported as verdict audit (a pod's or its namespace's annotation `+policy.AuditAnnotationKey+` says otherwise)`)
 	f.IntVar(&o.budget, "policy-budget", compiler.DefaultPolicyBudget, "the most entries one policy may have in any one classifier map; a pod whose policy needs more is isolated (0: no budget)")
 }
 
@@ -31,7 +33,7 @@ func (o policyOptions) compilerOptions() (compiler.Options, error) {
 	if o.budget < 0 {
 		return compiler.Options{}, fmt.Errorf("--policy-budget %d: must not be negative", o.budget)
 	}
-	opts := compiler.Options{OpenNamespaces: o.openNamespaces, AllowHost: o.allowHost, LegacyKey: o.legacyKey, PolicyBudget: o.budget}
+	opts := compiler.Options{OpenNamespaces: o.openNamespaces, AllowHost: o.allowHost, LegacyKey: o.legacyKey, PolicyBudget: o.budget, Audit: o.audit}
 	switch o.defaultPolicy {
 	case "namespace":
 		opts.DefaultPolicy = compiler.DefaultNamespace

@@ -80,6 +80,10 @@ func Random(rng *rand.Rand, devices []uint32) *Cluster {
 	in.DefaultPolicy = pick(rng, []compiler.DefaultPolicy{compiler.DefaultNamespace, compiler.DefaultNamespace, compiler.DefaultAllow, compiler.DefaultDeny})
 	in.AllowHost = rng.IntN(2) == 0
 	in.LegacyKey = rng.IntN(2) == 0
+	in.Audit = rng.IntN(4) == 0
+	if ns := pick(rng, namespaces); rng.IntN(3) == 0 {
+		in.NamespaceAnnotations = map[string]map[string]string{ns: {policy.AuditAnnotationKey: pick(rng, []string{"true", "false", "yes"})}}
+	}
 	if rng.IntN(3) > 0 {
 		in.OpenNamespaces = []string{"kube-system"}
 	}
@@ -109,6 +113,12 @@ func Random(rng *rand.Rand, devices []uint32) *Cluster {
 			}
 			c.Addrs = append(c.Addrs, p.IPs...)
 			c.annotate(rng, &p)
+			if rng.IntN(6) == 0 { // audit mode, or a value that is none
+				if p.Annotations == nil {
+					p.Annotations = map[string]string{}
+				}
+				p.Annotations[policy.AuditAnnotationKey] = pick(rng, []string{"true", "true", "false", "on"})
+			}
 			in.Pods = append(in.Pods, p)
 		}
 	}

@@ -77,8 +77,19 @@ func loadDatapath(tb testing.TB, edit func(*bpf.PodwallSpecs) error) *datapath {
 	return d
 }
 
-// readStats sums the per-CPU counters of every reason tc counted, in one batch lookup.
-func (d *datapath) readStats() ([bpf.NumReasons]uint64, error) { return d.readCounters(d.objs.Stats) }
+// readStats sums the per-CPU counters of every reason tc counted, audited verdicts included
+// (the event tells those apart).
+func (d *datapath) readStats() ([bpf.NumReasons]uint64, error) {
+	out, err := d.readCounters(d.objs.Stats)
+	if err != nil {
+		return out, err
+	}
+	audits, err := d.readCounters(d.objs.AuditStats)
+	for r := range out {
+		out[r] += audits[r]
+	}
+	return out, err
+}
 
 // readCounters sums a per-CPU counter map by reason (stats, xdp_stats), in one batch lookup.
 func (d *datapath) readCounters(m *ebpf.Map) ([bpf.NumReasons]uint64, error) {

@@ -128,7 +128,10 @@ func disagreement(ifindex uint32, p compiler.Packet, w wire, want compiler.Verdi
 	var diffs []string
 	add := func(format string, args ...any) { diffs = append(diffs, fmt.Sprintf(format, args...)) }
 	wantAction, wantVerdict := uint32(actShot), uint8(bpf.VerdictDrop)
-	if want.Pass {
+	switch {
+	case want.Audit:
+		wantAction, wantVerdict = actNext, bpf.VerdictAudit
+	case want.Pass:
 		wantAction, wantVerdict = actNext, bpf.VerdictPass
 	}
 	if got.action != wantAction {
@@ -138,8 +141,8 @@ func disagreement(ifindex uint32, p compiler.Packet, w wire, want compiler.Verdi
 		add("reason %v, want %v", got.reason, want.Reason)
 	}
 
-	// Drops and the first packets of newly allowed flows send an event.
-	wantEvent := !want.Pass || want.Reason == bpf.ReasonAllowRule && opensFlow(p)
+	// Drops, audits and the first packets of newly allowed flows send an event.
+	wantEvent := !want.Pass || want.Audit || want.Reason == bpf.ReasonAllowRule && opensFlow(p)
 	ev := got.event
 	switch {
 	case ev == nil && wantEvent:

@@ -85,7 +85,7 @@ func TestEstablishedFlowsFollowTheEpoch(t *testing.T) {
 	e2 := epoch()
 	require.Equal(t, e1+2, e2, "a change to another endpoint moves the epoch past an odd one")
 	require.Equal(t, []bpf.Reason{bpf.ReasonEstablished}, verdicts(ack), "the server's generation did not change")
-	require.Equal(t, bpf.PodwallCtEntry{LastSeen: entry().LastSeen, Generation: gen, Epoch: e2, Flags: entry().Flags}, entry(),
+	require.Equal(t, bpf.PodwallCtEntry{LastSeen: entry().LastSeen, Generation: gen, Epoch: e2, Flags: entry().Flags, Counter: entry().Counter}, entry(),
 		"the flow takes the new epoch, under the same generation")
 
 	require.NoError(t, d.applier.Apply(cluster("allow tcp to ports 443", "allow tcp")))
