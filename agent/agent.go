@@ -54,6 +54,12 @@ type Datapath interface {
 	DetachXDP(ifindex int) error
 	XDPAttached() []int
 	XDPDrops() ([bpf.NumReasons]uint64, error)
+	// Audits reads the packets audit mode passed that a policy drops, by reason.
+	Audits() ([bpf.NumReasons]uint64, error)
+	// RuleCounts reads what each rule of an endpoint decided, then what no rule did.
+	RuleCounts(ifindex uint32) ([]datapath.RuleCount, error)
+	// Mode is how the programs are attached: tcx or clsact.
+	Mode() datapath.Mode
 }
 
 // Interfaces finds the pods' interfaces in the namespace the Datapath attaches in:
@@ -132,6 +138,8 @@ type Config struct {
 	// Status, if set, receives each local pod's podwall.io/policy-enforced condition after
 	// every apply that changes it; nil (a pods file): none.
 	Status Status
+	// RuleMetrics picks the rules whose counters are metrics.
+	RuleMetrics RuleMetrics
 	// XDP lists the uplinks to attach from_world to, by name, or XDPAuto alone for the
 	// interfaces holding the default routes. Empty: no XDP. Auto attaches in native mode only
 	// and skips a driver without it; a named interface falls back to generic mode.
@@ -180,6 +188,8 @@ type Agent struct {
 	// enforcement is the condition last written on each local pod (a pod re-created under its
 	// name is another pod).
 	enforcement map[podUID]condition
+	// status is what the last apply left of each local pod, for Status.
+	status atomic.Pointer[[]podStatus]
 }
 
 type podUID struct {
@@ -200,7 +210,7 @@ func New(cfg Config) *Agent {
 		cfg.Logger = zap.NewNop()
 	}
 	if cfg.Metrics == nil {
-		cfg.Metrics = NewMetrics(cfg.Datapath.Verdicts, cfg.Datapath.XDPDrops)
+		cfg.Metrics = NewMetrics(cfg.Datapath)
 	}
 	if cfg.Debounce == 0 {
 		cfg.Debounce = DefaultDebounce
@@ -214,7 +224,7 @@ func New(cfg Config) *Agent {
 	if cfg.ChainCheck == 0 {
 		cfg.ChainCheck = DefaultChainCheck
 	}
-	return &Agent{
+	a := &Agent{
 		cfg:    cfg,
 		log:    cfg.Logger,
 		report: newReporter(cfg.Logger, cfg.Events, cfg.Node),
@@ -226,6 +236,11 @@ func New(cfg Config) *Agent {
 
 		enforcement: map[podUID]condition{},
 	}
+	if err := cfg.Metrics.Registry.Register(&ruleHits{status: a.Status, cfg: cfg.RuleMetrics, log: cfg.Logger}); err != nil {
+		// Metrics of another agent (a test's): that agent's rules are the series.
+		cfg.Logger.Warn("register the rule metrics", zap.Error(err))
+	}
+	return a
 }
 
 // Ready says whether the maps hold a state compiled from the source: the first apply
@@ -440,17 +455,17 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 // interface (the message names the policy and generation), False with the reason while the
 // pod is isolated for its annotation or the node's room, or has no interface found. A failed
 // write is tried again at the next apply.
+//
+// It also keeps what `podwall status` shows of each pod (Agent.Status), written or not.
 func (a *Agent) publishEnforcement(ctx context.Context, locals []k8s.Pod, eps []compiler.Endpoint, state *compiler.State, missing []finding) {
-	if a.cfg.Status == nil {
-		return
-	}
 	ifindexOf := map[podKey]uint32{}
 	for _, ep := range eps {
 		ifindexOf[podKey{ep.Namespace, ep.Name}] = ep.Ifindex
 	}
 	why := map[podKey]finding{}
 	for _, f := range append(problemFindings(state.Problems), missing...) {
-		if _, ok := why[f.pod]; !ok && f.reason != "" {
+		// An invalid audit annotation enforces: it is reported, but the pod is protected.
+		if _, ok := why[f.pod]; !ok && f.reason != "" && f.reason != ReasonInvalidAudit {
 			why[f.pod] = f
 		}
 	}
@@ -478,6 +493,10 @@ func (a *Agent) publishEnforcement(ctx context.Context, locals []k8s.Pod, eps []
 		if ok && last.enforced == c.enforced {
 			c.since = last.since
 		}
+		if a.cfg.Status == nil {
+			a.enforcement[id] = c
+			continue
+		}
 		wctx, cancel := context.WithTimeout(ctx, statusTimeout)
 		err := a.cfg.Status.SetEnforced(wctx, p, c.enforced, c.reason, c.message, c.since)
 		cancel()
@@ -492,6 +511,7 @@ func (a *Agent) publishEnforcement(ctx context.Context, locals []k8s.Pod, eps []
 			delete(a.enforcement, id)
 		}
 	}
+	a.keepStatus(locals, ifindexOf, state)
 }
 
 // statusTimeout bounds one write of a pod's condition.

@@ -108,6 +108,14 @@ func (d *fakeDatapath) XDPDrops() ([bpf.NumReasons]uint64, error) {
 	return [bpf.NumReasons]uint64{}, nil
 }
 
+func (d *fakeDatapath) Audits() ([bpf.NumReasons]uint64, error) {
+	return [bpf.NumReasons]uint64{}, nil
+}
+
+func (d *fakeDatapath) RuleCounts(uint32) ([]datapath.RuleCount, error) { return nil, nil }
+
+func (d *fakeDatapath) Mode() datapath.Mode { return datapath.Mode("fake") }
+
 // takeOps returns the operations recorded since the last call.
 
 func (d *fakeDatapath) takeOps() []string {

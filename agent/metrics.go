@@ -1,8 +1,12 @@
 package agent
 
 import (
+	"cmp"
+	"slices"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
 
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
@@ -39,9 +43,8 @@ type Metrics struct {
 const namespace = "podwall"
 
 // NewMetrics makes the agent's metrics in a registry of their own, with the Go runtime's and
-// the process's, and the verdict counters that readVerdicts (Datapath.Verdicts, tc's) and
-// readXDP (Datapath.XDPDrops, the uplinks') read at each scrape.
-func NewMetrics(readVerdicts, readXDP func() ([bpf.NumReasons]uint64, error)) *Metrics {
+// the process's, and the data path's verdict counters, read at each scrape.
+func NewMetrics(stats Stats) *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
 		applySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -135,7 +138,10 @@ func NewMetrics(readVerdicts, readXDP func() ([bpf.NumReasons]uint64, error)) *M
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.applySeconds, m.applyErrors, m.applyFailing, m.attachErrors, m.sourceErrors, m.mapEntries, m.mapCapacity,
 		m.endpoints, m.identities, m.policies, m.pods, m.namespaces, m.invalidPolicies, m.problems,
-		m.interfaceMissing, m.interfacesHeld, m.displaced, m.ctEntries, m.ctCapacity, m.ctRemoved, m.ctErrors, &verdicts{desc: verdictsDesc, read: readVerdicts}, &verdicts{desc: xdpDropsDesc, read: readXDP, dropsOnly: true},
+		m.interfaceMissing, m.interfacesHeld, m.displaced, m.ctEntries, m.ctCapacity, m.ctRemoved, m.ctErrors,
+		&verdicts{desc: verdictsDesc, read: stats.Verdicts, hook: "tc"},
+		&verdicts{desc: xdpDropsDesc, read: stats.XDPDrops, hook: "xdp", sparse: true},
+		&verdicts{desc: auditsDesc, read: stats.Audits, hook: "audit", sparse: true},
 	)
 	m.displaced.WithLabelValues("restored")
 	m.displaced.WithLabelValues("failed")
@@ -176,11 +182,20 @@ func (m *Metrics) observeConntrack(c datapath.Collection) {
 	m.ctRemoved.WithLabelValues("flushed").Add(float64(c.Flushed))
 }
 
-// verdicts reads one of the data path's verdict counters (tc's, or XDP's drops) when scraped.
+// Stats reads the data path's verdict counters (Datapath).
+type Stats interface {
+	Verdicts() ([bpf.NumReasons]uint64, error)
+	XDPDrops() ([bpf.NumReasons]uint64, error)
+	Audits() ([bpf.NumReasons]uint64, error)
+}
+
+// verdicts reads one of the data path's verdict counters (tc's, XDP's drops, audits) when
+// scraped.
 type verdicts struct {
-	desc      *prometheus.Desc
-	read      func() ([bpf.NumReasons]uint64, error)
-	dropsOnly bool // XDP counts only the drops: the other reasons are not series of it
+	desc   *prometheus.Desc
+	read   func() ([bpf.NumReasons]uint64, error)
+	hook   string // the hook label of its read errors
+	sparse bool   // counts few reasons (XDP's drops, audits): the others are no series of it
 }
 
 var verdictsDesc = prometheus.NewDesc(namespace+"_verdicts_total",
@@ -191,19 +206,16 @@ var xdpDropsDesc = prometheus.NewDesc(namespace+"_xdp_drops_total",
 	"Packets to pods dropped by XDP on the node's uplinks, before the kernel built an skb, by reason; they never reach tc.",
 	[]string{"reason"}, nil)
 
+var auditsDesc = prometheus.NewDesc(namespace+"_audits_total",
+	"Packets to pods in audit mode that their policy drops, which passed, by the reason that would have dropped them.",
+	[]string{"reason"}, nil)
+
 var statsErrorDesc = prometheus.NewDesc(namespace+"_stats_read_errors",
 	"1 when the last scrape could not read a stats map.", []string{"hook"}, nil)
 
-func (v *verdicts) hook() string {
-	if v.dropsOnly {
-		return "xdp"
-	}
-	return "tc"
-}
-
 func (v *verdicts) Describe(ch chan<- *prometheus.Desc) {
 	ch <- v.desc
-	if !v.dropsOnly {
+	if !v.sparse {
 		ch <- statsErrorDesc
 	}
 }
@@ -211,14 +223,86 @@ func (v *verdicts) Describe(ch chan<- *prometheus.Desc) {
 func (v *verdicts) Collect(ch chan<- prometheus.Metric) {
 	counts, err := v.read()
 	if err != nil {
-		ch <- prometheus.MustNewConstMetric(statsErrorDesc, prometheus.GaugeValue, 1, v.hook())
+		ch <- prometheus.MustNewConstMetric(statsErrorDesc, prometheus.GaugeValue, 1, v.hook)
 		return
 	}
 	for r, n := range counts {
-		if v.dropsOnly && n == 0 {
+		if v.sparse && n == 0 {
 			continue
 		}
 		ch <- prometheus.MustNewConstMetric(v.desc, prometheus.CounterValue, float64(n), bpf.Reason(r).String())
 	}
-	ch <- prometheus.MustNewConstMetric(statsErrorDesc, prometheus.GaugeValue, 0, v.hook())
+	ch <- prometheus.MustNewConstMetric(statsErrorDesc, prometheus.GaugeValue, 0, v.hook)
+}
+
+// RuleMetrics says which rules' counters are series of podwall_rule_hits_total and
+// podwall_rule_flows_total. A series is a rule of a local pod, labelled with its text, so that
+// it lives as long as the counts do (they follow a rule's text). Every rule of every pod is
+// opt-in (All): a node of 250 pods with 20 rules each makes 5,000 series. By default only the
+// Top rules by packets are, bounded whatever the node holds; Top 0 and not All: none.
+type RuleMetrics struct {
+	All bool
+	Top int
+}
+
+// DefaultRuleMetricsTop is the default of RuleMetrics.Top.
+const DefaultRuleMetricsTop = 20
+
+var (
+	ruleHitsDesc = prometheus.NewDesc(namespace+"_rule_hits_total",
+		"Packets a rule of a local pod decided (allow: passed; deny and \"(no rule matched)\": dropped, or passed in audit mode), from the kernel's per-CPU counters; the top N rules by packets unless every rule is asked for (--rule-metrics).",
+		[]string{"namespace", "pod", "rule"}, nil)
+	ruleFlowsDesc = prometheus.NewDesc(namespace+"_rule_flows_total",
+		"Flows a rule of a local pod decided (allow: admitted; deny: packets that would have opened one); the same series as podwall_rule_hits_total.",
+		[]string{"namespace", "pod", "rule"}, nil)
+)
+
+// ruleHits reads the rules' counters when scraped.
+type ruleHits struct {
+	status func() ([]PodStatus, error)
+	cfg    RuleMetrics
+	log    *zap.Logger
+}
+
+func (r *ruleHits) Describe(ch chan<- *prometheus.Desc) {
+	ch <- ruleHitsDesc
+	ch <- ruleFlowsDesc
+}
+
+func (r *ruleHits) Collect(ch chan<- prometheus.Metric) {
+	if !r.cfg.All && r.cfg.Top <= 0 {
+		return
+	}
+	pods, err := r.status()
+	if err != nil {
+		r.log.Warn("read the rule counters for a scrape", zap.Error(err))
+		return
+	}
+	type series struct {
+		namespace, pod, rule string
+		packets, flows       uint64
+	}
+	var all []series
+	for _, p := range pods {
+		// Rules of one text are one series: the same rule written twice.
+		byText := map[string]int{}
+		for _, rule := range p.Rules {
+			i, ok := byText[rule.Text]
+			if !ok {
+				i = len(all)
+				byText[rule.Text] = i
+				all = append(all, series{namespace: p.Namespace, pod: p.Name, rule: rule.Text})
+			}
+			all[i].packets += rule.Packets
+			all[i].flows += rule.Flows
+		}
+	}
+	if !r.cfg.All && len(all) > r.cfg.Top {
+		slices.SortStableFunc(all, func(a, b series) int { return cmp.Compare(b.packets, a.packets) })
+		all = all[:r.cfg.Top]
+	}
+	for _, s := range all {
+		ch <- prometheus.MustNewConstMetric(ruleHitsDesc, prometheus.CounterValue, float64(s.packets), s.namespace, s.pod, s.rule)
+		ch <- prometheus.MustNewConstMetric(ruleFlowsDesc, prometheus.CounterValue, float64(s.flows), s.namespace, s.pod, s.rule)
+	}
 }

@@ -28,6 +28,9 @@ const (
 	ReasonApplyFailed       = "ApplyFailed"
 	ReasonConntrackFull     = "ConntrackNearlyFull"
 	ReasonProgramAhead      = "ProgramAhead"
+	// ReasonInvalidAudit: the pod's or its namespace's podwall.io/audit is neither true nor
+	// false; the pod is enforced.
+	ReasonInvalidAudit = "InvalidAuditAnnotation"
 )
 
 // finding is one thing wrong with one pod, or with the node when pod is zero.
@@ -122,6 +125,8 @@ func problemFindings(problems []compiler.Problem) []finding {
 			f.reason = ReasonOverBudget
 		case compiler.ProblemNoRoom:
 			f.reason = ReasonMapFull
+		case compiler.ProblemInvalidAudit:
+			f.reason = ReasonInvalidAudit
 		}
 		out = append(out, f)
 	}

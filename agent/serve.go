@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -9,9 +10,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
 )
 
-// Serve serves the metrics on /metrics, liveness on /healthz and readiness on /readyz at
+// Serve serves the metrics on /metrics, liveness on /healthz, readiness on /readyz and the
+// local pods' status (Agent.Status, JSON; `podwall status`) on /status at
 // addr until ctx is done. It returns once it listens (with the address it listens on, for
 // a port 0) or fails to; the channel then gives the server's error, or nil once it has shut
 // down after ctx is done.
@@ -24,6 +27,17 @@ func Serve(ctx context.Context, addr string, a *Agent) (net.Addr, <-chan error, 
 	mux.Handle("/metrics", promhttp.HandlerFor(a.cfg.Metrics.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", probe(a.Healthy, "the loop is stuck"))
 	mux.HandleFunc("/readyz", probe(a.Ready, "no state applied yet"))
+	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+		s, err := a.Status()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if err := json.NewEncoder(w).Encode(s); err != nil {
+			a.log.Warn("write /status", zap.Error(err))
+		}
+	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 
@@ -26,6 +27,8 @@ type (
 	Displaced = loader.Displaced
 	// XDPMode is how from_world is attached to an uplink (loader.XDPMode).
 	XDPMode = loader.XDPMode
+	// RuleCount is what one rule of one pod decided (maps.RuleCount).
+	RuleCount = maps.RuleCount
 )
 
 // The XDP modes (loader.XDPNative, loader.XDPGeneric).
@@ -119,6 +122,22 @@ func (d *Datapath) Verdicts() ([bpf.NumReasons]uint64, error) { return ReadStats
 
 // XDPDrops reads the packets from_world dropped at the uplinks, under each reason.
 func (d *Datapath) XDPDrops() ([bpf.NumReasons]uint64, error) { return ReadStats(d.l.Maps().XdpStats) }
+
+// Audits reads the packets to pods in audit mode that their policy drops, under each reason:
+// they passed.
+func (d *Datapath) Audits() ([bpf.NumReasons]uint64, error) { return ReadStats(d.l.Maps().AuditStats) }
+
+// RuleCounts reads what each rule of the endpoint at ifindex decided, by rule bit, then the
+// packets no rule decided; nil when the endpoint has no entry or is not counted.
+func (d *Datapath) RuleCounts(ifindex uint32) ([]RuleCount, error) {
+	var e bpf.PodwallEndpointEntry
+	if err := d.l.Maps().Endpoints.Lookup(ifindex, &e); errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("read endpoint %d: %w", ifindex, err)
+	}
+	return maps.ReadRuleCounts(d.l.Maps().RuleCounters, e)
+}
 
 // ReadStats sums a per-CPU stats map (stats, xdp_stats) over the CPUs, by reason.
 func ReadStats(m *ebpf.Map) ([bpf.NumReasons]uint64, error) {

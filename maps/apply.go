@@ -88,11 +88,16 @@ func Want(s *compiler.State) Contents {
 	return d
 }
 
-// Read reads what the maps an Applier writes hold.
+// Read reads what the maps an Applier writes hold, as Want says it: the endpoints' rule
+// counters are the Applier's choice, not the State's, and are left out.
 func Read(m *bpf.PodwallMaps) (Contents, error) {
 	a := newApplier(m)
 	if err := a.load(); err != nil {
 		return Contents{}, err
+	}
+	for ifindex, e := range a.endpoints.present {
+		e.Ep.Counters = 0
+		a.endpoints.present[ifindex] = e
 	}
 	return Contents{
 		Endpoints: a.endpoints.present, IPCache: a.ipcache.present,

@@ -49,6 +49,8 @@ type agentOptions struct {
 	strict      []string
 	xdp         []string
 	chainCheck  time.Duration
+	ruleMetrics string
+	ruleTop     int
 }
 
 // conntrackOptions size conntrack and time its flows.
@@ -118,7 +120,9 @@ func (o *agentOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.nodeName, "node-name", "", "name of this node: its pods are the ones podwall guards (default: $NODE_NAME, else the host name)")
 	f.StringVar(&o.bpffs, "bpffs", loader.DefaultBPFFS, "bpf filesystem where programs, links and maps are pinned, under <bpffs>/podwall (which may itself be a bind mount of a bpffs folder, as the DaemonSet mounts it)")
 	o.policyOptions.addFlags(f)
-	f.StringVar(&o.metricsAddr, "metrics-addr", "", "address to serve /metrics, /healthz and /readyz on, e.g. :9402 (empty: none)")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", "address to serve /metrics, /healthz, /readyz and /status (podwall status) on, e.g. :9402 (empty: none)")
+	f.StringVar(&o.ruleMetrics, "rule-metrics", "top", "which rules' counters are series of podwall_rule_hits_total{namespace,pod,rule}: top (the --rule-metrics-top rules with the most packets), all (every rule of every local pod: a series each), or none")
+	f.IntVar(&o.ruleTop, "rule-metrics-top", agent.DefaultRuleMetricsTop, "how many rules --rule-metrics=top makes series of")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "json", "json or console")
 	f.DurationVar(&o.chainCheck, "chain-check-interval", agent.DefaultChainCheck, "how often the agent checks that its programs run first on every pod interface (tcx and clsact), and puts them first again where another tool attached ahead of them")
@@ -244,6 +248,16 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 	if err != nil {
 		return err
 	}
+	var rules agent.RuleMetrics
+	switch o.ruleMetrics {
+	case "top":
+		rules.Top = o.ruleTop
+	case "all":
+		rules.All = true
+	case "none":
+	default:
+		return fmt.Errorf("--rule-metrics %q: top, all or none", o.ruleMetrics)
+	}
 	node := o.nodeName
 	if node == "" {
 		if node, err = os.Hostname(); err != nil {
@@ -301,6 +315,7 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 		Strict:      o.strict,
 		ChainCheck:  o.chainCheck,
 		XDP:         o.xdp,
+		RuleMetrics: rules,
 	})
 	var serveErr <-chan error // nil: no server, never ready
 	if o.metricsAddr != "" {
@@ -336,17 +351,23 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 }
 
 func (o agentOptions) client() (kubernetes.Interface, error) {
+	return kubeClient(o.kubeconfig, "podwall-agent")
+}
+
+// kubeClient is a client of the cluster of a kubeconfig file, or of the in-cluster
+// configuration without one.
+func kubeClient(kubeconfig, userAgent string) (kubernetes.Interface, error) {
 	var cfg *rest.Config
 	var err error
-	if o.kubeconfig != "" {
-		cfg, err = clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	if kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
 	} else {
 		cfg, err = rest.InClusterConfig()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client configuration (give --kubeconfig, or --pods-file for standalone mode): %w", err)
 	}
-	cfg.UserAgent = "podwall-agent"
+	cfg.UserAgent = userAgent
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)

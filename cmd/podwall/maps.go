@@ -6,6 +6,7 @@ import (
 	"math/bits"
 	"net/netip"
 	"slices"
+	"strconv"
 	"text/tabwriter"
 
 	"github.com/cilium/ebpf"
@@ -22,15 +23,26 @@ import (
 var mapSections = []string{"endpoints", "policies", "ipcache", "conntrack", "stats"}
 
 func newMapsCmd(d deps) *cobra.Command {
-	var bpffs string
+	var (
+		bpffs string
+		file  string
+		o     policyOptions
+	)
 	cmd := &cobra.Command{
 		Use:   "maps [SECTION...]",
 		Short: "Print what the pinned maps hold",
 		Long: `Print the state the data path judges with, read from the pinned maps (read-only, with a
 shared lock, so it works while the agent runs). SECTION is any of: endpoints, policies,
-ipcache, conntrack, stats; all of them by default.`,
+ipcache, conntrack, stats; all of them by default.
+
+policies lists each policy's rules with what they decided on this node, summed over the pods
+that use the policy: packets, and flows (allow: flows admitted; deny and "no rule": packets
+that would have opened one). With -f, the pods of a file such as "kubectl get
+pods,namespaces -A -o yaml" prints give the rules' text (compiled with the policy flags, as
+the agent does).`,
 		Example: `  podwall maps
-  podwall maps endpoints stats`,
+  podwall maps endpoints stats
+  kubectl get pods,namespaces -A -o yaml | podwall maps policies -f -`,
 		ValidArgs: mapSections,
 		Args:      cobra.OnlyValidArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -50,12 +62,24 @@ ipcache, conntrack, stats; all of them by default.`,
 					return err
 				}
 			}
+			n := &namer{}
+			if file != "" {
+				opts, err := o.compilerOptions()
+				if err != nil {
+					return err
+				}
+				snap, err := readPods(d, file)
+				if err != nil {
+					return err
+				}
+				n = newNamer(snap, opts)
+			}
 			w := tabwriter.NewWriter(d.stdout, 0, 4, 2, ' ', 0)
 			for _, s := range mapSections {
 				if !slices.Contains(args, s) {
 					continue
 				}
-				if err := printSection(w, m, endpoints, s); err != nil {
+				if err := printSection(w, m, endpoints, n, s); err != nil {
 					return err
 				}
 			}
@@ -63,11 +87,13 @@ ipcache, conntrack, stats; all of them by default.`,
 		},
 	}
 	cmd.Flags().StringVar(&bpffs, "bpffs", loader.DefaultBPFFS, "the bpffs mount holding podwall's pinned state")
+	cmd.Flags().StringVarP(&file, "filename", "f", "", `Pods and Namespaces, YAML or JSON ("-": stdin), to print the rules' text`)
+	o.addFlags(cmd.Flags())
 	return cmd
 }
 
 // printSection prints one section; endpoints is what the endpoints map holds.
-func printSection(w *tabwriter.Writer, m *bpf.PodwallMaps, endpoints map[uint32]bpf.PodwallEndpointEntry, section string) error {
+func printSection(w *tabwriter.Writer, m *bpf.PodwallMaps, endpoints map[uint32]bpf.PodwallEndpointEntry, n *namer, section string) error {
 	switch section {
 	case "endpoints":
 		epoch, changing, err := pwmaps.ReadEpoch(m.Epoch)
@@ -77,14 +103,13 @@ func printSection(w *tabwriter.Writer, m *bpf.PodwallMaps, endpoints map[uint32]
 		printEndpoints(w, endpoints, epoch, changing)
 		return nil
 	case "policies":
-		printPolicies(w, endpoints)
-		return nil
+		return printPolicies(w, m.RuleCounters, endpoints, n)
 	case "ipcache":
 		return printIPCache(w, m.Ipcache)
 	case "conntrack":
 		return printConntrack(w, m.Conntrack)
 	case "stats":
-		return printStats(w, m.Stats, m.XdpStats)
+		return printStats(w, m.Stats, m.XdpStats, m.AuditStats)
 	}
 	return fmt.Errorf("unknown section %q", section)
 }
@@ -116,30 +141,54 @@ func printEndpoints(w *tabwriter.Writer, rows map[uint32]bpf.PodwallEndpointEntr
 		state = "odd: endpoints are being changed, or an apply failed midway; flows are judged on their generation"
 	}
 	fmt.Fprintf(w, "conntrack epoch %d (%s)\n", epoch, state)
-	fmt.Fprintf(w, "ENDPOINT (ifindex)\tMODE\tPOLICY\tGENERATION\tALLOW HOST\n")
+	fmt.Fprintf(w, "ENDPOINT (ifindex)\tMODE\tAUDIT\tPOLICY\tGENERATION\tALLOW HOST\tCOUNTERS\n")
 	for _, k := range slices.Sorted(maps.Keys(rows)) {
 		v := rows[k].Ep
 		policy := "-" // only enforce mode reads a policy
 		if v.Mode == bpf.ModeEnforce {
 			policy = fmt.Sprintf("%#08x", v.Policy)
 		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%#08x\t%t\n", k, modeNames[v.Mode], policy, v.Generation, v.Flags&bpf.EPAllowHost != 0)
+		counters := "-"
+		if v.Counters != 0 {
+			counters = fmt.Sprintf("slot %d", v.Counters)
+		}
+		fmt.Fprintf(w, "%d\t%s\t%t\t%s\t%#08x\t%t\t%s\n", k, modeNames[v.Mode], v.Flags&bpf.EPAudit != 0, policy, v.Generation,
+			v.Flags&bpf.EPAllowHost != 0, counters)
 	}
 	fmt.Fprintln(w)
 }
 
-// printPolicies lists the policies the endpoints in enforce mode hold, each once.
-func printPolicies(w *tabwriter.Writer, rows map[uint32]bpf.PodwallEndpointEntry) {
+// printPolicies lists the policies the endpoints in enforce mode hold, each once, then each
+// policy's rules with their counters summed over its endpoints, named by n.
+func printPolicies(w *tabwriter.Writer, counters *ebpf.Map, rows map[uint32]bpf.PodwallEndpointEntry, n *namer) error {
 	fmt.Fprintf(w, "POLICY\tENDPOINTS\tRULES\tDENY RULES\tFIELDS LOOKED UP\n")
 	records := map[uint32]bpf.PodwallPolicy{}
 	users := map[uint32]int{}
+	hits := map[uint32][]pwmaps.RuleCount{}
 	for _, e := range rows {
-		if e.Ep.Mode == bpf.ModeEnforce {
-			records[e.Ep.Policy] = e.Rules
-			users[e.Ep.Policy]++
+		if e.Ep.Mode != bpf.ModeEnforce {
+			continue
 		}
+		records[e.Ep.Policy] = e.Rules
+		users[e.Ep.Policy]++
+		counts, err := pwmaps.ReadRuleCounts(counters, e)
+		if err != nil {
+			return err
+		}
+		sum := hits[e.Ep.Policy]
+		if sum == nil {
+			sum = make([]pwmaps.RuleCount, len(counts))
+		}
+		for i, c := range counts {
+			if i < len(sum) {
+				sum[i].Packets += c.Packets
+				sum[i].Flows += c.Flows
+			}
+		}
+		hits[e.Ep.Policy] = sum
 	}
-	for _, id := range slices.Sorted(maps.Keys(records)) {
+	ids := slices.Sorted(maps.Keys(records))
+	for _, id := range ids {
 		v := records[id]
 		denys := 0
 		for _, word := range v.Deny {
@@ -148,6 +197,30 @@ func printPolicies(w *tabwriter.Writer, rows map[uint32]bpf.PodwallEndpointEntry
 		fmt.Fprintf(w, "%#08x\t%d\t%d\t%d\t%s\n", id, users[id], v.Nrules, denys, policyFields(v.Flags))
 	}
 	fmt.Fprintln(w)
+	fmt.Fprintf(w, "POLICY\tRULE\tPACKETS\tFLOWS\tTEXT\n")
+	for _, id := range ids {
+		sources := n.rules[id]
+		for i, c := range hits[id] {
+			rule, text := strconv.Itoa(i+1), ""
+			switch {
+			case i == len(hits[id])-1:
+				rule, text = "-", "(no rule matched)"
+			case i < len(sources):
+				rule, text = ruleNumber(sources[i]), sources[i].Text
+			}
+			fmt.Fprintf(w, "%#08x\t%s\t%d\t%d\t%s\n", id, rule, c.Packets, c.Flows, text)
+		}
+	}
+	fmt.Fprintln(w)
+	return nil
+}
+
+// ruleNumber is the rule's number in its annotation, "default" for the namespace default's.
+func ruleNumber(r compiler.RuleSource) string {
+	if r.Index == 0 {
+		return "default"
+	}
+	return strconv.Itoa(r.Index)
 }
 
 func policyFields(flags uint32) string {
@@ -225,8 +298,9 @@ func printConntrack(w *tabwriter.Writer, m *ebpf.Map) error {
 }
 
 // printStats prints the packets counted under each reason: by to_pod and from_pod on the pods'
-// interfaces (tc), and by from_world on the uplinks (xdp), which only drops.
-func printStats(w *tabwriter.Writer, tc, xdp *ebpf.Map) error {
+// interfaces (tc), by from_world on the uplinks (xdp), which only drops, and by to_pod for
+// pods in audit mode (audit): passed, though their policy drops them for that reason.
+func printStats(w *tabwriter.Writer, tc, xdp, audit *ebpf.Map) error {
 	tcCounts, err := datapath.ReadStats(tc)
 	if err != nil {
 		return fmt.Errorf("read map stats: %w", err)
@@ -235,9 +309,13 @@ func printStats(w *tabwriter.Writer, tc, xdp *ebpf.Map) error {
 	if err != nil {
 		return fmt.Errorf("read map xdp_stats: %w", err)
 	}
-	fmt.Fprintf(w, "REASON\tTC\tXDP\n")
+	auditCounts, err := datapath.ReadStats(audit)
+	if err != nil {
+		return fmt.Errorf("read map audit_stats: %w", err)
+	}
+	fmt.Fprintf(w, "REASON\tTC\tXDP\tAUDIT\n")
 	for r := range bpf.NumReasons {
-		fmt.Fprintf(w, "%s\t%d\t%d\n", r, tcCounts[r], xdpCounts[r])
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\n", r, tcCounts[r], xdpCounts[r], auditCounts[r])
 	}
 	fmt.Fprintln(w)
 	return nil

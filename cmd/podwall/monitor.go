@@ -35,8 +35,9 @@ func newMonitorCmd(d deps) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "monitor",
 		Short: "Print the data path's drops and newly allowed flows as they happen",
-		Long: `Print the events of the data path, one a line: every dropped packet and the first packet
-of every inbound flow a rule allowed, with the reason, where it was decided (at=tc on the
+		Long: `Print the events of the data path, one a line: every dropped packet, every new flow a pod
+in audit mode let through that its policy drops (AUDIT, with the reason and rule that would
+have dropped it), and the first packet of every inbound flow a rule allowed, with the reason, where it was decided (at=tc on the
 pod's interface, at=xdp on an uplink) and the deciding rule (rule N is the Nth rule of the
 pod's annotation; under the namespace default, rule 1 is that default). With -f, the pods of
 a file such as "kubectl get pods,namespaces -A -o yaml" prints name the addresses and the
@@ -104,7 +105,7 @@ of one ring buffer share its position.`,
 	cmd.Flags().IntVarP(&count, "count", "c", 0, "exit after this many events printed (0: until interrupted)")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json (one object a line)")
 	cmd.Flags().StringVarP(&file, "filename", "f", "", `Pods and Namespaces, YAML or JSON ("-": stdin), to name addresses and rules`)
-	cmd.Flags().StringVar(&f.verdict, "verdict", "", "only drop or only pass")
+	cmd.Flags().StringVar(&f.verdict, "verdict", "", "only drop, only pass, or only audit (what a pod in audit mode let through that its policy drops)")
 	cmd.Flags().StringVar(&f.hook, "hook", "", "only tc or only xdp")
 	cmd.Flags().StringVar(&f.namespace, "namespace", "", "only events from or to pods of this namespace (needs -f)")
 	cmd.Flags().StringVar(&f.pod, "pod", "", "only events from or to this pod, NAMESPACE/NAME (needs -f)")
@@ -144,8 +145,8 @@ type eventFilter struct {
 }
 
 func (f eventFilter) check() error {
-	if f.verdict != "" && f.verdict != "drop" && f.verdict != "pass" {
-		return fmt.Errorf("--verdict %q: drop or pass", f.verdict)
+	if f.verdict != "" && f.verdict != "drop" && f.verdict != "pass" && f.verdict != "audit" {
+		return fmt.Errorf("--verdict %q: drop, pass or audit", f.verdict)
 	}
 	if f.hook != "" && f.hook != "tc" && f.hook != "xdp" {
 		return fmt.Errorf("--hook %q: tc or xdp", f.hook)
@@ -225,8 +226,11 @@ type eventView struct {
 func (n *namer) view(ev bpf.PodwallEvent, now time.Time) eventView {
 	v := eventView{Time: now, Verdict: "PASS", Reason: bpf.Reason(ev.Reason).String(), Hook: "tc", Ifindex: ev.Ifindex,
 		Identity: identityName(ev.Identity)}
-	if ev.Verdict != bpf.VerdictPass {
+	switch ev.Verdict {
+	case bpf.VerdictDrop:
 		v.Verdict = "DROP"
+	case bpf.VerdictAudit:
+		v.Verdict = "AUDIT"
 	}
 	if ev.Hook == bpf.HookXDP {
 		v.Hook = "xdp"

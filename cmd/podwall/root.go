@@ -23,7 +23,7 @@ func newRoot(d deps) *cobra.Command {
 	root.SetIn(d.stdin)
 	root.SetOut(d.stdout)
 	root.SetErr(d.stderr)
-	root.AddCommand(newPolicyCmd(d), newTagsCmd(d), newMapsCmd(d), newMonitorCmd(d), newExplainCmd(d))
+	root.AddCommand(newPolicyCmd(d), newTagsCmd(d), newMapsCmd(d), newMonitorCmd(d), newExplainCmd(d), newStatusCmd(d))
 	root.AddCommand(newAgentCmd(d))
 	return root
 }

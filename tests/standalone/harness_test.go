@@ -68,6 +68,8 @@ type cluster struct {
 	// it (0: k8s.DefaultConfirm).
 	confirm time.Duration
 	pods    map[string]*topo.Pod // the topology's pods by name
+	// nsAnnotations are the namespaces' annotations write gives them, by name.
+	nsAnnotations map[string]map[string]string
 	// listed is the pod each topology pod's interface was last listed for: one that leaves
 	// the file keeps an isolated endpoint while its interface lives.
 	listed map[*topo.Pod]compiler.Endpoint
@@ -94,8 +96,9 @@ func (c *cluster) addPod(name string) *topo.Pod {
 	return p
 }
 
-// render prints pods and namespaces as `kubectl get pods,namespaces -A -o yaml` does.
-func render(t *testing.T, pods []podSpec, namespaces []string) []byte {
+// render prints pods and namespaces as `kubectl get pods,namespaces -A -o yaml` does;
+// nsAnnotations are the namespaces' annotations, by name.
+func render(t *testing.T, pods []podSpec, namespaces []string, nsAnnotations map[string]map[string]string) []byte {
 	t.Helper()
 	list := corev1.List{TypeMeta: metav1.TypeMeta{Kind: "List", APIVersion: "v1"}}
 	add := func(obj any) {
@@ -108,7 +111,7 @@ func render(t *testing.T, pods []podSpec, namespaces []string) []byte {
 	for _, ns := range namespaces {
 		add(&corev1.Namespace{
 			TypeMeta:   metav1.TypeMeta{Kind: "Namespace", APIVersion: "v1"},
-			ObjectMeta: metav1.ObjectMeta{Name: ns},
+			ObjectMeta: metav1.ObjectMeta{Name: ns, Annotations: nsAnnotations[ns]},
 		})
 	}
 	for _, p := range pods {
@@ -146,7 +149,7 @@ func render(t *testing.T, pods []podSpec, namespaces []string) []byte {
 // write replaces the pods file, by a rename as editors do.
 func (c *cluster) write(pods []podSpec, namespaces ...string) {
 	c.t.Helper()
-	c.writeRaw(render(c.t, pods, namespaces))
+	c.writeRaw(render(c.t, pods, namespaces, c.nsAnnotations))
 	for _, p := range pods {
 		if p.tp != nil && (p.node == "" || p.node == nodeName) && !p.hostNetwork {
 			c.listed[p.tp] = compiler.Endpoint{Ifindex: uint32(p.tp.HostIfindex), Namespace: p.ns, Name: p.name}
@@ -197,7 +200,7 @@ func (c *cluster) expected(opts compiler.Options) *compiler.State {
 	defer f.Close()
 	host, err := f.HostAddrs()
 	require.NoError(c.t, err)
-	return compiler.Compile(compiler.Input{Pods: pods, Endpoints: eps, HostIPs: host, Options: opts})
+	return compiler.Compile(compiler.Input{Pods: pods, Endpoints: eps, HostIPs: host, NamespaceAnnotations: snap.NamespaceAnnotations, Options: opts})
 }
 
 // awaitApplied waits until the kernel's maps hold exactly what the file as last written
@@ -249,7 +252,7 @@ func (c *cluster) startAgentUnready(opts compiler.Options, edits ...func(*loader
 	}
 	r := &runningAgent{
 		t: c.t, done: make(chan error, 1), dp: dp, finder: finder, logs: logs,
-		metrics: agent.NewMetrics(dp.Verdicts, dp.XDPDrops),
+		metrics: agent.NewMetrics(dp),
 		ready:   filepath.Join(c.t.TempDir(), "ready"),
 	}
 	r.agent = agent.New(agent.Config{

@@ -72,7 +72,7 @@ func TestBrokenPodsFileLeavesNoPodOpen(t *testing.T) {
 	c.awaitApplied(defaults)
 	state = c.expected(defaults)
 	specs[0], specs[3] = specs[3], specs[0] // the guarded pod last
-	list := render(t, specs, []string{"shop"})
+	list := render(t, specs, []string{"shop"}, nil)
 	require.NoError(t, os.WriteFile(c.file, cutInLastStatus(t, list), 0o644))
 	failed("an object without a kind")
 	pinned.Await(t, c.bpffs, state, applyWait)
@@ -92,7 +92,7 @@ func TestBrokenPodsFileLeavesNoPodOpen(t *testing.T) {
 	c.write(specs, "shop")
 	c.awaitApplied(defaults)
 	state = c.expected(defaults)
-	j, err := yaml.YAMLToJSON(render(t, specs, []string{"shop"}))
+	j, err := yaml.YAMLToJSON(render(t, specs, []string{"shop"}, nil))
 	require.NoError(t, err)
 	at := bytes.Index(j, []byte(`"allow tcp`))
 	require.Positive(t, at)
