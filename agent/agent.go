@@ -76,6 +76,8 @@ type Interfaces interface {
 	Uplinks() ([]int, error)
 	// LinkType is the kind of an interface ("veth", "device", ...).
 	LinkType(ifindex int) (string, error)
+	// Name is an interface's name.
+	Name(ifindex int) (string, error)
 	// Watch calls changed for each change of links, routes and neighbours until ctx is done
 	// (nil) or notifications were lost (an error).
 	Watch(ctx context.Context, changed func(netif.Change)) error

@@ -195,6 +195,8 @@ func (f *fakeInterfaces) Uplinks() ([]int, error) {
 	return slices.Clone(f.uplinks), nil
 }
 
+func (f *fakeInterfaces) Name(ifindex int) (string, error) { return fmt.Sprint("if", ifindex), nil }
+
 func (f *fakeInterfaces) LinkType(ifindex int) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -239,7 +239,8 @@ func (v *verdicts) Collect(ch chan<- prometheus.Metric) {
 // podwall_rule_flows_total. A series is a rule of a local pod, labelled with its text, so that
 // it lives as long as the counts do (they follow a rule's text). Every rule of every pod is
 // opt-in (All): a node of 250 pods with 20 rules each makes 5,000 series. By default only the
-// Top rules by packets are, bounded whatever the node holds; Top 0 and not All: none.
+// Top rules by packets are (0: DefaultRuleMetricsTop), bounded whatever the node holds;
+// negative and not All: none.
 type RuleMetrics struct {
 	All bool
 	Top int
@@ -270,7 +271,8 @@ func (r *ruleHits) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (r *ruleHits) Collect(ch chan<- prometheus.Metric) {
-	if !r.cfg.All && r.cfg.Top <= 0 {
+	top := cmp.Or(r.cfg.Top, DefaultRuleMetricsTop)
+	if !r.cfg.All && top < 0 {
 		return
 	}
 	pods, err := r.status()
@@ -297,9 +299,9 @@ func (r *ruleHits) Collect(ch chan<- prometheus.Metric) {
 			all[i].flows += rule.Flows
 		}
 	}
-	if !r.cfg.All && len(all) > r.cfg.Top {
+	if !r.cfg.All && len(all) > top {
 		slices.SortStableFunc(all, func(a, b series) int { return cmp.Compare(b.packets, a.packets) })
-		all = all[:r.cfg.Top]
+		all = all[:top]
 	}
 	for _, s := range all {
 		ch <- prometheus.MustNewConstMetric(ruleHitsDesc, prometheus.CounterValue, float64(s.packets), s.namespace, s.pod, s.rule)

@@ -3,7 +3,6 @@ package agent
 import (
 	"cmp"
 	"fmt"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -78,8 +77,8 @@ func (a *Agent) keepStatus(locals []k8s.Pod, ifindexOf map[podKey]uint32, state 
 		if found {
 			s.Ifindex = ifindex
 			s.Interface = "if" + strconv.Itoa(int(ifindex))
-			if ifc, err := net.InterfaceByIndex(int(ifindex)); err == nil {
-				s.Interface = ifc.Name
+			if name, err := a.cfg.Finder.Name(int(ifindex)); err == nil {
+				s.Interface = name
 			}
 			s.Attach = string(a.cfg.Datapath.Mode())
 		}

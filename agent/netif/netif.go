@@ -309,6 +309,15 @@ func (f *Finder) Uplinks() ([]int, error) {
 	return out, nil
 }
 
+// Name is the name of the interface at ifindex.
+func (f *Finder) Name(ifindex int) (string, error) {
+	l, err := f.nl.LinkByIndex(ifindex)
+	if err != nil {
+		return "", fmt.Errorf("find interface %d: %w", ifindex, err)
+	}
+	return l.Attrs().Name, nil
+}
+
 // LinkType is the kind of the interface at ifindex, as netlink names it ("veth", "device"
 // for a NIC, "bridge", ...).
 func (f *Finder) LinkType(ifindex int) (string, error) {

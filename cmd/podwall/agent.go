@@ -251,10 +251,14 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 	var rules agent.RuleMetrics
 	switch o.ruleMetrics {
 	case "top":
+		if o.ruleTop <= 0 {
+			return fmt.Errorf("--rule-metrics-top %d: must be positive (--rule-metrics=none for no series)", o.ruleTop)
+		}
 		rules.Top = o.ruleTop
 	case "all":
 		rules.All = true
 	case "none":
+		rules.Top = -1
 	default:
 		return fmt.Errorf("--rule-metrics %q: top, all or none", o.ruleMetrics)
 	}

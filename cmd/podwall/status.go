@@ -118,9 +118,12 @@ func printStatus(out io.Writer, pods []agent.PodStatus, rules bool) error {
 		}
 		fmt.Fprintf(w, "%s/%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Name, dash(p.Interface), dash(p.Attach),
 			p.Mode, dash(p.Policy), nrules, generation(p.Generation), since, counts[0], counts[1], counts[2], dash(p.Why))
-		if rules {
+	}
+	if rules {
+		fmt.Fprintf(w, "\nPOD\tRULE\tPACKETS\tFLOWS\tTEXT\n")
+		for _, p := range pods {
 			for _, r := range p.Rules {
-				fmt.Fprintf(w, "  rule %s\t%s\t\t\tpackets %d\tflows %d\n", r.Rule, r.Text, r.Packets, r.Flows)
+				fmt.Fprintf(w, "%s/%s\t%s\t%d\t%d\t%s\n", p.Namespace, p.Name, r.Rule, r.Packets, r.Flows, r.Text)
 			}
 		}
 	}
