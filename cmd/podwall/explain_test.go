@@ -1,7 +1,16 @@
 package main
 
 import (
+	"errors"
+	"net/netip"
 	"testing"
+
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 )
 
 func TestExplain(t *testing.T) {
@@ -44,6 +53,9 @@ func TestExplain(t *testing.T) {
 		{name: "open namespace", args: run("--open-namespaces", "shop", "other/x", "shop/web", "tcp:1"),
 			stdout: "other/x (10.0.1.5) -> shop/web (10.0.0.2) tcp port 1: PASS\n" +
 				"  shop/web is in open namespace shop: it accepts everything\n"},
+		{name: "audit mode passes what the policy drops", args: run("--audit", "shop/front", "shop/web", "tcp:80"),
+			stdout: "shop/front (10.0.0.3) -> shop/web (10.0.0.2) tcp port 80: PASS\n" +
+				"  no rule of shop/web allows it; audit mode passes it, reported as verdict audit\n"},
 		{name: "IPv6", args: run("-6", "shop/front", "shop/web", "icmpv6:128"),
 			stdout: "shop/front (fd00::3) -> shop/web (fd00::2) icmpv6 type 128 code 0: DROP\n  no rule of shop/web allows it\n"},
 		{name: "unknown pod", args: run("shop/front", "shop/nope"), code: 1,
@@ -59,4 +71,40 @@ func TestExplain(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) { requireCLI(t, tt) })
 	}
+}
+
+func TestExplainLiveFlags(t *testing.T) {
+	for _, tt := range []cliTest{
+		{name: "a file and the node's state", args: []string{"explain", "-f", "testdata/explain-pods.yaml", "--pods-file", "x", "shop/front", "shop/web"}, code: 1,
+			stderr: "podwall: -f explains with the model only: --pods-file is for the node's kernel\n"},
+		{name: "a file and a bpffs", args: []string{"explain", "-f", "testdata/explain-pods.yaml", "--bpffs", "/x", "shop/front", "shop/web"}, code: 1,
+			stderr: "podwall: -f explains with the model only: --bpffs is for the node's kernel\n"},
+		{name: "no pinned state", args: []string{"explain", "--pods-file", "testdata/explain-pods.yaml", "--bpffs", "/nonexistent", "shop/front", "shop/web"}, code: 1,
+			stderr: "podwall: open the node's pinned state: load pinned map conntrack: no such file or directory\n"},
+		{name: "no kubeconfig", args: []string{"explain", "--kubeconfig", "/nonexistent", "shop/front", "shop/web"}, code: 1,
+			stderr: "podwall: kubernetes client configuration (give --kubeconfig, or --pods-file for standalone mode): stat /nonexistent: no such file or directory\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) { requireCLI(t, tt) })
+	}
+}
+
+func TestClusterPods(t *testing.T) {
+	client := fake.NewClientset(
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}},
+		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web", Labels: map[string]string{"role": "frontend"}},
+			Spec: corev1.PodSpec{NodeName: "node-1"}, Status: corev1.PodStatus{PodIPs: []corev1.PodIP{{IP: "10.0.0.2"}}}},
+	)
+	snap, err := clusterPods(t.Context(), client)
+	require.NoError(t, err)
+	require.Equal(t, []string{"shop"}, snap.Namespaces)
+	require.Len(t, snap.Pods, 1)
+	require.Equal(t, "shop/web", snap.Pods[0].Namespace+"/"+snap.Pods[0].Name)
+	require.Equal(t, []netip.Addr{netip.MustParseAddr("10.0.0.2")}, snap.Pods[0].IPs)
+
+	client.PrependReactor("list", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, errors.New("forbidden")
+	})
+	_, err = clusterPods(t.Context(), client)
+	require.ErrorContains(t, err, "read pods from the cluster: watch pods: ")
+	require.ErrorContains(t, err, "forbidden")
 }
