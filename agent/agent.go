@@ -191,7 +191,7 @@ type Agent struct {
 	// name is another pod).
 	enforcement map[podUID]condition
 	// status is what the last apply left of each local pod, for Status.
-	status atomic.Pointer[[]podStatus]
+	status atomic.Pointer[[]PodStatus]
 }
 
 type podUID struct {

@@ -47,24 +47,20 @@ type RuleStatus struct {
 	Deny    bool   `json:"deny,omitempty"`
 	Packets uint64 `json:"packets"`
 	Flows   uint64 `json:"flows"`
-}
-
-// podStatus is what an apply leaves of a pod for Status; the counts are read when asked.
-type podStatus struct {
-	PodStatus
-	audit bool
+	// Audited are the packets audit mode passed, of Packets.
+	Audited uint64 `json:"audited"`
 }
 
 // keepStatus notes each local pod's status after an apply, from the state it applied and the
 // conditions publishEnforcement computed.
 func (a *Agent) keepStatus(locals []k8s.Pod, ifindexOf map[podKey]uint32, state *compiler.State) {
-	out := make([]podStatus, 0, len(locals))
+	out := make([]PodStatus, 0, len(locals))
 	for _, p := range locals {
 		if len(p.IPs) == 0 || p.HostNetwork {
 			continue
 		}
 		k := keyOf(p)
-		s := podStatus{PodStatus: PodStatus{Namespace: k.namespace, Name: k.name, Mode: "none"}}
+		s := PodStatus{Namespace: k.namespace, Name: k.name, Mode: "none"}
 		c, ok := a.enforcement[podUID{k, p.UID}]
 		if ok && c.enforced {
 			since := c.since
@@ -84,7 +80,6 @@ func (a *Agent) keepStatus(locals []k8s.Pod, ifindexOf map[podKey]uint32, state 
 		}
 		if found && entered {
 			s.Generation = ep.Generation
-			s.audit = ep.Flags&bpf.EPAudit != 0
 			s.Mode = modeName(ep)
 			if ep.Mode == bpf.ModeEnforce {
 				s.Policy = fmt.Sprintf("%#08x", ep.Policy)
@@ -101,7 +96,7 @@ func (a *Agent) keepStatus(locals []k8s.Pod, ifindexOf map[podKey]uint32, state 
 		}
 		out = append(out, s)
 	}
-	slices.SortFunc(out, func(x, y podStatus) int {
+	slices.SortFunc(out, func(x, y PodStatus) int {
 		return cmp.Or(strings.Compare(x.Namespace, y.Namespace), strings.Compare(x.Name, y.Name))
 	})
 	a.status.Store(&out)
@@ -135,8 +130,7 @@ func (a *Agent) Status() ([]PodStatus, error) {
 		return []PodStatus{}, nil
 	}
 	out := make([]PodStatus, len(*kept))
-	for i, s := range *kept {
-		p := s.PodStatus
+	for i, p := range *kept {
 		p.Rules = slices.Clone(p.Rules)
 		if len(p.Rules) > 0 {
 			counts, err := a.cfg.Datapath.RuleCounts(p.Ifindex)
@@ -147,14 +141,12 @@ func (a *Agent) Status() ([]PodStatus, error) {
 			if len(counts) == len(p.Rules) {
 				for j, c := range counts {
 					r := &p.Rules[j]
-					r.Packets, r.Flows = c.Packets, c.Flows
-					switch {
-					case !r.Deny:
+					r.Packets, r.Flows, r.Audited = c.Packets, c.Flows, c.Audited
+					p.Audited += c.Audited
+					if r.Deny {
+						p.Dropped += c.Packets - c.Audited
+					} else {
 						p.Allowed += c.Packets
-					case s.audit:
-						p.Audited += c.Packets
-					default:
-						p.Dropped += c.Packets
 					}
 				}
 			} else {

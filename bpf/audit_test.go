@@ -36,6 +36,7 @@ func (f *fixture) ruleCount(bit uint32) PodwallRuleCount {
 	for _, c := range per {
 		out.Packets += c.Packets
 		out.Flows += c.Flows
+		out.Audited += c.Audited
 	}
 	return out
 }
@@ -57,9 +58,9 @@ func TestAuditPassesWhatThePolicyDrops(t *testing.T) {
 	require.Equal(t, uint64(1), audits[rsDeny])
 	require.Equal(t, uint64(1), audits[rsNoRule])
 	require.Zero(t, f.sum(f.objs.Stats)[rsDeny], "an audited packet is no drop")
-	require.Equal(t, PodwallRuleCount{Packets: 2, Flows: 1}, f.ruleCount(6), "the deny rule counts its flow's packets")
+	require.Equal(t, PodwallRuleCount{Packets: 2, Flows: 1, Audited: 2}, f.ruleCount(6), "the deny rule counts its flow's packets")
 	require.Equal(t, PodwallRuleCount{Packets: 1, Flows: 1}, f.ruleCount(8))
-	require.Equal(t, PodwallRuleCount{Packets: 1, Flows: 1}, f.ruleCount(nrules), "no rule")
+	require.Equal(t, PodwallRuleCount{Packets: 1, Flows: 1, Audited: 1}, f.ruleCount(nrules), "no rule")
 
 	// The event says audit, with the rule that would have dropped.
 	f.drainEvents()
@@ -87,7 +88,7 @@ func TestAuditPassesWhatThePolicyDrops(t *testing.T) {
 		}),
 		pass("isolated", in4(worldV4, udp(40000, 53)), rsIsolated),
 	})
-	require.Equal(t, PodwallRuleCount{Packets: 1, Flows: 1}, f.ruleCount(0))
+	require.Equal(t, PodwallRuleCount{Packets: 1, Flows: 1, Audited: 1}, f.ruleCount(0))
 }
 
 // TestRuleCountersCountEveryPacket checks the counts of allow, deny and undecided packets,

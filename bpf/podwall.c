@@ -206,6 +206,7 @@ struct judge {
 	__u8 ep_flags;
 	__u8 frag_verdict; /* REASON_FRAGMENT: the verdict of the first fragment */
 	__u8 new_flow;     /* an inbound flow was just allowed by a rule (or audited) */
+	__u8 audited;      /* audit mode passes what the policy drops */
 };
 
 /* clock_ns is CLOCK_MONOTONIC at tick precision, for events: bpf_ktime_get_ns cost twice as
@@ -259,8 +260,9 @@ static __always_inline void count_audit(__u32 reason)
 		*n += 1;
 }
 
-/* count_rule counts a packet, and a flow when flow, at slot (0: not counted). */
-static __always_inline void count_rule(__u32 slot, bool flow)
+/* count_rule counts a packet, and a flow when flow, at slot (0: not counted); audited says
+ * audit mode passed it. */
+static __always_inline void count_rule(__u32 slot, bool flow, bool audited)
 {
 	struct rule_count *n;
 
@@ -272,6 +274,8 @@ static __always_inline void count_rule(__u32 slot, bool flow)
 	n->packets += 1;
 	if (flow)
 		n->flows += 1;
+	if (audited)
+		n->audited += 1;
 }
 
 static __always_inline __u64 ct_timeout(const struct ct_entry *e, __u8 proto)
@@ -429,13 +433,13 @@ static __always_inline void track_in(struct judge *c, const struct ct_key *k, st
 		.last_seen = now,
 		.generation = c->generation,
 		.epoch = c->epoch,
-		.flags = CT_IN,
+		.flags = CT_IN | (c->audited ? CT_AUDIT : 0),
 		.counter = c->slot,
 	};
 	int res;
 
 	if (e && ct_live(e, k->proto, now) && !((e->flags & CT_CLOSING) && is_syn(&c->p))) {
-		e->flags |= CT_IN;
+		e->flags = (e->flags & ~CT_AUDIT) | fresh.flags;
 		e->generation = c->generation;
 		e->epoch = c->epoch;
 		e->counter = c->slot;
@@ -773,7 +777,8 @@ __noinline int finish(struct __sk_buff *skb, const struct judge *c, enum reason 
 		count_audit(reason);
 	else
 		count(reason);
-	count_rule(c->slot, c->new_flow || (verdict != VERDICT_PASS && opens_flow(&c->p)));
+	count_rule(c->slot, c->new_flow || (verdict != VERDICT_PASS && opens_flow(&c->p)),
+		   verdict == VERDICT_AUDIT);
 	if (c->p.frag == FRAG_FIRST) {
 		struct frag_entry f = { .seen = c->now, .verdict = verdict };
 		struct frag_key k;
@@ -824,7 +829,7 @@ static __always_inline int pass_tracked(struct __sk_buff *skb, const struct judg
 	ct_observe(e, &c->p, CT_OUT);
 	ct_refresh(e, c->now);
 	if (e->counter && reason == REASON_ESTABLISHED)
-		count_rule(e->counter, false);
+		count_rule(e->counter, false, e->flags & CT_AUDIT);
 	if (c->p.frag != FRAG_FIRST) {
 		count(reason);
 		return TCX_NEXT;
@@ -943,10 +948,11 @@ int to_pod(struct __sk_buff *skb)
 	/* 9, 10 */
 	res = c.mode == MODE_ISOLATE ? REASON_ISOLATED : classify(&ee->rules, &c);
 	c.slot = rule_slot(ee, &c, res);
+	c.audited = (c.ep_flags & EP_AUDIT) && audited(res);
 	/* A flow audit mode passes is tracked like an allowed one, counted on the rule that
 	 * would have dropped it; leaving audit mode changes the generation, so it is judged
 	 * again. */
-	if ((res == REASON_ALLOW_RULE || ((c.ep_flags & EP_AUDIT) && audited(res))) && trackable) {
+	if ((res == REASON_ALLOW_RULE || c.audited) && trackable) {
 		track_in(&c, &k, e);
 		c.new_flow = 1;
 	}
@@ -1016,7 +1022,7 @@ int from_world(struct xdp_md *ctx)
 	if (!drops(res))
 		return XDP_PASS;
 	count_xdp(res);
-	count_rule(rule_slot(ee, &c, res), opens_flow(&c.p));
+	count_rule(rule_slot(ee, &c, res), opens_flow(&c.p), false);
 	send_event(*ifindex, HOOK_XDP, &c, res, VERDICT_DROP);
 	return XDP_DROP;
 }

@@ -192,6 +192,7 @@ enum ct_flag {
 	CT_IN = 2,       /* opened from outside and allowed under ct_entry.generation */
 	CT_ANSWERED = 4, /* the side that did not open it sent a packet */
 	CT_CLOSING = 8,  /* TCP: a FIN or RST was seen */
+	CT_AUDIT = 16,   /* CT_IN: audit mode let it in; its policy drops it */
 };
 
 struct ct_entry {
@@ -278,7 +279,8 @@ enum verdict {
 /* rule_counters (per-CPU array of RULE_SLOTS): what one rule of one pod decided. */
 struct rule_count {
 	__u64 packets;
-	__u64 flows; /* allow: flows it admitted; deny and no rule: packets that would open one */
+	__u64 flows;   /* allow: flows it admitted; deny and no rule: packets that would open one */
+	__u64 audited; /* of the packets, those audit mode passed */
 };
 
 /* Where a verdict was made: tc on a pod's interface, or XDP on an uplink (from_world). */

@@ -43,6 +43,7 @@ const (
 	PodwallCtFlagCT_IN       PodwallCtFlag = 2
 	PodwallCtFlagCT_ANSWERED PodwallCtFlag = 4
 	PodwallCtFlagCT_CLOSING  PodwallCtFlag = 8
+	PodwallCtFlagCT_AUDIT    PodwallCtFlag = 16
 )
 
 type PodwallCtGcRun struct {
@@ -266,6 +267,7 @@ type PodwallRuleCount struct {
 	_       structs.HostLayout
 	Packets uint64
 	Flows   uint64
+	Audited uint64
 }
 
 type PodwallRuleVec struct {

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
@@ -281,4 +282,34 @@ func (l *Loader) takeOver(h hook, found []attachment) error {
 // the namespace of the calling thread. A thread that cannot switch back is not reused.
 func (l *Loader) inNetns(fn func() error) error {
 	return netnsrun.Run(l.ns, fn)
+}
+
+// AttachedToPod opens the to_pod program podwall attached to the interface at ifindex, from
+// the pins under bpffs: the program of its tcx link, or of its clsact filter.
+func AttachedToPod(bpffs string, ifindex int) (*ebpf.Program, error) {
+	pin := filepath.Join(StateDir(bpffs), "links", hook{ifindex, egress}.String())
+	lk, err := link.LoadPinnedLink(pin, nil)
+	if err == nil {
+		defer func() { _ = lk.Close() }()
+		info, err := lk.Info()
+		if err != nil {
+			return nil, fmt.Errorf("read the info of link %s: %w", pin, err)
+		}
+		prog, err := ebpf.NewProgramFromID(info.Program)
+		if err != nil {
+			return nil, fmt.Errorf("open the program of link %s: %w", pin, err)
+		}
+		return prog, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("load pinned link %s: %w", pin, err)
+	}
+	prog, err := ebpf.LoadPinnedProgram(pin+clsactSuffix, &ebpf.LoadPinOptions{ReadOnly: true})
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("podwall is not attached to ifindex %d (no pin %s or %s%s)", ifindex, pin, pin, clsactSuffix)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load pinned program %s%s: %w", pin, clsactSuffix, err)
+	}
+	return prog, nil
 }

@@ -204,7 +204,11 @@ func (c *counters) fillLevel() Fill {
 }
 
 // RuleCount is what one rule of one endpoint decided, summed over the CPUs.
-type RuleCount struct{ Packets, Flows uint64 }
+type RuleCount struct {
+	Packets, Flows uint64
+	// Audited are the packets audit mode passed, of Packets.
+	Audited uint64
+}
 
 // ReadRuleCounts reads the counters of an endpoint entry: one per rule of its policy, by bit,
 // then the packets no rule decided. nil when the endpoint is not counted.
@@ -221,6 +225,7 @@ func ReadRuleCounts(m *ebpf.Map, e bpf.PodwallEndpointEntry) ([]RuleCount, error
 		for _, c := range counts {
 			out[i].Packets += c.Packets
 			out[i].Flows += c.Flows
+			out[i].Audited += c.Audited
 		}
 	}
 	return out, nil

@@ -43,8 +43,9 @@ const forwardedFrom = 1
 
 // Node is the pinned state of a node, opened read-only.
 type Node struct {
-	dir  string // loader.StateDir
-	maps map[string]*ebpf.Map
+	dir   string // loader.StateDir
+	bpffs string
+	maps  map[string]*ebpf.Map
 }
 
 // Open opens the pinned state under bpffs (the agent's --bpffs).
@@ -52,7 +53,7 @@ func Open(bpffs string) (_ *Node, err error) {
 	if bpffs == "" {
 		bpffs = loader.DefaultBPFFS
 	}
-	n := &Node{dir: loader.StateDir(bpffs), maps: map[string]*ebpf.Map{}}
+	n := &Node{dir: loader.StateDir(bpffs), bpffs: bpffs, maps: map[string]*ebpf.Map{}}
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -178,7 +179,7 @@ func (n *Node) Judge(p Packet) (Result, error) {
 		return Result{}, fmt.Errorf("load spec: %w", err)
 	}
 	var res Result
-	res.Defaults = liveSettings(spec, n.dir, p.Ifindex)
+	res.Defaults = liveSettings(spec, n.bpffs, p.Ifindex)
 	// The agent may have turned events off (a rate of 0). The copy's rate limit is its own
 	// and starts with its budget whole, so a rate of 1 lets the run's one event through.
 	for _, name := range []string{"events_per_sec", "events_burst"} {

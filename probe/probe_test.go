@@ -224,7 +224,7 @@ func TestLiveSettings(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			spec, err := bpf.LoadPodwall()
 			require.NoError(t, err)
-			err = liveSettings(spec, loader.StateDir(n.bpffs), tt.ifindex)
+			err = liveSettings(spec, n.bpffs, tt.ifindex)
 			if tt.err == "" {
 				require.NoError(t, err)
 			} else {

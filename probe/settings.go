@@ -3,16 +3,14 @@ package probe
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/podwall/podwall/bpf"
+	"github.com/podwall/podwall/loader"
 )
 
 // rodata is the section of the programs' `volatile const` settings.
@@ -22,8 +20,8 @@ const rodata = ".rodata"
 // ifindex, which the agent set from its flags when it loaded it: the conntrack timeouts and
 // quota, and the kernel's tick, in which the node's conntrack entries count their age. Where
 // that fails, the copy keeps the agent's defaults, and the error says which and why.
-func liveSettings(spec *ebpf.CollectionSpec, dir string, ifindex uint32) error {
-	copied, err := copyLiveConstants(spec, dir, ifindex)
+func liveSettings(spec *ebpf.CollectionSpec, bpffs string, ifindex uint32) error {
+	copied, err := copyLiveConstants(spec, bpffs, ifindex)
 	if copied[jiffyNS] {
 		return err
 	}
@@ -47,8 +45,8 @@ const jiffyNS = "jiffy_ns"
 
 // copyLiveConstants copies the constants of the live program into spec and says which it
 // copied.
-func copyLiveConstants(spec *ebpf.CollectionSpec, dir string, ifindex uint32) (map[string]bool, error) {
-	prog, err := attachedProgram(dir, ifindex)
+func copyLiveConstants(spec *ebpf.CollectionSpec, bpffs string, ifindex uint32) (map[string]bool, error) {
+	prog, err := loader.AttachedToPod(bpffs, int(ifindex))
 	if err != nil {
 		return nil, err
 	}
@@ -80,37 +78,6 @@ func copyLiveConstants(spec *ebpf.CollectionSpec, dir string, ifindex uint32) (m
 		return copied, err
 	}
 	return nil, fmt.Errorf("the attached program has no %s map", rodata)
-}
-
-// attachedProgram opens the to_pod attached to the interface ifindex, from the pin the
-// loader keeps of it (loader/attach.go): a tcx link <ifindex>-egress, or the program of a
-// clsact filter <ifindex>-egress_clsact.
-func attachedProgram(dir string, ifindex uint32) (*ebpf.Program, error) {
-	pin := filepath.Join(dir, "links", fmt.Sprintf("%d-egress", ifindex))
-	lk, err := link.LoadPinnedLink(pin, nil)
-	if err == nil {
-		defer func() { _ = lk.Close() }()
-		info, err := lk.Info()
-		if err != nil {
-			return nil, fmt.Errorf("read the info of link %s: %w", pin, err)
-		}
-		prog, err := ebpf.NewProgramFromID(info.Program)
-		if err != nil {
-			return nil, fmt.Errorf("open the program of link %s: %w", pin, err)
-		}
-		return prog, nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("load pinned link %s: %w", pin, err)
-	}
-	prog, err := ebpf.LoadPinnedProgram(pin+"_clsact", &ebpf.LoadPinOptions{ReadOnly: true})
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("podwall is not attached to ifindex %d (no pin %s or %s_clsact)", ifindex, pin, pin)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("load pinned program %s_clsact: %w", pin, err)
-	}
-	return prog, nil
 }
 
 // copyConstants sets each constant of spec to its value in the live section m, matched by

@@ -36,8 +36,8 @@ shared lock, so it works while the agent runs). SECTION is any of: endpoints, po
 ipcache, conntrack, stats; all of them by default.
 
 policies lists each policy's rules with what they decided on this node, summed over the pods
-that use the policy: packets, and flows (allow: flows admitted; deny and "no rule": packets
-that would have opened one). With -f, the pods of a file such as "kubectl get
+that use the policy: packets, flows (allow: flows admitted; deny and "no rule": packets that
+would have opened one), and the packets of those that audit mode passed. With -f, the pods of a file such as "kubectl get
 pods,namespaces -A -o yaml" prints give the rules' text (compiled with the policy flags, as
 the agent does).`,
 		Example: `  podwall maps
@@ -183,6 +183,7 @@ func printPolicies(w *tabwriter.Writer, counters *ebpf.Map, rows map[uint32]bpf.
 			if i < len(sum) {
 				sum[i].Packets += c.Packets
 				sum[i].Flows += c.Flows
+				sum[i].Audited += c.Audited
 			}
 		}
 		hits[e.Ep.Policy] = sum
@@ -197,7 +198,7 @@ func printPolicies(w *tabwriter.Writer, counters *ebpf.Map, rows map[uint32]bpf.
 		fmt.Fprintf(w, "%#08x\t%d\t%d\t%d\t%s\n", id, users[id], v.Nrules, denys, policyFields(v.Flags))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "POLICY\tRULE\tPACKETS\tFLOWS\tTEXT\n")
+	fmt.Fprintf(w, "POLICY\tRULE\tPACKETS\tFLOWS\tAUDITED\tTEXT\n")
 	for _, id := range ids {
 		sources := n.rules[id]
 		for i, c := range hits[id] {
@@ -208,7 +209,7 @@ func printPolicies(w *tabwriter.Writer, counters *ebpf.Map, rows map[uint32]bpf.
 			case i < len(sources):
 				rule, text = ruleNumber(sources[i]), sources[i].Text
 			}
-			fmt.Fprintf(w, "%#08x\t%s\t%d\t%d\t%s\n", id, rule, c.Packets, c.Flows, text)
+			fmt.Fprintf(w, "%#08x\t%s\t%d\t%d\t%d\t%s\n", id, rule, c.Packets, c.Flows, c.Audited, text)
 		}
 	}
 	fmt.Fprintln(w)

@@ -200,9 +200,10 @@ status: {podIP: 10.0.0.3}
 
 			out, stderr, code := runInProcess([]string{"maps", "--bpffs", dir, "policies", "-f", file}, "")
 			require.Equal(t, 0, code, stderr)
-			require.Regexp(t, `(?m)^0x[0-9a-f]+\s+1\s+3\s+3\s+allow tcp to ports 80$`, out)
-			require.Regexp(t, `(?m)^0x[0-9a-f]+\s+2\s+2\s+2\s+deny tcp to ports 22$`, out)
-			require.Regexp(t, `(?m)^0x[0-9a-f]+\s+-\s+1\s+1\s+\(no rule matched\)$`, out)
+			audits := map[bool][2]int{false: {0, 0}, true: {2, 1}}[audit]
+			require.Regexp(t, `(?m)^0x[0-9a-f]+\s+1\s+3\s+3\s+0\s+allow tcp to ports 80$`, out)
+			require.Regexp(t, fmt.Sprintf(`(?m)^0x[0-9a-f]+\s+2\s+2\s+2\s+%d\s+deny tcp to ports 22$`, audits[0]), out)
+			require.Regexp(t, fmt.Sprintf(`(?m)^0x[0-9a-f]+\s+-\s+1\s+1\s+%d\s+\(no rule matched\)$`, audits[1]), out)
 
 			out, stderr, code = runInProcess([]string{"maps", "--bpffs", dir, "stats", "endpoints"}, "")
 			require.Equal(t, 0, code, stderr)

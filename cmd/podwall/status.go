@@ -88,7 +88,7 @@ func fetchStatus(ctx context.Context, url string, timeout time.Duration) ([]agen
 	if err != nil {
 		return nil, fmt.Errorf("ask the agent at %s (is it running with --metrics-addr?): %w", url, err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // a read error is the one reported
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 		return nil, fmt.Errorf("ask the agent at %s: %s: %s", url, resp.Status, body)
@@ -120,10 +120,10 @@ func printStatus(out io.Writer, pods []agent.PodStatus, rules bool) error {
 			p.Mode, dash(p.Policy), nrules, generation(p.Generation), since, counts[0], counts[1], counts[2], dash(p.Why))
 	}
 	if rules {
-		fmt.Fprintf(w, "\nPOD\tRULE\tPACKETS\tFLOWS\tTEXT\n")
+		fmt.Fprintf(w, "\nPOD\tRULE\tPACKETS\tFLOWS\tAUDITED\tTEXT\n")
 		for _, p := range pods {
 			for _, r := range p.Rules {
-				fmt.Fprintf(w, "%s/%s\t%s\t%d\t%d\t%s\n", p.Namespace, p.Name, r.Rule, r.Packets, r.Flows, r.Text)
+				fmt.Fprintf(w, "%s/%s\t%s\t%d\t%d\t%d\t%s\n", p.Namespace, p.Name, r.Rule, r.Packets, r.Flows, r.Audited, r.Text)
 			}
 		}
 	}

@@ -21,7 +21,7 @@ func TestStatusPrintsTheAgentsView(t *testing.T) {
 			Generation: 0x42, EnforcedSince: &since, Allowed: 7, Audited: 5,
 			Rules: []agent.RuleStatus{
 				{Rule: "1", Text: "allow udp to ports 8080", Packets: 7, Flows: 1},
-				{Rule: "2", Text: "deny udp to ports 9090", Deny: true, Packets: 5, Flows: 5},
+				{Rule: "2", Text: "deny udp to ports 9090", Deny: true, Packets: 5, Flows: 5, Audited: 5},
 				{Rule: "-", Text: "(no rule matched)", Deny: true},
 			}},
 		{Namespace: "shop", Name: "new", Mode: "none", Why: "interface not found"},
@@ -41,10 +41,10 @@ func TestStatusPrintsTheAgentsView(t *testing.T) {
 	require.Regexp(t, `^shop/web\s+veth1\s+tcx\s+audit\s+0x1234abcd\s+2\s+0x00000042\s+2026-12-06T05:00:00Z\s+7\s+0\s+5\s+-$`, lines[1])
 	require.Regexp(t, `^shop/new\s+-\s+-\s+none\s+-\s+-\s+-\s+-\s+0\s+0\s+0\s+interface not found$`, lines[2])
 	require.Empty(t, lines[3])
-	require.Regexp(t, `^POD\s+RULE\s+PACKETS\s+FLOWS\s+TEXT$`, lines[4])
-	require.Regexp(t, `^shop/web\s+1\s+7\s+1\s+allow udp to ports 8080$`, lines[5])
-	require.Regexp(t, `^shop/web\s+2\s+5\s+5\s+deny udp to ports 9090$`, lines[6])
-	require.Regexp(t, `^shop/web\s+-\s+0\s+0\s+\(no rule matched\)$`, lines[7])
+	require.Regexp(t, `^POD\s+RULE\s+PACKETS\s+FLOWS\s+AUDITED\s+TEXT$`, lines[4])
+	require.Regexp(t, `^shop/web\s+1\s+7\s+1\s+0\s+allow udp to ports 8080$`, lines[5])
+	require.Regexp(t, `^shop/web\s+2\s+5\s+5\s+5\s+deny udp to ports 9090$`, lines[6])
+	require.Regexp(t, `^shop/web\s+-\s+0\s+0\s+0\s+\(no rule matched\)$`, lines[7])
 
 	out, stderr, code = runInProcess([]string{"status", "--agent-addr", addr, "-o", "json"}, "")
 	require.Equal(t, 0, code, stderr)

@@ -39,10 +39,12 @@ import (
 )
 
 const (
-	nodeName = "demo-node"
-	port     = 8080
-	other    = 9090
-	dropWait = 300 * time.Millisecond
+	// agentAddr is where the agent serves /status, on the node namespace's loopback.
+	agentAddr = "127.0.0.1:9402"
+	nodeName  = "demo-node"
+	port      = 8080
+	other     = 9090
+	dropWait  = 300 * time.Millisecond
 )
 
 func main() {
@@ -131,6 +133,7 @@ type pod struct {
 	ns, name string
 	labels   map[string]string
 	policy   string // "" for none
+	audit    bool   // podwall.io/audit: "true"
 	tp       *topo.Pod
 }
 
@@ -210,7 +213,41 @@ func demo(r *runner, podwall string) error {
 	if err := writePods(file, pods); err != nil {
 		return err
 	}
-	if _, err := d.table(conns, before); err != nil {
+	changed, err := d.table(conns, before)
+	if err != nil {
+		return err
+	}
+
+	// Rolling out a stricter policy safely: audit first, read what it would drop, then enforce.
+	web := byName["shop/web"]
+	web.policy, web.audit = "allow tcp from label role=backend to ports 8080", true
+	fmt.Printf("\nrolling out a policy on shop/web in audit mode: %q with %s: \"true\"\n", web.policy, policy.AuditAnnotationKey)
+	if err := writePods(file, pods); err != nil {
+		return err
+	}
+	if changed, err = d.table(conns, changed); err != nil {
+		return err
+	}
+	for _, cmd := range [][]string{{"status", "--rules"}, {"maps", "policies", "-f", file}} {
+		fmt.Printf("\n$ podwall %s\n", strings.Join(cmd, " "))
+		args := append([]string{"--net=" + tp.Node.Path, "--", bin}, cmd...)
+		if cmd[0] == "status" {
+			args = append(args, "--agent-addr", agentAddr)
+		} else {
+			args = append(args, "--bpffs", bpffs)
+		}
+		out, err := exec.Command("nsenter", args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("podwall %s: %w: %s", cmd[0], err, out)
+		}
+		fmt.Print(string(out))
+	}
+	web.audit = false
+	fmt.Printf("\nthe audit shows what the policy would drop; enforcing it (the audit annotation removed):\n")
+	if err := writePods(file, pods); err != nil {
+		return err
+	}
+	if _, err := d.table(conns, changed); err != nil {
 		return err
 	}
 
@@ -262,8 +299,14 @@ func writePods(file string, pods []*pod) error {
 		for k, v := range p.labels {
 			fmt.Fprintf(&b, "      %s: %s\n", k, v)
 		}
+		if p.policy != "" || p.audit {
+			b.WriteString("    annotations:\n")
+		}
 		if p.policy != "" {
-			fmt.Fprintf(&b, "    annotations:\n      %s: %q\n", policy.AnnotationKey, p.policy)
+			fmt.Fprintf(&b, "      %s: %q\n", policy.AnnotationKey, p.policy)
+		}
+		if p.audit {
+			fmt.Fprintf(&b, "      %s: \"true\"\n", policy.AuditAnnotationKey)
 		}
 		fmt.Fprintf(&b, "  spec:\n    nodeName: %s\n  status:\n    phase: Running\n    podIP: %s\n    podIPs:\n    - ip: %s\n    - ip: %s\n",
 			nodeName, p.tp.IPv4, p.tp.IPv4, p.tp.IPv6)
@@ -306,7 +349,7 @@ func startAgent(r *runner, bin string, node *topo.Netns, file, bpffs, dir string
 	ready := filepath.Join(dir, "ready")
 	a := &agentProcess{out: &lockedBuffer{}, exited: make(chan error, 1)}
 	a.cmd = exec.Command("nsenter", "--net="+node.Path, "--", bin, "agent", "--pods-file", file,
-		"--node-name", nodeName, "--bpffs", bpffs, "--ready-file", ready, "--log-format", "console")
+		"--node-name", nodeName, "--bpffs", bpffs, "--ready-file", ready, "--log-format", "console", "--metrics-addr", agentAddr)
 	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
 	start := time.Now()
 	if err := a.cmd.Start(); err != nil {
@@ -445,13 +488,13 @@ func (d *checker) why(state *compiler.State, to *pod, v compiler.Verdict) string
 		if src.Index == 0 {
 			return "default: same namespace"
 		}
-		verb := map[bool]string{true: "allows", false: "denies"}[v.Pass]
-		return fmt.Sprintf("rule %d %s (%s)", src.Index, verb, src.Text)
+		verb := map[bool]string{true: "allows", false: "denies"}[v.Reason == bpf.ReasonAllowRule]
+		return audited(v, fmt.Sprintf("rule %d %s (%s)", src.Index, verb, src.Text))
 	case bpf.ReasonNoRule:
 		if to.policy == "" {
-			return "default: same namespace only"
+			return audited(v, "default: same namespace only")
 		}
-		return "no rule allows it"
+		return audited(v, "no rule allows it")
 	case bpf.ReasonIsolated:
 		if invalid != "" {
 			return "isolated: invalid policy: " + invalid
@@ -465,6 +508,14 @@ func (d *checker) why(state *compiler.State, to *pod, v compiler.Verdict) string
 		return "not guarded"
 	}
 	return v.Reason.String()
+}
+
+// audited marks what the policy drops and audit mode passes.
+func audited(v compiler.Verdict, why string) string {
+	if v.Audit {
+		return "AUDIT: " + why + ", would be dropped"
+	}
+	return why
 }
 
 // awaitApplied compiles the file as the agent must and waits until the kernel's endpoints

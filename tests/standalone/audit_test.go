@@ -92,6 +92,14 @@ func TestAuditMode(t *testing.T) {
 		require.Positive(t, audits[bpf.ReasonDenyRule])
 		require.Positive(t, audits[bpf.ReasonNoRule])
 		a.awaitMetric(t, float64(audits[bpf.ReasonDenyRule]), "podwall_audits_total", "reason", "deny-rule")
+		status, err := a.agent.Status()
+		require.NoError(t, err)
+		require.Len(t, status, 1)
+		require.Equal(t, "audit", status[0].Mode)
+		// One datagram dropped while enforced, one passed in audit mode.
+		require.Equal(t, uint64(2), status[0].Rules[1].Packets)
+		require.Equal(t, uint64(1), status[0].Rules[1].Audited, "rule 2 would have dropped it")
+		require.Equal(t, status[0].Rules[1].Audited+status[0].Rules[3].Audited, status[0].Audited)
 
 		kept, err = topo.DialTCP(t, client.NS, netip.AddrPortFrom(web.IPv4, otherPort), topo.Timeout(topo.PassWait))
 		require.NoError(t, err, "a flow audit mode lets through")
@@ -101,6 +109,7 @@ func TestAuditMode(t *testing.T) {
 		c.write([]podSpec{audited("")}, "shop")
 		c.awaitApplied(defaults)
 		topo.Expect(t, wouldDrop(false)...)
+		require.NotNil(t, kept)
 		require.Error(t, kept.Echo(), "the flow audit mode let through is cut")
 	})
 
