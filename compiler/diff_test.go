@@ -87,10 +87,27 @@ func sourcePod(c *compilertest.Cluster, a netip.Addr) *compiler.Pod {
 	return owner
 }
 
+// audited reads the pod's audit annotation, else its namespace's, else the node's flag; a
+// value neither true nor false enforces.
+func audited(c *compilertest.Cluster, pod *compiler.Pod) bool {
+	for _, ann := range []map[string]string{pod.Annotations, c.Input.NamespaceAnnotations[pod.Namespace]} {
+		if v, ok := ann[policy.AuditAnnotationKey]; ok {
+			return v == "true"
+		}
+	}
+	return c.Input.Audit
+}
+
 // judge is SPEC.md applied to the generated rules, written without the compiler's data
-// structures.
-func judge(c *compilertest.Cluster, ifindex uint32, p compiler.Packet) spelled {
+// structures. In audit mode, what the policy drops passes.
+func judge(c *compilertest.Cluster, ifindex uint32, p compiler.Packet) (v spelled) {
 	none := func(pass bool, r bpf.Reason) spelled { return spelled{pass, r, -1} }
+	audit := false
+	defer func() {
+		if audit && !v.pass && (v.reason == bpf.ReasonDenyRule || v.reason == bpf.ReasonNoRule || v.reason == bpf.ReasonIsolated) {
+			v.pass = true
+		}
+	}()
 	pod, isEndpoint := c.EndpointPod(ifindex)
 	if !isEndpoint || (pod != nil && pod.HostNetwork) {
 		return none(false, bpf.ReasonNoEntry)
@@ -113,11 +130,13 @@ func judge(c *compilertest.Cluster, ifindex uint32, p compiler.Packet) spelled {
 		if !hasKey && (!hasLegacy || !c.Input.LegacyKey) {
 			kind = compilertest.KindNone
 		}
+		// Only a policy is audited: not an annotation that is invalid or too long.
+		audit = kind == compilertest.KindNone || kind == compilertest.KindRules
 		switch kind {
 		case compilertest.KindNone:
 			switch c.Input.DefaultPolicy {
 			case compiler.DefaultAllow:
-				open = true
+				open, audit = true, false
 			case compiler.DefaultDeny:
 				isolated = true
 			default:
@@ -129,6 +148,7 @@ func judge(c *compilertest.Cluster, ifindex uint32, p compiler.Packet) spelled {
 		default:
 			isolated = true
 		}
+		audit = audit && audited(c, pod)
 	}
 
 	if p.Src.Is4() != p.Dst.Is4() {
