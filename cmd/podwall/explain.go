@@ -282,7 +282,7 @@ func hostNetwork(out io.Writer, f flow, q query) {
 
 // model is the Go model's verdict on the flow, with the state it compiled.
 func model(snap k8s.Snapshot, opts compiler.Options, q query, f flow) (*compiler.State, compiler.Verdict) {
-	in := compiler.Input{HostIPs: q.nodeIPs, Options: opts,
+	in := compiler.Input{HostIPs: q.nodeIPs, Options: opts, NamespaceAnnotations: snap.NamespaceAnnotations,
 		Endpoints: []compiler.Endpoint{{Ifindex: explainIfindex, Namespace: f.dstPod.Namespace, Name: f.dstPod.Name}}}
 	for _, p := range snap.Pods {
 		in.Pods = append(in.Pods, p.Pod)

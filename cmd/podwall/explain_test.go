@@ -56,6 +56,9 @@ func TestExplain(t *testing.T) {
 		{name: "audit mode passes what the policy drops", args: run("--audit", "shop/front", "shop/web", "tcp:80"),
 			stdout: "shop/front (10.0.0.3) -> shop/web (10.0.0.2) tcp port 80: PASS\n" +
 				"  no rule of shop/web allows it; audit mode passes it, reported as verdict audit\n"},
+		{name: "the namespace's audit annotation", args: []string{"explain", "-f", "testdata/explain-audit.yaml", "shop/front", "shop/web", "tcp:22"},
+			stdout: "shop/front (10.0.0.3) -> shop/web (10.0.0.2) tcp port 22: PASS\n" +
+				"  rule 2 (deny tcp to ports 22) of shop/web denies it (deny wins over allow); audit mode passes it, reported as verdict audit\n"},
 		{name: "IPv6", args: run("-6", "shop/front", "shop/web", "icmpv6:128"),
 			stdout: "shop/front (fd00::3) -> shop/web (fd00::2) icmpv6 type 128 code 0: DROP\n  no rule of shop/web allows it\n"},
 		{name: "unknown pod", args: run("shop/front", "shop/nope"), code: 1,

@@ -147,11 +147,22 @@ func (c *cluster) scenarios(t *testing.T) {
 		require.Equal(t, "InvalidPolicy", cond.Reason)
 		require.Contains(t, cond.Message, `rule 1, offset 15 ("prots")`)
 		require.False(t, c.isReady(t, gated), "not Ready while its policy is not enforced")
+		show := func(when string) {
+			// For the README: what an operator sees of the gate.
+			t.Logf("%s:\n$ kubectl -n shop get pod gated -o wide\n%s$ kubectl -n shop get pod gated -o custom-columns=...\n%s", when,
+				n.Kubectl(t, "-n", "shop", "get", "pod", "gated", "-o", "wide"),
+				n.Kubectl(t, "-n", "shop", "get", "pod", "gated", "-o", `custom-columns=READY:.status.conditions[?(@.type=="Ready")].status,`+
+					`ENFORCED:.status.conditions[?(@.type=="podwall.io/policy-enforced")].status,`+
+					`REASON:.status.conditions[?(@.type=="podwall.io/policy-enforced")].reason,`+
+					`MESSAGE:.status.conditions[?(@.type=="podwall.io/policy-enforced")].message`))
+		}
+		show("an invalid annotation")
 		n.Kubectl(t, "-n", "shop", "annotate", "pod", "gated", policyKey+"=allow tcp from label role=frontend", "--overwrite")
 		cond = c.awaitCondition(t, gated, corev1.ConditionTrue)
 		require.Equal(t, "Enforced", cond.Reason)
 		require.Contains(t, cond.Message, "generation")
 		c.awaitReady(t, gated)
+		show("the annotation fixed")
 		require.Equal(t, corev1.ConditionTrue, c.awaitCondition(t, db, corev1.ConditionTrue).Status, "ungated pods get it too")
 	})
 
