@@ -62,17 +62,9 @@ the agent does).`,
 					return err
 				}
 			}
-			n := &namer{}
-			if file != "" {
-				opts, err := o.compilerOptions()
-				if err != nil {
-					return err
-				}
-				snap, err := readPods(d, file)
-				if err != nil {
-					return err
-				}
-				n = newNamer(snap, opts)
+			n, err := namerOf(d, o, file)
+			if err != nil {
+				return err
 			}
 			w := tabwriter.NewWriter(d.stdout, 0, 4, 2, ' ', 0)
 			for _, s := range mapSections {

@@ -55,19 +55,12 @@ of one ring buffer share its position.`,
 			if err := f.check(); err != nil {
 				return err
 			}
-			n := &namer{}
-			if file != "" {
-				opts, err := o.compilerOptions()
-				if err != nil {
-					return err
-				}
-				snap, err := readPods(d, file)
-				if err != nil {
-					return err
-				}
-				n = newNamer(snap, opts)
-			} else if f.namespace != "" || f.pod != "" {
+			if file == "" && (f.namespace != "" || f.pod != "") {
 				return errors.New("--namespace and --pod need the pods (-f)")
+			}
+			n, err := namerOf(d, o, file)
+			if err != nil {
+				return err
 			}
 			path := filepath.Join(loader.StateDir(bpffs), "maps", bpf.PodwallMapEvents)
 			m, err := ebpf.LoadPinnedMap(path, nil)
@@ -176,6 +169,23 @@ func (f eventFilter) keep(v eventView) bool {
 type namer struct {
 	pods  map[netip.Addr]string
 	rules map[uint32][]compiler.RuleSource // policy id -> rule bit -> its origin
+}
+
+// namerOf is the namer of the pods of file, compiled with o; one that names nothing without a
+// file.
+func namerOf(d deps, o policyOptions, file string) (*namer, error) {
+	if file == "" {
+		return &namer{}, nil
+	}
+	opts, err := o.compilerOptions()
+	if err != nil {
+		return nil, err
+	}
+	snap, err := readPods(d, file)
+	if err != nil {
+		return nil, err
+	}
+	return newNamer(snap, opts), nil
 }
 
 // newNamer compiles every pod of the snapshot as if it were local, so that each policy's id
