@@ -94,6 +94,8 @@ type Loader struct {
 	// twins holds a second load of the programs, on the same maps and globals, loaded the
 	// first time one is needed (see twin).
 	twins *ebpf.Collection
+	// resized are the pinned maps this load resized, until their new maps take the pins.
+	resized []resized
 
 	mu       sync.Mutex
 	attached map[hook]attachment
@@ -167,6 +169,15 @@ func Open(cfg Config) (_ *Loader, err error) {
 	if err := l.reattachXDP(); err != nil {
 		return nil, err
 	}
+	// Every hook runs the new programs: the resized maps take their pins.
+	for _, r := range l.resized {
+		err := r.commit()
+		r.close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	l.resized = nil
 	return l, nil
 }
 
@@ -232,10 +243,26 @@ func (l *Loader) load(constants map[string]any, sizes map[string]uint32) error {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
 	}
+	// A pinned map the flags resize is copied into a new one, which these programs use.
+	resized, err := l.resize(spec)
+	if err != nil {
+		return err
+	}
+	replace := map[string]*ebpf.Map{}
+	for _, r := range resized {
+		replace[r.name] = r.new
+	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
-		Maps: ebpf.MapOptions{PinPath: l.mapsDir()},
+		Maps:            ebpf.MapOptions{PinPath: l.mapsDir()},
+		MapReplacements: replace,
 	})
+	if err != nil {
+		for _, r := range resized {
+			r.close()
+		}
+	}
 	if err == nil {
+		l.resized = resized
 		l.spec, l.shared = spec, maps.Clone(coll.Maps)
 		if err = coll.Assign(&l.objs); err != nil {
 			coll.Close()
@@ -323,6 +350,10 @@ func (l *Loader) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var errs []error
+	for _, r := range l.resized {
+		r.close() // an Open that failed before the new maps took the pins: the old ones stay
+	}
+	l.resized = nil
 	for h, a := range l.attached {
 		if err := a.close(); err != nil {
 			errs = append(errs, fmt.Errorf("close %s: %w", h, err))

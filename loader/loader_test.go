@@ -601,3 +601,61 @@ func TestNotBPFFS(t *testing.T) {
 	_, err := loader.Open(loader.Config{BPFFS: t.TempDir()})
 	require.ErrorIs(t, err, loader.ErrNotBPFFS)
 }
+
+// TestResizeKeepsStateAndEnforcement: an agent started with other map sizes copies the pinned
+// maps into maps of the new sizes, moves every hook to programs on them, and only then gives
+// them the pins; conntrack's flows go on. Sizes too small for what a map holds fail the open
+// and leave the running programs and the pins as they were.
+func TestResizeKeepsStateAndEnforcement(t *testing.T) {
+	for _, mode := range loadertest.Modes(t) {
+		t.Run(string(mode), func(t *testing.T) {
+			e := newEnv(t, mode)
+			l, ifindex := e.openAttached(t)
+			conn, err := topo.DialTCP(t, e.client.NS, netip.AddrPortFrom(e.pod.IPv4, port))
+			require.NoError(t, err)
+			// Isolated, the pod takes no new connection; the open one passes on its
+			// conntrack entry, which only a copied conntrack keeps.
+			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), e.entry(bpf.ModeIsolate)))
+			require.ErrorIs(t, topo.TCPEcho(e.client.NS, netip.AddrPortFrom(e.pod.IPv4, port), topo.Timeout(topo.DropWait)), topo.ErrNoAnswer, "isolated")
+			const key = uint32(424242)
+			want := bpf.PodwallEndpointEntry{Ep: bpf.PodwallEndpoint{Policy: 7, Generation: 9}}
+			require.NoError(t, l.Maps().Endpoints.Put(key, want))
+			require.NoError(t, l.Close())
+
+			// Too small: two endpoints in a map of one.
+			e.cfg.MapSizes = map[string]uint32{bpf.PodwallMapEndpoints: 1}
+			before := e.requireAttached(t, ifindex, mode)
+			_, err = loader.Open(e.cfg)
+			require.ErrorContains(t, err, "resize map endpoints from 4096 to 1 entries")
+			require.Equal(t, before, e.hooks(t, ifindex), "the running programs stay")
+			require.NoError(t, conn.Echo())
+
+			e.cfg.MapSizes = map[string]uint32{bpf.PodwallMapEndpoints: 8192, bpf.PodwallMapConntrack: 65536}
+			l, err = loader.Open(e.cfg)
+			require.NoError(t, err)
+			t.Cleanup(func() { require.NoError(t, l.Close()) })
+			require.Equal(t, []int{ifindex}, l.Attached())
+			now := e.requireAttached(t, ifindex, mode)
+			for hook, hs := range now {
+				require.NotEqual(t, before[hook][0].Prog, hs[0].Prog, "%s runs the new program", hook)
+			}
+			for name, size := range map[string]uint32{bpf.PodwallMapEndpoints: 8192, bpf.PodwallMapConntrack: 65536, bpf.PodwallMapLocalPods: 16384} {
+				m, err := ebpf.LoadPinnedMap(filepath.Join(loader.StateDir(e.cfg.BPFFS), "maps", name), nil)
+				require.NoError(t, err)
+				require.Equal(t, size, m.MaxEntries(), "the pin of %s is the new map", name)
+				require.NoError(t, m.Close())
+			}
+			var got bpf.PodwallEndpointEntry
+			require.NoError(t, l.Maps().Endpoints.Lookup(key, &got))
+			require.Equal(t, want, got)
+			require.NoError(t, conn.Echo(), "the connection's conntrack entry moved with it")
+			require.ErrorIs(t, topo.TCPEcho(e.client.NS, netip.AddrPortFrom(e.pod.IPv4, port), topo.Timeout(topo.DropWait)), topo.ErrNoAnswer, "still isolated")
+			require.Equal(t, pinNames(mode, ifindex), e.pins(t))
+			mapsDir, err := os.ReadDir(filepath.Join(loader.StateDir(e.cfg.BPFFS), "maps"))
+			require.NoError(t, err)
+			for _, f := range mapsDir {
+				require.NotContains(t, f.Name(), "_new", "no pin left beside the maps")
+			}
+		})
+	}
+}

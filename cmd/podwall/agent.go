@@ -63,7 +63,7 @@ type conntrackOptions struct {
 }
 
 func (c *conntrackOptions) addFlags(f *pflag.FlagSet) {
-	f.Uint32Var(&c.size, "conntrack-size", 262144, "flows the conntrack table holds (about 130 bytes each, preallocated); a pinned table of another size must be removed first (--uninstall)")
+	f.Uint32Var(&c.size, "conntrack-size", 262144, "flows the conntrack table holds (about 130 bytes each, preallocated); a restart with another size copies the pinned table into one of the new size, without a gap")
 	f.Uint32Var(&c.perPod, "conntrack-per-pod", 65536, "flows one pod may hold in conntrack: a pod that floods new flows fills its own share, not the table")
 	f.DurationVar(&c.gc, "conntrack-gc-interval", agent.DefaultConntrackGC, "how often expired conntrack entries are removed")
 	f.DurationVar(&c.synTimeout, "conntrack-syn-timeout", time.Minute, "how long a TCP connection the other side never answered keeps its entry")
@@ -134,7 +134,7 @@ func (o *agentOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.netns, "netns", "", "network namespace (a path such as /run/netns/NAME) whose interfaces to attach to (default: the agent's own)")
 	f.BoolVar(&o.uninstall, "uninstall", false, "remove every program, link and map podwall made, and exit")
 	o.conntrack.addFlags(f)
-	f.StringToIntVar(&o.mapSizes, "map-size", nil, "entries of maps by name, e.g. ipcache=524288,pol_port=131072 (endpoints, ipcache, pol_ident, pol_cidr, pol_port, pol_icmp, frags...); a pinned map of another size must be removed first (--uninstall)")
+	f.StringToIntVar(&o.mapSizes, "map-size", nil, "entries of maps by name, e.g. ipcache=524288,pol_port=131072 (endpoints, ipcache, pol_ident, pol_cidr, pol_port, pol_icmp, frags...); a restart with other sizes copies the pinned maps into maps of the new sizes, without a gap (it fails, and the running programs stay, when a map holds more than its new size)")
 }
 
 // sizes are the maps' sizes the flags give.

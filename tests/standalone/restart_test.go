@@ -191,7 +191,9 @@ func TestRestartAndUninstall(t *testing.T) {
 	// No agent: the pinned programs and maps keep enforcing.
 	time.Sleep(300 * time.Millisecond)
 	c.awaitApplied(defaults)
-	second := c.startBinary(bin)
+	// Restarted with bigger maps: the pinned ones are copied into maps of the new sizes
+	// under traffic.
+	second := c.startBinary(bin, "--map-size", "endpoints=8192,ipcache=524288", "--conntrack-size", "131072")
 	time.Sleep(200 * time.Millisecond)
 	close(stop)
 	wg.Wait()
@@ -202,6 +204,10 @@ func TestRestartAndUninstall(t *testing.T) {
 	require.NoError(t, conn.Echo(), "the established connection survived the restart")
 	c.awaitApplied(defaults)
 	require.True(t, strings.Contains(second.out.String(), "took over attachment"), "the second agent took the pinned links over:\n%s", second.out)
+	require.Regexp(t, `resizing pinned map.*"map": "conntrack".*"to": 131072`, second.out.String())
+	_, metrics = httpGet(t, c.tp.Node, "http://"+metricsAddr+"/metrics")
+	require.Contains(t, metrics, `podwall_map_capacity{map="endpoints"} 8192`+"\n")
+	require.Contains(t, metrics, `podwall_map_capacity{map="ipcache"} 524288`+"\n")
 
 	// Uninstall needs the agent stopped: it holds the pinned state.
 	second.terminate(t)
