@@ -105,6 +105,9 @@ const (
 	// conntrackNearlyFull is the share of the conntrack table in use past which the node
 	// gets an Event: new flows will soon go unrecorded.
 	conntrackNearlyFull = 0.9
+	// mapNearlyFull is the same for the maps the applier writes: a policy, an address or an
+	// endpoint will soon not fit.
+	mapNearlyFull = 0.9
 )
 
 // Config is what the agent works with.
@@ -435,7 +438,9 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 	a.cfg.Metrics.applyFailing.Set(0)
 	a.report.report([]string{kindApply}, nil, pods)
 	a.cfg.Metrics.applySeconds.Observe(time.Since(start).Seconds())
-	a.cfg.Metrics.observeState(state, a.cfg.Datapath.Fill())
+	fill := a.cfg.Datapath.Fill()
+	a.cfg.Metrics.observeState(state, fill)
+	a.reportFill(fill)
 	if !a.applied.Swap(true) {
 		a.log.Info("first state applied", zap.Int("pods", len(snap.Pods)), zap.Int("endpoints", len(state.Endpoints)),
 			zap.Duration("took", time.Since(start)))
@@ -608,8 +613,33 @@ const (
 	kindAttach     = "attach-failed"
 	kindApply      = "apply-failed"
 	kindConntrack  = "conntrack-nearly-full"
+	kindMapFill    = "map-nearly-full"
 	kindChainOrder = "program-ahead"
 )
+
+// reportFill reports each map the applier writes that is nearly full (an Event on the node,
+// whose message leaves out the count, so that it is posted once) until it is not: before a map is full, its pods are whole; once it is, they are isolated
+// (or go uncounted, for rule_counters).
+func (a *Agent) reportFill(fill []datapath.Fill) {
+	var found []finding
+	for _, f := range fill {
+		if f.Max == 0 || float64(f.Entries) < mapNearlyFull*float64(f.Max) {
+			continue
+		}
+		then := "pods whose policy or addresses do not fit are isolated"
+		if f.Map == bpf.PodwallMapRuleCounters {
+			then = "pods whose rules do not fit go uncounted"
+		}
+		found = append(found, finding{kind: kindMapFill + " " + f.Map, reason: ReasonMapNearlyFull,
+			message: fmt.Sprintf("map %s is over %d%% full (of %d entries): raise it with --map-size %s=N; once it is full, %s",
+				f.Map, int(mapNearlyFull*100), f.Max, f.Map, then)})
+	}
+	kinds := make([]string, 0, len(fill))
+	for _, f := range fill {
+		kinds = append(kinds, kindMapFill+" "+f.Map)
+	}
+	a.report.report(kinds, found, nil)
+}
 
 // collectConntrack runs the conntrack collector, and reports a table that is nearly full
 // (an Event on the node) until it is not.

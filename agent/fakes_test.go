@@ -24,6 +24,7 @@ type fakeDatapath struct {
 	capacity compiler.Capacity
 	// applyErrs are returned by the next Applies, one each.
 	applyErrs []error
+	fill      []datapath.Fill
 	xdp       []int
 }
 
@@ -48,7 +49,11 @@ func (d *fakeDatapath) Apply(s *compiler.State) error {
 
 func (d *fakeDatapath) Capacity() compiler.Capacity { return d.capacity }
 
-func (d *fakeDatapath) Fill() []datapath.Fill { return nil }
+func (d *fakeDatapath) Fill() []datapath.Fill {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.fill
+}
 
 func (d *fakeDatapath) Attach(ifindex int) error {
 	d.mu.Lock()

@@ -267,3 +267,30 @@ func TestPolicyEnforcedCondition(t *testing.T) {
 		require.ElementsMatch(t, []string{"shop/bad True Enforced", "shop/lost True Enforced"}, status.take())
 	})
 }
+
+// TestMapNearlyFull: a map the applier writes past 90% gives the node an Event before it is
+// full, once per change, and none once it has room again.
+func TestMapNearlyFull(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := start(t, compiler.Capacity{}, local("a", "10.0.0.1"))
+		defer w.stop()
+		w.ifs.set("10.0.0.1", 7)
+		w.dp.mu.Lock()
+		w.dp.fill = []datapath.Fill{{Map: "ipcache", Entries: 95, Max: 100}, {Map: "pol_port", Entries: 10, Max: 100}}
+		w.dp.mu.Unlock()
+		w.step()
+		require.Equal(t, []string{"MapNearlyFull node"}, w.events.take())
+
+		w.ifs.set("10.0.0.2", 8)
+		w.src.set(local("a", "10.0.0.1"), local("b", "10.0.0.2"))
+		w.step()
+		require.Empty(t, w.events.take(), "reported once while it stays so")
+
+		w.dp.mu.Lock()
+		w.dp.fill = []datapath.Fill{{Map: "ipcache", Entries: 50, Max: 100}, {Map: "rule_counters", Entries: 99, Max: 100}}
+		w.dp.mu.Unlock()
+		w.src.set(local("a", "10.0.0.1"))
+		w.step()
+		require.Equal(t, []string{"MapNearlyFull node"}, w.events.take(), "rule_counters now")
+	})
+}

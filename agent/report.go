@@ -27,6 +27,7 @@ const (
 	ReasonOverBudget        = "PolicyOverBudget"
 	ReasonApplyFailed       = "ApplyFailed"
 	ReasonConntrackFull     = "ConntrackNearlyFull"
+	ReasonMapNearlyFull     = "MapNearlyFull"
 	ReasonProgramAhead      = "ProgramAhead"
 	// ReasonInvalidAudit: the pod's or its namespace's podwall.io/audit is neither true nor
 	// false; the pod is enforced.
