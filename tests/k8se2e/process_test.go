@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/tests/proc"
+	"github.com/podwall/podwall/tests/topo"
 )
 
 // agentProcess is `podwall agent` watching the test's API server.
@@ -38,6 +39,13 @@ type agentProcess struct {
 // link in the machine's root namespace. Its metrics listen on loopback too.
 func (e *env) startAgent(bin string, args ...string) *agentProcess {
 	e.t.Helper()
+	return e.startAgentOn(bin, nodeName, e.tp, e.bpffs, args...)
+}
+
+// startAgentOn is startAgent for the node called node, whose namespace is tp's, with its own
+// bpffs folder.
+func (e *env) startAgentOn(bin, node string, tp *topo.Topology, bpffs string, args ...string) *agentProcess {
+	e.t.Helper()
 	addr := freeAddr(e.t)
 	p := &agentProcess{
 		out:     &proc.Output{},
@@ -46,10 +54,10 @@ func (e *env) startAgent(bin string, args ...string) *agentProcess {
 		exited:  make(chan error, 1),
 	}
 	p.cmd = exec.Command(bin, append([]string{"agent",
-		"--kubeconfig", e.agentKubeconfig(), "--netns", e.tp.Node.Path, "--bpffs", e.bpffs,
+		"--kubeconfig", e.agentKubeconfig(), "--netns", tp.Node.Path, "--bpffs", bpffs,
 		"--ready-file", p.ready, "--metrics-addr", addr, "--log-format", "console"}, args...)...)
 	// The node name comes from the environment, as the DaemonSet's downward API gives it.
-	p.cmd.Env = append(os.Environ(), "NODE_NAME="+nodeName)
+	p.cmd.Env = append(os.Environ(), "NODE_NAME="+node)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	// The agent dies with the test binary, whatever ends it.
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -125,6 +125,23 @@ func (c *Cluster) SetPodIPs(tb testing.TB, namespace, name string, ips ...string
 	return pod
 }
 
+// SetPodLabels sets labels of a pod, as `kubectl label --overwrite` does: the keys given
+// take the values given, the others stay.
+func (c *Cluster) SetPodLabels(tb testing.TB, namespace, name string, labels map[string]string) *corev1.Pod {
+	tb.Helper()
+	ctx, cancel := opContext()
+	defer cancel()
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": labels}})
+	if err != nil {
+		tb.Fatalf("kapi: encode labels of pod %s/%s: %v", namespace, name, err)
+	}
+	pod, err := c.Client.CoreV1().Pods(namespace).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
+	if err != nil {
+		tb.Fatalf("kapi: label pod %s/%s: %v", namespace, name, err)
+	}
+	return pod
+}
+
 // DeletePod deletes a pod with grace period 0, so it goes at once: with no kubelet to confirm
 // the containers stopped, a pod bound to a node would otherwise stay Terminating.
 func (c *Cluster) DeletePod(tb testing.TB, namespace, name string) {

@@ -70,6 +70,9 @@ type Topology struct {
 	Node *Netns
 	// The node's own addresses, the source of traffic the node itself sends to pods.
 	NodeIPv4, NodeIPv6 netip.Addr
+	// Index tells the nodes of one cluster apart (NewNode): node i has the pods of
+	// 10.244.i.0/24 and fd00:244:0:i::/64, and the addresses 10.0.i.1 and fd00:0:0:i::1.
+	Index byte
 
 	tb      testing.TB
 	bridge  netlink.Link
@@ -109,6 +112,87 @@ func New(tb testing.TB, kind Kind) *Topology {
 	return t
 }
 
+// NewNode builds node index of a cluster of routed nodes, whose pods and addresses are its
+// own (Topology.Index); Connect joins two.
+func NewNode(tb testing.TB, index byte) *Topology {
+	tb.Helper()
+	t := &Topology{Kind: Routed, Index: index, tb: tb, Node: NewNetns(tb, fmt.Sprintf("node%d", index))}
+	require.NoError(tb, t.setupNode(), "set up node %s", t.Node.Name)
+	return t
+}
+
+// PodPrefixes are the prefixes of the node's pods.
+func (t *Topology) PodPrefixes() []netip.Prefix {
+	return []netip.Prefix{
+		netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, t.Index, 0}), 24),
+		netip.PrefixFrom(netip.AddrFrom16([16]byte{0: 0xfd, 2: 0x02, 3: 0x44, 7: t.Index}), 64),
+	}
+}
+
+// Connect joins two nodes of a cluster by a veth pair, each routing the other's pods and
+// addresses through it, as nodes on one network do.
+func Connect(tb testing.TB, a, b *Topology) {
+	tb.Helper()
+	require.NoError(tb, connect(a, b), "connect %s and %s", a.Node.Name, b.Node.Name)
+}
+
+func connect(a, b *Topology) error {
+	if a.Kind != Routed || b.Kind != Routed {
+		return errors.New("only routed nodes connect")
+	}
+	name := func(t *Topology) string { return fmt.Sprintf("pwnode%d", t.Index) }
+	link := func(_ *Topology, last byte) (netip.Prefix, netip.Prefix) {
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 98, 0, last}), 24),
+			netip.PrefixFrom(netip.AddrFrom16([16]byte{0: 0xfd, 3: 0x98, 15: last}), 64)
+	}
+	// a's end, b's name: the veth helper names the far end podIfname; rename it once there.
+	aEnd, err := a.addVeth(name(b), b.Node)
+	if err != nil {
+		return err
+	}
+	bEnd, err := b.Node.Handle().LinkByName(podIfname)
+	if err != nil {
+		return fmt.Errorf("find the link in %s: %w", b.Node.Name, err)
+	}
+	if err := b.Node.Handle().LinkSetName(bEnd, name(a)); err != nil {
+		return fmt.Errorf("name the link in %s: %w", b.Node.Name, err)
+	}
+	for _, end := range []struct {
+		t, peer *Topology
+		link    netlink.Link
+		last    byte
+	}{{a, b, aEnd, 1}, {b, a, bEnd, 2}} {
+		nl := end.t.Node.Handle()
+		v4, v6 := link(end.t, end.last)
+		peer4, peer6 := link(end.peer, 3-end.last)
+		for _, p := range []netip.Prefix{v4, v6} {
+			if err := addAddr(nl, end.link, p, 0); err != nil {
+				return err
+			}
+		}
+		if err := nl.LinkSetUp(end.link); err != nil {
+			return fmt.Errorf("set %s up: %w", end.link.Attrs().Name, err)
+		}
+		dsts := append(end.peer.PodPrefixes(), netip.PrefixFrom(end.peer.NodeIPv4, 32), netip.PrefixFrom(end.peer.NodeIPv6, 128))
+		for _, dst := range dsts {
+			gw := peer6.Addr()
+			if dst.Addr().Is4() {
+				gw = peer4.Addr()
+			}
+			r := netlink.Route{Dst: ipNet(dst), Gw: gw.AsSlice()}
+			if err := nl.RouteAdd(&r); err != nil {
+				return fmt.Errorf("add route to %s in %s: %w", dst, end.t.Node.Name, err)
+			}
+		}
+	}
+	_, a6 := link(a, 1)
+	_, b6 := link(b, 2)
+	if err := waitReady(a.Node, name(b), a6.Addr()); err != nil {
+		return err
+	}
+	return waitReady(b.Node, name(a), b6.Addr())
+}
+
 func (t *Topology) setupNode() error {
 	for _, kv := range [][2]string{
 		{"net/ipv4/ip_forward", "1"},
@@ -125,6 +209,10 @@ func (t *Topology) setupNode() error {
 	switch t.Kind {
 	case Routed:
 		t.NodeIPv4, t.NodeIPv6 = routedNodeIPv4, routedNodeIPv6
+		if t.Index > 0 {
+			t.NodeIPv4 = netip.AddrFrom4([4]byte{10, 0, t.Index, 1})
+			t.NodeIPv6 = netip.AddrFrom16([16]byte{0: 0xfd, 7: t.Index, 15: 1})
+		}
 		lo, err := nl.LinkByName("lo")
 		if err != nil {
 			return fmt.Errorf("find lo: %w", err)
@@ -173,8 +261,8 @@ func (t *Topology) AddPod(name string) *Pod {
 	p := &Pod{
 		Name:       name,
 		NS:         NewNetns(t.tb, name),
-		IPv4:       netip.AddrFrom4([4]byte{10, 244, 0, byte(n)}),
-		IPv6:       netip.AddrFrom16([16]byte{0: 0xfd, 2: 0x02, 3: 0x44, 15: byte(n)}),
+		IPv4:       netip.AddrFrom4([4]byte{10, 244, t.Index, byte(n)}),
+		IPv6:       netip.AddrFrom16([16]byte{0: 0xfd, 2: 0x02, 3: 0x44, 7: t.Index, 15: byte(n)}),
 		HostIfname: hostIfname(name),
 	}
 	require.NoError(t.tb, t.addPod(p), "add pod %s", name)
