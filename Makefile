@@ -114,6 +114,7 @@ bench: deps bpffs k8s-bins
 		-args -benchmarks-md ../../docs/BENCHMARKS.md -repetitions 3 -flood-seconds 3 -flood-streams 4
 	$(GO) test -run '^$$' -bench '^BenchmarkAgent$$' -benchtime 1x -timeout 15m ./tests/agentbench \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md
+	$(GO) test -run '^$$' -bench '^BenchmarkMapMemory$$' -benchtime 1x ./maps
 
 # demo runs the agent in standalone mode on pods in network namespaces it makes, prints which
 # connections pass and why, changes an annotation and prints it again, then removes it all.

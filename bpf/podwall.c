@@ -24,9 +24,11 @@ struct {
 	__type(value, struct endpoint_entry);
 } endpoints SEC(".maps");
 
+/* 524288: the addresses of 150,000 dual-stack pods and 5,000 nodes, with room (docs/SCALE.md);
+ * entries are allocated as they come, so a small cluster pays for its buckets only. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 524288);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ip_addr);
 	__type(value, __u32); /* identity */
