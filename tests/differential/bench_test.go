@@ -33,12 +33,18 @@ const (
 	// xdpPrefix names from_world's runs of a flow: "xdp-new-flow", "xdp-established-flow".
 	xdpPrefix       = "xdp-"
 	flowCTInsert    = "conntrack-insert"
+	flowCTRewrite   = "conntrack-rewrite"
+	flowALU         = "alu"
+	flowParts       = "new-flow-parts"
 	flowNew         = "new-flow"
 	flowEstablished = "established-flow"
 )
 
 // BenchmarkVerdict measures to_pod per packet, as the kernel times BPF_PROG_TEST_RUN with
-// repeat (ns/op is its per-run duration), against an empty tc program as the floor.
+// repeat (ns/op is its per-run duration), against an empty tc program as the floor. Every run
+// of to_pod gets the skb context of a packet forwarded to the endpoint (ingress_ifindex 1),
+// the one prepare checks the verdict with: without a context it would be a packet of the
+// node's own stack, which the host rule passes before the classifier.
 //
 // The endpoint's policy has 1, 64 or 1024 rules of every kind (labels, ports and ranges,
 // CIDRs of both families, ICMP types, deny rules), compiled with the cluster of 10, 10,000
@@ -48,30 +54,48 @@ const (
 //   - new-flow: a repeated packet cannot stay the first of its flow, so this collection is
 //     loaded with TCP conntrack timeouts of 0 (load-time settings of the program, which turn
 //     tracking off): every run looks its conntrack entry up, finds it expired, goes through
-//     every lookup of the classifier, and replaces the entry. A real new flow misses the
-//     lookup and inserts a new entry instead.
-//     conntrack-insert measures what that leaves out: a program that only inserts a new
-//     random key into a map made from conntrack's spec, with room for every run's key (the
-//     table evicts nothing: full, it refuses).
+//     every lookup of the classifier, and replaces the entry (an update with BPF_EXIST). A
+//     real new flow misses the lookup and inserts a new entry instead.
+//   - conntrack-insert: a program that only inserts a new random key into the conntrack map
+//     of a loaded collection (the real map: its type and default size), in rounds that fill
+//     it from empty to a quarter; conntrack-rewrite: one that only updates an existing entry
+//     of it, as new-flow's runs do. Their difference is what new-flow leaves out.
+//   - new-flow-parts: the new flow's packet in new-flow's collection, taken apart: host
+//     passes a packet of the node's stack after the ipcache lookup, before the classifier;
+//     proto, ident, cidr, sport and dport are policies whose rules constrain that one field
+//     only (proto: none), at 1 and 1,024 rules.
 //   - established-flow: the flow was allowed once, and each run passes on its conntrack
 //     entry.
+//   - alu: a program of ALU work only, touching no memory: a control for the machine's own
+//     noise (docs/BENCHMARKS.md, "Two levels").
 //
 // from_world, the uplinks' XDP program, is measured on the same packets and states (at the
 // largest ipcache, with the fewest and the most rules), against an empty XDP program: a new
 // flow goes through its classifier, an established one passes on its conntrack entry.
 //
-// With -benchmarks-md FILE it rewrites its section of FILE (docs/BENCHMARKS.md) from the
-// median of the runs of each benchmark; `make bench` does that.
+// With -benchmarks-md FILE it rewrites its two sections of FILE (docs/BENCHMARKS.md): the
+// medians (report_test.go), then every row's spread, the parts of a new flow and the goals
+// from the minimums (bench_report_test.go); `make bench` does that.
 func BenchmarkVerdict(b *testing.B) {
 	ns := topo.NewNetns(b, "bench")
+	syn := frame(benchPacket(), wire{tcpFlags: frames.TCPSyn})
 	b.Run(flowEmpty, func(b *testing.B) {
-		measure(b, ns, emptyProgram(b), frame(benchPacket(), wire{tcpFlags: frames.TCPSyn}))
+		measure(b, ns, emptyProgram(b), syn, nil)
 	})
+	b.Run(flowALU, func(b *testing.B) {
+		measure(b, ns, aluProgram(b), syn, nil)
+	})
+	// The conntrack rows write into the conntrack map of a collection of their own, of the
+	// size and type the agent loads.
+	ct := loadDatapath(b, func(*bpf.PodwallSpecs) error { return nil })
 	b.Run(flowCTInsert, func(b *testing.B) {
-		measure(b, ns, ctInsertProgram(b, b.N), frame(benchPacket(), wire{tcpFlags: frames.TCPSyn}))
+		measureCTInsert(b, ns, ct, syn)
+	})
+	b.Run(flowCTRewrite, func(b *testing.B) {
+		measureCTRewrite(b, ns, ct, syn)
 	})
 	b.Run(flowXDPEmpty, func(b *testing.B) {
-		measureXDP(b, ns, emptyXDPProgram(b), frame(benchPacket(), wire{tcpFlags: frames.TCPSyn}))
+		measureXDP(b, ns, emptyXDPProgram(b), syn)
 	})
 	for _, flow := range []string{flowNew, flowEstablished} {
 		d := loadDatapath(b, func(s *bpf.PodwallSpecs) error {
@@ -92,12 +116,15 @@ func BenchmarkVerdict(b *testing.B) {
 						b.Run(fmt.Sprintf("rules=%d", rules), func(b *testing.B) {
 							s := benchState(b, rules, entries)
 							require.NoError(b, d.applier.Apply(s))
-							measure(b, ns, d.objs.ToPod, prepare(b, ns, d, s, flow, rules))
+							measure(b, ns, d.objs.ToPod, prepare(b, ns, d, s, flow, rules), forwarded)
 						})
 					}
 				})
 			}
 		})
+		if flow == flowNew {
+			b.Run(flowParts, func(b *testing.B) { measureParts(b, ns, d) })
+		}
 		b.Run(xdpPrefix+flow, func(b *testing.B) {
 			entries := benchIPCache[len(benchIPCache)-1]
 			for _, rules := range benchXDPRules {
@@ -113,6 +140,7 @@ func BenchmarkVerdict(b *testing.B) {
 	}
 	if *benchmarksMD != "" {
 		require.NoError(b, writeBenchmarks(*benchmarksMD))
+		require.NoError(b, writeBreakdown(*benchmarksMD))
 	}
 }
 
@@ -143,61 +171,28 @@ func emptyProgram(b *testing.B) *ebpf.Program {
 	return prog
 }
 
-// ctInsertProgram is a tc program that inserts one conntrack entry of random addresses into
-// a fresh map of conntrack's type, with room for at least runs entries, and returns
-// TCX_NEXT.
-func ctInsertProgram(b *testing.B, runs int) *ebpf.Program {
-	spec, err := bpf.LoadPodwall()
-	require.NoError(b, err)
-	ms := spec.Maps[bpf.PodwallMapConntrack].Copy()
-	ms.MaxEntries = max(ms.MaxEntries, uint32(runs)+1024)
-	m, err := ebpf.NewMap(ms)
-	require.NoError(b, err)
-	b.Cleanup(func() { m.Close() })
+// The skb contexts of the runs of to_pod: a packet forwarded to the endpoint (at ifindex 1,
+// the loopback of the benchmark's namespace) from another interface, as every packet from
+// another pod or node is; and one the node's own stack sent (ingress_ifindex 0).
+var (
+	forwarded = skbContext(1, ingressOf(false))
+	fromNode  = skbContext(1, ingressOf(true))
+)
 
-	// The key is at fp-56 (52 bytes, and 4 of padding), the value at fp-80 (24 bytes), both
-	// zeroed first.
-	const key, value = -56, -80
-	require.Equal(b, uint32(52), ms.KeySize)
-	require.Equal(b, uint32(key-value), ms.ValueSize)
-	insns := asm.Instructions{asm.Mov.Imm(asm.R1, 0)}
-	for off := int16(value); off < 0; off += 8 {
-		insns = append(insns, asm.StoreMem(asm.RFP, off, asm.R1, asm.DWord))
-	}
-	insns = append(insns,
-		// Random bytes in the pod's and in the remote address.
-		asm.FnGetPrandomU32.Call(),
-		asm.StoreMem(asm.RFP, key+4, asm.R0, asm.Word),
-		asm.FnGetPrandomU32.Call(),
-		asm.StoreMem(asm.RFP, key+24, asm.R0, asm.Word),
-		asm.LoadMapPtr(asm.R1, m.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, key),
-		asm.Mov.Reg(asm.R3, asm.RFP), asm.Add.Imm(asm.R3, value),
-		asm.Mov.Imm(asm.R4, 0), // BPF_ANY
-		asm.FnMapUpdateElem.Call(),
-		asm.Mov.Imm(asm.R0, -1),
-		asm.Return(),
-	)
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, Instructions: insns, License: "Dual BSD/GPL"})
-	require.NoError(b, err)
-	b.Cleanup(func() { prog.Close() })
-	return prog
-}
-
-// measure runs prog b.N times on frame in the kernel, from ns (whose loopback is the
-// endpoint), and reports the kernel's time per run.
-func measure(b *testing.B, ns *topo.Netns, prog *ebpf.Program, frame []byte) {
+// measure runs prog b.N times on frame in the kernel, with the skb context ctx (nil: none),
+// from ns (whose loopback is the endpoint), and reports the kernel's time per run.
+func measure(b *testing.B, ns *topo.Netns, prog *ebpf.Program, frame, ctx []byte) {
 	b.Helper()
-	measureReturning(b, ns, prog, frame, actNext)
+	measureReturning(b, ns, prog, frame, ctx, actNext)
 }
 
 // measureXDP is measure for an XDP program, whose packets pass with XDP_PASS.
 func measureXDP(b *testing.B, ns *topo.Netns, prog *ebpf.Program, frame []byte) {
 	b.Helper()
-	measureReturning(b, ns, prog, frame, xdpPass)
+	measureReturning(b, ns, prog, frame, nil, xdpPass)
 }
 
-func measureReturning(b *testing.B, ns *topo.Netns, prog *ebpf.Program, frame []byte, pass uint32) {
+func measureReturning(b *testing.B, ns *topo.Netns, prog *ebpf.Program, frame, ctx []byte, pass uint32) {
 	b.Helper()
 	var (
 		ret    uint32
@@ -205,12 +200,17 @@ func measureReturning(b *testing.B, ns *topo.Netns, prog *ebpf.Program, frame []
 	)
 	b.ResetTimer()
 	err := ns.Do(func() (err error) {
-		ret, perRun, err = prog.Benchmark(frame, b.N, nil)
+		ret, perRun, err = testRun(prog, frame, ctx, b.N)
 		return err
 	})
 	b.StopTimer()
 	require.NoError(b, err)
 	require.Equal(b, pass, ret, "the packet passes")
+	record(b, perRun)
+}
+
+// record reports the kernel's time per run, and keeps it for the markdown tables.
+func record(b *testing.B, perRun time.Duration) {
 	b.ReportMetric(float64(perRun.Nanoseconds()), "ns/op")
 	results.add(b.Name(), b.N, perRun)
 }
@@ -290,18 +290,30 @@ func benchRulesText(n int) string {
 	// It states every field a TCP packet is classified on, so that a policy of this rule
 	// alone does the lookups of the larger ones, and the sizes differ only in rules.
 	rules = append(rules, "allow tcp from ports 1024:65535 label role=frontend cidr 10.0.0.0/8 to ports 443")
+	return joinRules(rules)
+}
+
+// joinRules is the annotation of rules.
+func joinRules(rules []string) string {
 	return strings.Join(rules, "; ")
 }
 
-// benchStates caches the compiled states across the runs of the benchmarks.
-var benchStates = map[[2]int]*compiler.State{}
+// benchStates caches the compiled states across the runs of the benchmarks, by policy text
+// and ipcache entries.
+var benchStates = map[string]*compiler.State{}
 
 // benchState compiles a dual-stack cluster of ipcache entries addresses: the node's two and
 // pods in 20 namespaces; the server pod, with a policy of rules rules, is the endpoint at
 // ifindex 1.
 func benchState(b *testing.B, rules, entries int) *compiler.State {
 	b.Helper()
-	key := [2]int{rules, entries}
+	return benchStateOf(b, benchRulesText(rules), entries)
+}
+
+// benchStateOf is benchState with the server's policy text.
+func benchStateOf(b *testing.B, text string, entries int) *compiler.State {
+	b.Helper()
+	key := fmt.Sprintf("%d %s", entries, text)
 	if s, ok := benchStates[key]; ok {
 		return s
 	}
@@ -320,7 +332,7 @@ func benchState(b *testing.B, rules, entries int) *compiler.State {
 		switch {
 		case i == 0:
 			p.Namespace, p.Name = "bench", "server"
-			p.Annotations = map[string]string{policy.AnnotationKey: benchRulesText(rules)}
+			p.Annotations = map[string]string{policy.AnnotationKey: text}
 		case i == 1:
 			p.Namespace, p.Name = "bench", "client"
 			p.Labels = map[string]string{"app": "client", "role": "frontend"}
@@ -346,6 +358,8 @@ type sample struct {
 type recorder struct {
 	mu      sync.Mutex
 	samples map[string][]sample
+	// order is the names in the order they were first measured.
+	order []string
 }
 
 var results = recorder{samples: map[string][]sample{}}
@@ -353,5 +367,8 @@ var results = recorder{samples: map[string][]sample{}}
 func (r *recorder) add(name string, n int, perRun time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if _, ok := r.samples[name]; !ok {
+		r.order = append(r.order, name)
+	}
 	r.samples[name] = append(r.samples[name], sample{n, perRun})
 }
