@@ -84,14 +84,16 @@ struct {
 	__type(value, struct ct_count);
 } ct_used SEC(".maps");
 
-/* ct_flush: the addresses that left the ipcache, whose entries the next ct_gc run with flush
- * set removes (a pod that reuses one starts clean). The agent fills and empties it. */
+/* ct_flush: the addresses whose entries the next ct_gc run with flush set removes: those that
+ * left the ipcache, every entry (a pod that reuses one starts clean), and those whose identity
+ * changed, the entries of the flows they opened, which are judged again by their new labels.
+ * The agent fills and empties it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ip_addr);
-	__type(value, __u8);
+	__type(value, __u8); /* enum flush_scope */
 } ct_flush SEC(".maps");
 
 struct {
@@ -1156,8 +1158,12 @@ int from_pod(struct __sk_buff *skb)
 static long gc_entry(struct bpf_map *map, const struct ct_key *k, struct ct_entry *e,
 		     struct ct_gc_run *run)
 {
-	bool flush = run->flush && (bpf_map_lookup_elem(&ct_flush, &k->pod) ||
-				    bpf_map_lookup_elem(&ct_flush, &k->remote));
+	__u8 *pod = run->flush ? bpf_map_lookup_elem(&ct_flush, &k->pod) : NULL;
+	__u8 *remote = run->flush ? bpf_map_lookup_elem(&ct_flush, &k->remote) : NULL;
+	/* A remote whose identity changed: the flows it opened, not the pod's own to it (whose
+	 * replies pass whatever the remote's labels). */
+	bool flush = (pod && *pod == FLUSH_ALL) ||
+		     (remote && (*remote == FLUSH_ALL || !(e->flags & CT_OUT)));
 	struct ct_count *n;
 	/* ct_clock, but a syscall program has no coarse clock: the fine one runs up to a tick
 	 * ahead, so an entry may go that much before its time. */

@@ -235,6 +235,12 @@ struct ct_count {
 	__s64 entries;
 };
 
+/* ct_flush values: which entries of an address one run of ct_gc removes. */
+enum flush_scope {
+	FLUSH_ALL = 0,     /* the address left the cluster: every flow of it */
+	FLUSH_INBOUND = 1, /* its identity changed: the flows it opened, to be judged again */
+};
+
 /* The argument and result of one run of ct_gc. */
 struct ct_gc_run {
 	__u32 flush;   /* in: also remove the entries of the addresses in ct_flush */
@@ -320,6 +326,7 @@ struct contract {
 	enum policy_flag policy_flag;
 	enum icmp_code icmp_code;
 	enum ct_flag ct_flag;
+	enum flush_scope flush_scope;
 	enum verdict verdict;
 	enum reason reason;
 };

@@ -122,6 +122,13 @@ const (
 	PodwallFamilyFAM_V6 PodwallFamily = 6
 )
 
+type PodwallFlushScope uint32
+
+const (
+	PodwallFlushScopeFLUSH_ALL     PodwallFlushScope = 0
+	PodwallFlushScopeFLUSH_INBOUND PodwallFlushScope = 1
+)
+
 type PodwallFragEntry struct {
 	_       structs.HostLayout
 	Seen    uint64

@@ -295,7 +295,7 @@ func (c *compilation) endpoints() {
 		addr4, addr6 := c.cl.ownAddrs(p.pod)
 		c.state.Endpoints[p.ifindex] = bpf.PodwallEndpoint{
 			Policy:     id,
-			Generation: generation(p.mode, epFlags, id, digest),
+			Generation: generation(p.mode, epFlags, id),
 			Mode:       p.mode,
 			Flags:      epFlags,
 			Addr4:      addr4,
@@ -563,13 +563,14 @@ func ipcacheDigest(m map[bpf.PodwallIpAddr]uint32) uint64 {
 	return h.Sum64()
 }
 
-// generation changes whenever anything that judges the endpoint's traffic changes: its
-// mode, flags, policy, or the identity of any address.
-func generation(mode, flags uint8, policy uint32, digest uint64) uint32 {
+// generation changes whenever what judges the endpoint's traffic changes: its mode, flags
+// or policy. A source's identity is not in it: an address whose identity changes has its
+// inbound flows removed from conntrack (maps.Applier), so that churn elsewhere in the cluster
+// leaves the endpoint's established flows alone.
+func generation(mode, flags uint8, policy uint32) uint32 {
 	var b []byte
 	b = append(b, mode, flags)
 	b = binary.LittleEndian.AppendUint32(b, policy)
-	b = binary.LittleEndian.AppendUint64(b, digest)
 	g := fold32(fnv64(string(b)))
 	if g == 0 {
 		g = 1

@@ -143,8 +143,10 @@ func TestPolicySharing(t *testing.T) {
 	require.Len(t, s.Policies, 3)
 }
 
-// A source pod's relabel changes the generation of the pods whose traffic it may send, not
-// their policy ids; an annotation change changes both; nothing else changes either.
+// A source pod's relabel changes its identity in the ipcache and the pol_ident entries of the
+// policies that name it, not their ids nor the generations of the pods they judge (the
+// applier has the relabelled pod's inbound flows judged again); an annotation change changes
+// both; nothing else changes either.
 func TestGenerations(t *testing.T) {
 	in := func(clientLabel, policy string) Input {
 		return Input{
@@ -161,7 +163,9 @@ func TestGenerations(t *testing.T) {
 	edited := Compile(in("client", "allow from label app=other"))
 	require.Equal(t, base.Endpoints, same.Endpoints)
 	require.Equal(t, base.Endpoints[1].Policy, relabeled.Endpoints[1].Policy)
-	require.NotEqual(t, base.Endpoints[1].Generation, relabeled.Endpoints[1].Generation)
+	require.Equal(t, base.Endpoints[1].Generation, relabeled.Endpoints[1].Generation)
+	client := AddrKey(addrs("10.0.0.2")[0])
+	require.NotEqual(t, base.IPCache[client], relabeled.IPCache[client])
 	require.NotEqual(t, base.Policies[base.Endpoints[1].Policy].Ident, relabeled.Policies[relabeled.Endpoints[1].Policy].Ident)
 	require.NotEqual(t, base.Endpoints[1].Policy, edited.Endpoints[1].Policy)
 	require.NotEqual(t, base.Endpoints[1].Generation, edited.Endpoints[1].Generation)

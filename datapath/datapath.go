@@ -57,7 +57,7 @@ type Datapath struct {
 func (d *Datapath) CollectConntrack() (Collection, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.ct.Collect(nil)
+	return d.ct.Collect(nil, nil)
 }
 
 // Open loads the data path, reusing and repinning what a previous agent left.

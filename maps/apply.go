@@ -23,8 +23,9 @@ type Applier struct {
 	counters  *counters
 
 	// gone are the addresses that left the ipcache and whose conntrack entries are not
-	// flushed yet: a failed flush is tried again by the next Apply.
-	gone []bpf.PodwallIpAddr
+	// flushed yet, changed those that came or whose identity changed, and whose inbound flows
+	// are not flushed yet: a failed flush is tried again by the next Apply.
+	gone, changed []bpf.PodwallIpAddr
 
 	// synced is false until the maps were read, and again after a failed apply, when what
 	// the kernel holds is no longer known.
@@ -176,11 +177,12 @@ func (a *Applier) Apply(s *compiler.State) error {
 		return fmt.Errorf("apply desired state: %w", err)
 	}
 	a.last = s
-	if len(a.gone) > 0 {
-		if _, err := a.ct.Collect(a.gone); err != nil {
-			return fmt.Errorf("flush the conntrack entries of %d addresses that left the ipcache: %w", len(a.gone), err)
+	if len(a.gone) > 0 || len(a.changed) > 0 {
+		if _, err := a.ct.Collect(a.gone, a.changed); err != nil {
+			return fmt.Errorf("flush the conntrack entries of %d addresses that left the ipcache and %d whose identity changed: %w",
+				len(a.gone), len(a.changed), err)
 		}
-		a.gone = nil
+		a.gone, a.changed = nil, nil
 	}
 	return nil
 }
@@ -245,6 +247,25 @@ func (a *Applier) pruneIPCache(want map[bpf.PodwallIpAddr]uint32) error {
 	return nil
 }
 
+// putIPCache writes the addresses want adds or gives another identity, and keeps them to
+// flush the flows they opened once the apply is done: a flow is judged by its source's
+// identity when it starts, and the endpoints' generations no longer follow the ipcache, so
+// an address whose identity changes (a relabel, a pod on an address that was the world's)
+// has its inbound flows judged again by its new labels, and other flows are left alone.
+func (a *Applier) putIPCache(want map[bpf.PodwallIpAddr]uint32) error {
+	var changed []bpf.PodwallIpAddr
+	for k, v := range want {
+		if old, ok := a.ipcache.present[k]; !ok || old != v {
+			changed = append(changed, k)
+		}
+	}
+	if err := a.ipcache.put(want); err != nil {
+		return err
+	}
+	a.changed = append(a.changed, changed...)
+	return nil
+}
+
 // full diffs every map against s: after the maps were read, they may hold anything, such
 // as what a failed apply wrote of a policy no endpoint came to use. Those orphans go first,
 // so that they never take the room of what s needs.
@@ -269,7 +290,7 @@ func (a *Applier) full(s *compiler.State) []func() error {
 		func() error { return a.port.put(d.Port) },
 		func() error { return a.icmp.put(d.ICMP) },
 		func() error { return a.pruneIPCache(d.IPCache) },
-		func() error { return a.ipcache.put(d.IPCache) },
+		func() error { return a.putIPCache(d.IPCache) },
 	}
 	steps = append(steps, a.endpointSteps(d.Endpoints, s.Policies)...)
 	return append(steps,
@@ -314,7 +335,7 @@ func (a *Applier) incremental(s *compiler.State) []func() error {
 	if s.IPCacheVersion == 0 || s.IPCacheVersion != last.IPCacheVersion {
 		steps = append(steps,
 			func() error { return a.pruneIPCache(s.IPCache) },
-			func() error { return a.ipcache.put(s.IPCache) })
+			func() error { return a.putIPCache(s.IPCache) })
 	}
 	steps = append(steps, a.endpointSteps(entries(s), s.Policies)...)
 	return append(steps,

@@ -3,6 +3,7 @@ package maps
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/cilium/ebpf"
 
@@ -33,19 +34,28 @@ type Collection struct {
 	Capacity uint32
 }
 
-// Collect removes the expired entries, and those whose pod or remote address is one of
-// gone.
-func (c *Conntrack) Collect(gone []bpf.PodwallIpAddr) (Collection, error) {
+// Collect removes the expired entries, those whose pod or remote address is one of gone (it
+// left the cluster), and those of the flows opened by an address of changed (its identity
+// changed, or it came: they are judged again by its labels; the pods' own flows to it stay).
+func (c *Conntrack) Collect(gone, changed []bpf.PodwallIpAddr) (Collection, error) {
 	col := Collection{Capacity: c.table.MaxEntries()}
+	addrs := slices.Clone(gone)
+	scopes := make([]uint8, len(gone), len(gone)+len(changed))
+	for _, a := range changed {
+		if !slices.Contains(gone, a) {
+			addrs = append(addrs, a)
+			scopes = append(scopes, uint8(bpf.PodwallFlushScopeFLUSH_INBOUND))
+		}
+	}
 	// The flush list is bounded; more addresses than it holds take more runs.
 	chunk := int(c.flush.MaxEntries())
-	for first := true; first || len(gone) > 0; first = false {
-		n := min(len(gone), chunk)
-		run, err := c.run(gone[:n])
+	for first := true; first || len(addrs) > 0; first = false {
+		n := min(len(addrs), chunk)
+		run, err := c.run(addrs[:n], scopes[:n])
 		if err != nil {
 			return col, err
 		}
-		gone = gone[n:]
+		addrs, scopes = addrs[n:], scopes[n:]
 		col.Live = run.Live
 		col.Expired += run.Expired
 		col.Flushed += run.Flushed
@@ -53,12 +63,11 @@ func (c *Conntrack) Collect(gone []bpf.PodwallIpAddr) (Collection, error) {
 	return col, nil
 }
 
-func (c *Conntrack) run(gone []bpf.PodwallIpAddr) (bpf.PodwallCtGcRun, error) {
+func (c *Conntrack) run(gone []bpf.PodwallIpAddr, scopes []uint8) (bpf.PodwallCtGcRun, error) {
 	var run bpf.PodwallCtGcRun
 	if len(gone) > 0 {
 		run.Flush = 1
-		marks := make([]uint8, len(gone))
-		if _, err := c.flush.BatchUpdate(gone, marks, nil); err != nil {
+		if _, err := c.flush.BatchUpdate(gone, scopes, nil); err != nil {
 			return run, fmt.Errorf("write %d addresses to flush into map %s: %w", len(gone), bpf.PodwallMapCtFlush, err)
 		}
 	}

@@ -49,10 +49,10 @@ func TestCollectRemovesExpiredAndFlushedEntries(t *testing.T) {
 		require.NoError(t, objs.CtUsed.Put(ifindex, bpf.PodwallCtCount{Entries: n}))
 	}
 
-	col, err := ct.Collect(nil)
+	col, err := ct.Collect(nil, nil)
 	require.NoError(t, err)
 	require.Equal(t, Collection{Live: 3, Expired: 2, Capacity: objs.Conntrack.MaxEntries()}, col)
-	col, err = ct.Collect([]bpf.PodwallIpAddr{addr("10.0.0.5"), addr("10.0.0.2")})
+	col, err = ct.Collect([]bpf.PodwallIpAddr{addr("10.0.0.5"), addr("10.0.0.2")}, nil)
 	require.NoError(t, err)
 	require.Equal(t, Collection{Live: 0, Flushed: 3, Capacity: objs.Conntrack.MaxEntries()}, col,
 		"10.0.0.2 is the pod of one entry and the remote of another")
@@ -71,6 +71,48 @@ func TestCollectRemovesExpiredAndFlushedEntries(t *testing.T) {
 	var a bpf.PodwallIpAddr
 	var mark uint8
 	require.False(t, objs.CtFlush.Iterate().Next(&a, &mark))
+}
+
+// TestCollectJudgesAgainTheFlowsOfAChangedSource: an address whose identity changed loses
+// the flows it opened (inbound, CT_IN), on every pod, and keeps the pods' own flows to it
+// (CT_OUT, with or without CT_IN) and the flows of other addresses; and, gone as well, it
+// loses all.
+func TestCollectJudgesAgainTheFlowsOfAChangedSource(t *testing.T) {
+	objs := load(t, 0)
+	ct := NewConntrack(objs)
+	key := func(pod, remote string, ifindex uint32) bpf.PodwallCtKey {
+		return bpf.PodwallCtKey{Pod: addr(pod), Remote: addr(remote), PodPort: 80, RemotePort: 40000, Proto: 6, Ifindex: ifindex}
+	}
+	t0 := now(t)
+	in, out := uint8(bpf.CTIn|bpf.CTAnswered), uint8(bpf.CTOut|bpf.CTAnswered)
+	entries := map[bpf.PodwallCtKey]bpf.PodwallCtEntry{
+		key("10.0.0.2", "10.0.0.9", 7): {LastSeen: t0, Flags: in},             // opened by 10.0.0.9: judged again
+		key("10.0.0.3", "10.0.0.9", 8): {LastSeen: t0, Flags: in},             // on another pod too
+		key("10.0.0.2", "10.0.1.9", 7): {LastSeen: t0, Flags: out},            // the pod's own, to 10.0.1.9: stays
+		key("10.0.0.3", "10.0.1.9", 8): {LastSeen: t0, Flags: out | bpf.CTIn}, // the pod's own, then allowed in: stays
+		key("10.0.0.2", "10.0.0.8", 7): {LastSeen: t0, Flags: in},             // another source: stays
+		key("10.0.0.9", "10.0.0.2", 9): {LastSeen: t0, Flags: in},             // 10.0.0.9's own pod side: stays
+	}
+	for k, v := range entries {
+		require.NoError(t, objs.Conntrack.Put(k, v))
+	}
+	col, err := ct.Collect(nil, []bpf.PodwallIpAddr{addr("10.0.0.9"), addr("10.0.1.9")})
+	require.NoError(t, err)
+	require.Equal(t, uint32(2), col.Flushed)
+	require.Equal(t, uint32(4), col.Live)
+	for k := range entries {
+		var v bpf.PodwallCtEntry
+		err := objs.Conntrack.Lookup(k, &v)
+		if k.Remote == addr("10.0.0.9") {
+			require.ErrorIs(t, err, ebpf.ErrKeyNotExist, "%+v", k)
+		} else {
+			require.NoError(t, err, "%+v", k)
+		}
+	}
+	// Gone and changed at once: gone wins.
+	col, err = ct.Collect([]bpf.PodwallIpAddr{addr("10.0.1.9")}, []bpf.PodwallIpAddr{addr("10.0.1.9")})
+	require.NoError(t, err)
+	require.Equal(t, uint32(2), col.Flushed)
 }
 
 // TestApplyFlushesTheConntrackOfAddressesThatLeave: a pod's address that leaves the ipcache

@@ -1,9 +1,11 @@
 package differential
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/bpf"
@@ -94,4 +96,73 @@ func TestEstablishedFlowsFollowTheEpoch(t *testing.T) {
 	require.NoError(t, d.applier.Apply(cluster("allow tcp to ports 8443", "allow tcp")))
 	require.Equal(t, e2+2, epoch())
 	require.Equal(t, []bpf.Reason{bpf.ReasonNoRule}, verdicts(ack), "the server's new policy judges the flow again")
+}
+
+// TestEstablishedFlowsFollowTheirSource checks that an established inbound flow is judged
+// again when its source's identity changes, and only then: churn of other pods changes the
+// ipcache, not the server's generation nor the epoch, and the flow passes on its entry; the
+// client's relabel removes the flows it opened, whose next packet the server's policy judges
+// by its new labels; the server's own connection to the client is no flow the client opened,
+// and its replies still pass.
+func TestEstablishedFlowsFollowTheirSource(t *testing.T) {
+	ns := topo.NewNetns(t, "source")
+	devices := addVeths(t, ns, 1)
+	enter(t, ns)
+	d := loadDatapath(t, func(*bpf.PodwallSpecs) error { return nil })
+
+	server, client, other := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.3"), netip.MustParseAddr("10.0.0.4")
+	cluster := func(clientRole string, others int) *compiler.State {
+		pods := []compiler.Pod{
+			{Namespace: "shop", Name: "server", IPs: []netip.Addr{server},
+				Annotations: map[string]string{policy.AnnotationKey: "allow tcp from label role=frontend"}},
+			{Namespace: "shop", Name: "client", IPs: []netip.Addr{client}, Labels: map[string]string{"role": clientRole}},
+		}
+		for i := range others {
+			pods = append(pods, compiler.Pod{Namespace: "shop", Name: fmt.Sprint("other-", i), IPs: []netip.Addr{other.Next()},
+				Labels: map[string]string{"role": fmt.Sprint("churn-", i)}})
+			other = other.Next()
+		}
+		s := compiler.Compile(compiler.Input{Pods: pods, Endpoints: []compiler.Endpoint{{Ifindex: devices[0], Namespace: "shop", Name: "server"}}})
+		require.Empty(t, s.Problems)
+		return s
+	}
+	in := compiler.Packet{Src: client, Dst: server, Proto: frames.ProtoTCP, SrcPort: 40000, DstPort: 443}
+	syn, ack := frame(in, wire{tcpFlags: frames.TCPSyn}), frame(in, wire{tcpFlags: frames.TCPAck})
+	// The server's own connection to the client, and the client's reply.
+	out := compiler.Packet{Src: server, Dst: client, Proto: frames.ProtoTCP, SrcPort: 50000, DstPort: 80}
+	reply := compiler.Packet{Src: client, Dst: server, Proto: frames.ProtoTCP, SrcPort: 80, DstPort: 50000}
+	verdict := func(f []byte) bpf.Reason {
+		o, err := d.run(devices[0], false, f)
+		require.NoError(t, err)
+		return o.reason
+	}
+	epoch := func() uint32 {
+		var v uint32
+		require.NoError(t, d.objs.Epoch.Lookup(uint32(0), &v))
+		return v
+	}
+
+	first := cluster("frontend", 0)
+	require.NoError(t, d.applier.Apply(first))
+	require.Equal(t, bpf.ReasonAllowRule, verdict(syn))
+	ret, err := d.objs.FromPod.Run(&ebpf.RunOptions{Data: frame(out, wire{tcpFlags: frames.TCPSyn}), Context: skbContext(devices[0], 0)})
+	require.NoError(t, err)
+	require.Equal(t, uint32(actNext), ret)
+	require.Equal(t, bpf.ReasonReply, verdict(frame(reply, wire{tcpFlags: frames.TCPSyn | frames.TCPAck})))
+
+	// Pods come and go elsewhere: the server's endpoint, its generation and the epoch stay.
+	e := epoch()
+	for n := 1; n <= 5; n++ {
+		s := cluster("frontend", n)
+		require.NoError(t, d.applier.Apply(s))
+		require.Equal(t, first.Endpoints[devices[0]].Generation, s.Endpoints[devices[0]].Generation)
+		require.Equal(t, e, epoch(), "no endpoint changed")
+		require.Equal(t, bpf.ReasonEstablished, verdict(ack), "churn %d: the flow is not judged again", n)
+	}
+
+	// The client becomes a worker: the flow it opened is judged again, and dropped.
+	require.NoError(t, d.applier.Apply(cluster("worker", 5)))
+	require.Equal(t, e, epoch())
+	require.Equal(t, bpf.ReasonNoRule, verdict(ack), "the relabelled client's flow is judged by its new labels")
+	require.Equal(t, bpf.ReasonReply, verdict(frame(reply, wire{tcpFlags: frames.TCPAck})), "the server's own connection stays")
 }
