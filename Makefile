@@ -106,7 +106,7 @@ test-kernels: deps bpffs
 	tests/kernels/run.sh
 
 bench: deps bpffs k8s-bins
-	$(GO) test -run '^$$' -bench '^BenchmarkVerdict$$' -benchtime 1000000x -count 9 ./tests/differential \
+	$(GO) test -run '^$$' -bench '^BenchmarkVerdict$$' -benchtime 1000000x -count 15 ./tests/differential \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md
 	cd tests/bench && $(GO) test -run '^$$' -bench '^BenchmarkEnforcers$$' -benchtime 1x -timeout 30m . \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md -iperf-seconds 2 -repetitions 3
