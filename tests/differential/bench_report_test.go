@@ -126,7 +126,9 @@ func breakdownTable() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	at := func(flow string, e, r int) float64 { return rows[fmt.Sprintf("%s/ipcache=%d/rules=%d", flow, e, r)].min }
+	at := func(flow string, e, r int) float64 {
+		return rows[fmt.Sprintf("%s/ipcache=%d/rules=%d", flow, e, r)].min
+	}
 	worst := func(flow string, e int) float64 {
 		m := 0.0
 		for _, r := range benchRules {
