@@ -29,7 +29,8 @@ type Source interface {
 	// Run calls notify(nil) once it holds a whole view and after each change, and
 	// notify(err) for each failure after which it keeps its last view.
 	Run(ctx context.Context, notify func(error)) error
-	Snapshot() (k8s.Snapshot, error)
+	// Changes returns what changed since the last call, the whole view the first time.
+	Changes() (k8s.Delta, error)
 }
 
 // Datapath is the data path the agent keeps in step with the source: datapath.Datapath.
@@ -184,7 +185,9 @@ type Agent struct {
 	known map[podKey]int // the interface each local pod was last found on
 	// strict are the interfaces the Strict patterns matched at the last look.
 	strict []int
-	// compiler keeps the last compilation, so a change recompiles what it touches.
+	// view is the cluster as the source's changes left it; compiler keeps the last
+	// compilation, and takes each change of a pod from view.
+	view     *view
 	compiler compiler.Compiler
 	// xdpSkipped are the uplinks auto leaves to tc (no native XDP, or veth), reported once;
 	// xdpFailed the last error of each uplink XDP could not be attached to.
@@ -235,6 +238,7 @@ func New(cfg Config) *Agent {
 		report: newReporter(cfg.Logger, cfg.Events, cfg.Node),
 		kick:   newTrigger(),
 		known:  map[podKey]int{},
+		view:   newView(cfg.Node),
 
 		xdpSkipped: map[int]bool{},
 		xdpFailed:  map[int]string{},
@@ -381,24 +385,22 @@ func (a *Agent) watchInterfaces(ctx context.Context) {
 // again.
 func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 	start := time.Now()
-	snap, err := a.cfg.Source.Snapshot()
+	d, err := a.cfg.Source.Changes()
 	if err != nil {
 		a.log.Error("read source", zap.Error(err))
 		return true
 	}
+	a.view.take(d, &a.compiler)
 	hostIPs, err := a.cfg.Finder.HostAddrs()
 	if err != nil {
 		a.log.Error("read node addresses", zap.Error(err))
 		return true
 	}
-	a.cfg.Metrics.pods.Set(float64(len(snap.Pods)))
-	a.cfg.Metrics.namespaces.Set(float64(len(snap.Namespaces)))
-	pods := make(map[podKey]k8s.Pod, len(snap.Pods))
-	for _, p := range snap.Pods {
-		pods[keyOf(p)] = p
-	}
+	a.cfg.Metrics.pods.Set(float64(len(a.view.pods)))
+	a.cfg.Metrics.namespaces.Set(float64(len(a.view.namespaces)))
+	pods := a.view.pods
 
-	locals := localPods(snap, a.cfg.Node)
+	locals := a.view.localPods()
 	endpoints, missing := a.endpoints(locals)
 	if first && len(missing) > 0 {
 		endpoints, missing = a.awaitEndpoints(ctx, locals, endpoints, missing)
@@ -417,7 +419,7 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 
 	opts := a.cfg.Options
 	opts.Capacity = a.cfg.Datapath.Capacity()
-	state := a.compiler.Compile(buildInput(snap, endpoints, hostIPs, opts))
+	state := a.view.compile(&a.compiler, endpoints, hostIPs, opts)
 	a.report.report(problemKinds, problemFindings(state.Problems), pods)
 	// Every pod's interface gets the programs before its entry exists: without one they
 	// drop everything, so a pod is guarded from the moment it is found, whether Apply then
@@ -442,7 +444,7 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 	a.cfg.Metrics.observeState(state, fill)
 	a.reportFill(fill)
 	if !a.applied.Swap(true) {
-		a.log.Info("first state applied", zap.Int("pods", len(snap.Pods)), zap.Int("endpoints", len(state.Endpoints)),
+		a.log.Info("first state applied", zap.Int("pods", len(pods)), zap.Int("endpoints", len(state.Endpoints)),
 			zap.Duration("took", time.Since(start)))
 	}
 
@@ -452,7 +454,7 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 	if len(missing) == 0 && len(attachFailed) == 0 {
 		a.writeReady()
 	}
-	a.log.Debug("reconciled", zap.Int("pods", len(snap.Pods)), zap.Int("endpoints", len(state.Endpoints)),
+	a.log.Debug("reconciled", zap.Int("pods", len(pods)), zap.Int("endpoints", len(state.Endpoints)),
 		zap.Int("missing", len(missing)), zap.Duration("took", time.Since(start)))
 	return len(missing) > 0 || len(attachFailed) > 0
 }
@@ -815,14 +817,7 @@ func (a *Agent) ensureFirst() {
 		a.cfg.Metrics.displaced.WithLabelValues(outcome).Inc()
 		found = append(found, f)
 	}
-	var pods map[podKey]k8s.Pod
-	if snap, err := a.cfg.Source.Snapshot(); err == nil {
-		pods = make(map[podKey]k8s.Pod, len(snap.Pods))
-		for _, p := range snap.Pods {
-			pods[keyOf(p)] = p
-		}
-	}
-	a.report.report([]string{kindChainOrder}, found, pods)
+	a.report.report([]string{kindChainOrder}, found, a.view.pods)
 }
 
 // detach detaches the programs from the interfaces that are gone, once the state without them

@@ -13,9 +13,9 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/podwall/podwall/agent/netif"
-	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/k8s"
+	"github.com/podwall/podwall/policy"
 )
 
 func pod(ns, name, node string, hostNetwork bool, ips ...string) k8s.Pod {
@@ -26,38 +26,51 @@ func pod(ns, name, node string, hostNetwork bool, ips ...string) k8s.Pod {
 	return p
 }
 
-func TestLocalPods(t *testing.T) {
-	snap := k8s.Snapshot{Pods: []k8s.Pod{
-		pod("a", "local", "n1", false, "10.0.0.1"),
+// The view follows the source's deltas: this node's pods with an address and an interface
+// of their own are local; the compiler takes the cluster whole after a Full delta and the
+// pods one by one after, to the same state Compile makes of the whole view.
+func TestViewFollowsDeltas(t *testing.T) {
+	v := newView("n1")
+	var c compiler.Compiler
+	local := pod("a", "local", "n1", false, "10.0.0.1")
+	local.Annotations = map[string]string{policy.AnnotationKey: "allow tcp from label app=web"}
+	v.take(k8s.Delta{Full: true, Pods: []k8s.Pod{
+		local,
 		pod("a", "remote", "n2", false, "10.0.0.2"),
 		pod("a", "host-network", "n1", true, "192.168.0.1"),
 		pod("a", "no-address-yet", "n1", false),
 		pod("b", "local-v6", "n1", false, "fd00::3"),
-	}}
-	var names []string
-	for _, p := range localPods(snap, "n1") {
-		names = append(names, p.Namespace+"/"+p.Name)
+	}, Namespaces: []string{"a", "b"}}, &c)
+	names := func() []string {
+		var out []string
+		for _, p := range v.localPods() {
+			out = append(out, p.Namespace+"/"+p.Name)
+		}
+		return out
 	}
-	require.Equal(t, []string{"a/local", "b/local-v6"}, names)
-}
-
-func TestBuildInput(t *testing.T) {
-	snap := k8s.Snapshot{Pods: []k8s.Pod{
-		pod("a", "local", "n1", false, "10.0.0.1"),
-		pod("a", "remote", "n2", false, "10.0.0.2"),
-	}, Namespaces: []string{"a"}}
+	require.Equal(t, []string{"a/local", "b/local-v6"}, names())
 	eps := []compiler.Endpoint{{Ifindex: 7, Namespace: "a", Name: "local"}}
 	host := []netip.Addr{netip.MustParseAddr("192.168.0.1")}
 	opts := compiler.Options{DefaultPolicy: compiler.DefaultDeny, OpenNamespaces: []string{"kube-system"}, AllowHost: true}
-	got := buildInput(snap, eps, host, opts)
-	require.Equal(t, compiler.Input{
-		Pods:      []compiler.Pod{snap.Pods[0].Pod, snap.Pods[1].Pod},
-		Endpoints: eps,
-		HostIPs:   host,
-		Options:   opts,
-	}, got)
-	state := compiler.Compile(got)
-	require.Equal(t, uint8(bpf.ModeIsolate), state.Endpoints[7].Mode, "default deny reached the compiler")
+	whole := func() compiler.Input {
+		in := compiler.Input{Endpoints: eps, HostIPs: host, Options: opts}
+		for _, p := range v.pods {
+			in.Pods = append(in.Pods, p.Pod)
+		}
+		return in
+	}
+	require.Equal(t, compiler.Compile(whole()), v.compile(&c, eps, host, opts))
+
+	web := pod("a", "remote", "n2", false, "10.0.0.2")
+	web.Labels = map[string]string{"app": "web"}
+	moved := pod("a", "no-address-yet", "n1", false, "10.0.0.4")
+	v.take(k8s.Delta{Pods: []k8s.Pod{web, moved}, Deleted: []k8s.PodKey{{Namespace: "b", Name: "local-v6"}}, Namespaces: []string{"a"}}, &c)
+	require.Equal(t, []string{"a/local", "a/no-address-yet"}, names())
+	s := v.compile(&c, eps, host, opts)
+	require.NotNil(t, s.Changes, "a delta is compiled as changes")
+	s.Changes = nil
+	require.Equal(t, compiler.Compile(whole()), s)
+	require.Len(t, s.Policies[s.Endpoints[7].Policy].Ident, 1, "the relabelled pod is named by the local policy")
 }
 
 // TestSettle runs in a synctest bubble, whose clock moves only when every goroutine waits:

@@ -223,6 +223,7 @@ func (f *fakeInterfaces) Watch(ctx context.Context, changed func(netif.Change)) 
 type fakeSource struct {
 	mu     sync.Mutex
 	snap   k8s.Snapshot
+	differ k8s.Differ
 	notify func(error)
 }
 
@@ -235,10 +236,10 @@ func (s *fakeSource) Run(ctx context.Context, notify func(error)) error {
 	return nil
 }
 
-func (s *fakeSource) Snapshot() (k8s.Snapshot, error) {
+func (s *fakeSource) Changes() (k8s.Delta, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.snap, nil
+	return s.differ.Diff(s.snap), nil
 }
 
 func (s *fakeSource) set(pods ...k8s.Pod) {

@@ -208,7 +208,7 @@ func TestAFailedSourceEndsRun(t *testing.T) {
 type failingSource struct{}
 
 func (failingSource) Run(context.Context, func(error)) error { return errors.New("no watch") }
-func (failingSource) Snapshot() (k8s.Snapshot, error)        { return k8s.Snapshot{}, nil }
+func (failingSource) Changes() (k8s.Delta, error)            { return k8s.Delta{}, nil }
 
 // TestXDPFollowsTheDefaultRoutes: with XDP auto, from_world goes, in native mode, to the
 // interfaces of the default routes, after the apply, and moves when they move; a veth uplink

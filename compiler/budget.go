@@ -109,9 +109,9 @@ func CheckPolicy(namespace string, rules []policy.Rule, budget int) error {
 		}
 	}
 	f := fold(rs, tags, nil)
-	c := compilation{cl: &cluster{tagIDs: map[string][]uint32{}}}
+	cl := &cluster{tagIDs: map[string]map[uint32]struct{}{}}
 	for i, t := range f.tags {
-		c.cl.tagIDs[t.tag] = []uint32{uint32(i + 1)}
+		cl.tagIDs[t.tag] = map[uint32]struct{}{uint32(i + 1): {}}
 	}
-	return CheckBudget(c.materialize(1, "", &f), budget)
+	return CheckBudget(materialize(cl, 1, "", &f), budget)
 }

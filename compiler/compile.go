@@ -6,41 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"maps"
-	"net/netip"
 	"slices"
 
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/policy"
 )
-
-type podKey struct{ namespace, name string }
-
-// cluster is what every pod of the cluster compiles to, whatever the node's endpoints,
-// annotations and options: the identities and the ipcache. It depends only on the pods'
-// namespaces, names, labels, addresses and host networking, and on the node's addresses.
-type cluster struct {
-	pods map[podKey]*clusterPod
-	// dups says whether two pods shared a name: they are left out of pods.
-	dups    bool
-	hostIPs []netip.Addr // usable
-	podTags map[podKey][]string
-	podIDs  map[podKey]uint32
-	tagIDs  map[string][]uint32 // tag -> the identities that have it, ascending
-	ipcache map[bpf.PodwallIpAddr]uint32
-	// owners are the pods the ipcache gives each pod address to.
-	owners   map[bpf.PodwallIpAddr]podKey
-	idents   map[uint32][]string
-	digest   uint64
-	problems []Problem // duplicates and address conflicts
-}
-
-// clusterPod is a copy of a pod with only its usable addresses. seen marks it found in the
-// input of a Compiler's turn.
-type clusterPod struct {
-	Pod
-	seen uint64
-}
 
 // compilation is the work of one Compile on a cluster.
 type compilation struct {
@@ -49,21 +19,23 @@ type compilation struct {
 	state    *State
 	open     map[string]bool
 	policies map[string]*folded // by encoding
-	// memo is the last turn of a Compiler, nil for Compile.
+	// memo is what the Compiler's last turn compiled.
 	memo *memo
 }
 
 // Compile computes the desired state of every map from the cluster as this node sees it.
 // It never fails as a whole: what cannot be compiled as written is isolated, left out or
 // ignored as Problem says, and listed in State.Problems. The result depends only on the
-// content of in, not on the order of its slices.
+// content of in, not on the order of its slices. It is the reference a Compiler's
+// incremental States are tested against.
 func Compile(in Input) *State {
-	return compileOnMemo(in, newCluster(in.Pods, in.HostIPs, false), nil)
+	var c Compiler
+	return c.Compile(in)
 }
 
-// compileOnMemo compiles the endpoints of in on cl, which must be the cluster of in,
-// reusing the policies of m unless it is nil.
-func compileOnMemo(in Input, cl *cluster, m *memo) *State {
+// compileOn compiles the endpoints of in on cl, which holds the cluster of in, reusing the
+// policies of m.
+func compileOn(in Input, cl *cluster, m *memo) *State {
 	c := &compilation{
 		in:   in,
 		cl:   cl,
@@ -72,8 +44,8 @@ func compileOnMemo(in Input, cl *cluster, m *memo) *State {
 			Endpoints:  map[uint32]bpf.PodwallEndpoint{},
 			Policies:   map[uint32]*Policy{},
 			IPCache:    cl.ipcache,
-			Identities: cl.idents,
-			Problems:   slices.Clone(cl.problems),
+			Identities: cl.byID,
+			Problems:   cl.problems(),
 		},
 		open:     map[string]bool{},
 		policies: map[string]*folded{},
@@ -91,134 +63,6 @@ func compileOnMemo(in Input, cl *cluster, m *memo) *State {
 
 func (c *compilation) problem(k podKey, kind ProblemKind, err error) {
 	c.state.Problems = append(c.state.Problems, Problem{Namespace: k.namespace, Name: k.name, Kind: kind, Err: err})
-}
-
-// newCluster numbers the identities of pods and fills the ipcache. A Compiler, which
-// compares the next input's labels with those of this one, has them copied (copyLabels),
-// whatever its caller does with its maps.
-func newCluster(pods []Pod, hostIPs []netip.Addr, copyLabels bool) *cluster {
-	cl := &cluster{
-		hostIPs: usableAddrs(hostIPs),
-		podTags: map[podKey][]string{},
-		podIDs:  map[podKey]uint32{},
-		tagIDs:  map[string][]uint32{},
-		ipcache: map[bpf.PodwallIpAddr]uint32{},
-		owners:  map[bpf.PodwallIpAddr]podKey{},
-		idents:  map[uint32][]string{},
-	}
-	sorted := cl.uniquePods(pods, copyLabels)
-	cl.identities(sorted)
-	cl.fillIPCache(sorted)
-	cl.digest = ipcacheDigest(cl.ipcache)
-	return cl
-}
-
-func (cl *cluster) problem(k podKey, kind ProblemKind, err error) {
-	cl.problems = append(cl.problems, Problem{Namespace: k.namespace, Name: k.name, Kind: kind, Err: err})
-}
-
-// uniquePods indexes copies of the pods, with only their usable addresses, and returns them
-// sorted by namespace and name. Pods that share a name are all left out: which one is real
-// cannot be told.
-func (cl *cluster) uniquePods(in []Pod, copyLabels bool) []*Pod {
-	cl.pods = make(map[podKey]*clusterPod, len(in))
-	dup := map[podKey]bool{}
-	copies := make([]clusterPod, len(in))
-	for i := range in {
-		p := &copies[i]
-		p.Pod = in[i]
-		p.IPs = usableAddrs(p.IPs)
-		if copyLabels {
-			p.Labels = maps.Clone(p.Labels)
-		}
-		k := podKey{p.Namespace, p.Name}
-		if _, ok := cl.pods[k]; ok {
-			dup[k] = true
-		}
-		cl.pods[k] = p
-	}
-	for k := range dup {
-		delete(cl.pods, k)
-		cl.dups = true
-		cl.problem(k, ProblemDuplicate, fmt.Errorf("pod %s/%s: %w", k.namespace, k.name, ErrDuplicate))
-	}
-	sorted := make([]*Pod, 0, len(cl.pods))
-	for _, p := range cl.pods {
-		sorted = append(sorted, &p.Pod)
-	}
-	slices.SortFunc(sorted, func(a, b *Pod) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-	})
-	return sorted
-}
-
-// identities numbers the tag sets of the pods that have addresses, and indexes them by tag.
-func (cl *cluster) identities(pods []*Pod) {
-	var keys []string
-	byKey := map[string][]string{}
-	podKeys := map[podKey]string{}
-	for _, p := range pods {
-		if p.HostNetwork {
-			continue
-		}
-		pk := podKey{p.Namespace, p.Name}
-		tags := identityTags(p.Namespace, p.Labels)
-		cl.podTags[pk] = tags
-		if len(p.IPs) == 0 {
-			continue
-		}
-		k := identityKey(tags)
-		podKeys[pk] = k
-		if _, ok := byKey[k]; !ok {
-			byKey[k] = tags
-			keys = append(keys, k)
-		}
-	}
-	ids := allocateIdentities(keys)
-	for pk, k := range podKeys {
-		cl.podIDs[pk] = ids[k]
-	}
-	for k, id := range ids {
-		tags := byKey[k]
-		cl.idents[id] = tags
-		for _, t := range tags {
-			cl.tagIDs[t] = append(cl.tagIDs[t], id)
-		}
-	}
-	for _, ids := range cl.tagIDs {
-		slices.Sort(ids)
-	}
-}
-
-// fillIPCache maps the node's addresses to IDHost and each pod address to its pod's
-// identity. An address claimed twice goes to the node, else to the first pod by namespace
-// and name.
-func (cl *cluster) fillIPCache(pods []*Pod) {
-	owner := map[bpf.PodwallIpAddr]string{}
-	for _, a := range cl.hostIPs {
-		k := AddrKey(a)
-		cl.ipcache[k] = bpf.IDHost
-		owner[k] = "the node"
-	}
-	for _, p := range pods {
-		if p.HostNetwork {
-			continue
-		}
-		pk := podKey{p.Namespace, p.Name}
-		id := cl.podIDs[pk]
-		name := "pod " + p.Namespace + "/" + p.Name
-		for _, a := range p.IPs {
-			k := AddrKey(a)
-			switch o, ok := owner[k]; {
-			case !ok:
-				cl.ipcache[k] = id
-				cl.owners[k] = pk
-				owner[k] = name
-			case o != name:
-				cl.problem(pk, ProblemAddressConflict, fmt.Errorf("%s is also %s's: %w", a, o, ErrAddressConflict))
-			}
-		}
-	}
 }
 
 // endpoints compiles the local pods, then numbers the distinct policies they use.
@@ -359,31 +203,6 @@ func b2i(b bool) int {
 	return 1
 }
 
-// ownAddrs are the first IPv4 and IPv6 addresses of pod k that the ipcache gives to it, the
-// sources from_pod lets its packets carry; zero where it has none. An address another pod or
-// the node holds is not the pod's to send from, nor is a second one of a family (Kubernetes
-// gives a pod at most one of each), and a duplicate endpoint (k is then the zero key) has none:
-// in doubt, the pod's packets are dropped as forged.
-func (cl *cluster) ownAddrs(k podKey) (addr4, addr6 bpf.PodwallIpAddr) {
-	p, ok := cl.pods[k]
-	if !ok {
-		return addr4, addr6
-	}
-	for _, a := range p.IPs {
-		ak := AddrKey(a)
-		if owner, ok := cl.owners[ak]; !ok || owner != k {
-			continue
-		}
-		switch {
-		case ak.Family == bpf.FamV4 && addr4.Family == 0:
-			addr4 = ak
-		case ak.Family == bpf.FamV6 && addr6.Family == 0:
-			addr6 = ak
-		}
-	}
-	return addr4, addr6
-}
-
 // podPolicy is what a local pod's annotation compiles to: its mode and, in ModeEnforce, its
 // folded policy and that policy's encoding; with the problem its annotation has, if any.
 type podPolicy struct {
@@ -406,12 +225,9 @@ func (c *compilation) endpoint(ep Endpoint) (podPolicy, bool) {
 		return podPolicy{}, false
 	}
 	value, key, annotated := policy.PolicyAnnotation(pod.Annotations, c.in.LegacyKey)
-	var pp podPolicy
-	if c.memo != nil {
-		pp = c.memo.policy(k, annotation{value, key, annotated}, func() podPolicy { return c.podPolicy(k, pod, value, key, annotated) })
-	} else {
-		pp = c.podPolicy(k, pod, value, key, annotated)
-	}
+	tags := identityTags(pod.Namespace, pod.Labels)
+	pp := c.memo.policy(k, memoKey{ann: annotation{value, key, annotated}, ident: identityKey(tags)}, pod.IPs,
+		func() podPolicy { return c.podPolicy(k, pod, tags, value, key, annotated) })
 	if pp.problem != nil {
 		c.state.Problems = append(c.state.Problems, *pp.problem)
 	}
@@ -419,7 +235,7 @@ func (c *compilation) endpoint(ep Endpoint) (podPolicy, bool) {
 }
 
 // podPolicy compiles the policy annotation of a local pod, found under key when annotated.
-func (c *compilation) podPolicy(k podKey, pod *clusterPod, value, key string, annotated bool) podPolicy {
+func (c *compilation) podPolicy(k podKey, pod *Pod, tags []string, value, key string, annotated bool) podPolicy {
 	isolate := func(kind ProblemKind, err error) podPolicy {
 		return podPolicy{mode: bpf.ModeIsolate, problem: &Problem{Namespace: k.namespace, Name: k.name, Kind: kind, Err: err}}
 	}
@@ -452,7 +268,7 @@ func (c *compilation) podPolicy(k podKey, pod *clusterPod, value, key string, an
 		}
 		rules = podRules(pod.Namespace, parsed)
 	}
-	f := fold(rules, c.cl.podTags[k], pod.IPs)
+	f := fold(rules, tags, pod.IPs)
 	return podPolicy{mode: bpf.ModeEnforce, f: &f, enc: string(f.encode())}
 }
 
@@ -469,18 +285,14 @@ func (c *compilation) policyIDs() map[string]uint32 {
 		}
 		taken[id] = true
 		ids[enc] = id
-		if c.memo != nil {
-			c.state.Policies[id] = c.memo.materialized(id, enc, func() *Policy { return c.materialize(id, enc, c.policies[enc]) })
-		} else {
-			c.state.Policies[id] = c.materialize(id, enc, c.policies[enc])
-		}
+		c.state.Policies[id] = c.memo.materialized(c.cl, id, enc, c.policies[enc])
 	}
 	return ids
 }
 
 // materialize keys a folded policy's entries by its id, and adds its pol_ident entries:
-// one for each identity that has a tag the policy names. enc is f's encoding.
-func (c *compilation) materialize(id uint32, enc string, f *folded) *Policy {
+// one for each identity of cl that has a tag the policy names. enc is f's encoding.
+func materialize(cl *cluster, id uint32, enc string, f *folded) *Policy {
 	p := &Policy{
 		Record: f.record,
 		Ident:  map[bpf.PodwallIdentKey]bpf.PodwallRuleVec{},
@@ -492,12 +304,14 @@ func (c *compilation) materialize(id uint32, enc string, f *folded) *Policy {
 	wild := vec(f.record.WildIdent)
 	byID := map[uint32]vec{}
 	for _, t := range f.tags {
-		for _, ident := range c.cl.tagIDs[t.tag] {
+		for ident := range cl.tagIDs[t.tag] {
 			byID[ident] = byID[ident].or(t.rules)
 		}
 	}
 	for ident, v := range byID {
-		p.Ident[bpf.PodwallIdentKey{Policy: id, Identity: ident}] = v.or(wild).ruleVec()
+		k := bpf.PodwallIdentKey{Policy: id, Identity: ident}
+		p.Ident[k] = v.or(wild).ruleVec()
+		p.identSum += identHash(k, p.Ident[k])
 	}
 	for _, e := range f.cidrs {
 		p.CIDR[cidrKey(id, e.prefix)] = e.rules.ruleVec()
@@ -514,24 +328,25 @@ func (c *compilation) materialize(id uint32, enc string, f *folded) *Policy {
 	for _, e := range f.icmps {
 		p.ICMP[bpf.PodwallIcmpKey{Policy: id, Family: e.family, Type: e.typ, Code: e.code}] = e.rules.ruleVec()
 	}
-	p.Version = policyVersion(id, enc, p.Ident)
+	p.Version = policyVersion(id, enc, p.identSum)
 	return p
+}
+
+// identHash is one pol_ident entry's share of its policy's identSum.
+func identHash(k bpf.PodwallIdentKey, v bpf.PodwallRuleVec) uint64 {
+	h := mix64(uint64(k.Identity))
+	for _, w := range v.Bits {
+		h = mix64(h ^ w)
+	}
+	return h
 }
 
 // policyVersion hashes what a policy's entries are made of: its id, its folded encoding
 // (which gives its record and its CIDR, port and ICMP entries) and its pol_ident entries,
-// which depend on the cluster's identities too. The pol_ident entries are summed, so their
-// order does not count. Never 0.
-func policyVersion(id uint32, enc string, ident map[bpf.PodwallIdentKey]bpf.PodwallRuleVec) uint64 {
-	var sum uint64
-	for k, v := range ident {
-		h := mix64(uint64(k.Identity))
-		for _, w := range v.Bits {
-			h = mix64(h ^ w)
-		}
-		sum += h
-	}
-	return mix64(fnv64(enc)^uint64(id)<<32^sum) | 1
+// which depend on the cluster's identities too: identSum, the sum of their identHash, which
+// follows one entry's change at the cost of that entry. Never 0.
+func policyVersion(id uint32, enc string, identSum uint64) uint64 {
+	return mix64(fnv64(enc)^uint64(id)<<32^identSum) | 1
 }
 
 // mix64 is splitmix64's finalizer: every bit of x moves about half the bits of the result.
@@ -541,26 +356,6 @@ func mix64(x uint64) uint64 {
 	x ^= x >> 27
 	x *= 0x94d049bb133111eb
 	return x ^ x>>31
-}
-
-// ipcacheDigest hashes the whole ipcache, in key order.
-func ipcacheDigest(m map[bpf.PodwallIpAddr]uint32) uint64 {
-	keys := make([]bpf.PodwallIpAddr, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(a, b bpf.PodwallIpAddr) int {
-		return cmp.Or(cmp.Compare(a.Family, b.Family), slices.Compare(a.Addr[:], b.Addr[:]))
-	})
-	h := fnv.New64a()
-	var b []byte
-	for _, k := range keys {
-		b = append(b[:0], k.Family)
-		b = append(b, k.Addr[:]...)
-		b = binary.LittleEndian.AppendUint32(b, m[k])
-		_, _ = h.Write(b) // a hash takes every write
-	}
-	return h.Sum64()
 }
 
 // generation changes whenever what judges the endpoint's traffic changes: its mode, flags

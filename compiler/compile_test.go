@@ -190,7 +190,8 @@ func TestPolicyIDProbing(t *testing.T) {
 	a, b := collidingEncodings(t)
 	h := fold32(fnv64(a))
 	for _, order := range [][]string{{a, b}, {b, a}} {
-		c := &compilation{state: &State{Policies: map[uint32]*Policy{}}, policies: map[string]*folded{}}
+		m := &memo{prevPolicies: map[string]*memoMaterial{}, nextPolicies: map[string]*memoMaterial{}}
+		c := &compilation{cl: newCluster(), memo: m, state: &State{Policies: map[uint32]*Policy{}}, policies: map[string]*folded{}}
 		for _, enc := range order {
 			c.policies[enc] = &folded{}
 		}

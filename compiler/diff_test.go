@@ -3,6 +3,7 @@ package compiler_test
 import (
 	"cmp"
 	"flag"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -361,27 +362,91 @@ func TestProtoMasksLeaveOtherProtocolsFieldsFree(t *testing.T) {
 	}
 }
 
-// TestCompilerEqualsCompile runs random sequences of changes to random clusters through one
-// Compiler: after every change its State must equal Compile's, and the State it returned
-// before must still equal Compile's of the input before, which it may share maps with.
+// TestCompilerEqualsCompile runs random sequences of changes to random clusters through
+// Compilers, one given each whole input (Compile, as after a resync) and one given the pods
+// that changed (SetPod, DeletePod, CompileNode, as the agent does): after every change
+// their States must equal Compile's, and their Changes must name every address and every
+// pol_ident entry of a kept policy that differs from the State before.
 func TestCompilerEqualsCompile(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
 	for seq := range 60 {
 		c := compilertest.Random(rng, nil)
-		var inc compiler.Compiler
-		var prevRef, prevInc *compiler.State
+		var whole compiler.Compiler
+		var delta compilertest.Feeder
+		var prevDelta snapshot
 		for step := range 40 {
 			what := "start"
 			if step > 0 {
 				what = c.Change(rng)
 			}
 			ref := compiler.Compile(c.Input)
-			got := inc.Compile(c.Input)
-			require.Equal(t, ref, got, "sequence %d, step %d: %s", seq, step, what)
-			if prevRef != nil {
-				require.Equal(t, prevRef, prevInc, "sequence %d, step %d: %s changed the State before", seq, step, what)
+			got := whole.Compile(c.Input)
+			gotDelta := delta.Turn(c.Input)
+			for name, s := range map[string]*compiler.State{"Compile": got, "SetPod": gotDelta} {
+				if step > 0 {
+					require.NotNil(t, s.Changes, "%s: sequence %d, step %d: %s", name, seq, step, what)
+				}
+				if s.Changes != nil && name == "SetPod" {
+					requireChangesCover(t, prevDelta, s, "%s: sequence %d, step %d: %s", name, seq, step, what)
+				}
+				withoutChanges := *s
+				withoutChanges.Changes = nil
+				require.Equal(t, ref, &withoutChanges, "%s: sequence %d, step %d: %s", name, seq, step, what)
 			}
-			prevRef, prevInc = ref, got
+			prevDelta = snap(gotDelta)
 		}
 	}
+}
+
+// snapshot is a copy of what a State's shared maps held at its turn.
+type snapshot struct {
+	state    *compiler.State
+	ipcache  map[bpf.PodwallIpAddr]uint32
+	policies map[uint32]*compiler.Policy
+	ident    map[uint32]map[bpf.PodwallIdentKey]bpf.PodwallRuleVec
+}
+
+func snap(s *compiler.State) snapshot {
+	out := snapshot{state: s, ipcache: maps.Clone(s.IPCache), policies: maps.Clone(s.Policies),
+		ident: map[uint32]map[bpf.PodwallIdentKey]bpf.PodwallRuleVec{}}
+	for id, p := range s.Policies {
+		out.ident[id] = maps.Clone(p.Ident)
+	}
+	return out
+}
+
+// requireChangesCover checks that s.Changes leads from prev and names every address whose
+// entry differs, and every pol_ident entry that differs in a policy both States hold.
+func requireChangesCover(t *testing.T, prev snapshot, s *compiler.State, msgAndArgs ...any) {
+	require.Same(t, prev.state, s.Changes.Since, msgAndArgs...)
+	if s.Changes.IPCache != nil {
+		for k := range mergedKeys(prev.ipcache, s.IPCache) {
+			if v, ok := s.IPCache[k]; ok != hasKey(prev.ipcache, k) || v != prev.ipcache[k] {
+				require.Contains(t, s.Changes.IPCache, k, msgAndArgs...)
+			}
+		}
+	}
+	for id, p := range s.Policies {
+		if prev.policies[id] != p {
+			continue
+		}
+		for k := range mergedKeys(prev.ident[id], p.Ident) {
+			if v, ok := p.Ident[k]; ok != hasKey(prev.ident[id], k) || v != prev.ident[id][k] {
+				require.Contains(t, s.Changes.Ident, k, msgAndArgs...)
+			}
+		}
+	}
+}
+
+func hasKey[K comparable, V any](m map[K]V, k K) bool { _, ok := m[k]; return ok }
+
+func mergedKeys[K comparable, V any](a, b map[K]V) map[K]struct{} {
+	out := make(map[K]struct{}, len(a)+len(b))
+	for k := range a {
+		out[k] = struct{}{}
+	}
+	for k := range b {
+		out[k] = struct{}{}
+	}
+	return out
 }

@@ -36,33 +36,16 @@ func identityHash(key string) uint32 {
 	return bpf.IDFirstPod + uint32(fnv64(key)%(math.MaxUint32+1-uint64(bpf.IDFirstPod)))
 }
 
-// allocateIdentities numbers the distinct tag sets. Keys are taken in sorted order and a
-// taken number moves to the next free one, so the result depends only on the set of keys.
-func allocateIdentities(keys []string) map[string]uint32 {
-	slices.Sort(keys)
-	keys = slices.Compact(keys)
-	ids := make(map[string]uint32, len(keys))
-	taken := make(map[uint32]bool, len(keys))
-	for _, k := range keys {
-		id := identityHash(k)
-		for taken[id] {
-			id++
-			if id == 0 {
-				id = bpf.IDFirstPod
-			}
-		}
-		taken[id] = true
-		ids[k] = id
-	}
-	return ids
-}
+// splitKey is the tags of an identity key.
+func splitKey(key string) []string { return strings.Split(key, ",") }
 
 // usableAddrs drops invalid addresses and unmaps IPv4-mapped ones: a pod or node address
 // given as ::ffff:a.b.c.d (net.IP's 16-byte form) is used as IPv4, as the pod's stack uses it.
+// An address given twice is kept once, where it first came.
 func usableAddrs(ips []netip.Addr) []netip.Addr {
 	out := make([]netip.Addr, 0, len(ips))
 	for _, a := range ips {
-		if a.IsValid() {
+		if a.IsValid() && !slices.Contains(out, a.Unmap()) {
 			out = append(out, a.Unmap())
 		}
 	}

@@ -32,21 +32,43 @@ func collidingNamespaces(t *testing.T) (string, string) {
 	return "", ""
 }
 
-func TestAllocateIdentities(t *testing.T) {
+// A new cluster numbers colliding identities by the order of their keys, whatever the order
+// of the pods; a Compiler's identity keeps its number while it lives, whatever comes after.
+func TestIdentityNumbers(t *testing.T) {
 	a, b := collidingNamespaces(t)
 	ka, kb := identityKey(identityTags(a, nil)), identityKey(identityTags(b, nil))
 	h := identityHash(ka)
 	require.Equal(t, h, identityHash(kb))
-	first, second := min(ka, kb), max(ka, kb)
-
-	// The key that sorts first keeps the hash, the other probes to the next free number,
-	// whatever order they come in.
-	for _, keys := range [][]string{{ka, kb}, {kb, ka}, {kb, ka, kb}} {
-		ids := allocateIdentities(keys)
-		require.Equal(t, map[string]uint32{first: h, second: h + 1}, ids)
+	first, second := a, b
+	if kb < ka {
+		first, second = b, a
 	}
-	ids := allocateIdentities([]string{"namespace_x"})
-	require.GreaterOrEqual(t, ids["namespace_x"], uint32(bpf.IDFirstPod))
+	pod := func(ns, ip string) Pod {
+		return Pod{Namespace: ns, Name: "p", IPs: []netip.Addr{netip.MustParseAddr(ip)}}
+	}
+	id := func(s *State, ip string) uint32 { return s.IPCache[AddrKey(netip.MustParseAddr(ip))] }
+	for _, pods := range [][]Pod{{pod(first, "10.0.0.1"), pod(second, "10.0.0.2")}, {pod(second, "10.0.0.2"), pod(first, "10.0.0.1")}} {
+		s := Compile(Input{Pods: pods})
+		require.Equal(t, h, id(s, "10.0.0.1"))
+		require.Equal(t, h+1, id(s, "10.0.0.2"))
+	}
+
+	// The second comes first: it keeps the hash's number when the first comes, and the first
+	// keeps the next one when the second leaves.
+	var c Compiler
+	c.SetPod(pod(second, "10.0.0.2"))
+	s := c.CompileNode(Input{})
+	require.Equal(t, h, id(s, "10.0.0.2"))
+	c.SetPod(pod(first, "10.0.0.1"))
+	s = c.CompileNode(Input{})
+	require.Equal(t, h, id(s, "10.0.0.2"))
+	require.Equal(t, h+1, id(s, "10.0.0.1"))
+	require.Equal(t, map[bpf.PodwallIpAddr]struct{}{AddrKey(netip.MustParseAddr("10.0.0.1")): {}}, s.Changes.IPCache)
+	c.DeletePod(second, "p")
+	s = c.CompileNode(Input{})
+	require.Equal(t, h+1, id(s, "10.0.0.1"))
+	require.Equal(t, map[uint32][]string{h + 1: {"namespace_" + first}}, s.Identities)
+	require.Equal(t, h, id(Compile(Input{Pods: []Pod{pod(first, "10.0.0.1")}}), "10.0.0.1"), "a restart numbers anew")
 }
 
 // A pod's identity depends on its namespace and labels only: not on its name, its

@@ -88,6 +88,24 @@ type State struct {
 	// Problems are the pods whose annotation or addresses could not be used as they are,
 	// sorted by namespace, name and kind.
 	Problems []Problem
+	// Changes are what differs from the State the same Compiler returned before; nil for
+	// the first State of a Compiler.
+	Changes *Changes
+}
+
+// Changes are what differs between two States of a Compiler, for an applier to write only
+// that. The States of one Compiler share their IPCache and Identities maps and the Policies
+// they both hold, which the Compiler changes in place: a State is read-only, and its maps
+// hold what it says only until the Compiler's next turn.
+type Changes struct {
+	// Since is the State these changes lead from.
+	Since *State
+	// IPCache are the addresses whose entry came, left or changed; nil when unknown (the
+	// ipcache of one of the States was cut to the map's room): then compare whole ipcaches.
+	IPCache map[bpf.PodwallIpAddr]struct{}
+	// Ident are the pol_ident entries that came, left or changed of the Policies that both
+	// States hold (the same *Policy): the entries of other policies are all new or all gone.
+	Ident map[bpf.PodwallIdentKey]struct{}
 }
 
 // Policy is one compiled policy: its record and its entries in the classifier maps, all
@@ -103,6 +121,8 @@ type Policy struct {
 	// Version is a hash of the policy's content: two Policies of one id with equal Versions
 	// hold the same entries. 0: unknown (a Policy not made by the compiler).
 	Version uint64
+	// identSum is the sum of the identHash of the Ident entries.
+	identSum uint64
 }
 
 // RuleSource is the origin of one rule bit.

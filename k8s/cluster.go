@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -25,24 +26,17 @@ type Cluster struct {
 	nsLister   corelisters.NamespaceLister
 	synced     atomic.Bool
 
-	// converted keeps each cached object's conversion: an informer replaces an object on
-	// every change and never modifies one, so an object seen before converts the same, and
-	// a snapshot after one change converts one pod, not the whole cluster.
-	mu        sync.Mutex
-	converted map[*corev1.Pod]convertedPod
-	sweep     uint64
-}
-
-type convertedPod struct {
-	pod   Pod
-	sweep uint64 // the last snapshot that saw the object
+	// dirty are the pods changed since the last Changes; begun says whether there was one.
+	mu    sync.Mutex
+	dirty map[string]struct{} // by cache key, namespace/name
+	begun bool
 }
 
 // NewCluster returns a source that watches the API through client. It contacts nothing
 // before Run.
 func NewCluster(client kubernetes.Interface) *Cluster {
-	// No periodic resync: the maps are compiled from the whole cache on every change, so
-	// replaying the cache would only recompile the same state.
+	// No periodic resync: the agent follows the changes, and a replay of the cache would
+	// change nothing.
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(Transform))
 	return &Cluster{
 		factory:    f,
@@ -57,37 +51,47 @@ func NewCluster(client kubernetes.Interface) *Cluster {
 // after every change, until ctx is done. A watch failure is passed to notify as an error;
 // client-go lists again and watches anew, and the cache keeps the last state meanwhile.
 func (c *Cluster) Run(ctx context.Context, notify func(error)) error {
-	changed := func() {
-		if c.synced.Load() {
-			notify(nil)
+	handler := func(pods bool) cache.ResourceEventHandlerFuncs {
+		changed := func(obj any) {
+			if pods {
+				c.markDirty(obj)
+			}
+			if c.synced.Load() {
+				notify(nil)
+			}
+		}
+		return cache.ResourceEventHandlerFuncs{
+			AddFunc: changed,
+			UpdateFunc: func(old, cur any) {
+				// A relist after a broken watch replays every object: only what changed counts.
+				if o, ok := old.(interface{ GetResourceVersion() string }); ok {
+					if n, ok := cur.(interface{ GetResourceVersion() string }); ok && o.GetResourceVersion() == n.GetResourceVersion() {
+						return
+					}
+				}
+				changed(cur)
+			},
+			DeleteFunc: changed,
 		}
 	}
-	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { changed() },
-		UpdateFunc: func(old, cur any) {
-			// A relist after a broken watch replays every object: only what changed counts.
-			if o, ok := old.(interface{ GetResourceVersion() string }); ok {
-				if n, ok := cur.(interface{ GetResourceVersion() string }); ok && o.GetResourceVersion() == n.GetResourceVersion() {
-					return
-				}
-			}
-			changed()
-		},
-		DeleteFunc: func(any) { changed() },
-	}
+	var synced []cache.InformerSynced
 	for name, inf := range map[string]cache.SharedIndexInformer{"pods": c.pods, "namespaces": c.namespaces} {
 		if err := inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
 			notify(fmt.Errorf("watch %s: %w", name, err))
 		}); err != nil {
 			return fmt.Errorf("set watch error handler of %s: %w", name, err)
 		}
-		if _, err := inf.AddEventHandler(handler); err != nil {
+		reg, err := inf.AddEventHandler(handler(inf == c.pods))
+		if err != nil {
 			return fmt.Errorf("add event handler to %s: %w", name, err)
 		}
+		synced = append(synced, reg.HasSynced)
 	}
 	c.factory.Start(ctx.Done())
 	defer c.factory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), c.pods.HasSynced, c.namespaces.HasSynced) {
+	// The handlers have seen the objects of the first list when their registrations have
+	// synced: the first Changes is whole, and the next ones hold only what changed after it.
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -97,6 +101,73 @@ func (c *Cluster) Run(ctx context.Context, notify func(error)) error {
 	notify(nil)
 	<-ctx.Done()
 	return nil
+}
+
+// markDirty notes the pod of an event, for the next Changes.
+func (c *Cluster) markDirty(obj any) {
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+	if err != nil {
+		return // not an object: nothing names it
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dirty == nil {
+		c.dirty = map[string]struct{}{}
+	}
+	c.dirty[key] = struct{}{}
+}
+
+// Changes returns the pods that came, changed or left since the last call, read from the
+// informer's cache; every pod the first time. The handlers note a change after the cache
+// holds it, so a change is never missed, at worst read twice.
+func (c *Cluster) Changes() (Delta, error) {
+	if !c.synced.Load() {
+		return Delta{}, ErrNotSynced
+	}
+	c.mu.Lock()
+	dirty, full := c.dirty, !c.begun
+	c.dirty, c.begun = nil, true
+	c.mu.Unlock()
+	var d Delta
+	if full {
+		snap, err := c.Snapshot()
+		if err != nil {
+			c.mu.Lock()
+			c.begun = false
+			c.mu.Unlock()
+			return Delta{}, err
+		}
+		return Delta{Full: true, Pods: snap.Pods, Namespaces: snap.Namespaces, NamespaceAnnotations: snap.NamespaceAnnotations}, nil
+	}
+	for key := range dirty {
+		obj, ok, err := c.pods.GetIndexer().GetByKey(key)
+		if err != nil {
+			c.mu.Lock()
+			if c.dirty == nil {
+				c.dirty = map[string]struct{}{}
+			}
+			maps.Copy(c.dirty, dirty) // read them again next time
+			c.mu.Unlock()
+			return Delta{}, fmt.Errorf("read pod %s from the cache: %w", key, err)
+		}
+		if p, isPod := obj.(*corev1.Pod); ok && isPod {
+			d.Pods = append(d.Pods, podFromAPI(p))
+			continue
+		}
+		ns, name, _ := cache.SplitMetaNamespaceKey(key)
+		d.Deleted = append(d.Deleted, PodKey{ns, name})
+	}
+	nss, err := c.nsLister.List(labels.Everything())
+	if err != nil {
+		return Delta{}, fmt.Errorf("list namespaces: %w", err)
+	}
+	var snap Snapshot
+	for _, ns := range nss {
+		snap.addNamespace(ns.Name, ns.Annotations)
+	}
+	slices.Sort(snap.Namespaces)
+	d.Namespaces, d.NamespaceAnnotations = snap.Namespaces, snap.NamespaceAnnotations
+	return d, nil
 }
 
 // Snapshot returns the pods and namespaces in the informers' caches.
@@ -112,38 +183,13 @@ func (c *Cluster) Snapshot() (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("list namespaces: %w", err)
 	}
-	snap := Snapshot{Pods: c.convert(pods), Namespaces: make([]string, 0, len(nss))}
+	snap := Snapshot{Pods: make([]Pod, 0, len(pods)), Namespaces: make([]string, 0, len(nss))}
+	for _, p := range pods {
+		snap.Pods = append(snap.Pods, podFromAPI(p))
+	}
 	for _, ns := range nss {
 		snap.addNamespace(ns.Name, ns.Annotations)
 	}
 	slices.Sort(snap.Namespaces)
 	return snap, nil
-}
-
-// convert is podFromAPI of every pod, reusing the conversions of objects seen before.
-func (c *Cluster) convert(pods []*corev1.Pod) []Pod {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.converted == nil {
-		c.converted = make(map[*corev1.Pod]convertedPod, len(pods))
-	}
-	c.sweep++
-	out := make([]Pod, 0, len(pods))
-	for _, p := range pods {
-		cp, ok := c.converted[p]
-		if !ok {
-			cp.pod = podFromAPI(p)
-		}
-		cp.sweep = c.sweep
-		c.converted[p] = cp
-		out = append(out, cp.pod)
-	}
-	if len(c.converted) > len(pods) {
-		for p, cp := range c.converted {
-			if cp.sweep != c.sweep {
-				delete(c.converted, p)
-			}
-		}
-	}
-	return out
 }

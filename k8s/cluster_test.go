@@ -99,3 +99,60 @@ func TestClusterSource(t *testing.T) {
 	kc.DeletePod(t, "shop", "api")
 	awaitPod("deleted", func(p *Pod) bool { return p == nil })
 }
+
+// TestClusterChanges checks that the source hands over what changed, read from the cache of
+// a real kube-apiserver's informers: every pod first, then only the pods that changed or left.
+func TestClusterChanges(t *testing.T) {
+	kc := kapi.Start(t)
+	src := NewCluster(kc.Client)
+	_, err := src.Changes()
+	require.ErrorIs(t, err, ErrNotSynced)
+	kc.CreateNamespace(t, "shop", nil)
+	for _, name := range []string{"a", "b", "c"} {
+		kc.CreatePod(t, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name, Labels: map[string]string{"app": name}},
+			Spec:       corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "c", Image: "nginx"}}},
+		})
+	}
+	n := newNotifications()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- src.Run(ctx, n.notify) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+	require.NoError(t, n.next(t), "synced")
+	d, err := src.Changes()
+	require.NoError(t, err)
+	require.True(t, d.Full)
+	require.Len(t, d.Pods, 3)
+	require.Contains(t, d.Namespaces, "shop")
+
+	// await gathers deltas until one holds what want looks for.
+	await := func(what string, want func(Delta) bool) {
+		t.Helper()
+		require.Eventually(t, func() bool {
+			d, err := src.Changes()
+			require.NoError(t, err)
+			require.False(t, d.Full, what)
+			return want(d)
+		}, 10*time.Second, 10*time.Millisecond, what)
+	}
+	kc.SetPodLabels(t, "shop", "b", map[string]string{"app": "bee"})
+	await("relabel", func(d Delta) bool {
+		for _, p := range d.Pods {
+			require.Equal(t, "b", p.Name, "only the pod that changed")
+		}
+		return len(d.Pods) == 1 && d.Pods[0].Labels["app"] == "bee"
+	})
+	kc.DeletePod(t, "shop", "c")
+	await("delete", func(d Delta) bool {
+		require.Empty(t, d.Pods)
+		return slices.Equal(d.Deleted, []PodKey{{Namespace: "shop", Name: "c"}})
+	})
+	d, err = src.Changes()
+	require.NoError(t, err)
+	require.Empty(t, d.Pods, "nothing changed since")
+	require.Empty(t, d.Deleted, "nothing changed since")
+}

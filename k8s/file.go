@@ -54,6 +54,7 @@ type File struct {
 	snap   Snapshot
 	synced bool
 	taken  []byte // the content of snap
+	differ Differ
 
 	// Of the Run loop only: the content last read and not taken, since when it is the same,
 	// and the error last reported for it.
@@ -182,6 +183,17 @@ func (f *File) Snapshot() (Snapshot, error) {
 		return Snapshot{}, ErrNotSynced
 	}
 	return f.snap, nil
+}
+
+// Changes returns what changed in the last content of the file that parsed since the last
+// call: the whole content the first time.
+func (f *File) Changes() (Delta, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.synced {
+		return Delta{}, ErrNotSynced
+	}
+	return f.differ.Diff(f.snap), nil
 }
 
 // ParseFile reads Pods and Namespaces from YAML or JSON: documents separated by `---`, each

@@ -148,7 +148,9 @@ func entries(s *compiler.State) map[uint32]bpf.PodwallEndpointEntry {
 //
 // After a successful Apply, the next one writes only what changed: a policy whose Version is
 // the one of the last state applied is not looked at again, nor is an ipcache of the same
-// IPCacheVersion. States are read-only.
+// IPCacheVersion. A State whose Changes lead from the last one applied costs what they
+// name: its addresses, and the pol_ident entries of the policies both hold. States are
+// read-only.
 func (a *Applier) Apply(s *compiler.State) error {
 	if !a.synced {
 		if err := a.load(); err != nil {
@@ -156,7 +158,8 @@ func (a *Applier) Apply(s *compiler.State) error {
 		}
 	}
 	var steps []func() error
-	if a.last == nil {
+	if a.last == nil || (s.Changes != nil && s.Changes.Since != a.last) {
+		// The maps hold no State this one leads from: compare them whole.
 		steps = a.full(s)
 	} else {
 		steps = a.incremental(s)
@@ -303,23 +306,41 @@ func (a *Applier) full(s *compiler.State) []func() error {
 
 // incremental writes the difference between a.last, which the maps hold, and s, in the
 // order of full. Policy ids are in every key of a policy's entries, so a policy's entries
-// change only with it.
+// change only with it. When s's Changes lead from a.last, a policy both hold (the same
+// *Policy, changed in place) differs by the pol_ident entries they name, and the ipcache
+// by the addresses they name.
 func (a *Applier) incremental(s *compiler.State) []func() error {
-	last := a.last
+	last, d := a.last, s.Changes
+	kept := func(id uint32) bool {
+		return d != nil && last.Policies[id] != nil && last.Policies[id] == s.Policies[id]
+	}
 	var added []*compiler.Policy             // new or changed
 	removed := map[uint32]*compiler.Policy{} // gone or changed, by id
 	for id, p := range s.Policies {
-		if changed(last.Policies[id], p) {
+		if !kept(id) && changed(last.Policies[id], p) {
 			added = append(added, p)
 		}
 	}
 	for id, old := range last.Policies {
-		if changed(old, s.Policies[id]) {
+		if !kept(id) && changed(old, s.Policies[id]) {
 			removed[id] = old
+		}
+	}
+	identPut, identDrop := map[bpf.PodwallIdentKey]bpf.PodwallRuleVec{}, map[bpf.PodwallIdentKey]bpf.PodwallRuleVec{}
+	if d != nil {
+		for k := range d.Ident {
+			if v, ok := s.Policies[k.Policy].Ident[k]; ok {
+				identPut[k] = v
+			} else {
+				identDrop[k] = bpf.PodwallRuleVec{}
+			}
 		}
 	}
 	steps := []func() error{
 		func() error {
+			if err := a.ident.put(identPut); err != nil {
+				return err
+			}
 			return putEach(a.ident, added, func(p *compiler.Policy) map[bpf.PodwallIdentKey]bpf.PodwallRuleVec { return p.Ident })
 		},
 		func() error {
@@ -332,7 +353,10 @@ func (a *Applier) incremental(s *compiler.State) []func() error {
 			return putEach(a.icmp, added, func(p *compiler.Policy) map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec { return p.ICMP })
 		},
 	}
-	if s.IPCacheVersion == 0 || s.IPCacheVersion != last.IPCacheVersion {
+	switch {
+	case d != nil && d.IPCache != nil:
+		steps = append(steps, func() error { return a.ipcacheChanges(s.IPCache, d.IPCache) })
+	case s.IPCacheVersion == 0 || s.IPCacheVersion != last.IPCacheVersion:
 		steps = append(steps,
 			func() error { return a.pruneIPCache(s.IPCache) },
 			func() error { return a.putIPCache(s.IPCache) })
@@ -340,6 +364,9 @@ func (a *Applier) incremental(s *compiler.State) []func() error {
 	steps = append(steps, a.endpointSteps(entries(s), s.Policies)...)
 	return append(steps,
 		func() error {
+			if err := a.ident.remove(presentKeys(a.ident, identDrop)); err != nil {
+				return err
+			}
 			return dropEach(a.ident, removed, s, func(p *compiler.Policy) map[bpf.PodwallIdentKey]bpf.PodwallRuleVec { return p.Ident })
 		},
 		func() error {
@@ -352,6 +379,40 @@ func (a *Applier) incremental(s *compiler.State) []func() error {
 			return dropEach(a.icmp, removed, s, func(p *compiler.Policy) map[bpf.PodwallIcmpKey]bpf.PodwallRuleVec { return p.ICMP })
 		},
 	)
+}
+
+// ipcacheChanges writes the addresses named by changed as want has them: first deleting
+// those it does not have, then writing the others, with the conntrack flushes of
+// pruneIPCache and putIPCache.
+func (a *Applier) ipcacheChanges(want map[bpf.PodwallIpAddr]uint32, changed map[bpf.PodwallIpAddr]struct{}) error {
+	var gone []bpf.PodwallIpAddr
+	put := map[bpf.PodwallIpAddr]uint32{}
+	for k := range changed {
+		v, ok := want[k]
+		_, had := a.ipcache.present[k]
+		switch {
+		case ok:
+			put[k] = v
+		case had:
+			gone = append(gone, k)
+		}
+	}
+	if err := a.ipcache.remove(gone); err != nil {
+		return err
+	}
+	a.gone = append(a.gone, gone...)
+	return a.putIPCache(put)
+}
+
+// presentKeys are the keys of m that t holds.
+func presentKeys[K, V comparable](t *table[K, V], m map[K]V) []K {
+	var keys []K
+	for k := range m {
+		if _, ok := t.present[k]; ok {
+			keys = append(keys, k)
+		}
+	}
+	return keys
 }
 
 // endpointSteps makes the endpoints map hold want, between the two epochs when anything

@@ -3,6 +3,7 @@ package maps
 import (
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/podwall/podwall/bpf"
 	"github.com/podwall/podwall/compiler"
+	"github.com/podwall/podwall/compiler/compilertest"
 	"github.com/podwall/podwall/policy"
 )
 
@@ -313,4 +315,26 @@ func TestApplyReplacesAPolicysIdentitiesInAFullMap(t *testing.T) {
 	require.Equal(t, slices.Collect(maps.Keys(first.Policies)), slices.Collect(maps.Keys(next.Policies)), "the same policy id")
 	require.NoError(t, a.Apply(next))
 	require.Equal(t, Want(next), dump(t, m))
+}
+
+// TestApplyFollowsACompilersChanges applies the States a Compiler makes of random changes
+// to random clusters, given pod by pod as the agent gives them, most of them through their
+// Changes: after each, the maps hold exactly the State.
+func TestApplyFollowsACompilersChanges(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 22))
+	for seq := range 8 {
+		m := load(t, 0)
+		a := NewApplier(m)
+		c := compilertest.Random(rng, nil)
+		var f compilertest.Feeder
+		for step := range 30 {
+			what := "start"
+			if step > 0 {
+				what = c.Change(rng)
+			}
+			s := f.Turn(c.Input)
+			require.NoError(t, a.Apply(s), "sequence %d, step %d: %s", seq, step, what)
+			require.Equal(t, Want(s), dump(t, m), "sequence %d, step %d: %s", seq, step, what)
+		}
+	}
 }
