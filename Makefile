@@ -112,7 +112,7 @@ bench: deps bpffs k8s-bins
 		-args -benchmarks-md ../../docs/BENCHMARKS.md -iperf-seconds 2 -repetitions 3
 	cd tests/bench && $(GO) test -run '^$$' -bench '^BenchmarkFlood$$' -benchtime 1x -timeout 30m . \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md -repetitions 3 -flood-seconds 3 -flood-streams 4
-	$(GO) test -run '^$$' -bench '^BenchmarkAgent$$' -benchtime 1x -timeout 15m ./tests/agentbench \
+	$(GO) test -run '^$$' -bench '^BenchmarkAgent$$' -benchtime 1x -timeout 90m ./tests/agentbench \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md
 	$(GO) test -run '^$$' -bench '^BenchmarkMapMemory$$' -benchtime 1x ./maps
 

@@ -9,6 +9,7 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -183,6 +184,11 @@ type Agent struct {
 	ready         bool // the ready file is written
 
 	known map[podKey]int // the interface each local pod was last found on
+	// found caches each local pod's interface as found at links and routes generation
+	// linksGen: a pod moves to another interface only with a change of links or routes,
+	// which bumps linksGen, so the loop does not look every pod up on every change.
+	found    map[podKey]foundIf
+	linksGen atomic.Uint64
 	// strict are the interfaces the Strict patterns matched at the last look.
 	strict []int
 	// view is the cluster as the source's changes left it; compiler keeps the last
@@ -193,11 +199,20 @@ type Agent struct {
 	// xdpFailed the last error of each uplink XDP could not be attached to.
 	xdpSkipped map[int]bool
 	xdpFailed  map[int]string
-	// enforcement is the condition last written on each local pod (a pod re-created under its
-	// name is another pod).
+	// enforcement is the condition last handed to conditions for each local pod (a pod
+	// re-created under its name is another pod), which writes them; nil without Config.Status.
 	enforcement map[podUID]condition
+	conditions  *conditions
 	// status is what the last apply left of each local pod, for Status.
 	status atomic.Pointer[[]PodStatus]
+}
+
+// foundIf is a local pod's interface, found for its addresses at a generation of the links.
+type foundIf struct {
+	gen     uint64
+	ips     []netip.Addr
+	ifindex int
+	name    string
 }
 
 type podUID struct {
@@ -238,12 +253,16 @@ func New(cfg Config) *Agent {
 		report: newReporter(cfg.Logger, cfg.Events, cfg.Node),
 		kick:   newTrigger(),
 		known:  map[podKey]int{},
+		found:  map[podKey]foundIf{},
 		view:   newView(cfg.Node),
 
 		xdpSkipped: map[int]bool{},
 		xdpFailed:  map[int]string{},
 
 		enforcement: map[podUID]condition{},
+	}
+	if cfg.Status != nil {
+		a.conditions = newConditions(cfg.Status, cfg.Logger)
 	}
 	if err := cfg.Metrics.Registry.Register(&ruleHits{status: a.Status, cfg: cfg.RuleMetrics, log: cfg.Logger}); err != nil {
 		// Metrics of another agent (a test's): that agent's rules are the series.
@@ -281,6 +300,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	sourceDone := make(chan error, 1) // buffered: the source's goroutine never waits on Run
 	started.Go(func() { sourceDone <- a.cfg.Source.Run(ctx, a.sourceChanged) })
 	started.Go(func() { a.watchInterfaces(ctx) })
+	if a.conditions != nil {
+		started.Go(func() { a.conditions.run(ctx) })
+	}
 
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
@@ -364,6 +386,9 @@ func (a *Agent) sourceChanged(err error) {
 func (a *Agent) watchInterfaces(ctx context.Context) {
 	for {
 		err := a.cfg.Finder.Watch(ctx, func(c netif.Change) {
+			if c.Kind != netif.NeighChange {
+				a.linksGen.Add(1)
+			}
 			if wakes(c, a.pending.Load()) {
 				a.kick.fire()
 			}
@@ -371,6 +396,7 @@ func (a *Agent) watchInterfaces(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		a.linksGen.Add(1)
 		a.log.Warn("interface notifications lost; watching again", zap.Error(err))
 		select {
 		case <-ctx.Done():
@@ -450,7 +476,7 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 
 	a.detach(endpoints)
 	a.syncXDP()
-	a.publishEnforcement(ctx, locals, endpoints, state, missing)
+	a.publishEnforcement(locals, endpoints, state, missing)
 	if len(missing) == 0 && len(attachFailed) == 0 {
 		a.writeReady()
 	}
@@ -459,14 +485,14 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 	return len(missing) > 0 || len(attachFailed) > 0
 }
 
-// publishEnforcement writes each running local pod's podwall.io/policy-enforced condition
-// where it changed, after an apply: True once the kernel holds the pod's current policy on its
-// interface (the message names the policy and generation), False with the reason while the
-// pod is isolated for its annotation or the node's room, or has no interface found. A failed
-// write is tried again at the next apply.
+// publishEnforcement hands each running local pod's podwall.io/policy-enforced condition to
+// the writer (conditions) where it changed, after an apply: True once the kernel holds the
+// pod's current policy on its interface (the message names the policy and generation), False
+// with the reason while the pod is isolated for its annotation or the node's room, or has no
+// interface found.
 //
 // It also keeps what `podwall status` shows of each pod (Agent.Status), written or not.
-func (a *Agent) publishEnforcement(ctx context.Context, locals []k8s.Pod, eps []compiler.Endpoint, state *compiler.State, missing []finding) {
+func (a *Agent) publishEnforcement(locals []k8s.Pod, eps []compiler.Endpoint, state *compiler.State, missing []finding) {
 	ifindexOf := map[podKey]uint32{}
 	for _, ep := range eps {
 		ifindexOf[podKey{ep.Namespace, ep.Name}] = ep.Ifindex
@@ -502,22 +528,17 @@ func (a *Agent) publishEnforcement(ctx context.Context, locals []k8s.Pod, eps []
 		if ok && last.enforced == c.enforced {
 			c.since = last.since
 		}
-		if a.cfg.Status == nil {
-			a.enforcement[id] = c
-			continue
-		}
-		wctx, cancel := context.WithTimeout(ctx, statusTimeout)
-		err := a.cfg.Status.SetEnforced(wctx, p, c.enforced, c.reason, c.message, c.since)
-		cancel()
-		if err != nil {
-			a.log.Warn("write the policy-enforced condition", zap.Stringer("pod", k), zap.Error(err))
-			continue
-		}
 		a.enforcement[id] = c
+		if a.conditions != nil {
+			a.conditions.set(id, p, c)
+		}
 	}
 	for id := range a.enforcement {
 		if !live[id] {
 			delete(a.enforcement, id)
+			if a.conditions != nil {
+				a.conditions.forget(id)
+			}
 		}
 	}
 	a.keepStatus(locals, ifindexOf, state)
@@ -670,13 +691,26 @@ func (a *Agent) endpoints(locals []k8s.Pod) ([]compiler.Endpoint, []finding) {
 	var eps []compiler.Endpoint
 	var missing []finding
 	known := make(map[podKey]int, len(locals))
+	gen := a.linksGen.Load()
+	found := make(map[podKey]foundIf, len(locals))
 	for _, p := range locals {
 		k := keyOf(p)
+		if f, ok := a.found[k]; ok && f.gen == gen && slices.Equal(f.ips, p.IPs) {
+			found[k], known[k] = f, f.ifindex
+			eps = append(eps, compiler.Endpoint{Ifindex: uint32(f.ifindex), Namespace: p.Namespace, Name: p.Name})
+			continue
+		}
 		ifindex, err := a.cfg.Finder.Find(p.IPs)
 		if err != nil {
 			if old, ok := a.known[k]; ok && a.cfg.Finder.Exists(old) {
 				ifindex, err = old, nil
 			}
+		} else {
+			f := foundIf{gen: gen, ips: p.IPs, ifindex: ifindex, name: "if" + strconv.Itoa(ifindex)}
+			if name, err := a.cfg.Finder.Name(ifindex); err == nil {
+				f.name = name
+			}
+			found[k] = f
 		}
 		if err != nil {
 			missing = append(missing, finding{pod: k, kind: kindInterface, reason: ReasonInterfaceNotFound,
@@ -686,6 +720,7 @@ func (a *Agent) endpoints(locals []k8s.Pod) ([]compiler.Endpoint, []finding) {
 		known[k] = ifindex
 		eps = append(eps, compiler.Endpoint{Ifindex: uint32(ifindex), Namespace: p.Namespace, Name: p.Name})
 	}
+	a.found = found
 	// A pod the source no longer lists (or lists without an address) while its interface
 	// lives keeps an endpoint: the compiler isolates a pod it does not know, and from_pod
 	// drops what an address-less pod sends. It goes once its interface does.

@@ -73,8 +73,8 @@ func (a *Agent) keepStatus(locals []k8s.Pod, ifindexOf map[podKey]uint32, state 
 		if found {
 			s.Ifindex = ifindex
 			s.Interface = "if" + strconv.Itoa(int(ifindex))
-			if name, err := a.cfg.Finder.Name(int(ifindex)); err == nil {
-				s.Interface = name
+			if f, ok := a.found[k]; ok && f.ifindex == int(ifindex) {
+				s.Interface = f.name
 			}
 			s.Attach = string(a.cfg.Datapath.Mode())
 		}

@@ -76,6 +76,8 @@ func (c *Compiler) turn(in Input) *State {
 	m.prevPolicies, m.nextPolicies = m.nextPolicies, nil
 	cut := len(s.IPCache) != len(c.cl.ipcache)
 	if c.last != nil {
+		// The State before keeps no Changes: States would otherwise hold every one before them.
+		c.last.Changes = nil
 		s.Changes = &Changes{Since: c.last, Ident: m.identChanges}
 		if !cut && !c.cut {
 			s.Changes.IPCache = addrs

@@ -51,6 +51,7 @@ func TestCompilerChangesWhatChanged(t *testing.T) {
 	require.Contains(t, third.Changes.Ident, ident)
 	require.Contains(t, third.Policies[id].Ident, ident)
 	require.Same(t, policies[id], third.Policies[id])
+	require.Nil(t, second.Changes, "a State does not hold the ones before it")
 	require.NotEqual(t, version, third.Policies[id].Version)
 
 	// Relabelled away from the policy's tags, then gone.

@@ -96,7 +96,8 @@ type State struct {
 // Changes are what differs between two States of a Compiler, for an applier to write only
 // that. The States of one Compiler share their IPCache and Identities maps and the Policies
 // they both hold, which the Compiler changes in place: a State is read-only, and its maps
-// hold what it says only until the Compiler's next turn.
+// hold what it says only until the Compiler's next turn, which also drops its Changes (so
+// that a State does not hold every State before it).
 type Changes struct {
 	// Since is the State these changes lead from.
 	Since *State

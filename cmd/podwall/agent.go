@@ -34,6 +34,8 @@ const envPrefix = "PODWALL_"
 type agentOptions struct {
 	policyOptions
 	kubeconfig  string
+	kubeQPS     float32
+	kubeBurst   int
 	nodeName    string
 	bpffs       string
 	metricsAddr string
@@ -117,6 +119,8 @@ maps stay pinned under --bpffs, and the next agent takes them over without a gap
 
 func (o *agentOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file of the cluster (default: the in-cluster configuration)")
+	f.Float32Var(&o.kubeQPS, "kube-api-qps", defaultKubeQPS, "requests a second the agent's API client sends at most, beyond its burst (the pods' conditions and Events; the watches are not counted)")
+	f.IntVar(&o.kubeBurst, "kube-api-burst", defaultKubeBurst, "requests the agent's API client may send at once above --kube-api-qps")
 	f.StringVar(&o.nodeName, "node-name", "", "name of this node: its pods are the ones podwall guards (default: $NODE_NAME, else the host name)")
 	f.StringVar(&o.bpffs, "bpffs", loader.DefaultBPFFS, "bpf filesystem where programs, links and maps are pinned, under <bpffs>/podwall (which may itself be a bind mount of a bpffs folder, as the DaemonSet mounts it)")
 	o.policyOptions.addFlags(f)
@@ -355,12 +359,19 @@ func (o agentOptions) run(ctx context.Context, d deps) error {
 }
 
 func (o agentOptions) client() (kubernetes.Interface, error) {
-	return kubeClient(o.kubeconfig, "podwall-agent")
+	return kubeClient(o.kubeconfig, "podwall-agent", func(cfg *rest.Config) { cfg.QPS, cfg.Burst = o.kubeQPS, o.kubeBurst })
 }
+
+// The agent's API client rate: client-go's own default (5 a second, 10 at once) would hold
+// the conditions of a node's pods for seconds when many start together.
+const (
+	defaultKubeQPS   = 20
+	defaultKubeBurst = 50
+)
 
 // kubeClient is a client of the cluster of a kubeconfig file, or of the in-cluster
 // configuration without one.
-func kubeClient(kubeconfig, userAgent string) (kubernetes.Interface, error) {
+func kubeClient(kubeconfig, userAgent string, tune ...func(*rest.Config)) (kubernetes.Interface, error) {
 	var cfg *rest.Config
 	var err error
 	if kubeconfig != "" {
@@ -372,6 +383,10 @@ func kubeClient(kubeconfig, userAgent string) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("kubernetes client configuration (give --kubeconfig, or --pods-file for standalone mode): %w", err)
 	}
 	cfg.UserAgent = userAgent
+	k8s.UseProtobuf(cfg)
+	for _, f := range tune {
+		f(cfg)
+	}
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)

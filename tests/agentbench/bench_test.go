@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -25,8 +26,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8sjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
+	"k8s.io/apimachinery/pkg/runtime/serializer/protobuf"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/podwall/podwall/agent/netif"
 	"github.com/podwall/podwall/bpf"
@@ -40,15 +44,16 @@ import (
 
 func TestMain(m *testing.M) { topo.Main(m) }
 
-// The cluster of the benchmark.
+// The cluster of the benchmark, but for its number of pods (-sizes).
 const (
-	totalPods  = 10_000
 	localPods  = 100 // on nodeName, each with a pod namespace of its own
 	podsByNode = 100 // the other pods, spread over fake nodes
 	namespaces = 50
 	apps       = 40
 	updates    = 1_000
-	nodeName   = "node-1"
+	// relabels is how many remote pods are relabelled, one after the other.
+	relabels = 300
+	nodeName = "node-1"
 	// writers is how many API writes are in flight while the cluster is populated.
 	writers = 16
 )
@@ -78,8 +83,8 @@ type podSpec struct {
 // the topology's pods, the rest on fake nodes with addresses of their own; dual-stack, in
 // namespaces ns-00.., labelled with an app, a tier and a template hash; two in three with a
 // policy annotation.
-func cluster(local []*topo.Pod) []podSpec {
-	pods := make([]podSpec, totalPods)
+func cluster(local []*topo.Pod, total int) []podSpec {
+	pods := make([]podSpec, total)
 	for i := range pods {
 		ns := fmt.Sprintf("ns-%02d", i%namespaces)
 		app := fmt.Sprintf("app-%02d", (i/namespaces)%apps)
@@ -99,7 +104,7 @@ func cluster(local []*topo.Pod) []podSpec {
 			p.node = fmt.Sprintf("node-%03d", 2+k/podsByNode)
 			p.ips = []netip.Addr{
 				netip.AddrFrom4([4]byte{10, byte(128 + i>>16), byte(i >> 8), byte(i)}),
-				netip.AddrFrom16([16]byte{0: 0xfd, 2: 0x01, 3: 0x28, 14: byte(i >> 8), 15: byte(i)}),
+				netip.AddrFrom16([16]byte{0: 0xfd, 2: 0x01, 3: 0x28, 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)}),
 			}
 		}
 		if i%3 != 2 || i < localPods {
@@ -251,6 +256,21 @@ func startAgent(b *testing.B, bin string, args ...string) (*agentProcess, time.D
 
 func (p *agentProcess) terminate(b *testing.B) {
 	b.Helper()
+	if os.Getenv("ZZDEBUG") != "" {
+		lines := strings.Split(p.out.String(), "\n")
+		var gc []string
+		for _, l := range lines {
+			if strings.HasPrefix(l, "gc ") {
+				gc = append(gc, l)
+			}
+		}
+		for i := max(0, len(gc)-8); i < len(gc); i++ {
+			b.Log(gc[i])
+		}
+		if len(gc) > 0 {
+			b.Log("first: ", gc[0], " n=", len(gc))
+		}
+	}
 	require.NoError(b, p.cmd.Process.Signal(syscall.SIGTERM))
 	select {
 	case err := <-p.exited:
@@ -354,13 +374,26 @@ func freeAddr(b *testing.B) string {
 	return l.Addr().String()
 }
 
-// BenchmarkAgent populates the API, starts the agent, and takes the measurements of issue 4.
-// It runs once whatever b.N: use -benchtime 1x.
+// BenchmarkAgent populates the API, starts the agent, and takes the measurements of issues 4
+// and 15, once for each cluster size of -sizes. It runs once whatever b.N: use -benchtime 1x.
 func BenchmarkAgent(b *testing.B) {
 	bin := filepath.Join(b.TempDir(), "podwall")
 	out, err := exec.Command("go", "build", "-o", bin, "github.com/podwall/podwall/cmd/podwall").CombinedOutput()
 	require.NoError(b, err, "build podwall: %s", out)
+	var results []*result
+	for _, total := range sizes(b) {
+		b.Run(fmt.Sprintf("pods=%d", total), func(b *testing.B) {
+			r := runAgent(b, bin, total)
+			r.report(b)
+			results = append(results, r)
+		})
+	}
+	if *benchmarksMD != "" && len(results) == len(sizes(b)) {
+		require.NoError(b, section.Replace(*benchmarksMD, markdown(results)))
+	}
+}
 
+func runAgent(b *testing.B, bin string, total int) *result {
 	api := kapi.Start(b)
 	tp := topo.New(b, topo.Routed)
 	bpffs := topo.BPFFS(b)
@@ -370,22 +403,26 @@ func BenchmarkAgent(b *testing.B) {
 		local[i] = tp.AddPod(fmt.Sprintf("p%d", i))
 	}
 	b.Logf("%d pod namespaces in %v", localPods, time.Since(setup))
-	pods := cluster(local)
+	pods := cluster(local, total)
 	setup = time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	require.NoError(b, populate(ctx, api.Client, pods))
 	b.Logf("%d pods in the API in %v", len(pods), time.Since(setup))
 
-	var r result
+	r := &result{pods: total}
 	r.when = time.Now()
 	metrics := freeAddr(b)
 	agentArgs := []string{"--kubeconfig", api.Kubeconfig, "--netns", tp.Node.Path, "--bpffs", bpffs}
+	watched, lists := watchBytes(b, api), watchLists(b, api)
 	// ns/op covers the first start and the updates; the figures are the reported metrics.
 	b.ResetTimer()
 	agent, resync := startAgent(b, bin, append(agentArgs, "--metrics-addr", metrics)...)
 	r.resyncCold = resync
+	r.listBytes = watchBytes(b, api) - watched
+	r.streamed = watchLists(b, api) > lists
 	r.rssReady, r.hwmReady = agent.memory(b)
+	r.podJSON, r.podProtobuf = encodedSizes(b, pods)
 
 	m, err := loader.OpenMaps(bpffs)
 	require.NoError(b, err)
@@ -395,12 +432,19 @@ func BenchmarkAgent(b *testing.B) {
 	r.latency, r.write = measureUpdates(b, api.Client, m, pods[:localPods])
 	r.loadAfter = loadAverage(b)
 	after, cpuAfter := scrape(b, metrics), agent.cpuTime(b)
-	r.rssAfter, r.hwmAfter = agent.memory(b)
-	b.StopTimer()
 	r.reconciles = int(after[applyCount] - before[applyCount])
 	r.reconcileMean = time.Duration((after[applySum] - before[applySum]) / float64(r.reconciles) * float64(time.Second))
 	r.cpuPerUpdate = (cpuAfter - cpuBefore) / updates
 	r.gcs = int(after[gcCount] - before[gcCount])
+	r.rssUpdated, _ = agent.memory(b)
+
+	watched, events := watchBytes(b, api), watchEvents(b, api)
+	cpuBefore = agent.cpuTime(b)
+	r.relabel = measureRelabels(b, api.Client, m, pods[localPods:])
+	r.cpuPerRelabel = (agent.cpuTime(b) - cpuBefore) / relabels
+	r.eventBytes = float64(watchBytes(b, api)-watched) / float64(watchEvents(b, api)-events)
+	r.rssAfter, r.hwmAfter = agent.memory(b)
+	b.StopTimer()
 
 	// Correct as well as fast: the maps hold what the compiler makes of the whole cluster.
 	for u := range updates {
@@ -413,11 +457,106 @@ func BenchmarkAgent(b *testing.B) {
 	r.rssRestarted, _ = agent.memory(b)
 	requireState(b, bpffs, tp, pods)
 	agent.terminate(b)
+	return r
+}
 
-	r.report(b)
-	if *benchmarksMD != "" {
-		require.NoError(b, section.Replace(*benchmarksMD, r.markdown()))
+// measureRelabels relabels remote pods, one after the other, each to a tier a local policy
+// names ("allow tcp from label tier=frontend") and then away from it, and times each change
+// from the API write to the pod's IPv4 address holding another identity in the pinned
+// ipcache. The specs follow, for requireState.
+func measureRelabels(b *testing.B, client kubernetes.Interface, m *bpf.PodwallMaps, remote []podSpec) []time.Duration {
+	b.Helper()
+	var latency []time.Duration
+	for u := range relabels {
+		p := &remote[(u/2*7919)%len(remote)]
+		tier := "frontend"
+		if p.labels["tier"] == "frontend" {
+			tier = "backend"
+		}
+		p.labels = maps.Clone(p.labels)
+		p.labels["tier"] = tier
+		key := compiler.AddrKey(p.ips[0])
+		var before uint32
+		require.NoError(b, m.Ipcache.Lookup(key, &before), "ipcache entry of %s/%s", p.ns, p.name)
+		patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": map[string]string{"tier": tier}}})
+		require.NoError(b, err)
+		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+		start := time.Now()
+		_, err = client.CoreV1().Pods(p.ns).Patch(ctx, p.name, types.MergePatchType, patch, metav1.PatchOptions{})
+		cancel()
+		require.NoError(b, err, "relabel %d", u)
+		for {
+			var cur uint32
+			require.NoError(b, m.Ipcache.Lookup(key, &cur))
+			if cur != before {
+				break
+			}
+			if time.Since(start) > changeWait {
+				b.Fatalf("relabel %d of %s/%s: ipcache unchanged after %s", u, p.ns, p.name, changeWait)
+			}
+			time.Sleep(pollEvery)
+		}
+		latency = append(latency, time.Since(start))
 	}
+	return latency
+}
+
+// watchBytes is what the API server sent in watch events of pods, to every watcher, as it
+// counts them (apiserver_watch_events_sizes): the agent is the only one.
+func watchBytes(b *testing.B, api *kapi.Cluster) int64 {
+	return int64(podsMetric(b, api, "apiserver_watch_events_sizes_sum"))
+}
+
+// watchEvents is how many watch events of pods the API server sent.
+func watchEvents(b *testing.B, api *kapi.Cluster) int64 {
+	return int64(podsMetric(b, api, "apiserver_watch_events_sizes_count"))
+}
+
+// watchLists is how many lists of pods the API server streamed as watch events (the
+// informers' watch-list, rather than a paged LIST).
+func watchLists(b *testing.B, api *kapi.Cluster) int {
+	return int(podsMetric(b, api, "apiserver_watch_list_duration_seconds_count"))
+}
+
+// podsMetric is the API server's series name of resource pods; 0 when it has none yet.
+func podsMetric(b *testing.B, api *kapi.Cluster, name string) float64 {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	raw, err := api.Client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	require.NoError(b, err)
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		if strings.HasPrefix(line, name+"{") && strings.Contains(line, `resource="pods"`) {
+			_, value, _ := strings.Cut(line, "} ")
+			v, err := strconv.ParseFloat(value, 64)
+			require.NoError(b, err, "parse %q", line)
+			return v
+		}
+	}
+	return 0
+}
+
+// encodedSizes are the mean sizes of the benchmark's pods, as the API holds them, in JSON
+// and in protobuf.
+func encodedSizes(b *testing.B, pods []podSpec) (jsonSize, protoSize float64) {
+	b.Helper()
+	jsonS := k8sjson.NewSerializerWithOptions(k8sjson.DefaultMetaFactory, scheme.Scheme, scheme.Scheme, k8sjson.SerializerOptions{})
+	protoS := protobuf.NewSerializer(scheme.Scheme, scheme.Scheme)
+	n := min(len(pods), 1000)
+	var j, p int
+	for _, spec := range pods[:n] {
+		pod := apiPod(spec)
+		pod.APIVersion, pod.Kind = "v1", "Pod"
+		pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: spec.ips[0].String()}
+		for _, a := range spec.ips {
+			pod.Status.PodIPs = append(pod.Status.PodIPs, corev1.PodIP{IP: a.String()})
+		}
+		var jb, pb bytes.Buffer
+		require.NoError(b, jsonS.Encode(pod, &jb))
+		require.NoError(b, protoS.Encode(pod, &pb))
+		j, p = j+jb.Len(), p+pb.Len()
+	}
+	return float64(j) / float64(n), float64(p) / float64(n)
 }
 
 // measureUpdates changes the annotation of a local pod, one pod after the other, and times
@@ -484,10 +623,12 @@ func requireState(b *testing.B, bpffs string, tp *topo.Topology, pods []podSpec)
 
 // result is what one run measured.
 type result struct {
+	pods                   int
 	when                   time.Time
 	resyncCold, resyncWarm time.Duration
 	latency, write         []time.Duration
 	rssReady, hwmReady     int64
+	rssUpdated             int64
 	rssAfter, hwmAfter     int64
 	rssRestarted           int64
 	// During the updates: the agent's reconciles (snapshot, compile, apply), their mean
@@ -496,6 +637,16 @@ type result struct {
 	reconcileMean time.Duration
 	cpuPerUpdate  time.Duration
 	gcs           int
+	// The remote relabels: each one's latency to the ipcache change, the agent's CPU time
+	// per relabel, and the mean size of a pod watch event meanwhile.
+	relabel       []time.Duration
+	cpuPerRelabel time.Duration
+	eventBytes    float64
+	// The bytes of pod watch events of the agent's first list, and the mean size of a pod
+	// in JSON and in protobuf.
+	listBytes            int64
+	streamed             bool
+	podJSON, podProtobuf float64
 	// The machine's load average over a minute before and after the updates: what else
 	// competed for the CPUs.
 	loadBefore, loadAfter string
@@ -510,16 +661,19 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 }
 
 func (r *result) report(b *testing.B) {
+	b.ReportMetric(ms(r.cpuPerRelabel), "cpu-ms/relabel")
 	b.ReportMetric(ms(percentile(r.latency, 50)), "p50-ms")
 	b.ReportMetric(ms(percentile(r.latency, 99)), "p99-ms")
 	b.ReportMetric(mb(r.hwmAfter), "peak-rss-MB")
 	b.ReportMetric(r.resyncCold.Seconds(), "resync-s")
 	b.Logf("update to map: p50 %v p99 %v max %v; API write p50 %v p99 %v", percentile(r.latency, 50),
 		percentile(r.latency, 99), slices.Max(r.latency), percentile(r.write, 50), percentile(r.write, 99))
-	b.Logf("memory: ready %.1f MB (peak %.1f), after the updates %.1f MB (peak %.1f), restarted %.1f MB",
-		mb(r.rssReady), mb(r.hwmReady), mb(r.rssAfter), mb(r.hwmAfter), mb(r.rssRestarted))
+	b.Logf("memory: ready %.1f MB (peak %.1f), after the updates %.1f MB, after the relabels %.1f MB (peak %.1f), restarted %.1f MB",
+		mb(r.rssReady), mb(r.hwmReady), mb(r.rssUpdated), mb(r.rssAfter), mb(r.hwmAfter), mb(r.rssRestarted))
 	b.Logf("resync: empty state %v, pinned state %v", r.resyncCold, r.resyncWarm)
 	b.Logf("load average: %s before the updates, %s after", r.loadBefore, r.loadAfter)
+	b.Logf("remote relabels: p50 %v p99 %v, %v of agent CPU each, pod events of %.0f bytes; first list %d bytes (streamed: %v); a pod %.0f B in JSON, %.0f in protobuf",
+		percentile(r.relabel, 50), percentile(r.relabel, 99), r.cpuPerRelabel, r.eventBytes, r.listBytes, r.streamed, r.podJSON, r.podProtobuf)
 	b.Logf("during the updates: %d reconciles of %v on average, %v of agent CPU per update, %d GCs; latency p90 %v p95 %v",
 		r.reconciles, r.reconcileMean, r.cpuPerUpdate, r.gcs, percentile(r.latency, 90), percentile(r.latency, 95))
 }

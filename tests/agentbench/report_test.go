@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/podwall/podwall/tests/benchdoc"
+	"github.com/stretchr/testify/require"
 )
 
 var benchmarksMD = flag.String("benchmarks-md", "",
@@ -21,43 +24,126 @@ var section = benchdoc.Section{
 	End:   "<!-- END BenchmarkAgent -->",
 }
 
-// Goals of issue 4.
+var sizesFlag = flag.String("sizes", "10000,100000", "the numbers of pods of the clusters BenchmarkAgent measures, comma-separated")
+
+func sizes(b *testing.B) []int {
+	var out []int
+	for f := range strings.SplitSeq(*sizesFlag, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		require.NoError(b, err, "-sizes %q", *sizesFlag)
+		require.GreaterOrEqual(b, n, 2*localPods, "-sizes %q", *sizesFlag)
+		out = append(out, n)
+	}
+	return out
+}
+
+// Goals of issues 4 (the update latency, the memory at 10,000 pods) and 15 (the memory at
+// 100,000, and a remote pod's change costing the agent the same whatever the cluster).
 const (
-	goalP99    = 100 * time.Millisecond
-	goalMemory = 150 << 20
+	goalP99          = 100 * time.Millisecond
+	goalMemory       = 150 << 20
+	goalMemoryLarge  = 400 << 20
+	largeCluster     = 100_000
+	goalRelabelRatio = 2.0
 )
 
-// markdown is the generated section: how it was measured, the results, the goals.
-func (r *result) markdown() string {
+// markdown is the generated section: how it was measured, the results of each size, the
+// goals.
+func markdown(rs []*result) string {
 	var b strings.Builder
+	r0 := rs[0]
 	fmt.Fprintf(&b, "Measured %s on Linux %s, %s (%d CPUs), %s, with\n\n",
-		r.when.UTC().Format("2006-01-02"), benchdoc.KernelRelease(), benchdoc.CPUModel(), runtime.NumCPU(), runtime.Version())
+		r0.when.UTC().Format("2006-01-02"), benchdoc.KernelRelease(), benchdoc.CPUModel(), runtime.NumCPU(), runtime.Version())
 	fmt.Fprintf(&b, "```\n%s\n```\n\n", command())
-	fmt.Fprintf(&b, "%s pods in the API (%s on this node), %s annotation updates. The machine's load average "+
-		"(1 minute) was %s before the updates and %s after: with 2 CPUs, a load above 2 means the agent, "+
-		"kube-apiserver and etcd waited for a CPU.\n\n",
-		benchdoc.Thousands(totalPods), benchdoc.Thousands(localPods), benchdoc.Thousands(len(r.latency)), r.loadBefore, r.loadAfter)
+	var load []string
+	for _, r := range rs {
+		load = append(load, fmt.Sprintf("%s and %s at %s pods", r.loadBefore, r.loadAfter, benchdoc.Thousands(r.pods)))
+	}
+	fmt.Fprintf(&b, "%s on this node, %s annotation updates of local pods, %s relabels of remote pods, for each size "+
+		"of the cluster. The machine's load average (1 minute) before and after the updates was %s: with 2 CPUs, a load "+
+		"above 2 means the agent, kube-apiserver and etcd waited for a CPU.\n\n",
+		benchdoc.Thousands(localPods), benchdoc.Thousands(updates), benchdoc.Thousands(relabels), strings.Join(load, ", "))
 
-	p50, p99 := percentile(r.latency, 50), percentile(r.latency, 99)
-	b.WriteString("| measure | value | goal | met |\n|---|---:|---:|---|\n")
-	fmt.Fprintf(&b, "| annotation update to map change, p50 | %.1f ms | | |\n", ms(p50))
-	fmt.Fprintf(&b, "| annotation update to map change, p99 | %.1f ms | %.0f ms | %s |\n", ms(p99), ms(goalP99), met(p99 <= goalP99))
-	fmt.Fprintf(&b, "| annotation update to map change, p90 / p95 / max | %.1f / %.1f / %.1f ms | | |\n",
-		ms(percentile(r.latency, 90)), ms(percentile(r.latency, 95)), ms(slices.Max(r.latency)))
-	fmt.Fprintf(&b, "| the API write alone (PATCH round trip), p50 / p99 | %.1f / %.1f ms | | |\n",
-		ms(percentile(r.write, 50)), ms(percentile(r.write, 99)))
-	fmt.Fprintf(&b, "| the agent's reconcile (snapshot, compile, apply), mean of %s | %.1f ms | | |\n",
-		benchdoc.Thousands(r.reconciles), ms(r.reconcileMean))
-	fmt.Fprintf(&b, "| agent CPU time per update (user + system) | %.1f ms | | |\n", ms(r.cpuPerUpdate))
-	fmt.Fprintf(&b, "| agent garbage collections during the updates | %s | | |\n", benchdoc.Thousands(r.gcs))
-	fmt.Fprintf(&b, "| agent resident memory once ready (VmRSS) | %.1f MB | | |\n", mb(r.rssReady))
-	fmt.Fprintf(&b, "| agent resident memory after the updates (VmRSS) | %.1f MB | | |\n", mb(r.rssAfter))
-	fmt.Fprintf(&b, "| agent peak resident memory (VmHWM) | %.1f MB | %.0f MB | %s |\n",
-		mb(r.hwmAfter), mb(goalMemory), met(r.hwmAfter <= goalMemory))
-	fmt.Fprintf(&b, "| full resync, empty bpffs (start to ready file) | %.2f s | | |\n", r.resyncCold.Seconds())
-	fmt.Fprintf(&b, "| full resync, pinned state of the last agent (start to ready file) | %.2f s | | |\n", r.resyncWarm.Seconds())
-	fmt.Fprintf(&b, "| agent resident memory once ready after the restart (VmRSS) | %.1f MB | | |\n", mb(r.rssRestarted))
+	b.WriteString("| measure |")
+	for _, r := range rs {
+		fmt.Fprintf(&b, " %s pods |", benchdoc.Thousands(r.pods))
+	}
+	b.WriteString(" goal | met |\n|---|")
+	for range rs {
+		b.WriteString("---:|")
+	}
+	b.WriteString("---|---|\n")
+	row := func(name string, cell func(r *result) string, goal string, ok bool) {
+		fmt.Fprintf(&b, "| %s |", name)
+		for _, r := range rs {
+			fmt.Fprintf(&b, " %s |", cell(r))
+		}
+		if goal == "" {
+			b.WriteString(" | |\n")
+		} else {
+			fmt.Fprintf(&b, " %s | %s |\n", goal, met(ok))
+		}
+	}
+	all := func(f func(r *result) bool) bool {
+		for _, r := range rs {
+			if !f(r) {
+				return false
+			}
+		}
+		return true
+	}
+	msf := func(d time.Duration) string { return fmt.Sprintf("%.1f ms", ms(d)) }
+	row("annotation update to map change, p50", func(r *result) string { return msf(percentile(r.latency, 50)) }, "", false)
+	row("annotation update to map change, p99", func(r *result) string { return msf(percentile(r.latency, 99)) },
+		fmt.Sprintf("%.0f ms", ms(goalP99)), all(func(r *result) bool { return percentile(r.latency, 99) <= goalP99 }))
+	row("annotation update to map change, p90 / p95 / max", func(r *result) string {
+		return fmt.Sprintf("%.1f / %.1f / %.1f ms", ms(percentile(r.latency, 90)), ms(percentile(r.latency, 95)), ms(slices.Max(r.latency)))
+	}, "", false)
+	row("the API write alone (PATCH round trip), p50 / p99", func(r *result) string {
+		return fmt.Sprintf("%.1f / %.1f ms", ms(percentile(r.write, 50)), ms(percentile(r.write, 99)))
+	}, "", false)
+	row("the agent's reconcile (changes, compile, apply), mean during the updates", func(r *result) string {
+		return fmt.Sprintf("%s (of %s)", msf(r.reconcileMean), benchdoc.Thousands(r.reconciles))
+	}, "", false)
+	row("agent CPU time per annotation update (user + system)", func(r *result) string { return msf(r.cpuPerUpdate) }, "", false)
+	row("agent garbage collections during the updates", func(r *result) string { return benchdoc.Thousands(r.gcs) }, "", false)
+	row("remote pod relabel to ipcache change, p50 / p99", func(r *result) string {
+		return fmt.Sprintf("%.1f / %.1f ms", ms(percentile(r.relabel, 50)), ms(percentile(r.relabel, 99)))
+	}, "", false)
+	last := rs[len(rs)-1]
+	row("agent CPU time per remote relabel (user + system)", func(r *result) string { return msf(r.cpuPerRelabel) },
+		fmt.Sprintf("largest / smallest <= %.0fx", goalRelabelRatio),
+		float64(last.cpuPerRelabel) <= goalRelabelRatio*float64(r0.cpuPerRelabel))
+	row("a pod watch event during the relabels (bytes the API server sent, protobuf)", func(r *result) string {
+		return fmt.Sprintf("%.0f B", r.eventBytes)
+	}, "", false)
+	row("pod watch events of the agent's first list (protobuf; streamed as a watch-list, not a paged LIST)", func(r *result) string {
+		return fmt.Sprintf("%.1f MB (%.0f B a pod; streamed: %s)", mb(r.listBytes), float64(r.listBytes)/float64(r.pods), met(r.streamed))
+	}, "", false)
+	row("a pod of the benchmark, encoded: JSON / protobuf", func(r *result) string {
+		return fmt.Sprintf("%.0f / %.0f B", r.podJSON, r.podProtobuf)
+	}, "", false)
+	row("agent resident memory once ready (VmRSS)", func(r *result) string { return fmt.Sprintf("%.1f MB", mb(r.rssReady)) }, "", false)
+	row("agent resident memory after the updates (VmRSS)", func(r *result) string { return fmt.Sprintf("%.1f MB", mb(r.rssAfter)) }, "", false)
+	row("agent peak resident memory (VmHWM)", func(r *result) string { return fmt.Sprintf("%.1f MB", mb(r.hwmAfter)) },
+		fmt.Sprintf("%.0f MB at 10,000, %.0f MB at 100,000", mb(goalMemory), mb(goalMemoryLarge)),
+		all(func(r *result) bool { return r.hwmAfter <= memoryGoal(r.pods) }))
+	row("full resync, empty bpffs (start to ready file)", func(r *result) string { return fmt.Sprintf("%.2f s", r.resyncCold.Seconds()) }, "", false)
+	row("full resync, pinned state of the last agent (start to ready file)", func(r *result) string {
+		return fmt.Sprintf("%.2f s", r.resyncWarm.Seconds())
+	}, "", false)
+	row("agent resident memory once ready after the restart (VmRSS)", func(r *result) string {
+		return fmt.Sprintf("%.1f MB", mb(r.rssRestarted))
+	}, "", false)
 	return b.String()
+}
+
+// memoryGoal is the peak memory goal of a cluster of pods.
+func memoryGoal(pods int) int64 {
+	if pods >= largeCluster {
+		return goalMemoryLarge
+	}
+	return goalMemory
 }
 
 func met(ok bool) string {
@@ -69,7 +155,7 @@ func met(ok bool) string {
 
 // command is the go test command line that ran the benchmark, from the test flags.
 func command() string {
-	return fmt.Sprintf("go test -run %s -bench %s -benchtime %s -timeout %s ./tests/agentbench -args -benchmarks-md %s",
+	return fmt.Sprintf("go test -run %s -bench %s -benchtime %s -timeout %s ./tests/agentbench -args -benchmarks-md %s -sizes %s",
 		benchdoc.Flag("test.run"), benchdoc.Flag("test.bench"), benchdoc.Flag("test.benchtime"), benchdoc.Flag("test.timeout"),
-		benchdoc.ShellQuote(*benchmarksMD))
+		benchdoc.ShellQuote(*benchmarksMD), *sizesFlag)
 }

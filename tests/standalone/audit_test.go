@@ -92,10 +92,16 @@ func TestAuditMode(t *testing.T) {
 		require.Positive(t, audits[bpf.ReasonDenyRule])
 		require.Positive(t, audits[bpf.ReasonNoRule])
 		a.awaitMetric(t, float64(audits[bpf.ReasonDenyRule]), "podwall_audits_total", "reason", "deny-rule")
-		status, err := a.agent.Status()
-		require.NoError(t, err)
-		require.Len(t, status, 1)
-		require.Equal(t, "audit", status[0].Mode)
+		// The status is kept at the end of the reconcile, after the epoch's wait that follows
+		// the endpoint's write the maps already show.
+		var status []agent.PodStatus
+		require.Eventually(t, func() bool {
+			var err error
+			status, err = a.agent.Status()
+			require.NoError(t, err)
+			require.Len(t, status, 1)
+			return status[0].Mode == "audit"
+		}, applyWait, 10*time.Millisecond, "status: %+v", status)
 		// One datagram dropped while enforced, one passed in audit mode.
 		require.Equal(t, uint64(2), status[0].Rules[1].Packets)
 		require.Equal(t, uint64(1), status[0].Rules[1].Audited, "rule 2 would have dropped it")
