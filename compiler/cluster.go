@@ -3,7 +3,6 @@ package compiler
 import (
 	"cmp"
 	"fmt"
-	"maps"
 	"net/netip"
 	"slices"
 
@@ -21,7 +20,7 @@ func cmpKey(a, b podKey) int {
 // at the cost of that pod: its identity is reference counted and keeps its number while it
 // lives, and only the addresses the pod had or has are looked at again.
 type cluster struct {
-	pods map[podKey]*Pod // copies, with only their usable addresses
+	pods map[podKey]*clusterPod
 	// dups are the names two pods of an input shared: both are left out.
 	dups    map[podKey]bool
 	hostIPs []netip.Addr // usable
@@ -47,6 +46,14 @@ type cluster struct {
 	changedAddrs map[bpf.PodwallIpAddr]struct{}
 }
 
+// clusterPod is a copy of a pod with only its usable addresses and, instead of its labels,
+// its identity tags: those of its identity when it has one, so that a pod of the cluster
+// costs no copy of its labels.
+type clusterPod struct {
+	Pod
+	tags []string
+}
+
 // identity is a tag set with a number, and the pods that have it.
 type identity struct {
 	id   uint32
@@ -56,7 +63,7 @@ type identity struct {
 
 func newCluster() *cluster {
 	return &cluster{
-		pods:         map[podKey]*Pod{},
+		pods:         map[podKey]*clusterPod{},
 		dups:         map[podKey]bool{},
 		hosts:        map[bpf.PodwallIpAddr]bool{},
 		idents:       map[string]*identity{},
@@ -132,27 +139,28 @@ func (cl *cluster) set(p Pod) {
 	k := podKey{p.Namespace, p.Name}
 	delete(cl.dups, k)
 	p.IPs = usableAddrs(p.IPs)
+	tags := identityTags(p.Namespace, p.Labels)
+	p.Labels = nil
 	if old, ok := cl.pods[k]; ok && old.HostNetwork == p.HostNetwork && slices.Equal(old.IPs, p.IPs) &&
-		maps.Equal(old.Labels, p.Labels) {
+		slices.Equal(old.tags, tags) {
 		old.Annotations = p.Annotations
 		return
 	}
-	p.Labels = maps.Clone(p.Labels)
 	var ident *identity
 	if !p.HostNetwork && len(p.IPs) > 0 {
-		tags := identityTags(p.Namespace, p.Labels)
 		ident = cl.acquire(identityKey(tags), tags)
+		tags = ident.tags
 	}
 	var addrs []netip.Addr
 	if old, ok := cl.pods[k]; ok {
 		addrs = old.IPs
-		cl.dropClaims(k, old)
+		cl.dropClaims(k, &old.Pod)
 		if id := cl.podIdent[k]; id != nil {
 			cl.release(id)
 		}
 	}
-	np := p
-	cl.pods[k] = &np
+	np := &clusterPod{Pod: p, tags: tags}
+	cl.pods[k] = np
 	delete(cl.podIdent, k)
 	if ident != nil {
 		cl.podIdent[k] = ident
@@ -173,7 +181,7 @@ func (cl *cluster) remove(k podKey) {
 	if !ok {
 		return
 	}
-	cl.dropClaims(k, old)
+	cl.dropClaims(k, &old.Pod)
 	if id := cl.podIdent[k]; id != nil {
 		cl.release(id)
 	}

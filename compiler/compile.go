@@ -225,9 +225,8 @@ func (c *compilation) endpoint(ep Endpoint) (podPolicy, bool) {
 		return podPolicy{}, false
 	}
 	value, key, annotated := policy.PolicyAnnotation(pod.Annotations, c.in.LegacyKey)
-	tags := identityTags(pod.Namespace, pod.Labels)
-	pp := c.memo.policy(k, memoKey{ann: annotation{value, key, annotated}, ident: identityKey(tags)}, pod.IPs,
-		func() podPolicy { return c.podPolicy(k, pod, tags, value, key, annotated) })
+	pp := c.memo.policy(k, memoKey{ann: annotation{value, key, annotated}, ident: identityKey(pod.tags)}, pod.IPs,
+		func() podPolicy { return c.podPolicy(k, &pod.Pod, pod.tags, value, key, annotated) })
 	if pp.problem != nil {
 		c.state.Problems = append(c.state.Problems, *pp.problem)
 	}

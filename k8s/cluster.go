@@ -9,7 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -22,7 +21,6 @@ type Cluster struct {
 	factory    informers.SharedInformerFactory
 	pods       cache.SharedIndexInformer
 	namespaces cache.SharedIndexInformer
-	podLister  corelisters.PodLister
 	nsLister   corelisters.NamespaceLister
 	synced     atomic.Bool
 
@@ -42,7 +40,6 @@ func NewCluster(client kubernetes.Interface) *Cluster {
 		factory:    f,
 		pods:       f.Core().V1().Pods().Informer(),
 		namespaces: f.Core().V1().Namespaces().Informer(),
-		podLister:  f.Core().V1().Pods().Lister(),
 		nsLister:   f.Core().V1().Namespaces().Lister(),
 	}
 }
@@ -150,8 +147,8 @@ func (c *Cluster) Changes() (Delta, error) {
 			c.mu.Unlock()
 			return Delta{}, fmt.Errorf("read pod %s from the cache: %w", key, err)
 		}
-		if p, isPod := obj.(*corev1.Pod); ok && isPod {
-			d.Pods = append(d.Pods, podFromAPI(p))
+		if p, isPod := obj.(*cachedPod); ok && isPod {
+			d.Pods = append(d.Pods, p.Pod)
 			continue
 		}
 		ns, name, _ := cache.SplitMetaNamespaceKey(key)
@@ -175,17 +172,16 @@ func (c *Cluster) Snapshot() (Snapshot, error) {
 	if !c.synced.Load() {
 		return Snapshot{}, ErrNotSynced
 	}
-	pods, err := c.podLister.List(labels.Everything())
-	if err != nil {
-		return Snapshot{}, fmt.Errorf("list pods: %w", err)
-	}
+	pods := c.pods.GetIndexer().List()
 	nss, err := c.nsLister.List(labels.Everything())
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("list namespaces: %w", err)
 	}
 	snap := Snapshot{Pods: make([]Pod, 0, len(pods)), Namespaces: make([]string, 0, len(nss))}
-	for _, p := range pods {
-		snap.Pods = append(snap.Pods, podFromAPI(p))
+	for _, obj := range pods {
+		if p, ok := obj.(*cachedPod); ok {
+			snap.Pods = append(snap.Pods, p.Pod)
+		}
 	}
 	for _, ns := range nss {
 		snap.addNamespace(ns.Name, ns.Annotations)

@@ -2,11 +2,14 @@ package k8s
 
 import (
 	"errors"
+	"maps"
 	"net/netip"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/podwall/podwall/compiler"
@@ -41,14 +44,18 @@ var (
 	namespaceKeys = []string{policy.AuditAnnotationKey}
 )
 
-// Transform is the informers' transform: it reduces a Pod or a Namespace to the fields
-// podFromAPI reads and drops everything else (specs, statuses, managed fields, other
-// annotations) before the object reaches the cache. Other objects pass unchanged. It is
-// idempotent, as client-go asks.
+// Transform is the informers' transform: it turns a Pod into a cachedPod, the Pod podFromAPI
+// makes of it with the metadata the informer needs, and a Namespace into one with only its
+// name, UID, resource version and the annotations podwall reads, before the object reaches the
+// cache: specs, statuses, managed fields and other annotations are dropped. Other objects pass
+// unchanged. It is idempotent, as client-go asks.
 func Transform(obj any) (any, error) {
 	switch o := obj.(type) {
 	case *corev1.Pod:
-		return slimPod(o), nil
+		return &cachedPod{
+			ObjectMeta: metav1.ObjectMeta{Name: o.Name, Namespace: o.Namespace, UID: o.UID, ResourceVersion: o.ResourceVersion},
+			Pod:        podFromAPI(o),
+		}, nil
 	case *corev1.Namespace:
 		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
 			Name:            o.Name,
@@ -58,6 +65,24 @@ func Transform(obj any) (any, error) {
 		}}, nil
 	}
 	return obj, nil
+}
+
+// cachedPod is what the informer keeps of a pod: a quarter of a corev1.Pod, whose empty spec
+// and status alone take a kilobyte, for each pod of the cluster (docs/SCALE.md). Its
+// ObjectMeta holds only the name, namespace, UID and resource version.
+type cachedPod struct {
+	metav1.ObjectMeta
+	Pod Pod
+}
+
+func (*cachedPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+func (p *cachedPod) DeepCopyObject() runtime.Object {
+	out := &cachedPod{ObjectMeta: *p.ObjectMeta.DeepCopy(), Pod: p.Pod}
+	out.Pod.Labels = maps.Clone(p.Pod.Labels)
+	out.Pod.Annotations = maps.Clone(p.Pod.Annotations)
+	out.Pod.IPs = slices.Clone(p.Pod.IPs)
+	return out
 }
 
 // keep is the annotations of keys that all has; nil when none.
@@ -85,27 +110,7 @@ func (s *Snapshot) addNamespace(name string, annotations map[string]string) {
 	}
 }
 
-func slimPod(p *corev1.Pod) *corev1.Pod {
-	annotations := keep(p.Annotations, policyKeys)
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:            p.Name,
-			Namespace:       p.Namespace,
-			UID:             p.UID,
-			ResourceVersion: p.ResourceVersion,
-			Labels:          p.Labels,
-			Annotations:     annotations,
-		},
-		Spec: corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
-		Status: corev1.PodStatus{
-			Phase:  p.Status.Phase,
-			PodIP:  p.Status.PodIP,
-			PodIPs: p.Status.PodIPs,
-		},
-	}
-}
-
-// podFromAPI converts an API pod. Its addresses come from status.podIPs, or status.podIP
+// podFromAPI converts an API pod, with only the annotations podwall reads. Its addresses come from status.podIPs, or status.podIP
 // when that is empty; addresses that do not parse are left out. A pod that has finished
 // (phase Succeeded or Failed) has no addresses: its sandbox is gone and its addresses may
 // already be another pod's. A pod being deleted keeps them: it runs, and must stay enforced,
@@ -116,7 +121,7 @@ func podFromAPI(p *corev1.Pod) Pod {
 			Namespace:   p.Namespace,
 			Name:        p.Name,
 			Labels:      p.Labels,
-			Annotations: p.Annotations,
+			Annotations: keep(p.Annotations, policyKeys),
 			HostNetwork: p.Spec.HostNetwork,
 		},
 		UID:  p.UID,

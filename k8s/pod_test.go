@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/policy"
 )
 
@@ -41,20 +42,13 @@ func fullPod() *corev1.Pod {
 }
 
 func TestTransform(t *testing.T) {
-	want := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: "web-0", Namespace: "prod", UID: "u1", ResourceVersion: "42",
-			Labels: map[string]string{"role": "frontend"},
-			Annotations: map[string]string{
-				policy.AnnotationKey:       "allow tcp to ports 80",
-				policy.LegacyAnnotationKey: "allow",
-			},
-		},
-		Spec: corev1.PodSpec{NodeName: "node-1", HostNetwork: true},
-		Status: corev1.PodStatus{
-			Phase:  corev1.PodRunning,
-			PodIP:  "10.0.0.5",
-			PodIPs: []corev1.PodIP{{IP: "10.0.0.5"}, {IP: "fd00::5"}},
+	want := &cachedPod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-0", Namespace: "prod", UID: "u1", ResourceVersion: "42"},
+		Pod: Pod{
+			Pod: compiler.Pod{Namespace: "prod", Name: "web-0", Labels: map[string]string{"role": "frontend"},
+				Annotations: map[string]string{policy.AnnotationKey: "allow tcp to ports 80", policy.LegacyAnnotationKey: "allow"},
+				IPs:         []netip.Addr{netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("fd00::5")}, HostNetwork: true},
+			UID: "u1", Node: "node-1",
 		},
 	}
 	got, err := Transform(fullPod())
@@ -62,13 +56,14 @@ func TestTransform(t *testing.T) {
 	require.Equal(t, want, got)
 	again, err := Transform(got)
 	require.NoError(t, err)
-	require.Equal(t, want, again, "idempotent")
+	require.Same(t, got, again, "idempotent")
+	require.Equal(t, want, got.(*cachedPod).DeepCopyObject())
 
 	noPolicy := fullPod()
 	noPolicy.Annotations = map[string]string{"other": "x"}
 	got, err = Transform(noPolicy)
 	require.NoError(t, err)
-	require.Nil(t, got.(*corev1.Pod).Annotations)
+	require.Nil(t, got.(*cachedPod).Pod.Annotations)
 
 	ns := &corev1.Namespace{
 		ObjectMeta: metav1.ObjectMeta{Name: "prod", UID: "n1", ResourceVersion: "7", Labels: map[string]string{"a": "b"}},
