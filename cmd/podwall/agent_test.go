@@ -19,22 +19,22 @@ func TestAgentFlagsFromEnv(t *testing.T) {
 		want agentOptions
 		err  string
 	}{
-		{name: "defaults", want: agentOptions{bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"kube-system"}, allowHost: true, legacyKey: true, budget: 8192}, logLevel: "info", logFormat: "json", podsConfirm: 30 * time.Second, xdp: []string{"auto"}, chainCheck: 10 * time.Second, ruleMetrics: "top", ruleTop: 20, conntrack: defaultConntrack}},
+		{name: "defaults", want: agentOptions{kubeQPS: defaultKubeQPS, kubeBurst: defaultKubeBurst, bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"kube-system"}, allowHost: true, legacyKey: true, budget: 8192}, logLevel: "info", logFormat: "json", podsConfirm: 30 * time.Second, xdp: []string{"auto"}, chainCheck: 10 * time.Second, ruleMetrics: "top", ruleTop: 20, conntrack: defaultConntrack}},
 		{name: "environment", env: map[string]string{
 			"PODWALL_NODE_NAME": "n1", "PODWALL_ALLOW_HOST": "false", "PODWALL_OPEN_NAMESPACES": "a, b",
 			"PODWALL_METRICS_ADDR": ":9402", "PODWALL_DEFAULT_POLICY": "deny",
-		}, want: agentOptions{nodeName: "n1", bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "deny", openNamespaces: []string{"a", "b"}, allowHost: false, legacyKey: true, budget: 8192}, metricsAddr: ":9402",
+		}, want: agentOptions{kubeQPS: defaultKubeQPS, kubeBurst: defaultKubeBurst, nodeName: "n1", bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "deny", openNamespaces: []string{"a", "b"}, allowHost: false, legacyKey: true, budget: 8192}, metricsAddr: ":9402",
 			logLevel: "info", logFormat: "json", podsConfirm: 30 * time.Second, xdp: []string{"auto"}, chainCheck: 10 * time.Second, ruleMetrics: "top", ruleTop: 20, conntrack: defaultConntrack}},
 		{name: "NODE_NAME from the downward API", env: map[string]string{"NODE_NAME": "n2"},
-			want: agentOptions{nodeName: "n2", bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"kube-system"}, allowHost: true, legacyKey: true, budget: 8192}, logLevel: "info", logFormat: "json", podsConfirm: 30 * time.Second, xdp: []string{"auto"}, chainCheck: 10 * time.Second, ruleMetrics: "top", ruleTop: 20, conntrack: defaultConntrack}},
+			want: agentOptions{kubeQPS: defaultKubeQPS, kubeBurst: defaultKubeBurst, nodeName: "n2", bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"kube-system"}, allowHost: true, legacyKey: true, budget: 8192}, logLevel: "info", logFormat: "json", podsConfirm: 30 * time.Second, xdp: []string{"auto"}, chainCheck: 10 * time.Second, ruleMetrics: "top", ruleTop: 20, conntrack: defaultConntrack}},
 		{name: "PODWALL_NODE_NAME wins over NODE_NAME, the command line over both",
 			args: []string{"--node-name", "cli", "--open-namespaces", "x"},
 			env:  map[string]string{"NODE_NAME": "n2", "PODWALL_NODE_NAME": "n3", "PODWALL_OPEN_NAMESPACES": "y"},
-			want: agentOptions{nodeName: "cli", bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"x"}, allowHost: true, legacyKey: true, budget: 8192}, logLevel: "info", logFormat: "json", podsConfirm: 30 * time.Second, xdp: []string{"auto"}, chainCheck: 10 * time.Second, ruleMetrics: "top", ruleTop: 20, conntrack: defaultConntrack}},
+			want: agentOptions{kubeQPS: defaultKubeQPS, kubeBurst: defaultKubeBurst, nodeName: "cli", bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"x"}, allowHost: true, legacyKey: true, budget: 8192}, logLevel: "info", logFormat: "json", podsConfirm: 30 * time.Second, xdp: []string{"auto"}, chainCheck: 10 * time.Second, ruleMetrics: "top", ruleTop: 20, conntrack: defaultConntrack}},
 		{name: "conntrack sizes", env: map[string]string{"PODWALL_CONNTRACK_SIZE": "1024", "PODWALL_CONNTRACK_PER_POD": "100"},
-			want: agentOptions{bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"kube-system"}, allowHost: true, legacyKey: true, budget: 8192}, logLevel: "info", logFormat: "json", podsConfirm: 30 * time.Second, xdp: []string{"auto"}, chainCheck: 10 * time.Second, ruleMetrics: "top", ruleTop: 20, conntrack: smaller}},
+			want: agentOptions{kubeQPS: defaultKubeQPS, kubeBurst: defaultKubeBurst, bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"kube-system"}, allowHost: true, legacyKey: true, budget: 8192}, logLevel: "info", logFormat: "json", podsConfirm: 30 * time.Second, xdp: []string{"auto"}, chainCheck: 10 * time.Second, ruleMetrics: "top", ruleTop: 20, conntrack: smaller}},
 		{name: "no XDP", env: map[string]string{"PODWALL_XDP_DEVICES": ""},
-			want: agentOptions{bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"kube-system"}, allowHost: true, legacyKey: true, budget: 8192}, logLevel: "info", logFormat: "json", podsConfirm: 30 * time.Second, chainCheck: 10 * time.Second, ruleMetrics: "top", ruleTop: 20, conntrack: defaultConntrack}},
+			want: agentOptions{kubeQPS: defaultKubeQPS, kubeBurst: defaultKubeBurst, bpffs: "/sys/fs/bpf", policyOptions: policyOptions{defaultPolicy: "namespace", openNamespaces: []string{"kube-system"}, allowHost: true, legacyKey: true, budget: 8192}, logLevel: "info", logFormat: "json", podsConfirm: 30 * time.Second, chainCheck: 10 * time.Second, ruleMetrics: "top", ruleTop: 20, conntrack: defaultConntrack}},
 		{name: "bad value", env: map[string]string{"PODWALL_UNINSTALL": "maybe"}, err: `PODWALL_UNINSTALL="maybe"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
