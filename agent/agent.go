@@ -200,7 +200,8 @@ type Agent struct {
 	xdpSkipped map[int]bool
 	xdpFailed  map[int]string
 	// enforcement is the condition last handed to conditions for each local pod (a pod
-	// re-created under its name is another pod), which writes them; nil without Config.Status.
+	// re-created under its name is another pod); conditions writes them, and is nil without
+	// Config.Status.
 	enforcement map[podUID]condition
 	conditions  *conditions
 	// status is what the last apply left of each local pod, for Status.

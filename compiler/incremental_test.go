@@ -79,15 +79,22 @@ func withoutChanges(s *State) *State {
 	return &out
 }
 
+// compiled is benchCluster(n) and a Compiler that compiled it, with the node's part of the
+// input for CompileNode.
+func compiled(n int) (Input, *Compiler, Input) {
+	in := benchCluster(n)
+	c := &Compiler{}
+	c.Compile(in)
+	node := in
+	node.Pods = nil
+	return in, c, node
+}
+
 // BenchmarkCompilerAnnotation is a local pod's annotation change and the turn after it.
 func BenchmarkCompilerAnnotation(b *testing.B) {
 	for _, n := range []int{10_000, 100_000} {
 		b.Run(fmt.Sprintf("pods=%d", n), func(b *testing.B) {
-			in := benchCluster(n)
-			var c Compiler
-			c.Compile(in)
-			node := in
-			node.Pods = nil
+			in, c, node := compiled(n)
 			ep := in.Endpoints[0]
 			i := slices.IndexFunc(in.Pods, func(p Pod) bool { return p.Name == ep.Name && p.Namespace == ep.Namespace })
 			pod := in.Pods[i]
@@ -110,11 +117,7 @@ func BenchmarkCompilerAnnotation(b *testing.B) {
 func BenchmarkCompilerRemotePod(b *testing.B) {
 	for _, n := range []int{10_000, 100_000} {
 		b.Run(fmt.Sprintf("pods=%d", n), func(b *testing.B) {
-			in := benchCluster(n)
-			var c Compiler
-			c.Compile(in)
-			node := in
-			node.Pods = nil
+			_, c, node := compiled(n)
 			pod := Pod{Namespace: "ns-0", Name: "remote", Labels: map[string]string{"app": "app-1", "tier": "new"}, IPs: addrs("10.250.0.1", "fd00::fa:1")}
 			b.ReportAllocs()
 			k := 0
@@ -134,11 +137,7 @@ func BenchmarkCompilerRemotePod(b *testing.B) {
 func BenchmarkCompilerRelabel(b *testing.B) {
 	for _, n := range []int{10_000, 100_000} {
 		b.Run(fmt.Sprintf("pods=%d", n), func(b *testing.B) {
-			in := benchCluster(n)
-			var c Compiler
-			c.Compile(in)
-			node := in
-			node.Pods = nil
+			in, c, node := compiled(n)
 			pod := in.Pods[1]
 			b.ReportAllocs()
 			k := 0
