@@ -23,7 +23,7 @@ func BenchmarkDecodePod(b *testing.B) {
 			ResourceVersion: "123456", Labels: map[string]string{"app": "app-12", "tier": "frontend", "pod-template-hash": "5d8f7c9b4"},
 			Annotations: map[string]string{"projectcalico.org/policy": "allow tcp from label tier=frontend to ports 8080,8443; allow icmp type 8"},
 			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kube-controller-manager", Operation: metav1.ManagedFieldsOperationUpdate,
-				APIVersion: "v1", FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:metadata":{"f:labels":{".":{},"f:app":{},"f:tier":{}}},"f:spec":{"f:containers":{"k:{\"name\":\"main\"}":{".":{},"f:image":{},"f:name":{}}}}}`)}}}},
+				APIVersion: "v1", FieldsType: "FieldsV1", FieldsV1: metav1.NewFieldsV1(`{"f:metadata":{"f:labels":{".":{},"f:app":{},"f:tier":{}}},"f:spec":{"f:containers":{"k:{\"name\":\"main\"}":{".":{},"f:image":{},"f:name":{}}}}}`)}}},
 		Spec: corev1.PodSpec{NodeName: "node-042", Containers: []corev1.Container{{
 			Name: "main", Image: "registry.example/app-12:v1.2.3", Args: []string{"--listen=:8080"},
 			Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},

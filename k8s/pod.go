@@ -78,7 +78,7 @@ type cachedPod struct {
 func (*cachedPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
 
 func (p *cachedPod) DeepCopyObject() runtime.Object {
-	out := &cachedPod{ObjectMeta: *p.ObjectMeta.DeepCopy(), Pod: p.Pod}
+	out := &cachedPod{ObjectMeta: *p.DeepCopy(), Pod: p.Pod}
 	out.Pod.Labels = maps.Clone(p.Pod.Labels)
 	out.Pod.Annotations = maps.Clone(p.Pod.Annotations)
 	out.Pod.IPs = slices.Clone(p.Pod.IPs)
