@@ -423,9 +423,9 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 		a.log.Error("read node addresses", zap.Error(err))
 		return true
 	}
-	a.cfg.Metrics.pods.Set(float64(len(a.view.pods)))
+	a.cfg.Metrics.pods.Set(float64(len(a.view.uids)))
 	a.cfg.Metrics.namespaces.Set(float64(len(a.view.namespaces)))
-	pods := a.view.pods
+	pods := a.view.uids
 
 	locals := a.view.localPods()
 	endpoints, missing := a.endpoints(locals)
@@ -446,7 +446,8 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 
 	opts := a.cfg.Options
 	opts.Capacity = a.cfg.Datapath.Capacity()
-	state := a.view.compile(&a.compiler, endpoints, hostIPs, opts)
+	state := a.compiler.CompileNode(compiler.Input{Endpoints: endpoints, HostIPs: hostIPs,
+		NamespaceAnnotations: a.view.namespaceAnnotations, Options: opts})
 	a.report.report(problemKinds, problemFindings(state.Problems), pods)
 	// Every pod's interface gets the programs before its entry exists: without one they
 	// drop everything, so a pod is guarded from the moment it is found, whether Apply then
@@ -853,7 +854,7 @@ func (a *Agent) ensureFirst() {
 		a.cfg.Metrics.displaced.WithLabelValues(outcome).Inc()
 		found = append(found, f)
 	}
-	a.report.report([]string{kindChainOrder}, found, a.view.pods)
+	a.report.report([]string{kindChainOrder}, found, a.view.uids)
 }
 
 // detach detaches the programs from the interfaces that are gone, once the state without them

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/podwall/podwall/agent/netif"
 	"github.com/podwall/podwall/compiler"
@@ -34,13 +35,23 @@ func TestViewFollowsDeltas(t *testing.T) {
 	var c compiler.Compiler
 	local := pod("a", "local", "n1", false, "10.0.0.1")
 	local.Annotations = map[string]string{policy.AnnotationKey: "allow tcp from label app=web"}
-	v.take(k8s.Delta{Full: true, Pods: []k8s.Pod{
+	cluster := map[string]k8s.Pod{}
+	take := func(d k8s.Delta) {
+		for _, p := range d.Pods {
+			cluster[p.Namespace+"/"+p.Name] = p
+		}
+		for _, k := range d.Deleted {
+			delete(cluster, k.Namespace+"/"+k.Name)
+		}
+		v.take(d, &c)
+	}
+	take(k8s.Delta{Full: true, Pods: []k8s.Pod{
 		local,
 		pod("a", "remote", "n2", false, "10.0.0.2"),
 		pod("a", "host-network", "n1", true, "192.168.0.1"),
 		pod("a", "no-address-yet", "n1", false),
 		pod("b", "local-v6", "n1", false, "fd00::3"),
-	}, Namespaces: []string{"a", "b"}}, &c)
+	}, Namespaces: []string{"a", "b"}})
 	names := func() []string {
 		var out []string
 		for _, p := range v.localPods() {
@@ -49,24 +60,27 @@ func TestViewFollowsDeltas(t *testing.T) {
 		return out
 	}
 	require.Equal(t, []string{"a/local", "b/local-v6"}, names())
+	require.Len(t, v.uids, 5)
 	eps := []compiler.Endpoint{{Ifindex: 7, Namespace: "a", Name: "local"}}
 	host := []netip.Addr{netip.MustParseAddr("192.168.0.1")}
 	opts := compiler.Options{DefaultPolicy: compiler.DefaultDeny, OpenNamespaces: []string{"kube-system"}, AllowHost: true}
+	node := compiler.Input{Endpoints: eps, HostIPs: host, Options: opts}
 	whole := func() compiler.Input {
-		in := compiler.Input{Endpoints: eps, HostIPs: host, Options: opts}
-		for _, p := range v.pods {
+		in := node
+		for _, p := range cluster {
 			in.Pods = append(in.Pods, p.Pod)
 		}
 		return in
 	}
-	require.Equal(t, compiler.Compile(whole()), v.compile(&c, eps, host, opts))
+	require.Equal(t, compiler.Compile(whole()), c.CompileNode(node))
 
 	web := pod("a", "remote", "n2", false, "10.0.0.2")
 	web.Labels = map[string]string{"app": "web"}
 	moved := pod("a", "no-address-yet", "n1", false, "10.0.0.4")
-	v.take(k8s.Delta{Pods: []k8s.Pod{web, moved}, Deleted: []k8s.PodKey{{Namespace: "b", Name: "local-v6"}}, Namespaces: []string{"a"}}, &c)
+	take(k8s.Delta{Pods: []k8s.Pod{web, moved}, Deleted: []k8s.PodKey{{Namespace: "b", Name: "local-v6"}}, Namespaces: []string{"a"}})
 	require.Equal(t, []string{"a/local", "a/no-address-yet"}, names())
-	s := v.compile(&c, eps, host, opts)
+	require.Len(t, v.uids, 4)
+	s := c.CompileNode(node)
 	require.NotNil(t, s.Changes, "a delta is compiled as changes")
 	s.Changes = nil
 	require.Equal(t, compiler.Compile(whole()), s)
@@ -151,7 +165,7 @@ func TestReporter(t *testing.T) {
 	core, logs := observer.New(zap.InfoLevel)
 	ev := &recordedEvents{}
 	r := newReporter(zap.New(core), ev, "n1")
-	pods := map[podKey]k8s.Pod{{"a", "p"}: pod("a", "p", "n1", false)}
+	pods := map[podKey]types.UID{{"a", "p"}: "u1"}
 
 	bad := func(msg string) []compiler.Problem {
 		return []compiler.Problem{{Namespace: "a", Name: "p", Kind: compiler.ProblemInvalid, Err: errors.New(msg)}}

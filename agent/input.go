@@ -2,11 +2,11 @@ package agent
 
 import (
 	"cmp"
-	"net/netip"
 	"slices"
 
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/k8s"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // podKey names a pod.
@@ -16,50 +16,51 @@ func keyOf(p k8s.Pod) podKey { return podKey{p.Namespace, p.Name} }
 
 func (k podKey) String() string { return k.namespace + "/" + k.name }
 
-// view is the cluster as the source's Deltas left it, kept at the cost of each change: its
-// pods, this node's among them, and its namespaces. It hands each pod change to the
-// compiler as it takes it.
+// view is what the agent keeps of the cluster as the source's Deltas left it, at the cost
+// of each change: its pods' UIDs (for Events), this node's pods, and its namespaces. It
+// hands each pod change to the compiler, which keeps the rest.
 type view struct {
-	node   string
-	pods   map[podKey]k8s.Pod
-	locals map[podKey]k8s.Pod
-	// whole says the compiler is to take the cluster whole at its next turn: after a Full
-	// Delta (a start), so that it numbers the identities as any agent starting on this
-	// cluster would.
-	whole                bool
+	node                 string
+	uids                 map[podKey]types.UID
+	locals               map[podKey]k8s.Pod
 	namespaces           []string
 	namespaceAnnotations map[string]map[string]string
 }
 
 func newView(node string) *view {
-	return &view{node: node, pods: map[podKey]k8s.Pod{}, locals: map[podKey]k8s.Pod{}}
+	return &view{node: node, uids: map[podKey]types.UID{}, locals: map[podKey]k8s.Pod{}}
 }
 
-// take applies d, and hands each pod it changes to c unless d is Full.
+// take applies d, and hands the pods it changes to c: after a Full Delta (a start) the
+// cluster whole, so that c numbers the identities as any agent starting on it would.
 func (v *view) take(d k8s.Delta, c *compiler.Compiler) {
 	v.namespaces, v.namespaceAnnotations = d.Namespaces, d.NamespaceAnnotations
 	if d.Full {
-		clear(v.pods)
+		clear(v.uids)
 		clear(v.locals)
-		v.whole = true
+		pods := make([]compiler.Pod, len(d.Pods))
+		for i, p := range d.Pods {
+			pods[i] = p.Pod
+		}
+		c.SetPods(pods)
 	}
 	for _, p := range d.Pods {
 		k := keyOf(p)
-		v.pods[k] = p
+		v.uids[k] = p.UID
 		if p.Node == v.node && !p.HostNetwork && len(p.IPs) > 0 {
 			v.locals[k] = p
 		} else {
 			delete(v.locals, k)
 		}
-		if !v.whole {
+		if !d.Full {
 			c.SetPod(p.Pod)
 		}
 	}
 	for _, k := range d.Deleted {
 		key := podKey{k.Namespace, k.Name}
-		delete(v.pods, key)
+		delete(v.uids, key)
 		delete(v.locals, key)
-		if !v.whole {
+		if !d.Full {
 			c.DeletePod(k.Namespace, k.Name)
 		}
 	}
@@ -76,19 +77,4 @@ func (v *view) localPods() []k8s.Pod {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	return out
-}
-
-// compile is the compiler's turn on the node's endpoints and addresses: on the whole
-// cluster after a Full Delta, on the changes it was handed since otherwise.
-func (v *view) compile(c *compiler.Compiler, endpoints []compiler.Endpoint, hostIPs []netip.Addr, opts compiler.Options) *compiler.State {
-	in := compiler.Input{Endpoints: endpoints, HostIPs: hostIPs, NamespaceAnnotations: v.namespaceAnnotations, Options: opts}
-	if !v.whole {
-		return c.CompileNode(in)
-	}
-	in.Pods = make([]compiler.Pod, 0, len(v.pods))
-	for _, p := range v.pods {
-		in.Pods = append(in.Pods, p.Pod)
-	}
-	v.whole = false
-	return c.Compile(in)
 }

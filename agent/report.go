@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"go.uber.org/zap"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/k8s"
@@ -62,7 +63,7 @@ func newReporter(log *zap.Logger, events Events, node string) *reporter {
 
 // report takes every current finding of one area (the kinds listed): what is new or
 // changed is reported, what of those kinds is gone is logged as resolved.
-func (r *reporter) report(kinds []string, found []finding, pods map[podKey]k8s.Pod) {
+func (r *reporter) report(kinds []string, found []finding, uids map[podKey]types.UID) {
 	seen := map[findingKey]bool{}
 	for _, f := range found {
 		k := findingKey{f.pod, f.kind}
@@ -81,8 +82,8 @@ func (r *reporter) report(kinds []string, found []finding, pods map[podKey]k8s.P
 		}
 		if f.pod == (podKey{}) {
 			r.events.NodeWarning(f.reason, f.message)
-		} else if p, ok := pods[f.pod]; ok {
-			r.events.PodWarning(p, f.reason, f.message)
+		} else if uid, ok := uids[f.pod]; ok {
+			r.events.PodWarning(k8s.Pod{Pod: compiler.Pod{Namespace: f.pod.namespace, Name: f.pod.name}, UID: uid}, f.reason, f.message)
 		}
 	}
 	keys := slices.SortedFunc(maps.Keys(r.last), func(a, b findingKey) int {

@@ -26,16 +26,14 @@ type cluster struct {
 	hostIPs []netip.Addr // usable
 	hosts   map[bpf.PodwallIpAddr]bool
 
-	idents   map[string]*identity // by identityKey
-	byID     map[uint32][]string  // State.Identities
-	tagIDs   map[string]map[uint32]struct{}
-	podIdent map[podKey]*identity // pods with addresses, not on the host network
+	idents map[string]*identity // by identityKey
+	byID   map[uint32][]string  // State.Identities
+	tagIDs map[string]map[uint32]struct{}
 
-	// claims are the pods that list each address, sorted by namespace and name.
+	// claims are the pods with an identity that list each address, sorted by namespace and
+	// name: the first is the address's owner unless the node has it.
 	claims  map[bpf.PodwallIpAddr][]podKey
 	ipcache map[bpf.PodwallIpAddr]uint32
-	// owners are the pods the ipcache gives each pod address to.
-	owners map[bpf.PodwallIpAddr]podKey
 	// conflicts are the addresses claimed by the node and a pod, or by two pods.
 	conflicts map[bpf.PodwallIpAddr]struct{}
 	// digest is the sum of entryHash over the ipcache: kept as entries change.
@@ -47,11 +45,12 @@ type cluster struct {
 }
 
 // clusterPod is a copy of a pod with only its usable addresses and, instead of its labels,
-// its identity tags: those of its identity when it has one, so that a pod of the cluster
-// costs no copy of its labels.
+// its identity tags: those of its identity when it has one (a pod with addresses, not on the
+// host network), so that a pod of the cluster costs no copy of its labels.
 type clusterPod struct {
 	Pod
-	tags []string
+	tags  []string
+	ident *identity
 }
 
 // identity is a tag set with a number, and the pods that have it.
@@ -69,20 +68,18 @@ func newCluster() *cluster {
 		idents:       map[string]*identity{},
 		byID:         map[uint32][]string{},
 		tagIDs:       map[string]map[uint32]struct{}{},
-		podIdent:     map[podKey]*identity{},
 		claims:       map[bpf.PodwallIpAddr][]podKey{},
 		ipcache:      map[bpf.PodwallIpAddr]uint32{},
-		owners:       map[bpf.PodwallIpAddr]podKey{},
 		conflicts:    map[bpf.PodwallIpAddr]struct{}{},
 		changedIDs:   map[uint32]struct{}{},
 		changedAddrs: map[bpf.PodwallIpAddr]struct{}{},
 	}
 }
 
-// reset makes the cluster hold pods and hostIPs, changing only what differs. Pods that share
+// reset makes the cluster hold pods, changing only what differs. Pods that share
 // a name are all left out: which one is real cannot be told. The identities that come are
 // numbered in the order of their keys, so a new cluster depends only on the set of pods.
-func (cl *cluster) reset(pods []Pod, hostIPs []netip.Addr) {
+func (cl *cluster) reset(pods []Pod) {
 	in := make(map[podKey]*Pod, len(pods))
 	dups := map[podKey]bool{}
 	for i := range pods {
@@ -127,7 +124,6 @@ func (cl *cluster) reset(pods []Pod, hostIPs []netip.Addr) {
 			cl.release(id)
 		}
 	}
-	cl.setHostIPs(hostIPs)
 }
 
 func hasUsable(ips []netip.Addr) bool {
@@ -155,15 +151,13 @@ func (cl *cluster) set(p Pod) {
 	if old, ok := cl.pods[k]; ok {
 		addrs = old.IPs
 		cl.dropClaims(k, &old.Pod)
-		if id := cl.podIdent[k]; id != nil {
-			cl.release(id)
+		if old.ident != nil {
+			cl.release(old.ident)
 		}
 	}
-	np := &clusterPod{Pod: p, tags: tags}
+	np := &clusterPod{Pod: p, tags: tags, ident: ident}
 	cl.pods[k] = np
-	delete(cl.podIdent, k)
 	if ident != nil {
-		cl.podIdent[k] = ident
 		for _, a := range np.IPs {
 			ak := AddrKey(a)
 			cl.claims[ak] = insertSorted(cl.claims[ak], k)
@@ -182,10 +176,9 @@ func (cl *cluster) remove(k podKey) {
 		return
 	}
 	cl.dropClaims(k, &old.Pod)
-	if id := cl.podIdent[k]; id != nil {
-		cl.release(id)
+	if old.ident != nil {
+		cl.release(old.ident)
 	}
-	delete(cl.podIdent, k)
 	delete(cl.pods, k)
 	for _, a := range old.IPs {
 		cl.place(AddrKey(a))
@@ -240,12 +233,8 @@ func (cl *cluster) place(k bpf.PodwallIpAddr) {
 	switch {
 	case cl.hosts[k]:
 		id, ok = bpf.IDHost, true
-		delete(cl.owners, k)
 	case len(claims) > 0:
-		id, ok = cl.podIdent[claims[0]].id, true
-		cl.owners[k] = claims[0]
-	default:
-		delete(cl.owners, k)
+		id, ok = cl.pods[claims[0]].ident.id, true
 	}
 	if (cl.hosts[k] && len(claims) > 0) || len(claims) > 1 {
 		cl.conflicts[k] = struct{}{}
@@ -387,7 +376,7 @@ func (cl *cluster) ownAddrs(k podKey) (addr4, addr6 bpf.PodwallIpAddr) {
 	}
 	for _, a := range p.IPs {
 		ak := AddrKey(a)
-		if owner, ok := cl.owners[ak]; !ok || owner != k {
+		if claims := cl.claims[ak]; cl.hosts[ak] || len(claims) == 0 || claims[0] != k {
 			continue
 		}
 		switch {

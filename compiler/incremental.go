@@ -44,12 +44,18 @@ func (c *Compiler) DeletePod(namespace, name string) {
 	c.cl.remove(podKey{namespace, name})
 }
 
-// Compile makes the cluster in.Pods, changing only the pods that differ, and compiles the
-// node's state on it.
-func (c *Compiler) Compile(in Input) *State {
+// SetPods makes the cluster pods, changing only the pods that differ, before the next turn:
+// new identities are numbered in the order of their keys, as for any agent that starts on
+// the same pods.
+func (c *Compiler) SetPods(pods []Pod) {
 	c.init()
-	c.cl.reset(in.Pods, in.HostIPs)
-	return c.turn(in)
+	c.cl.reset(pods)
+}
+
+// Compile makes the cluster in.Pods, as SetPods does, and compiles the node's state on it.
+func (c *Compiler) Compile(in Input) *State {
+	c.SetPods(in.Pods)
+	return c.CompileNode(in)
 }
 
 // CompileNode compiles the node's state (in's endpoints, host addresses, namespace

@@ -2,7 +2,6 @@ package k8s
 
 import (
 	"errors"
-	"maps"
 	"net/netip"
 	"slices"
 
@@ -52,10 +51,7 @@ var (
 func Transform(obj any) (any, error) {
 	switch o := obj.(type) {
 	case *corev1.Pod:
-		return &cachedPod{
-			ObjectMeta: metav1.ObjectMeta{Name: o.Name, Namespace: o.Namespace, UID: o.UID, ResourceVersion: o.ResourceVersion},
-			Pod:        podFromAPI(o),
-		}, nil
+		return newCachedPod(o), nil
 	case *corev1.Namespace:
 		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
 			Name:            o.Name,
@@ -67,22 +63,45 @@ func Transform(obj any) (any, error) {
 	return obj, nil
 }
 
-// cachedPod is what the informer keeps of a pod: a quarter of a corev1.Pod, whose empty spec
-// and status alone take a kilobyte, for each pod of the cluster (docs/SCALE.md). Its
-// ObjectMeta holds only the name, namespace, UID and resource version.
+// cachedPod is what the informer keeps of a pod: the Pod podFromAPI makes of it, about a
+// tenth of a corev1.Pod, whose empty spec and status alone take a kilobyte, for each pod of the
+// cluster (docs/SCALE.md). Its labels and annotations are maps it shares with the pods that
+// have the same, and its metadata is made when asked for.
 type cachedPod struct {
-	metav1.ObjectMeta
-	Pod Pod
+	Pod             Pod
+	resourceVersion string
+	// labels and annotations keep Pod's shared maps alive while the pod is cached.
+	labels, annotations *stringMap
 }
+
+func newCachedPod(o *corev1.Pod) *cachedPod {
+	p := &cachedPod{Pod: podFromAPI(o), resourceVersion: o.ResourceVersion}
+	p.Pod.Namespace, p.Pod.Node = intern(p.Pod.Namespace), intern(p.Pod.Node)
+	p.Pod.Labels, p.labels = nil, podMaps.share(p.Pod.Labels)
+	if p.labels != nil {
+		p.Pod.Labels = p.labels.m
+	}
+	p.Pod.Annotations, p.annotations = nil, podMaps.share(p.Pod.Annotations)
+	if p.annotations != nil {
+		p.Pod.Annotations = p.annotations.m
+	}
+	return p
+}
+
+// GetObjectMeta is the metadata the informer reads: name, namespace, UID and resource version.
+func (p *cachedPod) GetObjectMeta() metav1.Object {
+	return &metav1.ObjectMeta{Namespace: p.Pod.Namespace, Name: p.Pod.Name, UID: p.Pod.UID, ResourceVersion: p.resourceVersion}
+}
+
+func (p *cachedPod) GetResourceVersion() string { return p.resourceVersion }
 
 func (*cachedPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
 
+// DeepCopyObject copies p but for its maps, which are read only.
 func (p *cachedPod) DeepCopyObject() runtime.Object {
-	out := &cachedPod{ObjectMeta: *p.DeepCopy(), Pod: p.Pod}
-	out.Pod.Labels = maps.Clone(p.Pod.Labels)
-	out.Pod.Annotations = maps.Clone(p.Pod.Annotations)
+	out := *p
 	out.Pod.IPs = slices.Clone(p.Pod.IPs)
-	return out
+	return &out
 }
 
 // keep is the annotations of keys that all has; nil when none.

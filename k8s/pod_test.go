@@ -2,7 +2,12 @@ package k8s
 
 import (
 	"net/netip"
+	"reflect"
+	"runtime"
 	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
 
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
@@ -42,22 +47,22 @@ func fullPod() *corev1.Pod {
 }
 
 func TestTransform(t *testing.T) {
-	want := &cachedPod{
-		ObjectMeta: metav1.ObjectMeta{Name: "web-0", Namespace: "prod", UID: "u1", ResourceVersion: "42"},
-		Pod: Pod{
-			Pod: compiler.Pod{Namespace: "prod", Name: "web-0", Labels: map[string]string{"role": "frontend"},
-				Annotations: map[string]string{policy.AnnotationKey: "allow tcp to ports 80", policy.LegacyAnnotationKey: "allow"},
-				IPs:         []netip.Addr{netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("fd00::5")}, HostNetwork: true},
-			UID: "u1", Node: "node-1",
-		},
+	want := Pod{
+		Pod: compiler.Pod{Namespace: "prod", Name: "web-0", Labels: map[string]string{"role": "frontend"},
+			Annotations: map[string]string{policy.AnnotationKey: "allow tcp to ports 80", policy.LegacyAnnotationKey: "allow"},
+			IPs:         []netip.Addr{netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("fd00::5")}, HostNetwork: true},
+		UID: "u1", Node: "node-1",
 	}
 	got, err := Transform(fullPod())
 	require.NoError(t, err)
-	require.Equal(t, want, got)
+	require.Equal(t, want, got.(*cachedPod).Pod)
+	m, err := meta.Accessor(got)
+	require.NoError(t, err)
+	require.Equal(t, []string{"prod", "web-0", "u1", "42"}, []string{m.GetNamespace(), m.GetName(), string(m.GetUID()), m.GetResourceVersion()})
 	again, err := Transform(got)
 	require.NoError(t, err)
 	require.Same(t, got, again, "idempotent")
-	require.Equal(t, want, got.(*cachedPod).DeepCopyObject())
+	require.Equal(t, want, got.(*cachedPod).DeepCopyObject().(*cachedPod).Pod)
 
 	noPolicy := fullPod()
 	noPolicy.Annotations = map[string]string{"other": "x"}
@@ -77,6 +82,45 @@ func TestTransform(t *testing.T) {
 	got, err = Transform(other)
 	require.NoError(t, err)
 	require.Same(t, other, got)
+}
+
+// TestPodsShareLabelsAndAnnotations: pods with equal labels (or policy annotations) hold one
+// map, and a set no cached pod holds is forgotten.
+func TestPodsShareLabelsAndAnnotations(t *testing.T) {
+	transform := func(name string, labels map[string]string) *cachedPod {
+		p := fullPod()
+		p.Name, p.Labels = name, labels
+		got, err := Transform(p)
+		require.NoError(t, err)
+		return got.(*cachedPod)
+	}
+	same := func(a, b map[string]string) bool {
+		return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
+	}
+	c := transform("c", map[string]string{"app": "shared-test", "tier": "db"})
+	held := func(key string) bool {
+		podMaps.mu.Lock()
+		defer podMaps.mu.Unlock()
+		_, ok := podMaps.sets[key]
+		return ok
+	}
+	// a and b are dropped once compared: no pod then holds their set.
+	key := func() string {
+		a := transform("a", map[string]string{"app": "shared-test", "tier": "web"})
+		b := transform("b", map[string]string{"tier": "web", "app": "shared-test"})
+		require.True(t, same(a.Pod.Labels, b.Pod.Labels), "equal labels, one map")
+		require.False(t, same(a.Pod.Labels, c.Pod.Labels))
+		require.True(t, same(a.Pod.Annotations, c.Pod.Annotations), "equal annotations, one map")
+		require.True(t, held(setKey(a.Pod.Labels)))
+		return setKey(a.Pod.Labels)
+	}()
+	require.Equal(t, map[string]string{"app": "shared-test", "tier": "db"}, c.Pod.Labels)
+	// Lengths lead each string: these two sets would otherwise encode alike.
+	require.NotEqual(t, setKey(map[string]string{"a": "b1:c"}), setKey(map[string]string{"a": "b", "c": ""}))
+
+	require.Eventually(t, func() bool { runtime.GC(); return !held(key) }, 10*time.Second, 10*time.Millisecond,
+		"a set no pod holds is forgotten")
+	runtime.KeepAlive(c)
 }
 
 func TestPodFromAPI(t *testing.T) {

@@ -256,21 +256,6 @@ func startAgent(b *testing.B, bin string, args ...string) (*agentProcess, time.D
 
 func (p *agentProcess) terminate(b *testing.B) {
 	b.Helper()
-	if os.Getenv("ZZDEBUG") != "" {
-		lines := strings.Split(p.out.String(), "\n")
-		var gc []string
-		for _, l := range lines {
-			if strings.HasPrefix(l, "gc ") {
-				gc = append(gc, l)
-			}
-		}
-		for i := max(0, len(gc)-8); i < len(gc); i++ {
-			b.Log(gc[i])
-		}
-		if len(gc) > 0 {
-			b.Log("first: ", gc[0], " n=", len(gc))
-		}
-	}
 	require.NoError(b, p.cmd.Process.Signal(syscall.SIGTERM))
 	select {
 	case err := <-p.exited:
