@@ -115,6 +115,7 @@ bench: deps bpffs k8s-bins
 	$(GO) test -run '^$$' -bench '^BenchmarkAgent$$' -benchtime 1x -timeout 90m ./tests/agentbench \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md
 	$(GO) test -run '^$$' -bench '^BenchmarkMapMemory$$' -benchtime 1x ./maps
+	$(GO) test -run '^$$' -bench '^BenchmarkPodMemory$$' -benchtime 1x ./k8s
 
 # demo runs the agent in standalone mode on pods in network namespaces it makes, prints which
 # connections pass and why, changes an annotation and prints it again, then removes it all.

@@ -37,11 +37,12 @@ func sizes(b *testing.B) []int {
 	return out
 }
 
-// Goals of issues 4 (the update latency, the memory at 10,000 pods) and 15 (the memory at
-// 100,000, and a remote pod's change costing the agent the same whatever the cluster).
+// Goals of issues 4 (the update latency) and 15 (the memory at 10,000 pods, lowered from issue
+// 4's 150 MB, and at 100,000, and a remote pod's change costing the agent the same whatever
+// the cluster).
 const (
 	goalP99          = 100 * time.Millisecond
-	goalMemory       = 150 << 20
+	goalMemory       = 100 << 20
 	goalMemoryLarge  = 400 << 20
 	largeCluster     = 100_000
 	goalRelabelRatio = 2.0
@@ -124,7 +125,7 @@ func markdown(rs []*result) string {
 		return fmt.Sprintf("%.0f / %.0f B", r.podJSON, r.podProtobuf)
 	}, "", false)
 	row("agent resident memory once ready (VmRSS)", func(r *result) string { return fmt.Sprintf("%.1f MB", mb(r.rssReady)) }, "", false)
-	row("agent resident memory after the updates (VmRSS)", func(r *result) string { return fmt.Sprintf("%.1f MB", mb(r.rssAfter)) }, "", false)
+	row("agent resident memory after the updates and relabels (VmRSS)", func(r *result) string { return fmt.Sprintf("%.1f MB", mb(r.rssAfter)) }, "", false)
 	row("agent peak resident memory (VmHWM)", func(r *result) string { return fmt.Sprintf("%.1f MB", mb(r.hwmAfter)) },
 		fmt.Sprintf("%.0f MB at 10,000, %.0f MB at 100,000", mb(goalMemory), mb(goalMemoryLarge)),
 		all(func(r *result) bool { return r.hwmAfter <= memoryGoal(r.pods) }))
