@@ -108,6 +108,7 @@ test-kernels: deps bpffs
 bench: deps bpffs k8s-bins
 	$(GO) test -run '^$$' -bench '^BenchmarkVerdict$$' -benchtime 1000000x -count 15 ./tests/differential \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md
+	$(GO) test -run '^$$' -bench '^BenchmarkConntrackCandidates$$' -benchtime 1000000x -count 5 ./tests/differential
 	cd tests/bench && $(GO) test -run '^$$' -bench '^BenchmarkEnforcers$$' -benchtime 1x -timeout 30m . \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md -iperf-seconds 2 -repetitions 3
 	cd tests/bench && $(GO) test -run '^$$' -bench '^BenchmarkFlood$$' -benchtime 1x -timeout 30m . \

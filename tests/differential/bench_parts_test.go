@@ -129,11 +129,20 @@ const (
 // returns what bpf_map_update_elem returned (0: written). With random, the key's pod and
 // remote addresses hold random bytes, a new key each run; else the key is all zeroes.
 func ctWriteProgram(b *testing.B, m *ebpf.Map, random bool, flags int32) *ebpf.Program {
+	prog, err := newCTWriteProgram(m, random, flags)
+	require.NoError(b, err)
+	b.Cleanup(func() { prog.Close() })
+	return prog
+}
+
+// newCTWriteProgram is ctWriteProgram's program, for the caller to close.
+func newCTWriteProgram(m *ebpf.Map, random bool, flags int32) (*ebpf.Program, error) {
 	// The key is at fp-56 (52 bytes, and 4 of padding), the value at fp-80 (24 bytes), both
 	// zeroed first.
 	const key, value = -56, -80
-	require.Equal(b, uint32(52), m.KeySize())
-	require.Equal(b, uint32(key-value), m.ValueSize())
+	if m.KeySize() != 52 || m.ValueSize() != key-value {
+		return nil, fmt.Errorf("map of %d-byte keys and %d-byte values, not conntrack's", m.KeySize(), m.ValueSize())
+	}
 	insns := asm.Instructions{asm.Mov.Imm(asm.R1, 0)}
 	for off := int16(value); off < 0; off += 8 {
 		insns = append(insns, asm.StoreMem(asm.RFP, off, asm.R1, asm.DWord))
@@ -154,10 +163,7 @@ func ctWriteProgram(b *testing.B, m *ebpf.Map, random bool, flags int32) *ebpf.P
 		asm.FnMapUpdateElem.Call(),
 		asm.Return(),
 	)
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, Instructions: insns, License: "Dual BSD/GPL"})
-	require.NoError(b, err)
-	b.Cleanup(func() { prog.Close() })
-	return prog
+	return ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, Instructions: insns, License: "Dual BSD/GPL"})
 }
 
 // measureCTInsert measures the insert of a new conntrack entry into d's conntrack map, the one
