@@ -115,6 +115,12 @@ func TestPodsShareLabelsAndAnnotations(t *testing.T) {
 		return setKey(a.Pod.Labels)
 	}()
 	require.Equal(t, map[string]string{"app": "shared-test", "tier": "db"}, c.Pod.Labels)
+	// A pod relabelled to c's labels and then away (another pod's writes) leaves c's as they were.
+	d := transform("d", map[string]string{"app": "shared-test", "tier": "db"})
+	require.True(t, same(c.Pod.Labels, d.Pod.Labels))
+	d = transform("d", map[string]string{"app": "shared-test", "tier": "web", "role": "admin"})
+	require.Equal(t, map[string]string{"app": "shared-test", "tier": "db"}, c.Pod.Labels, "c keeps its labels")
+	require.Equal(t, "admin", d.Pod.Labels["role"])
 	// Lengths lead each string: these two sets would otherwise encode alike.
 	require.NotEqual(t, setKey(map[string]string{"a": "b1:c"}), setKey(map[string]string{"a": "b", "c": ""}))
 
