@@ -425,7 +425,7 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 	}
 	a.cfg.Metrics.pods.Set(float64(len(a.view.uids)))
 	a.cfg.Metrics.namespaces.Set(float64(len(a.view.namespaces)))
-	pods := a.view.uids
+	uids := a.view.uids
 
 	locals := a.view.localPods()
 	endpoints, missing := a.endpoints(locals)
@@ -442,18 +442,18 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 	}
 	a.pending.Store(&pending)
 	a.cfg.Metrics.interfaceMissing.Set(float64(len(missing)))
-	a.report.report([]string{kindInterface}, missing, pods)
+	a.report.report([]string{kindInterface}, missing, uids)
 
 	opts := a.cfg.Options
 	opts.Capacity = a.cfg.Datapath.Capacity()
 	state := a.compiler.CompileNode(compiler.Input{Endpoints: endpoints, HostIPs: hostIPs,
 		NamespaceAnnotations: a.view.namespaceAnnotations, Options: opts})
-	a.report.report(problemKinds, problemFindings(state.Problems), pods)
+	a.report.report(problemKinds, problemFindings(state.Problems), uids)
 	// Every pod's interface gets the programs before its entry exists: without one they
 	// drop everything, so a pod is guarded from the moment it is found, whether Apply then
 	// writes its entry or fails, and a pod the maps have no room for stays isolated.
 	attachFailed := a.attach(endpoints)
-	a.report.report([]string{kindAttach}, attachFailed, pods)
+	a.report.report([]string{kindAttach}, attachFailed, uids)
 	if err := a.cfg.Datapath.Apply(state); err != nil {
 		a.cfg.Metrics.applyErrors.Inc()
 		a.cfg.Metrics.applyFailing.Set(float64(a.applyFailures.Add(1)))
@@ -461,18 +461,18 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 		if errors.Is(err, datapath.ErrMapFull) {
 			f.reason = ReasonMapFull
 		}
-		a.report.report([]string{kindApply}, []finding{f}, pods)
+		a.report.report([]string{kindApply}, []finding{f}, uids)
 		return true
 	}
 	a.applyFailures.Store(0)
 	a.cfg.Metrics.applyFailing.Set(0)
-	a.report.report([]string{kindApply}, nil, pods)
+	a.report.report([]string{kindApply}, nil, uids)
 	a.cfg.Metrics.applySeconds.Observe(time.Since(start).Seconds())
 	fill := a.cfg.Datapath.Fill()
 	a.cfg.Metrics.observeState(state, fill)
 	a.reportFill(fill)
 	if !a.applied.Swap(true) {
-		a.log.Info("first state applied", zap.Int("pods", len(pods)), zap.Int("endpoints", len(state.Endpoints)),
+		a.log.Info("first state applied", zap.Int("pods", len(uids)), zap.Int("endpoints", len(state.Endpoints)),
 			zap.Duration("took", time.Since(start)))
 	}
 
@@ -482,7 +482,7 @@ func (a *Agent) reconcile(ctx context.Context, first bool) (again bool) {
 	if len(missing) == 0 && len(attachFailed) == 0 {
 		a.writeReady()
 	}
-	a.log.Debug("reconciled", zap.Int("pods", len(pods)), zap.Int("endpoints", len(state.Endpoints)),
+	a.log.Debug("reconciled", zap.Int("pods", len(uids)), zap.Int("endpoints", len(state.Endpoints)),
 		zap.Int("missing", len(missing)), zap.Duration("took", time.Since(start)))
 	return len(missing) > 0 || len(attachFailed) > 0
 }
