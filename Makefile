@@ -110,7 +110,7 @@ bench: deps bpffs k8s-bins
 		-args -benchmarks-md ../../docs/BENCHMARKS.md
 	$(GO) test -run '^$$' -bench '^BenchmarkConntrackCandidates$$' -benchtime 1000000x -count 5 ./tests/differential
 	cd tests/bench && $(GO) test -run '^$$' -bench '^BenchmarkEnforcers$$' -benchtime 1x -timeout 30m . \
-		-args -benchmarks-md ../../docs/BENCHMARKS.md -iperf-seconds 2 -repetitions 3
+		-args -benchmarks-md ../../docs/BENCHMARKS.md -iperf-seconds 2 -repetitions 5
 	cd tests/bench && $(GO) test -run '^$$' -bench '^BenchmarkFlood$$' -benchtime 1x -timeout 30m . \
 		-args -benchmarks-md ../../docs/BENCHMARKS.md -repetitions 3 -flood-seconds 3 -flood-streams 4
 	$(GO) test -run '^$$' -bench '^BenchmarkAgent$$' -benchtime 1x -timeout 90m ./tests/agentbench \

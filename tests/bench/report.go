@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -167,7 +168,8 @@ func (r *Report) trafficTables() string {
 	b.WriteString("Every packet judged, as ratios to no filter (1.00 = no cost). *rate*: the median rate over no " +
 		"filter's, the absolute median beside it; *per CPU*: the same for the rate per CPU-second the iperf3 " +
 		"processes used (TCP: client and server; UDP: the client, in whose context the node forwards and filters), " +
-		"which the machine's other load barely moves:\n\n")
+		"which the machine's other load moves less, with the lowest and highest of its samples over no filter's median " +
+		"beside it:\n\n")
 	b.WriteString("| enforcer | rules | TCP rate | TCP per CPU | UDP 64 B rate | UDP per CPU | installed for IPv4 |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---|\n")
 	for _, e := range Enforcers {
@@ -190,7 +192,7 @@ func (r *Report) trafficTables() string {
 }
 
 // cell is the ratio to no filter of k's test and figure, with the absolute median beside a
-// rate.
+// rate and the samples' spread beside a rate per CPU.
 func (r *Report) cell(k Key, t Test, perCPU bool) string {
 	k.Test, k.PerCPU = t, perCPU
 	m, n := r.Median(k)
@@ -198,7 +200,13 @@ func (r *Report) cell(k Key, t Test, perCPU bool) string {
 		return "—"
 	}
 	if perCPU {
-		return fmt.Sprintf("%.2f", r.Ratio(k))
+		// The per-CPU figure moves by more than its differences between rows: its samples'
+		// spread goes beside it.
+		base, _ := r.Median(Key{Enforcer: NoFilter, Test: t, PerCPU: true})
+		if n < 2 || base == 0 {
+			return fmt.Sprintf("%.2f", r.Ratio(k))
+		}
+		return fmt.Sprintf("%.2f (%.2f-%.2f)", r.Ratio(k), slices.Min(r.Samples[k])/base, slices.Max(r.Samples[k])/base)
 	}
 	abs := fmt.Sprintf("%.1f Gbit/s", m/1e9)
 	if t == UDPSmall {

@@ -269,6 +269,9 @@ func TestReport(t *testing.T) {
 	require.InDelta(t, 0.25, r.Ratio(Key{Enforcer: NFTables, Rules: 1000, Test: UDPSmall}), 1e-9)
 	md := r.Markdown()
 	require.Contains(t, md, "| nftables | 1,000 | 0.25 (0.0 Gbit/s) | 0.25 | 0.25 (25 pps) | 0.25 |")
+	r.Samples[Key{Enforcer: Podwall, Rules: 1000, Test: UDPSmall, PerCPU: true}] = []float64{91, 97, 95}
+	require.Contains(t, r.Markdown(), "| podwall | 1,000 | 1.00 (0.0 Gbit/s) | 1.00 | 1.00 (100 pps) | 0.95 (0.91-0.97) |",
+		"the per-CPU figure with its samples' spread")
 	require.Contains(t, md, "| podwall | 0.95 (0.0 Gbit/s) | 0.95 | 0.95 (95 pps) | 0.95 |")
 
 	path := filepath.Join(t.TempDir(), PlotFile)
