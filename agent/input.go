@@ -4,9 +4,10 @@ import (
 	"cmp"
 	"slices"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/k8s"
-	"k8s.io/apimachinery/pkg/types"
 )
 
 // podKey names a pod.

@@ -225,16 +225,25 @@ func (cl *cluster) setHostIPs(ips []netip.Addr) {
 	}
 }
 
+// owner is the pod the ipcache gives address k to: none when the node has it, else the
+// first of its claimants.
+func (cl *cluster) owner(k bpf.PodwallIpAddr) (podKey, bool) {
+	claims := cl.claims[k]
+	if cl.hosts[k] || len(claims) == 0 {
+		return podKey{}, false
+	}
+	return claims[0], true
+}
+
 // place gives address k its ipcache entry: the node's, else the first pod's by namespace
 // and name that lists it, else none.
 func (cl *cluster) place(k bpf.PodwallIpAddr) {
 	claims := cl.claims[k]
 	id, ok := uint32(0), false
-	switch {
-	case cl.hosts[k]:
+	if cl.hosts[k] {
 		id, ok = bpf.IDHost, true
-	case len(claims) > 0:
-		id, ok = cl.pods[claims[0]].ident.id, true
+	} else if owner, owned := cl.owner(k); owned {
+		id, ok = cl.pods[owner].ident.id, true
 	}
 	if (cl.hosts[k] && len(claims) > 0) || len(claims) > 1 {
 		cl.conflicts[k] = struct{}{}
@@ -376,7 +385,7 @@ func (cl *cluster) ownAddrs(k podKey) (addr4, addr6 bpf.PodwallIpAddr) {
 	}
 	for _, a := range p.IPs {
 		ak := AddrKey(a)
-		if claims := cl.claims[ak]; cl.hosts[ak] || len(claims) == 0 || claims[0] != k {
+		if owner, ok := cl.owner(ak); !ok || owner != k {
 			continue
 		}
 		switch {

@@ -154,17 +154,26 @@ func (c *Cluster) Changes() (Delta, error) {
 		ns, name, _ := cache.SplitMetaNamespaceKey(key)
 		d.Deleted = append(d.Deleted, PodKey{ns, name})
 	}
+	snap, err := c.namespaceSnapshot()
+	if err != nil {
+		return Delta{}, err
+	}
+	d.Namespaces, d.NamespaceAnnotations = snap.Namespaces, snap.NamespaceAnnotations
+	return d, nil
+}
+
+// namespaceSnapshot is a Snapshot of the namespaces in the informer's cache, without pods.
+func (c *Cluster) namespaceSnapshot() (Snapshot, error) {
 	nss, err := c.nsLister.List(labels.Everything())
 	if err != nil {
-		return Delta{}, fmt.Errorf("list namespaces: %w", err)
+		return Snapshot{}, fmt.Errorf("list namespaces: %w", err)
 	}
-	var snap Snapshot
+	snap := Snapshot{Namespaces: make([]string, 0, len(nss))}
 	for _, ns := range nss {
 		snap.addNamespace(ns.Name, ns.Annotations)
 	}
 	slices.Sort(snap.Namespaces)
-	d.Namespaces, d.NamespaceAnnotations = snap.Namespaces, snap.NamespaceAnnotations
-	return d, nil
+	return snap, nil
 }
 
 // Snapshot returns the pods and namespaces in the informers' caches.
@@ -172,20 +181,16 @@ func (c *Cluster) Snapshot() (Snapshot, error) {
 	if !c.synced.Load() {
 		return Snapshot{}, ErrNotSynced
 	}
-	pods := c.pods.GetIndexer().List()
-	nss, err := c.nsLister.List(labels.Everything())
+	snap, err := c.namespaceSnapshot()
 	if err != nil {
-		return Snapshot{}, fmt.Errorf("list namespaces: %w", err)
+		return Snapshot{}, err
 	}
-	snap := Snapshot{Pods: make([]Pod, 0, len(pods)), Namespaces: make([]string, 0, len(nss))}
+	pods := c.pods.GetIndexer().List()
+	snap.Pods = make([]Pod, 0, len(pods))
 	for _, obj := range pods {
 		if p, ok := obj.(*cachedPod); ok {
 			snap.Pods = append(snap.Pods, p.Pod)
 		}
 	}
-	for _, ns := range nss {
-		snap.addNamespace(ns.Name, ns.Annotations)
-	}
-	slices.Sort(snap.Namespaces)
 	return snap, nil
 }

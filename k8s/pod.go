@@ -77,14 +77,8 @@ type cachedPod struct {
 func newCachedPod(o *corev1.Pod) *cachedPod {
 	p := &cachedPod{Pod: podFromAPI(o), resourceVersion: o.ResourceVersion}
 	p.Pod.Namespace, p.Pod.Node = intern(p.Pod.Namespace), intern(p.Pod.Node)
-	p.Pod.Labels, p.labels = nil, podMaps.share(p.Pod.Labels)
-	if p.labels != nil {
-		p.Pod.Labels = p.labels.m
-	}
-	p.Pod.Annotations, p.annotations = nil, podMaps.share(p.Pod.Annotations)
-	if p.annotations != nil {
-		p.Pod.Annotations = p.annotations.m
-	}
+	p.labels, p.annotations = podMaps.share(p.Pod.Labels), podMaps.share(p.Pod.Annotations)
+	p.Pod.Labels, p.Pod.Annotations = p.labels.get(), p.annotations.get()
 	return p
 }
 
@@ -129,8 +123,9 @@ func (s *Snapshot) addNamespace(name string, annotations map[string]string) {
 	}
 }
 
-// podFromAPI converts an API pod, with only the annotations podwall reads. Its addresses come from status.podIPs, or status.podIP
-// when that is empty; addresses that do not parse are left out. A pod that has finished
+// podFromAPI converts an API pod, with only the annotations podwall reads. Its addresses come
+// from status.podIPs, or status.podIP when that is empty; addresses that do not parse are left
+// out. A pod that has finished
 // (phase Succeeded or Failed) has no addresses: its sandbox is gone and its addresses may
 // already be another pod's. A pod being deleted keeps them: it runs, and must stay enforced,
 // until it is gone.

@@ -15,6 +15,14 @@ import (
 // a set is shared while the informer has a pod with it; its map is read only.
 type stringMap struct{ m map[string]string }
 
+// get is the shared map; nil for no set.
+func (sm *stringMap) get() map[string]string {
+	if sm == nil {
+		return nil
+	}
+	return sm.m
+}
+
 // sharedMaps finds the stringMap of a set; what no pod holds any more is collected, and its
 // entry removed by a cleanup.
 type sharedMaps struct {
