@@ -57,6 +57,7 @@ enum parse_result {
 	PARSE_MALFORMED,
 	PARSE_VLAN, /* a tagged frame: 802.1Q, 802.1ad or QinQ */
 	PARSE_ARP,
+	PARSE_SLOW, /* parse_fast: not a frame it reads; parse_frame reads it */
 };
 
 /* A parsed packet. Ports and the echo identifier stay in network byte order, as in the map

@@ -858,7 +858,7 @@ int to_pod(struct __sk_buff *skb)
 
 	/* 2 */
 	c.now = ct_clock();
-	parsed = parse_frame(skb, &c.p);
+	parsed = parse(skb, &c.p);
 	if (parsed == PARSE_OK) {
 		tracked = ct_tuple(&c.p, true, ifindex, &k);
 		syn = is_syn(&c.p);
@@ -982,7 +982,7 @@ int from_world(struct xdp_md *ctx)
 	bool syn = false;
 	int res;
 
-	if (parse_frame_xdp(ctx, &c.p) != PARSE_OK || c.p.frag != FRAG_NONE)
+	if (parse_xdp(ctx, &c.p) != PARSE_OK || c.p.frag != FRAG_NONE)
 		return XDP_PASS;
 	ifindex = bpf_map_lookup_elem(&local_pods, &c.p.dst);
 	if (!ifindex)
@@ -1084,7 +1084,7 @@ int from_pod(struct __sk_buff *skb)
 	bool opens, control;
 	int parsed;
 
-	parsed = parse_frame(skb, &c.p);
+	parsed = parse(skb, &c.p);
 	ee = bpf_map_lookup_elem(&endpoints, &ifindex);
 	if (!ee) {
 		c.now = ct_clock();
