@@ -223,6 +223,46 @@ func measureCTRewrite(b *testing.B, ns *topo.Netns, d *datapath, fr []byte) {
 	record(b, perRun)
 }
 
+// measureCTLookup measures one lookup that finds its entry in d's conntrack map (the real map,
+// as in measureCTRewrite): all an established flow asks of conntrack.
+func measureCTLookup(b *testing.B, ns *topo.Netns, d *datapath, fr []byte) {
+	m := d.objs.Conntrack
+	require.NoError(b, d.forget())
+	var k bpf.PodwallCtKey
+	require.NoError(b, m.Put(&k, &bpf.PodwallCtEntry{}))
+	b.Cleanup(func() { _ = d.forget() })
+	// The key is at fp-56 (52 bytes, and 4 of padding), zeroed; the program returns 0 on a hit.
+	const key = -56
+	insns := asm.Instructions{asm.Mov.Imm(asm.R1, 0)}
+	for off := int16(key); off < 0; off += 8 {
+		insns = append(insns, asm.StoreMem(asm.RFP, off, asm.R1, asm.DWord))
+	}
+	insns = append(insns,
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, key),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "miss"),
+		asm.Mov.Imm(asm.R0, 0),
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, 1).WithSymbol("miss"),
+		asm.Return(),
+	)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, Instructions: insns, License: "Dual BSD/GPL"})
+	require.NoError(b, err)
+	b.Cleanup(func() { prog.Close() })
+	var (
+		ret    uint32
+		perRun time.Duration
+	)
+	err = ns.Do(func() (err error) {
+		ret, perRun, err = testRun(prog, fr, nil, b.N)
+		return err
+	})
+	require.NoError(b, err)
+	require.Equal(b, uint32(0), ret, "the lookup found the entry")
+	record(b, perRun)
+}
+
 // drain empties the conntrack map m and returns how many entries it held.
 func drain(m *ebpf.Map) (int, error) {
 	keys := make([]bpf.PodwallCtKey, 4096)

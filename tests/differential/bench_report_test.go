@@ -83,6 +83,7 @@ func breakdownTable() (string, error) {
 	type step struct{ what, row string }
 	steps := []step{
 		{"empty program (the floor)", flowEmpty},
+		{"conntrack lookup alone: one hit in the real map, floor included", flowCTLookup},
 		{"established flow: parse, conntrack hit, pass", fmt.Sprintf("%s/ipcache=%d/rules=1", flowEstablished, e)},
 		{"parse, conntrack lookup (expired), endpoint, ipcache, conntrack rewrite, count (REASON_HOST)", fmt.Sprintf("%s/host/ipcache=%d", flowParts, e)},
 		{"the same at 100,000 ipcache entries", fmt.Sprintf("%s/host/ipcache=%d", flowParts, benchIPCache[len(benchIPCache)-1])},
@@ -126,6 +127,14 @@ func breakdownTable() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	rewrite, err := get(flowCTRewrite)
+	if err != nil {
+		return "", err
+	}
+	insert, err := get(flowCTInsert)
+	if err != nil {
+		return "", err
+	}
 	at := func(flow string, e, r int) float64 {
 		return rows[fmt.Sprintf("%s/ipcache=%d/rules=%d", flow, e, r)].min
 	}
@@ -153,6 +162,8 @@ func breakdownTable() (string, error) {
 			func(e int) float64 { return worst(flowNew, e) / floor.min }},
 		{"established flow ÷ empty program (worst over rules)", goalEstablishedRatio,
 			func(e int) float64 { return worst(flowEstablished, e) / floor.min }},
+		{"new flow with its conntrack insert (new flow − rewrite + insert) ÷ empty (worst over rules)", goalInsertRatio,
+			func(e int) float64 { return (worst(flowNew, e) - rewrite.min + insert.min) / floor.min }},
 	}
 	for _, g := range goals {
 		met := "yes"

@@ -34,6 +34,7 @@ const (
 	xdpPrefix       = "xdp-"
 	flowCTInsert    = "conntrack-insert"
 	flowCTRewrite   = "conntrack-rewrite"
+	flowCTLookup    = "conntrack-lookup"
 	flowALU         = "alu"
 	flowParts       = "new-flow-parts"
 	flowNew         = "new-flow"
@@ -60,6 +61,8 @@ const (
 //     of a loaded collection (the real map: its type and default size), in rounds that fill
 //     it from empty to a quarter; conntrack-rewrite: one that only updates an existing entry
 //     of it, as new-flow's runs do. Their difference is what new-flow leaves out.
+//     conntrack-lookup: one that only looks an existing entry up in it, the one lookup of an
+//     established flow.
 //   - new-flow-parts: the new flow's packet in new-flow's collection, taken apart: host
 //     passes a packet of the node's stack after the ipcache lookup, before the classifier;
 //     proto, ident, cidr, sport and dport are policies whose rules constrain that one field
@@ -93,6 +96,9 @@ func BenchmarkVerdict(b *testing.B) {
 	})
 	b.Run(flowCTRewrite, func(b *testing.B) {
 		measureCTRewrite(b, ns, ct, syn)
+	})
+	b.Run(flowCTLookup, func(b *testing.B) {
+		measureCTLookup(b, ns, ct, syn)
 	})
 	b.Run(flowXDPEmpty, func(b *testing.B) {
 		measureXDP(b, ns, emptyXDPProgram(b), syn)
