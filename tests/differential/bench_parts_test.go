@@ -36,6 +36,11 @@ var benchParts = []benchPart{
 	// packet's source, so that the lookup walks among them.
 	{"cidr", []int{1, 1024}, func(i int) string { return fmt.Sprintf("allow tcp from cidr 10.%d.%d.0/24", 1+i/256, i%256) },
 		"allow tcp from cidr 10.0.0.0/8"},
+	// The same lookup with the other prefixes on the path to the source's: 1,023 /24s of
+	// 10.0-3.x, one of which contains the source, in rules of another protocol (which do not
+	// match), so that the lookup walks down to a /24 before it finds the /8.
+	{"cidr-path", []int{1024}, func(i int) string { return fmt.Sprintf("allow udp from cidr 10.%d.%d.0/24", i/256, i%256) },
+		"allow tcp from cidr 10.0.0.0/8"},
 	// One LPM lookup of (policy, class, direction, port) each.
 	{"sport", []int{1, 1024}, func(i int) string { return fmt.Sprintf("allow tcp from ports %d", 20000+i) },
 		"allow tcp from ports 1024:65535"},
