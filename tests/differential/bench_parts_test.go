@@ -208,20 +208,7 @@ func measureCTInsert(b *testing.B, ns *topo.Netns, d *datapath, fr []byte) {
 // exists (BPF_EXIST), in the same map.
 func measureCTRewrite(b *testing.B, ns *topo.Netns, d *datapath, fr []byte) {
 	m := d.objs.Conntrack
-	require.NoError(b, d.forget())
-	var k bpf.PodwallCtKey
-	require.NoError(b, m.Put(&k, &bpf.PodwallCtEntry{}))
-	b.Cleanup(func() { _ = d.forget() })
-	var (
-		ret    uint32
-		perRun time.Duration
-	)
-	err := ns.Do(func() (err error) {
-		ret, perRun, err = testRun(ctWriteProgram(b, m, false, bpfExist), fr, nil, b.N)
-		return err
-	})
-	require.NoError(b, err)
-	require.Equal(b, uint32(0), ret, "the update succeeded")
+	perRun := runOnOneEntry(b, ns, d, ctWriteProgram(b, m, false, bpfExist), fr, "the update succeeded")
 	n, err := drain(m)
 	require.NoError(b, err)
 	require.Equal(b, 1, n, "the update replaced the one entry")
@@ -232,10 +219,6 @@ func measureCTRewrite(b *testing.B, ns *topo.Netns, d *datapath, fr []byte) {
 // as in measureCTRewrite): all an established flow asks of conntrack.
 func measureCTLookup(b *testing.B, ns *topo.Netns, d *datapath, fr []byte) {
 	m := d.objs.Conntrack
-	require.NoError(b, d.forget())
-	var k bpf.PodwallCtKey
-	require.NoError(b, m.Put(&k, &bpf.PodwallCtEntry{}))
-	b.Cleanup(func() { _ = d.forget() })
 	// The key is at fp-56 (52 bytes, and 4 of padding), zeroed; the program returns 0 on a hit.
 	const key = -56
 	insns := asm.Instructions{asm.Mov.Imm(asm.R1, 0)}
@@ -255,17 +238,28 @@ func measureCTLookup(b *testing.B, ns *topo.Netns, d *datapath, fr []byte) {
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, Instructions: insns, License: "Dual BSD/GPL"})
 	require.NoError(b, err)
 	b.Cleanup(func() { prog.Close() })
+	record(b, runOnOneEntry(b, ns, d, prog, fr, "the lookup found the entry"))
+}
+
+// runOnOneEntry leaves d's conntrack map holding only the entry of the all-zero key, runs prog
+// on fr b.N times, checks that it returned 0 (what says), and returns the time per run.
+func runOnOneEntry(b *testing.B, ns *topo.Netns, d *datapath, prog *ebpf.Program, fr []byte, what string) time.Duration {
+	b.Helper()
+	require.NoError(b, d.forget())
+	var k bpf.PodwallCtKey
+	require.NoError(b, d.objs.Conntrack.Put(&k, &bpf.PodwallCtEntry{}))
+	b.Cleanup(func() { _ = d.forget() })
 	var (
 		ret    uint32
 		perRun time.Duration
 	)
-	err = ns.Do(func() (err error) {
+	err := ns.Do(func() (err error) {
 		ret, perRun, err = testRun(prog, fr, nil, b.N)
 		return err
 	})
 	require.NoError(b, err)
-	require.Equal(b, uint32(0), ret, "the lookup found the entry")
-	record(b, perRun)
+	require.Equal(b, uint32(0), ret, what)
+	return perRun
 }
 
 // drain empties the conntrack map m and returns how many entries it held.
