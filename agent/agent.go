@@ -676,12 +676,13 @@ func (a *Agent) collectConntrack() {
 		return
 	}
 	a.cfg.Metrics.observeConntrack(c)
-	a.log.Debug("conntrack collected", zap.Uint32("live", c.Live), zap.Uint32("expired", c.Expired),
-		zap.Uint32("flushed", c.Flushed), zap.Uint32("capacity", c.Capacity))
+	a.log.Debug("conntrack collected", zap.Uint32("live4", c.Live4), zap.Uint32("live6", c.Live6),
+		zap.Uint32("expired", c.Expired), zap.Uint32("flushed", c.Flushed),
+		zap.Uint32("capacity4", c.Capacity4), zap.Uint32("capacity6", c.Capacity6))
 	var found []finding
-	if float64(c.Live) >= conntrackNearlyFull*float64(c.Capacity) {
+	if c.Fullest() >= conntrackNearlyFull {
 		found = append(found, finding{kind: kindConntrack, reason: ReasonConntrackFull,
-			message: fmt.Sprintf("conntrack is over %d%% full (%d entries, --conntrack-size): new flows will soon go unrecorded, and the replies of a pod's new connections be judged by its policy", int(conntrackNearlyFull*100), c.Capacity)})
+			message: fmt.Sprintf("conntrack is over %d%% full (IPv4 %d of %d entries, IPv6 %d of %d, --conntrack-size): new flows will soon go unrecorded, and the replies of a pod's new connections be judged by its policy", int(conntrackNearlyFull*100), c.Live4, c.Capacity4, c.Live6, c.Capacity6)})
 	}
 	a.report.report([]string{kindConntrack}, found, nil)
 }

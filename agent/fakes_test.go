@@ -80,7 +80,7 @@ func (d *fakeDatapath) Attached() []int {
 func (d *fakeDatapath) EnsureFirst() ([]datapath.Displaced, error) { return nil, nil }
 
 func (d *fakeDatapath) CollectConntrack() (datapath.Collection, error) {
-	return datapath.Collection{Capacity: 100}, nil
+	return datapath.Collection{Capacity4: 100, Capacity6: 100}, nil
 }
 
 func (d *fakeDatapath) Verdicts() ([bpf.NumReasons]uint64, error) {

@@ -34,8 +34,8 @@ type Metrics struct {
 	interfaceMissing prometheus.Gauge
 	interfacesHeld   prometheus.Gauge
 	displaced        *prometheus.CounterVec
-	ctEntries        prometheus.Gauge
-	ctCapacity       prometheus.Gauge
+	ctEntries        *prometheus.GaugeVec
+	ctCapacity       *prometheus.GaugeVec
 	ctRemoved        *prometheus.CounterVec
 	ctErrors         prometheus.Counter
 }
@@ -116,14 +116,14 @@ func NewMetrics(stats Stats) *Metrics {
 			Namespace: namespace, Name: "programs_displaced_total",
 			Help: "Hooks found with another program attached before podwall's, which could pass packets podwall never judged; outcome restored: podwall runs first again, failed: it could not.",
 		}, []string{"outcome"}),
-		ctEntries: prometheus.NewGauge(prometheus.GaugeOpts{
+		ctEntries: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "conntrack_entries",
-			Help: "Live conntrack entries at the last run of the collector. Inserts that found no room count in podwall_verdicts_total{reason=\"ct-full\"}, and those over a pod's share in {reason=\"ct-quota\"}.",
-		}),
-		ctCapacity: prometheus.NewGauge(prometheus.GaugeOpts{
+			Help: "Live conntrack entries at the last run of the collector, in the table of each address family. Inserts that found no room count in podwall_verdicts_total{reason=\"ct-full\"}, and those over a pod's share in {reason=\"ct-quota\"}.",
+		}, []string{"family"}),
+		ctCapacity: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "conntrack_capacity",
-			Help: "Entries the conntrack table holds at most (--conntrack-size).",
-		}),
+			Help: "Entries the conntrack table of each address family holds at most (--conntrack-size).",
+		}, []string{"family"}),
 		ctRemoved: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "conntrack_gc_removed_total",
 			Help: "Conntrack entries the collector removed: expired, or flushed because an address of theirs left the cluster.",
@@ -147,6 +147,10 @@ func NewMetrics(stats Stats) *Metrics {
 	m.displaced.WithLabelValues("failed")
 	m.ctRemoved.WithLabelValues("expired")
 	m.ctRemoved.WithLabelValues("flushed")
+	for _, family := range []string{"ipv4", "ipv6"} {
+		m.ctEntries.WithLabelValues(family)
+		m.ctCapacity.WithLabelValues(family)
+	}
 	for k := compiler.ProblemInvalid; k < compiler.NumProblemKinds; k++ {
 		m.problems.WithLabelValues(k.String())
 	}
@@ -174,10 +178,10 @@ func (m *Metrics) observeState(s *compiler.State, fill []datapath.Fill) {
 
 // observeConntrack records a run of the conntrack collector.
 func (m *Metrics) observeConntrack(c datapath.Collection) {
-	m.ctEntries.Set(float64(c.Live))
-	m.ctCapacity.Set(float64(c.Capacity))
-	m.displaced.WithLabelValues("restored")
-	m.displaced.WithLabelValues("failed")
+	m.ctEntries.WithLabelValues("ipv4").Set(float64(c.Live4))
+	m.ctEntries.WithLabelValues("ipv6").Set(float64(c.Live6))
+	m.ctCapacity.WithLabelValues("ipv4").Set(float64(c.Capacity4))
+	m.ctCapacity.WithLabelValues("ipv6").Set(float64(c.Capacity6))
 	m.ctRemoved.WithLabelValues("expired").Add(float64(c.Expired))
 	m.ctRemoved.WithLabelValues("flushed").Add(float64(c.Flushed))
 }

@@ -17,7 +17,7 @@ func TestConntrackRecordsInboundFlows(t *testing.T) {
 		name  string
 		setup func(*fixture)
 		frame []byte
-		key   PodwallCtKey
+		key   CtFlow
 		track bool
 	}{
 		{"tcp allowed by a rule", nil, in4(xV4, tcp(40000, 80, syn)), ctKey(podV4, xV4, 80, 40000, frames.ProtoTCP), true},
@@ -76,7 +76,7 @@ func TestConntrackEntries(t *testing.T) {
 				now := clk.now(t)
 				entry := tt.entry
 				entry.LastSeen = now - tt.entry.LastSeen/clk.unit
-				require.NoError(t, f.objs.Conntrack.Put(key, entry))
+				f.ctPut(key, entry)
 				_, reason := f.toPod(frame)
 				require.Equal(t, tt.reason, reason)
 				got, ok := f.ct(key)
@@ -98,7 +98,7 @@ func TestConntrackEntries(t *testing.T) {
 	t.Run("an allowed flow over an expired entry starts over", func(t *testing.T) {
 		f := newFixture(t)
 		key := ctKey(podV4, xV4, 80, 40000, frames.ProtoTCP)
-		require.NoError(t, f.objs.Conntrack.Put(key, PodwallCtEntry{LastSeen: monotonicNow(t) - 3*3600*second, Generation: 9, Flags: ctOut}))
+		f.ctPut(key, PodwallCtEntry{LastSeen: monotonicNow(t) - 3*3600*second, Generation: 9, Flags: ctOut})
 		_, reason := f.toPod(in4(xV4, tcp(40000, 80, frames.TCPSyn)))
 		require.Equal(t, rsAllow, reason)
 		e, _ := f.ct(key)
@@ -109,7 +109,7 @@ func TestConntrackEntries(t *testing.T) {
 	t.Run("an epoch in the middle of a change vouches for no flow", func(t *testing.T) {
 		f := newFixture(t)
 		key := ctKey(podV4, worldV4, 443, 40000, frames.ProtoTCP)
-		require.NoError(t, f.objs.Conntrack.Put(key, PodwallCtEntry{LastSeen: monotonicNow(t), Generation: genMain + 5, Epoch: 3, Flags: ctIn}))
+		f.ctPut(key, PodwallCtEntry{LastSeen: monotonicNow(t), Generation: genMain + 5, Epoch: 3, Flags: ctIn})
 		require.NoError(t, f.objs.Epoch.Put(uint32(0), uint32(3)))
 		_, reason := f.toPod(in4(worldV4, tcp(40000, 443, frames.TCPAck)))
 		require.Equal(t, rsNoRule, reason)
@@ -237,7 +237,7 @@ func TestFragmentEntries(t *testing.T) {
 // makes room instead).
 func TestTableFull(t *testing.T) {
 	f := newFixture(t, func(_ *PodwallSpecs, spec *ebpf.CollectionSpec) {
-		for _, name := range []string{PodwallMapConntrack, PodwallMapFrags} {
+		for _, name := range []string{PodwallMapConntrack4, PodwallMapConntrack6, PodwallMapFrags} {
 			spec.Maps[name].Type = ebpf.Hash
 			spec.Maps[name].MaxEntries = 1
 		}

@@ -99,7 +99,8 @@ func TestTypeSizes(t *testing.T) {
 		{PodwallMapPolCidr, unsafe.Sizeof(PodwallCidrKey{}), unsafe.Sizeof(PodwallRuleVec{})},
 		{PodwallMapPolPort, unsafe.Sizeof(PodwallPortKey{}), unsafe.Sizeof(PodwallRuleVec{})},
 		{PodwallMapPolIcmp, unsafe.Sizeof(PodwallIcmpKey{}), unsafe.Sizeof(PodwallRuleVec{})},
-		{PodwallMapConntrack, unsafe.Sizeof(PodwallCtKey{}), unsafe.Sizeof(PodwallCtEntry{})},
+		{PodwallMapConntrack4, unsafe.Sizeof(PodwallCtKey4{}), unsafe.Sizeof(PodwallCtEntry{})},
+		{PodwallMapConntrack6, unsafe.Sizeof(PodwallCtKey6{}), unsafe.Sizeof(PodwallCtEntry{})},
 		{PodwallMapFrags, unsafe.Sizeof(PodwallFragKey{}), unsafe.Sizeof(PodwallFragEntry{})},
 		{PodwallMapStats, 4, 8},
 	}

@@ -81,7 +81,8 @@ func newFixture(tb testing.TB, edit ...func(*PodwallSpecs, *ebpf.CollectionSpec)
 	tb.Helper()
 	spec, err := LoadPodwall()
 	require.NoError(tb, err)
-	spec.Maps[PodwallMapConntrack].MaxEntries = 4096
+	spec.Maps[PodwallMapConntrack4].MaxEntries = 4096
+	spec.Maps[PodwallMapConntrack6].MaxEntries = 4096
 	spec.Maps[PodwallMapFrags].MaxEntries = 1024
 	spec.Maps[PodwallMapIpcache].MaxEntries = 1024
 	var specs PodwallSpecs
@@ -326,10 +327,10 @@ func (f *fixture) fromPod(frame []byte) {
 	require.Equal(f.tb, actNext, run(f.tb, f.objs.FromPod, frame))
 }
 
-func (f *fixture) ct(key PodwallCtKey) (PodwallCtEntry, bool) {
+func (f *fixture) ct(flow CtFlow) (PodwallCtEntry, bool) {
 	f.tb.Helper()
 	var e PodwallCtEntry
-	err := f.objs.Conntrack.Lookup(key, &e)
+	err := flow.Table(f.objs.Conntrack4, f.objs.Conntrack6).Lookup(flow.Key(), &e)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return e, false
 	}
@@ -337,9 +338,37 @@ func (f *fixture) ct(key PodwallCtKey) (PodwallCtEntry, bool) {
 	return e, true
 }
 
-func ctKey(pod, remote string, podPort, remotePort uint16, proto uint8) PodwallCtKey {
-	return PodwallCtKey{
-		Pod: ipAddr(pod), Remote: ipAddr(remote),
+// ctPut writes the conntrack entry of flow.
+func (f *fixture) ctPut(flow CtFlow, e PodwallCtEntry) {
+	f.tb.Helper()
+	require.NoError(f.tb, flow.Table(f.objs.Conntrack4, f.objs.Conntrack6).Put(flow.Key(), e))
+}
+
+// ctFlows are the flows of both conntrack tables.
+func (f *fixture) ctFlows() map[CtFlow]PodwallCtEntry {
+	f.tb.Helper()
+	out := map[CtFlow]PodwallCtEntry{}
+	var (
+		k4 PodwallCtKey4
+		k6 PodwallCtKey6
+		e  PodwallCtEntry
+	)
+	it := f.objs.Conntrack4.Iterate()
+	for it.Next(&k4, &e) {
+		out[CtFlowOf4(k4)] = e
+	}
+	require.NoError(f.tb, it.Err())
+	it = f.objs.Conntrack6.Iterate()
+	for it.Next(&k6, &e) {
+		out[CtFlowOf6(k6)] = e
+	}
+	require.NoError(f.tb, it.Err())
+	return out
+}
+
+func ctKey(pod, remote string, podPort, remotePort uint16, proto uint8) CtFlow {
+	return CtFlow{
+		Pod: netip.MustParseAddr(pod), Remote: netip.MustParseAddr(remote),
 		PodPort: podPort>>8 | podPort<<8, RemotePort: remotePort>>8 | remotePort<<8,
 		Proto: proto, Ifindex: podIfindex,
 	}
@@ -369,17 +398,9 @@ func (f *fixture) drainEvents() []PodwallEvent {
 func (f *fixture) age(unit uint64, d time.Duration) {
 	f.tb.Helper()
 	back := uint64(d) / unit
-	var (
-		ck PodwallCtKey
-		ce PodwallCtEntry
-	)
-	cts := map[PodwallCtKey]PodwallCtEntry{}
-	for it := f.objs.Conntrack.Iterate(); it.Next(&ck, &ce); {
-		ce.LastSeen -= back
-		cts[ck] = ce
-	}
-	for k, e := range cts {
-		require.NoError(f.tb, f.objs.Conntrack.Update(k, e, ebpf.UpdateExist))
+	for flow, e := range f.ctFlows() {
+		e.LastSeen -= back
+		require.NoError(f.tb, flow.Table(f.objs.Conntrack4, f.objs.Conntrack6).Update(flow.Key(), e, ebpf.UpdateExist))
 	}
 	var (
 		fk PodwallFragKey

@@ -24,17 +24,7 @@ func (f *fixture) fromPodAction(frame []byte) uint32 {
 
 func (f *fixture) entries() int {
 	f.tb.Helper()
-	var (
-		k PodwallCtKey
-		v PodwallCtEntry
-		n int
-	)
-	it := f.objs.Conntrack.Iterate()
-	for it.Next(&k, &v) {
-		n++
-	}
-	require.NoError(f.tb, it.Err())
-	return n
+	return len(f.ctFlows())
 }
 
 // arp is an IPv4-over-Ethernet ARP request whose sender claims the address spa.
@@ -105,7 +95,7 @@ func TestFromPodDropsForgedSources(t *testing.T) {
 		f := newFixture(t)
 		key := ctKey(xV4, worldV4, 8080, 40002, frames.ProtoUDP)
 		old := monotonicNow(t) - uint64(100*time.Second)
-		require.NoError(t, f.objs.Conntrack.Put(key, PodwallCtEntry{LastSeen: old, Flags: ctOut}))
+		f.ctPut(key, PodwallCtEntry{LastSeen: old, Flags: ctOut})
 		f.fromPodAction(v4{src: xV4, dst: worldV4}.frame(udp(8080, 40002)))
 		e, _ := f.ct(key)
 		require.Equal(t, old, e.LastSeen)
@@ -133,7 +123,7 @@ func TestConntrackIsBoundToTheInterface(t *testing.T) {
 	// own flow, moved): no reply passes on it here.
 	other := ctKey(podV4, worldV4, 8080, 40002, frames.ProtoUDP)
 	other.Ifindex = podIfindex + 1
-	require.NoError(t, f.objs.Conntrack.Put(other, PodwallCtEntry{LastSeen: monotonicNow(t), Flags: ctOut}))
+	f.ctPut(other, PodwallCtEntry{LastSeen: monotonicNow(t), Flags: ctOut})
 	_, reason := f.toPod(in4(worldV4, udp(40002, 8080)))
 	require.Equal(t, rsIsolated, reason)
 
@@ -147,7 +137,7 @@ func TestConntrackIsBoundToTheInterface(t *testing.T) {
 		pass("error about the pod's flow", in4(worldV4, icmp4(3, 3, 0, quoted(podV4, worldV4))), rsICMPError),
 		drop("error quoting another source", in4(worldV4, icmp4(3, 3, 0, quoted(xV4, worldV4))), rsIsolated),
 	})
-	require.NoError(t, f.objs.Conntrack.Put(ctKey(xV4, worldV4, 8080, 40002, frames.ProtoUDP), PodwallCtEntry{LastSeen: monotonicNow(t), Flags: ctOut}))
+	f.ctPut(ctKey(xV4, worldV4, 8080, 40002, frames.ProtoUDP), PodwallCtEntry{LastSeen: monotonicNow(t), Flags: ctOut})
 	f.do(t, []step{
 		drop("error quoting another pod's tracked flow", in4(worldV4, icmp4(3, 3, 0, quoted(xV4, worldV4))), rsIsolated),
 	})
@@ -279,8 +269,7 @@ func TestEachPodHasItsShareOfConntrack(t *testing.T) {
 
 	// The collector gives the share back as entries go.
 	var run PodwallCtGcRun
-	require.NoError(t, f.objs.Conntrack.Delete(ctKey(podV4, worldV4, 5000, 53, frames.ProtoUDP)))
-	require.NoError(t, f.objs.Conntrack.Put(ctKey(podV4, worldV4, 5000, 53, frames.ProtoUDP), PodwallCtEntry{LastSeen: monotonicNow(t) - uint64(3*time.Hour), Flags: ctOut}))
+	f.ctPut(ctKey(podV4, worldV4, 5000, 53, frames.ProtoUDP), PodwallCtEntry{LastSeen: monotonicNow(t) - uint64(3*time.Hour), Flags: ctOut})
 	_, err := f.objs.CtGc.Run(&ebpf.RunOptions{Context: run, ContextOut: &run})
 	require.NoError(t, err)
 	require.Equal(t, uint32(1), run.Expired)

@@ -66,21 +66,28 @@ struct {
 	__type(value, struct rule_vec);
 } pol_icmp SEC(".maps");
 
-/* A hash, not an LRU: an insert never evicts, so no flood of new flows can push out another
- * pod's idle connection; ct_gc removes what expired, and ct_used caps each pod's share. The
- * agent sizes it (--conntrack-size). */
+/* Hashes, not LRUs: an insert never evicts, so no flood of new flows can push out another
+ * pod's idle connection; ct_gc removes what expired, and ct_used caps each pod's share. One
+ * per family; the agent sizes both (--conntrack-size). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 262144);
-	__type(key, struct ct_key);
+	__type(key, struct ct_key4);
 	__type(value, struct ct_entry);
-} conntrack SEC(".maps");
+} conntrack4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct ct_key6);
+	__type(value, struct ct_entry);
+} conntrack6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 8192);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32); /* the ifindex of ct_key */
+	__type(key, __u32); /* the ifindex of ct_head */
 	__type(value, struct ct_count);
 } ct_used SEC(".maps");
 
@@ -321,25 +328,69 @@ static __always_inline bool is_syn(const struct pkt *p)
 	       (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 }
 
-/* ct_insert records a new flow of the pod interface k->ifindex, within its share: 0, or the
+/* A flow's conntrack key, on the stack: the key of its family's map. */
+struct ct_flow {
+	union {
+		struct ct_head h;
+		struct ct_key4 v4;
+		struct ct_key6 v6;
+	};
+	__u8 family;
+};
+
+/* ct_lookup and ct_update use the map of the flow's family. The empty asm after each call,
+ * different in the two branches, keeps clang from merging the two calls into one on a map
+ * pointer chosen at run time: the verifier inlines a hash lookup only where the map is known,
+ * and calls the other through the map's operations, an indirect call (measured: 10 ns more an
+ * established flow). */
+static __always_inline struct ct_entry *ct_lookup(const struct ct_flow *f)
+{
+	struct ct_entry *e;
+
+	if (f->family == FAM_V4) {
+		e = bpf_map_lookup_elem(&conntrack4, &f->v4);
+		asm volatile("" : "+r"(e));
+	} else {
+		e = bpf_map_lookup_elem(&conntrack6, &f->v6);
+		asm volatile("" : "+r"(e) : : "memory");
+	}
+	return e;
+}
+
+static __always_inline long ct_update(const struct ct_flow *f, const struct ct_entry *v,
+				      __u64 flags)
+{
+	long err;
+
+	if (f->family == FAM_V4) {
+		err = bpf_map_update_elem(&conntrack4, &f->v4, v, flags);
+		asm volatile("" : "+r"(err));
+	} else {
+		err = bpf_map_update_elem(&conntrack6, &f->v6, v, flags);
+		asm volatile("" : "+r"(err) : : "memory");
+	}
+	return err;
+}
+
+/* ct_insert records a new flow of the pod interface f->h.ifindex, within its share: 0, or the
  * reason it was not recorded (counted by the caller). Another CPU recording the same flow
  * first is no failure. */
-static __always_inline int ct_insert(const struct ct_key *k, const struct ct_entry *v)
+static __always_inline int ct_insert(const struct ct_flow *f, const struct ct_entry *v)
 {
-	struct ct_count *n = bpf_map_lookup_elem(&ct_used, &k->ifindex);
+	struct ct_count *n = bpf_map_lookup_elem(&ct_used, &f->h.ifindex);
 	long err;
 
 	if (!n) {
 		struct ct_count zero = {};
 
-		bpf_map_update_elem(&ct_used, &k->ifindex, &zero, BPF_NOEXIST);
-		n = bpf_map_lookup_elem(&ct_used, &k->ifindex);
+		bpf_map_update_elem(&ct_used, &f->h.ifindex, &zero, BPF_NOEXIST);
+		n = bpf_map_lookup_elem(&ct_used, &f->h.ifindex);
 		if (!n)
 			return REASON_CT_FULL;
 	}
 	if (n->entries >= (__s64)ct_endpoint_max)
 		return REASON_CT_QUOTA;
-	err = bpf_map_update_elem(&conntrack, k, v, BPF_NOEXIST);
+	err = ct_update(f, v, BPF_NOEXIST);
 	if (err == -17 /* EEXIST */)
 		return 0;
 	if (err)
@@ -355,28 +406,37 @@ static __always_inline void ct_refresh(struct ct_entry *e, __u64 now)
 		e->last_seen = now;
 }
 
-/* ct_tuple fills k with the packet's flow oriented from the pod, which is the destination
- * when pod_is_dst, else the source, on the pod interface ifindex. It is false for packets
- * conntrack does not follow: non-first fragments, ICMP other than echo, protocols other than
- * TCP and UDP. */
+/* ct_tuple fills f (zeroed by the caller) with the packet's flow oriented from the pod, which
+ * is the destination when pod_is_dst, else the source, on the pod interface ifindex. It is
+ * false for packets conntrack does not follow: non-first fragments, ICMP other than echo,
+ * protocols other than TCP and UDP. */
 static __always_inline bool ct_tuple(const struct pkt *p, const bool pod_is_dst, __u32 ifindex,
-				     struct ct_key *k)
+				     struct ct_flow *f)
 {
+	const struct ip_addr *pod = pod_is_dst ? &p->dst : &p->src;
+	const struct ip_addr *remote = pod_is_dst ? &p->src : &p->dst;
+
 	if (p->frag == FRAG_LATER)
 		return false;
 	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
-		k->pod_port = pod_is_dst ? p->dport : p->sport;
-		k->remote_port = pod_is_dst ? p->sport : p->dport;
+		f->h.pod_port = pod_is_dst ? p->dport : p->sport;
+		f->h.remote_port = pod_is_dst ? p->sport : p->dport;
 	} else if (is_echo_request(p) || is_echo_reply(p)) {
-		k->pod_port = p->echo_id;
-		k->remote_port = 0;
+		f->h.pod_port = p->echo_id;
+		f->h.remote_port = 0;
 	} else {
 		return false;
 	}
-	k->pod = pod_is_dst ? p->dst : p->src;
-	k->remote = pod_is_dst ? p->src : p->dst;
-	k->proto = p->proto;
-	k->ifindex = ifindex;
+	f->h.proto = p->proto;
+	f->h.ifindex = ifindex;
+	f->family = p->src.family;
+	if (f->family == FAM_V4) {
+		__builtin_memcpy(f->v4.pod, pod->addr, 4);
+		__builtin_memcpy(f->v4.remote, remote->addr, 4);
+	} else {
+		__builtin_memcpy(f->v6.pod, pod->addr, 16);
+		__builtin_memcpy(f->v6.remote, remote->addr, 16);
+	}
 	return true;
 }
 
@@ -430,7 +490,7 @@ static __always_inline int ct_passes(const struct ct_entry *e, __u8 proto, bool 
  * one, or a closing one that a SYN opens again, is a flow that ended, so it starts over,
  * replaced whole by one update (a store through e could land in an element the collector
  * freed and the map gave to another flow). */
-static __always_inline void track_in(struct judge *c, const struct ct_key *k, struct ct_entry *e)
+static __always_inline void track_in(struct judge *c, const struct ct_flow *k, struct ct_entry *e)
 {
 	__u64 now = c->now;
 	struct ct_entry fresh = {
@@ -442,7 +502,7 @@ static __always_inline void track_in(struct judge *c, const struct ct_key *k, st
 	};
 	int res;
 
-	if (e && ct_live(e, k->proto, now) && !((e->flags & CT_CLOSING) && is_syn(&c->p))) {
+	if (e && ct_live(e, k->h.proto, now) && !((e->flags & CT_CLOSING) && is_syn(&c->p))) {
 		e->flags = (e->flags & ~CT_AUDIT) | fresh.flags;
 		e->generation = c->generation;
 		e->epoch = c->epoch;
@@ -451,7 +511,7 @@ static __always_inline void track_in(struct judge *c, const struct ct_key *k, st
 		return;
 	}
 	if (e) {
-		bpf_map_update_elem(&conntrack, k, &fresh, BPF_EXIST);
+		ct_update(k, &fresh, BPF_EXIST);
 		return;
 	}
 	res = ct_insert(k, &fresh);
@@ -478,7 +538,7 @@ static __always_inline bool is_icmp_error(const struct pkt *p)
 __noinline int icmp_error_passes(struct __sk_buff *skb, const struct judge *c)
 {
 	struct pkt in = {};
-	struct ct_key k = {};
+	struct ct_flow k = {};
 	struct ct_entry *e;
 
 	if (!skb || !c)
@@ -489,10 +549,10 @@ __noinline int icmp_error_passes(struct __sk_buff *skb, const struct judge *c)
 	    !addr_eq(&in.src, &c->p.dst) ||
 	    !ct_tuple(&in, false, skb->ifindex, &k))
 		return 0;
-	e = bpf_map_lookup_elem(&conntrack, &k);
+	e = ct_lookup(&k);
 	/* An ICMP error is not tracked, so no epoch was read before the endpoint: the
 	 * generation alone vouches. */
-	return e && ct_passes(e, k.proto, false, c->generation, NO_EPOCH, c->now);
+	return e && ct_passes(e, k.h.proto, false, c->generation, NO_EPOCH, c->now);
 }
 
 static __always_inline __u8 proto_class(const struct pkt *p)
@@ -849,7 +909,7 @@ SEC("tc")
 int to_pod(struct __sk_buff *skb)
 {
 	struct judge c = {};
-	struct ct_key k = {};
+	struct ct_flow k = {};
 	struct ct_entry *e = NULL;
 	struct endpoint_entry *ee;
 	__u32 ifindex = skb->ifindex, *id;
@@ -867,9 +927,9 @@ int to_pod(struct __sk_buff *skb)
 	/* 6, before the endpoint */
 	if (tracked) {
 		c.epoch = read_epoch();
-		e = bpf_map_lookup_elem(&conntrack, &k);
+		e = ct_lookup(&k);
 		if (e) {
-			res = ct_passes(e, k.proto, syn, 0, c.epoch, c.now);
+			res = ct_passes(e, k.h.proto, syn, 0, c.epoch, c.now);
 			if (res)
 				return pass_tracked(skb, &c, e, res);
 		}
@@ -921,7 +981,7 @@ int to_pod(struct __sk_buff *skb)
 	/* 6, with the endpoint's generation: an entry allowed under it, stamped with an older
 	 * epoch, is stamped with this one, so its next packets pass before the endpoint. */
 	if (e) {
-		res = ct_passes(e, k.proto, syn, c.generation, c.epoch, c.now);
+		res = ct_passes(e, k.h.proto, syn, c.generation, c.epoch, c.now);
 		if (res) {
 			if (res == REASON_ESTABLISHED && e->epoch != c.epoch)
 				e->epoch = c.epoch;
@@ -975,7 +1035,7 @@ SEC("xdp")
 int from_world(struct xdp_md *ctx)
 {
 	struct judge c = {};
-	struct ct_key k = {};
+	struct ct_flow k = {};
 	struct endpoint_entry *ee;
 	struct ct_entry *e = NULL;
 	__u32 *ifindex, *id;
@@ -997,8 +1057,8 @@ int from_world(struct xdp_md *ctx)
 	if (ct_tuple(&c.p, true, *ifindex, &k)) {
 		c.epoch = read_epoch();
 		syn = is_syn(&c.p);
-		e = bpf_map_lookup_elem(&conntrack, &k);
-		if (e && ct_passes(e, k.proto, syn, 0, c.epoch, c.now))
+		e = ct_lookup(&k);
+		if (e && ct_passes(e, k.h.proto, syn, 0, c.epoch, c.now))
 			return XDP_PASS;
 	}
 
@@ -1012,7 +1072,7 @@ int from_world(struct xdp_md *ctx)
 	c.ep_flags = ee->ep.flags;
 
 	/* 6, with the endpoint's generation */
-	if (e && ct_passes(e, k.proto, syn, c.generation, c.epoch, c.now))
+	if (e && ct_passes(e, k.h.proto, syn, c.generation, c.epoch, c.now))
 		return XDP_PASS;
 
 	/* 8 */
@@ -1077,7 +1137,7 @@ SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
 	struct judge c = {};
-	struct ct_key k = {};
+	struct ct_flow k = {};
 	struct endpoint_entry *ee;
 	struct ct_entry *e;
 	__u32 ifindex = skb->ifindex;
@@ -1119,11 +1179,11 @@ int from_pod(struct __sk_buff *skb)
 		opens = c.p.proto == IPPROTO_UDP || is_echo_request(&c.p);
 
 	c.now = ct_clock();
-	e = bpf_map_lookup_elem(&conntrack, &k);
+	e = ct_lookup(&k);
 	if (e) {
 		struct ct_entry next;
 
-		if (ct_live(e, k.proto, c.now) && !(opens && (e->flags & CT_CLOSING))) {
+		if (ct_live(e, k.h.proto, c.now) && !(opens && (e->flags & CT_CLOSING))) {
 			/* The pod answering an inbound flow does not make it the pod's own. */
 			ct_observe(e, &c.p, CT_IN);
 			ct_refresh(e, c.now);
@@ -1140,7 +1200,7 @@ int from_pod(struct __sk_buff *skb)
 			next.generation = 0;
 			next.epoch = 0;
 		}
-		bpf_map_update_elem(&conntrack, &k, &next, BPF_EXIST);
+		ct_update(&k, &next, BPF_EXIST);
 		return TCX_NEXT;
 	}
 	if (opens) {
@@ -1153,13 +1213,15 @@ int from_pod(struct __sk_buff *skb)
 	return TCX_NEXT;
 }
 
-/* The garbage collector's pass over one conntrack entry: remove it when it expired, or when
- * run with flush and one of its addresses is in ct_flush; keep its pod's count. */
-static long gc_entry(struct bpf_map *map, const struct ct_key *k, struct ct_entry *e,
-		     struct ct_gc_run *run)
+/* gc_flow is the garbage collector's pass over one conntrack entry, of key k in map, whose
+ * shared fields are h and addresses pod and remote: remove it when it expired, or when run
+ * with flush and one of its addresses is in ct_flush; keep its pod's count. */
+static __always_inline long gc_flow(struct bpf_map *map, const void *k, const struct ct_head *h,
+				    const struct ip_addr *pod_addr, const struct ip_addr *remote_addr,
+				    struct ct_entry *e, struct ct_gc_run *run)
 {
-	__u8 *pod = run->flush ? bpf_map_lookup_elem(&ct_flush, &k->pod) : NULL;
-	__u8 *remote = run->flush ? bpf_map_lookup_elem(&ct_flush, &k->remote) : NULL;
+	__u8 *pod = run->flush ? bpf_map_lookup_elem(&ct_flush, pod_addr) : NULL;
+	__u8 *remote = run->flush ? bpf_map_lookup_elem(&ct_flush, remote_addr) : NULL;
 	/* A remote whose identity changed: the flows it opened, not the pod's own to it (whose
 	 * replies pass whatever the remote's labels). */
 	bool flush = (pod && *pod == FLUSH_ALL) ||
@@ -1169,8 +1231,11 @@ static long gc_entry(struct bpf_map *map, const struct ct_key *k, struct ct_entr
 	 * ahead, so an entry may go that much before its time. */
 	__u64 now = jiffy_ns ? bpf_jiffies64() : bpf_ktime_get_ns();
 
-	if (!flush && ct_live(e, k->proto, now)) {
-		run->live++;
+	if (!flush && ct_live(e, h->proto, now)) {
+		if (pod_addr->family == FAM_V4)
+			run->live4++;
+		else
+			run->live6++;
 		return 0;
 	}
 	if (bpf_map_delete_elem(map, k))
@@ -1179,10 +1244,30 @@ static long gc_entry(struct bpf_map *map, const struct ct_key *k, struct ct_entr
 		run->flushed++;
 	else
 		run->expired++;
-	n = bpf_map_lookup_elem(&ct_used, &k->ifindex);
+	n = bpf_map_lookup_elem(&ct_used, &h->ifindex);
 	if (n)
 		__sync_fetch_and_add(&n->entries, -1);
 	return 0;
+}
+
+static long gc_entry4(struct bpf_map *map, const struct ct_key4 *k, struct ct_entry *e,
+		      struct ct_gc_run *run)
+{
+	struct ip_addr pod = { .family = FAM_V4 }, remote = { .family = FAM_V4 };
+
+	__builtin_memcpy(pod.addr, k->pod, 4);
+	__builtin_memcpy(remote.addr, k->remote, 4);
+	return gc_flow(map, k, &k->h, &pod, &remote, e, run);
+}
+
+static long gc_entry6(struct bpf_map *map, const struct ct_key6 *k, struct ct_entry *e,
+		      struct ct_gc_run *run)
+{
+	struct ip_addr pod = { .family = FAM_V6 }, remote = { .family = FAM_V6 };
+
+	__builtin_memcpy(pod.addr, k->pod, 16);
+	__builtin_memcpy(remote.addr, k->remote, 16);
+	return gc_flow(map, k, &k->h, &pod, &remote, e, run);
 }
 
 /* gc_count drops the count of an interface that holds no entry and is no endpoint (a pod that
@@ -1194,8 +1279,8 @@ static long gc_count(struct bpf_map *map, const __u32 *ifindex, struct ct_count 
 	return 0;
 }
 
-/* ct_gc is conntrack's garbage collector, run by the agent (BPF_PROG_TEST_RUN): the table
- * evicts nothing by itself. A program rather than the agent's own deletes, so that the counts
+/* ct_gc is conntrack's garbage collector, run by the agent (BPF_PROG_TEST_RUN): the tables
+ * evict nothing by themselves. A program rather than the agent's own deletes, so that the counts
  * of ct_used go down atomically beside the data path's increments. */
 SEC("syscall")
 int ct_gc(struct ct_gc_run *args)
@@ -1203,9 +1288,11 @@ int ct_gc(struct ct_gc_run *args)
 	/* The callbacks' context must be on the stack. */
 	struct ct_gc_run run = { .flush = args->flush };
 
-	bpf_for_each_map_elem(&conntrack, gc_entry, &run, 0);
+	bpf_for_each_map_elem(&conntrack4, gc_entry4, &run, 0);
+	bpf_for_each_map_elem(&conntrack6, gc_entry6, &run, 0);
 	bpf_for_each_map_elem(&ct_used, gc_count, NULL, 0);
-	args->live = run.live;
+	args->live4 = run.live4;
+	args->live6 = run.live6;
 	args->expired = run.expired;
 	args->flushed = run.flushed;
 	return 0;

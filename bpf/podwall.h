@@ -173,17 +173,42 @@ struct icmp_key {
 	__u16 code;
 };
 
-/* conntrack (hash, no eviction: see ARCHITECTURE "Conntrack under pressure"): oriented from
- * the pod, whichever side opened it, and bound to the pod's interface, so an entry only ever
- * passes packets to the interface whose packets made it (SPEC 8). */
-struct ct_key {
-	struct ip_addr pod;
-	struct ip_addr remote;
+/* conntrack4 and conntrack6 (hashes, no eviction: see ARCHITECTURE "Conntrack under pressure"),
+ * one per address family, so that an IPv4 flow's key is 20 bytes and not the 52 of one key
+ * for both (ARCHITECTURE "Per-packet costs"). A key is oriented from the pod, whichever side
+ * opened the flow, and bound to the pod's interface, so an entry only ever passes packets to
+ * the interface whose packets made it (SPEC 8). What both keys hold besides the addresses
+ * comes first, at the same offsets in both. */
+struct ct_head {
 	__u16 pod_port;    /* ICMP echo: the identifier; network byte order */
 	__u16 remote_port; /* ICMP echo: 0 */
 	__u8 proto;        /* IP protocol number */
 	__u8 pad[3];
 	__u32 ifindex; /* the pod's host-side interface */
+};
+
+struct ct_key4 {
+	struct ct_head h;
+	__u8 pod[4];
+	__u8 remote[4];
+};
+
+struct ct_key6 {
+	struct ct_head h;
+	__u8 pod[16];
+	__u8 remote[16];
+};
+
+/* ct_key is the key of the one conntrack map of earlier versions (pinned as "conntrack"),
+ * which the loader reads once to move its flows into conntrack4 and conntrack6. */
+struct ct_key {
+	struct ip_addr pod;
+	struct ip_addr remote;
+	__u16 pod_port;
+	__u16 remote_port;
+	__u8 proto;
+	__u8 pad[3];
+	__u32 ifindex;
 };
 
 /* ct_entry.flags */
@@ -244,7 +269,8 @@ enum flush_scope {
 /* The argument and result of one run of ct_gc. */
 struct ct_gc_run {
 	__u32 flush;   /* in: also remove the entries of the addresses in ct_flush */
-	__u32 live;    /* out: entries kept */
+	__u32 live4;   /* out: entries kept in conntrack4 */
+	__u32 live6;   /* out: entries kept in conntrack6 */
 	__u32 expired; /* out: entries removed because they expired */
 	__u32 flushed; /* out: entries removed because an address of theirs is in ct_flush */
 };
@@ -312,9 +338,11 @@ struct event {
 	__u8 hook; /* enum hook */
 };
 
-/* Names every enum of the contract, so that clang puts them in BTF even where no map or
- * program uses one as a type; podwall.c declares one pointer to it, which nothing reads. */
+/* Names every enum of the contract, and struct ct_key, so that clang puts them in BTF even
+ * where no map or program uses one as a type; podwall.c declares one pointer to it, which
+ * nothing reads. */
 struct contract {
+	struct ct_key ct_key; /* no map of this version has it (see ct_key) */
 	enum limits limits;
 	enum hook hook;
 	enum family family;

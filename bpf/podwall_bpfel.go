@@ -49,9 +49,19 @@ const (
 type PodwallCtGcRun struct {
 	_       structs.HostLayout
 	Flush   uint32
-	Live    uint32
+	Live4   uint32
+	Live6   uint32
 	Expired uint32
 	Flushed uint32
+}
+
+type PodwallCtHead struct {
+	_          structs.HostLayout
+	PodPort    uint16
+	RemotePort uint16
+	Proto      uint8
+	Pad        [3]uint8
+	Ifindex    uint32
 }
 
 type PodwallCtKey struct {
@@ -63,6 +73,20 @@ type PodwallCtKey struct {
 	Proto      uint8
 	Pad        [3]uint8
 	Ifindex    uint32
+}
+
+type PodwallCtKey4 struct {
+	_      structs.HostLayout
+	H      PodwallCtHead
+	Pod    [4]uint8
+	Remote [4]uint8
+}
+
+type PodwallCtKey6 struct {
+	_      structs.HostLayout
+	H      PodwallCtHead
+	Pod    [16]uint8
+	Remote [16]uint8
 }
 
 type PodwallEndpoint struct {
@@ -295,7 +319,8 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	PodwallMapAuditStats          = "audit_stats"
-	PodwallMapConntrack           = "conntrack"
+	PodwallMapConntrack4          = "conntrack4"
+	PodwallMapConntrack6          = "conntrack6"
 	PodwallMapCtFlush             = "ct_flush"
 	PodwallMapCtUsed              = "ct_used"
 	PodwallMapEndpoints           = "endpoints"
@@ -380,7 +405,8 @@ type PodwallProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type PodwallMapSpecs struct {
 	AuditStats   *ebpf.MapSpec `ebpf:"audit_stats"`
-	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
+	Conntrack4   *ebpf.MapSpec `ebpf:"conntrack4"`
+	Conntrack6   *ebpf.MapSpec `ebpf:"conntrack6"`
 	CtFlush      *ebpf.MapSpec `ebpf:"ct_flush"`
 	CtUsed       *ebpf.MapSpec `ebpf:"ct_used"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
@@ -435,7 +461,8 @@ func (o *PodwallObjects) Close() error {
 // It can be passed to LoadPodwallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PodwallMaps struct {
 	AuditStats   *ebpf.Map `ebpf:"audit_stats"`
-	Conntrack    *ebpf.Map `ebpf:"conntrack"`
+	Conntrack4   *ebpf.Map `ebpf:"conntrack4"`
+	Conntrack6   *ebpf.Map `ebpf:"conntrack6"`
 	CtFlush      *ebpf.Map `ebpf:"ct_flush"`
 	CtUsed       *ebpf.Map `ebpf:"ct_used"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
@@ -456,7 +483,8 @@ type PodwallMaps struct {
 func (m *PodwallMaps) Close() error {
 	return _PodwallClose(
 		m.AuditStats,
-		m.Conntrack,
+		m.Conntrack4,
+		m.Conntrack6,
 		m.CtFlush,
 		m.CtUsed,
 		m.Endpoints,

@@ -26,7 +26,8 @@ func TestMapTypesMatchSpec(t *testing.T) {
 		{bpf.PodwallMapPolCidr, bpf.PodwallCidrKey{}, bpf.PodwallRuleVec{}},
 		{bpf.PodwallMapPolPort, bpf.PodwallPortKey{}, bpf.PodwallRuleVec{}},
 		{bpf.PodwallMapPolIcmp, bpf.PodwallIcmpKey{}, bpf.PodwallRuleVec{}},
-		{bpf.PodwallMapConntrack, bpf.PodwallCtKey{}, bpf.PodwallCtEntry{}},
+		{bpf.PodwallMapConntrack4, bpf.PodwallCtKey4{}, bpf.PodwallCtEntry{}},
+		{bpf.PodwallMapConntrack6, bpf.PodwallCtKey6{}, bpf.PodwallCtEntry{}},
 		{bpf.PodwallMapFrags, bpf.PodwallFragKey{}, bpf.PodwallFragEntry{}},
 		{bpf.PodwallMapStats, uint32(0), uint64(0)},
 	}

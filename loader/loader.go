@@ -162,6 +162,19 @@ func Open(cfg Config) (_ *Loader, err error) {
 	if l.mode, err = probeMode(l.objs.ToPod, cfg.ForceClsact); err != nil {
 		return nil, err
 	}
+	mig, err := l.openLegacyConntrack()
+	if err != nil {
+		return nil, err
+	}
+	if mig != nil {
+		defer mig.old.Close()
+		n, err := mig.copy(l.objs.Conntrack4, l.objs.Conntrack6)
+		if err != nil {
+			return nil, err
+		}
+		l.log.Info("moving the flows of an earlier version's conntrack into a table per family",
+			zap.String("map", mig.pin), zap.Int("flows", n))
+	}
 	l.log.Info("loaded podwall", zap.String("mode", string(l.mode)), zap.String("state", l.dir))
 	if err := l.reattach(); err != nil {
 		return nil, err
@@ -178,6 +191,11 @@ func Open(cfg Config) (_ *Loader, err error) {
 		}
 	}
 	l.resized = nil
+	if mig != nil {
+		if err := mig.commit(l.objs.Conntrack4, l.objs.Conntrack6); err != nil {
+			return nil, err
+		}
+	}
 	return l, nil
 }
 
@@ -289,7 +307,7 @@ func (l *Loader) load(constants map[string]any, sizes map[string]uint32) error {
 func Sizable(name string) bool {
 	switch name {
 	case bpf.PodwallMapEndpoints, bpf.PodwallMapIpcache, bpf.PodwallMapPolIdent, bpf.PodwallMapPolCidr,
-		bpf.PodwallMapPolPort, bpf.PodwallMapPolIcmp, bpf.PodwallMapConntrack, bpf.PodwallMapCtUsed,
+		bpf.PodwallMapPolPort, bpf.PodwallMapPolIcmp, bpf.PodwallMapConntrack4, bpf.PodwallMapConntrack6, bpf.PodwallMapCtUsed,
 		bpf.PodwallMapCtFlush, bpf.PodwallMapFrags:
 		return true
 	}

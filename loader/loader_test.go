@@ -9,6 +9,7 @@ import (
 	"slices"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -630,7 +631,7 @@ func TestResizeKeepsStateAndEnforcement(t *testing.T) {
 			require.Equal(t, before, e.hooks(t, ifindex), "the running programs stay")
 			require.NoError(t, conn.Echo())
 
-			e.cfg.MapSizes = map[string]uint32{bpf.PodwallMapEndpoints: 8192, bpf.PodwallMapConntrack: 65536}
+			e.cfg.MapSizes = map[string]uint32{bpf.PodwallMapEndpoints: 8192, bpf.PodwallMapConntrack4: 65536, bpf.PodwallMapConntrack6: 65536}
 			l, err = loader.Open(e.cfg)
 			require.NoError(t, err)
 			t.Cleanup(func() { require.NoError(t, l.Close()) })
@@ -639,7 +640,7 @@ func TestResizeKeepsStateAndEnforcement(t *testing.T) {
 			for hook, hs := range now {
 				require.NotEqual(t, before[hook][0].Prog, hs[0].Prog, "%s runs the new program", hook)
 			}
-			for name, size := range map[string]uint32{bpf.PodwallMapEndpoints: 8192, bpf.PodwallMapConntrack: 65536, bpf.PodwallMapLocalPods: 16384} {
+			for name, size := range map[string]uint32{bpf.PodwallMapEndpoints: 8192, bpf.PodwallMapConntrack4: 65536, bpf.PodwallMapConntrack6: 65536, bpf.PodwallMapLocalPods: 16384} {
 				m, err := ebpf.LoadPinnedMap(filepath.Join(loader.StateDir(e.cfg.BPFFS), "maps", name), nil)
 				require.NoError(t, err)
 				require.Equal(t, size, m.MaxEntries(), "the pin of %s is the new map", name)
@@ -655,6 +656,66 @@ func TestResizeKeepsStateAndEnforcement(t *testing.T) {
 			require.NoError(t, err)
 			for _, f := range mapsDir {
 				require.NotContains(t, f.Name(), "_new", "no pin left beside the maps")
+			}
+		})
+	}
+}
+
+// TestUpgradeMovesTheConntrackOfEarlierVersions: the flows of the one conntrack map of earlier
+// versions (pinned as "conntrack", struct ct_key) move into the tables of their families when
+// this version loads, so a connection opened before the upgrade goes on; the old pin goes.
+func TestUpgradeMovesTheConntrackOfEarlierVersions(t *testing.T) {
+	for _, mode := range loadertest.Modes(t) {
+		t.Run(string(mode), func(t *testing.T) {
+			e := newEnv(t, mode)
+			l, ifindex := e.openAttached(t)
+			conns := map[string]*topo.Conn{}
+			for _, a := range []netip.Addr{e.pod.IPv4, e.pod.IPv6} {
+				conn, err := topo.DialTCP(t, e.client.NS, netip.AddrPortFrom(a, port))
+				require.NoError(t, err)
+				conns[a.String()] = conn
+			}
+			// Isolated, the pod takes no new connection: the open ones pass on their entries.
+			require.NoError(t, l.Maps().Endpoints.Put(uint32(ifindex), e.entry(bpf.ModeIsolate)))
+
+			// What an earlier version left: the flows in the one map, none in the new ones.
+			legacy, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: uint32(unsafe.Sizeof(bpf.PodwallCtKey{})),
+				ValueSize: uint32(unsafe.Sizeof(bpf.PodwallCtEntry{})), MaxEntries: 1024})
+			require.NoError(t, err)
+			defer legacy.Close()
+			var (
+				k4 bpf.PodwallCtKey4
+				k6 bpf.PodwallCtKey6
+				v  bpf.PodwallCtEntry
+			)
+			var flows []bpf.CtFlow
+			for it := l.Maps().Conntrack4.Iterate(); it.Next(&k4, &v); {
+				flows = append(flows, bpf.CtFlowOf4(k4))
+			}
+			for it := l.Maps().Conntrack6.Iterate(); it.Next(&k6, &v); {
+				flows = append(flows, bpf.CtFlowOf6(k6))
+			}
+			require.Len(t, flows, 2, "a flow of each family")
+			for _, f := range flows {
+				m := f.Table(l.Maps().Conntrack4, l.Maps().Conntrack6)
+				require.NoError(t, m.Lookup(f.Key(), &v))
+				old := bpf.PodwallCtKey{Pod: compiler.AddrKey(f.Pod), Remote: compiler.AddrKey(f.Remote),
+					PodPort: f.PodPort, RemotePort: f.RemotePort, Proto: f.Proto, Ifindex: f.Ifindex}
+				require.NoError(t, legacy.Put(old, v))
+				require.NoError(t, m.Delete(f.Key()))
+			}
+			pin := filepath.Join(loader.StateDir(e.cfg.BPFFS), "maps", "conntrack")
+			require.NoError(t, legacy.Pin(pin))
+			require.NoError(t, l.Close())
+
+			l = e.open(t)
+			for _, f := range flows {
+				require.NoError(t, f.Table(l.Maps().Conntrack4, l.Maps().Conntrack6).Lookup(f.Key(), &v), "%+v moved", f)
+			}
+			_, err = os.Stat(pin)
+			require.ErrorIs(t, err, os.ErrNotExist, "the old pin is gone")
+			for a, conn := range conns {
+				require.NoError(t, conn.Echo(), "the connection to %s goes on", a)
 			}
 		})
 	}

@@ -10,35 +10,44 @@ import (
 	"github.com/podwall/podwall/bpf"
 )
 
-// Conntrack collects conntrack's garbage. The table is a hash that evicts nothing (an LRU
-// would let a flood of new flows push out another pod's idle connection), so its expired
-// entries stay until a run of the kernel's collector, the program ct_gc, removes them; and
-// so do the entries of an address that left the ipcache, which a pod reusing it must not
-// inherit.
+// Conntrack collects conntrack's garbage. The tables (one per address family) are hashes
+// that evict nothing (an LRU would let a flood of new flows push out another pod's idle
+// connection), so their expired entries stay until a run of the kernel's collector, the
+// program ct_gc, removes them; and so do the entries of an address that left the ipcache,
+// which a pod reusing it must not inherit.
 type Conntrack struct {
-	gc    *ebpf.Program
-	flush *ebpf.Map
-	table *ebpf.Map
+	gc     *ebpf.Program
+	flush  *ebpf.Map
+	v4, v6 *ebpf.Map
 }
 
 // NewConntrack returns the collector of a loaded collection.
 func NewConntrack(objs *bpf.PodwallObjects) *Conntrack {
-	return &Conntrack{gc: objs.CtGc, flush: objs.CtFlush, table: objs.Conntrack}
+	return &Conntrack{gc: objs.CtGc, flush: objs.CtFlush, v4: objs.Conntrack4, v6: objs.Conntrack6}
 }
 
 // Collection is what one run of the collector found and did.
 type Collection struct {
-	// Live entries were kept; Expired and Flushed were removed.
-	Live, Expired, Flushed uint32
-	// Capacity is the table's size.
-	Capacity uint32
+	// Live4 and Live6 entries were kept, in the IPv4 and the IPv6 table; Expired and Flushed
+	// were removed.
+	Live4, Live6, Expired, Flushed uint32
+	// Capacity4 and Capacity6 are the tables' sizes.
+	Capacity4, Capacity6 uint32
+}
+
+// Live is the number of entries kept in both tables.
+func (c Collection) Live() uint32 { return c.Live4 + c.Live6 }
+
+// Fullest is the share of its size the fuller table holds.
+func (c Collection) Fullest() float64 {
+	return max(float64(c.Live4)/float64(max(c.Capacity4, 1)), float64(c.Live6)/float64(max(c.Capacity6, 1)))
 }
 
 // Collect removes the expired entries, those whose pod or remote address is one of gone (it
 // left the cluster), and those of the flows opened by an address of changed (its identity
 // changed, or it came: they are judged again by its labels; the pods' own flows to it stay).
 func (c *Conntrack) Collect(gone, changed []bpf.PodwallIpAddr) (Collection, error) {
-	col := Collection{Capacity: c.table.MaxEntries()}
+	col := Collection{Capacity4: c.v4.MaxEntries(), Capacity6: c.v6.MaxEntries()}
 	addrs := slices.Clone(gone)
 	scopes := make([]uint8, len(gone), len(gone)+len(changed))
 	for _, a := range changed {
@@ -56,7 +65,7 @@ func (c *Conntrack) Collect(gone, changed []bpf.PodwallIpAddr) (Collection, erro
 			return col, err
 		}
 		addrs, scopes = addrs[n:], scopes[n:]
-		col.Live = run.Live
+		col.Live4, col.Live6 = run.Live4, run.Live6
 		col.Expired += run.Expired
 		col.Flushed += run.Flushed
 	}

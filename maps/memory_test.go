@@ -22,7 +22,7 @@ func BenchmarkMapMemory(b *testing.B) {
 	const entries = 20000
 	for _, name := range []string{bpf.PodwallMapEndpoints, bpf.PodwallMapIpcache, bpf.PodwallMapLocalPods,
 		bpf.PodwallMapPolIdent, bpf.PodwallMapPolCidr, bpf.PodwallMapPolPort, bpf.PodwallMapPolIcmp,
-		bpf.PodwallMapConntrack, bpf.PodwallMapCtUsed, bpf.PodwallMapFrags, bpf.PodwallMapRuleCounters} {
+		bpf.PodwallMapConntrack4, bpf.PodwallMapConntrack6, bpf.PodwallMapCtUsed, bpf.PodwallMapFrags, bpf.PodwallMapRuleCounters} {
 		b.Run(name, func(b *testing.B) {
 			ms := spec.Maps[name].Copy()
 			ms.Pinning = ebpf.PinNone

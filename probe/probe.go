@@ -59,7 +59,7 @@ func Open(bpffs string) (_ *Node, err error) {
 			n.Close()
 		}
 	}()
-	for _, name := range append([]string{bpf.PodwallMapConntrack, bpf.PodwallMapLocalPods}, shared...) {
+	for _, name := range append([]string{bpf.PodwallMapConntrack4, bpf.PodwallMapConntrack6, bpf.PodwallMapLocalPods}, shared...) {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(n.dir, "maps", name), &ebpf.LoadPinOptions{ReadOnly: true})
 		if err != nil {
 			return nil, fmt.Errorf("load pinned map %s: %w", name, err)
@@ -153,14 +153,15 @@ func (r Result) Rule() (policy uint32, bit int, ok bool) {
 // scratch is what a probe loads: the copy of to_pod and the scratch maps it reads back.
 type scratch struct {
 	ToPod      *ebpf.Program `ebpf:"to_pod"`
-	Conntrack  *ebpf.Map     `ebpf:"conntrack"`
+	Conntrack4 *ebpf.Map     `ebpf:"conntrack4"`
+	Conntrack6 *ebpf.Map     `ebpf:"conntrack6"`
 	Stats      *ebpf.Map     `ebpf:"stats"`
 	AuditStats *ebpf.Map     `ebpf:"audit_stats"`
 	Events     *ebpf.Map     `ebpf:"events"`
 }
 
 func (s *scratch) close() {
-	for _, c := range []interface{ Close() error }{s.ToPod, s.Conntrack, s.Stats, s.AuditStats, s.Events} {
+	for _, c := range []interface{ Close() error }{s.ToPod, s.Conntrack4, s.Conntrack6, s.Stats, s.AuditStats, s.Events} {
 		_ = c.Close()
 	}
 }
@@ -213,17 +214,18 @@ func (n *Node) Judge(p Packet) (Result, error) {
 	}
 	defer s.close()
 
-	if key, ok := ctKey(p); ok && !p.NewFlow {
+	if flow, ok := ctFlow(p); ok && !p.NewFlow {
 		var e bpf.PodwallCtEntry
-		err := n.maps[bpf.PodwallMapConntrack].Lookup(&key, &e)
+		live := flow.Table(n.maps[bpf.PodwallMapConntrack4], n.maps[bpf.PodwallMapConntrack6])
+		err := live.Lookup(flow.Key(), &e)
 		switch {
 		case err == nil:
-			if err := s.Conntrack.Put(&key, &e); err != nil {
+			if err := flow.Table(s.Conntrack4, s.Conntrack6).Put(flow.Key(), &e); err != nil {
 				return Result{}, fmt.Errorf("copy the flow's conntrack entry: %w", err)
 			}
 			res.Tracked = &e
 		case !errors.Is(err, ebpf.ErrKeyNotExist):
-			return Result{}, fmt.Errorf("look the flow up in map %s: %w", bpf.PodwallMapConntrack, err)
+			return Result{}, fmt.Errorf("look the flow up in conntrack: %w", err)
 		}
 	}
 
@@ -325,10 +327,10 @@ func isEcho(p compiler.Packet) bool {
 	return false
 }
 
-// ctKey is the conntrack key of the packet's flow (struct ct_key, oriented from the pod);
-// false for packets conntrack does not follow.
-func ctKey(p Packet) (bpf.PodwallCtKey, bool) {
-	k := bpf.PodwallCtKey{Pod: compiler.AddrKey(p.Dst), Remote: compiler.AddrKey(p.Src), Proto: p.Proto, Ifindex: p.Ifindex}
+// ctFlow is the packet's flow as conntrack keys it (oriented from the pod); false for packets
+// conntrack does not follow.
+func ctFlow(p Packet) (bpf.CtFlow, bool) {
+	k := bpf.CtFlow{Pod: p.Dst, Remote: p.Src, Proto: p.Proto, Ifindex: p.Ifindex}
 	switch {
 	case p.Proto == frames.ProtoTCP || p.Proto == frames.ProtoUDP:
 		k.PodPort, k.RemotePort = htons(p.DstPort), htons(p.SrcPort)

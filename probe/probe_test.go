@@ -168,10 +168,10 @@ func TestJudgeEstablished(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	p := Packet{Packet: tcp(n.web.IPv4, n.api.IPv4, port), Ifindex: uint32(n.api.HostIfindex)}
 	p.SrcPort = conn.LocalAddr().Port()
-	key, ok := ctKey(p)
+	flow, ok := ctFlow(p)
 	require.True(t, ok)
 	var before bpf.PodwallCtEntry
-	require.NoError(t, n.dp.Maps().Conntrack.Lookup(&key, &before))
+	require.NoError(t, n.dp.Maps().Conntrack4.Lookup(flow.Key(), &before))
 	stats := verdicts(t, n.dp)
 
 	res := n.judge(t, p)
@@ -190,7 +190,7 @@ func TestJudgeEstablished(t *testing.T) {
 	require.Zero(t, bit)
 
 	var after bpf.PodwallCtEntry
-	require.NoError(t, n.dp.Maps().Conntrack.Lookup(&key, &after))
+	require.NoError(t, n.dp.Maps().Conntrack4.Lookup(flow.Key(), &after))
 	require.Equal(t, before, after, "the node's conntrack entry")
 	require.Equal(t, stats, verdicts(t, n.dp), "the node's counters")
 }

@@ -65,7 +65,7 @@ type conntrackOptions struct {
 }
 
 func (c *conntrackOptions) addFlags(f *pflag.FlagSet) {
-	f.Uint32Var(&c.size, "conntrack-size", 262144, "flows the conntrack table holds (about 130 bytes each, preallocated); a restart with another size copies the pinned table into one of the new size, without a gap")
+	f.Uint32Var(&c.size, "conntrack-size", 262144, "flows each conntrack table holds, the IPv4 one and the IPv6 one (about 100 and 125 bytes a flow, preallocated); a restart with another size copies the pinned tables into ones of the new size, without a gap")
 	f.Uint32Var(&c.perPod, "conntrack-per-pod", 65536, "flows one pod may hold in conntrack: a pod that floods new flows fills its own share, not the table")
 	f.DurationVar(&c.gc, "conntrack-gc-interval", agent.DefaultConntrackGC, "how often expired conntrack entries are removed")
 	f.DurationVar(&c.synTimeout, "conntrack-syn-timeout", time.Minute, "how long a TCP connection the other side never answered keeps its entry")
@@ -143,9 +143,9 @@ func (o *agentOptions) addFlags(f *pflag.FlagSet) {
 
 // sizes are the maps' sizes the flags give.
 func (o agentOptions) sizes() (map[string]uint32, error) {
-	out := map[string]uint32{bpf.PodwallMapConntrack: o.conntrack.size}
+	out := map[string]uint32{bpf.PodwallMapConntrack4: o.conntrack.size, bpf.PodwallMapConntrack6: o.conntrack.size}
 	for name, n := range o.mapSizes {
-		if !loader.Sizable(name) || name == bpf.PodwallMapConntrack {
+		if !loader.Sizable(name) || name == bpf.PodwallMapConntrack4 || name == bpf.PodwallMapConntrack6 {
 			return nil, fmt.Errorf("--map-size %s: no such map whose size can be set (conntrack has --conntrack-size)", name)
 		}
 		if n <= 0 || n > 1<<26 {

@@ -83,7 +83,7 @@ func TestExplainLiveFlags(t *testing.T) {
 		{name: "a file and a bpffs", args: []string{"explain", "-f", "testdata/explain-pods.yaml", "--bpffs", "/x", "shop/front", "shop/web"}, code: 1,
 			stderr: "podwall: -f explains with the model only: --bpffs is for the node's kernel\n"},
 		{name: "no pinned state", args: []string{"explain", "--pods-file", "testdata/explain-pods.yaml", "--bpffs", "/nonexistent", "shop/front", "shop/web"}, code: 1,
-			stderr: "podwall: open the node's pinned state: load pinned map conntrack: no such file or directory\n"},
+			stderr: "podwall: open the node's pinned state: load pinned map conntrack4: no such file or directory\n"},
 		{name: "no kubeconfig", args: []string{"explain", "--kubeconfig", "/nonexistent", "shop/front", "shop/web"}, code: 1,
 			stderr: "podwall: kubernetes client configuration (give --kubeconfig, or --pods-file for standalone mode): stat /nonexistent: no such file or directory\n"},
 	} {

@@ -99,7 +99,7 @@ func printSection(w *tabwriter.Writer, m *bpf.PodwallMaps, endpoints map[uint32]
 	case "ipcache":
 		return printIPCache(w, m.Ipcache)
 	case "conntrack":
-		return printConntrack(w, m.Conntrack)
+		return printConntrack(w, m.Conntrack4, m.Conntrack6)
 	case "stats":
 		return printStats(w, m.Stats, m.XdpStats, m.AuditStats)
 	}
@@ -267,26 +267,31 @@ func identityName(id uint32) string {
 	return fmt.Sprintf("%#08x", id)
 }
 
-func printConntrack(w *tabwriter.Writer, m *ebpf.Map) error {
-	var (
-		k   bpf.PodwallCtKey
-		v   bpf.PodwallCtEntry
-		in  int
-		out int
-	)
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		if v.Flags&bpf.CTOut != 0 {
-			out++
-		} else {
-			in++
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read map conntrack: %w", err)
-	}
+func printConntrack(w *tabwriter.Writer, v4, v6 *ebpf.Map) error {
 	fmt.Fprintf(w, "CONNTRACK\tOPENED BY THE POD\tOPENED FROM OUTSIDE\tMAX\n")
-	fmt.Fprintf(w, "flows\t%d\t%d\t%d\n\n", out, in, m.MaxEntries())
+	for _, t := range []struct {
+		name string
+		m    *ebpf.Map
+		key  any
+	}{{"IPv4 flows", v4, new(bpf.PodwallCtKey4)}, {"IPv6 flows", v6, new(bpf.PodwallCtKey6)}} {
+		var (
+			v       bpf.PodwallCtEntry
+			in, out int
+		)
+		it := t.m.Iterate()
+		for it.Next(t.key, &v) {
+			if v.Flags&bpf.CTOut != 0 {
+				out++
+			} else {
+				in++
+			}
+		}
+		if err := it.Err(); err != nil {
+			return fmt.Errorf("read the conntrack of %s: %w", t.name, err)
+		}
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\n", t.name, out, in, t.m.MaxEntries())
+	}
+	fmt.Fprintln(w)
 	return nil
 }
 

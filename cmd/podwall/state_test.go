@@ -100,7 +100,8 @@ func TestMapsPrintsThePinnedState(t *testing.T) {
 	require.Regexp(t, `(?m)^1\s+isolate\s+false\s+-\s+0x[0-9a-f]+\s+false\s+slot 1$`, out)
 	require.Regexp(t, `(?m)^10\.0\.0\.2\s+0x[0-9a-f]+$`, out)
 	require.Regexp(t, `(?m)^isolated\s+1\s+0\s+0$`, out)
-	require.Regexp(t, `(?m)^flows\s+0\s+0\s+\d+$`, out)
+	require.Regexp(t, `(?m)^IPv4 flows\s+0\s+0\s+\d+$`, out)
+	require.Regexp(t, `(?m)^IPv6 flows\s+0\s+0\s+\d+$`, out)
 
 	out, stderr, code = runInProcess([]string{"maps", "--bpffs", dir, "stats"}, "")
 	require.Equal(t, 0, code, stderr)

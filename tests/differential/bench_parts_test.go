@@ -140,30 +140,36 @@ func ctWriteProgram(b *testing.B, m *ebpf.Map, random bool, flags int32) *ebpf.P
 	return prog
 }
 
+// ctKeyAddrs are, per size of a conntrack key, where its pod and remote addresses start: the
+// IPv4 table's (struct ct_key4), and the one table of earlier versions (struct ct_key), whose
+// size the conntrack candidates are measured with.
+var ctKeyAddrs = map[uint32][2]int16{20: {12, 16}, 52: {4, 24}}
+
 // newCTWriteProgram is ctWriteProgram's program, for the caller to close.
 func newCTWriteProgram(m *ebpf.Map, random bool, flags int32) (*ebpf.Program, error) {
-	// The key is at fp-56 (52 bytes, and 4 of padding), the value at fp-80 (24 bytes), both
-	// zeroed first.
-	const key, value = -56, -80
-	if m.KeySize() != 52 || m.ValueSize() != key-value {
+	// The key is at the top of the stack, then the value (24 bytes), both zeroed first.
+	addrs, ok := ctKeyAddrs[m.KeySize()]
+	if !ok || m.ValueSize() != 24 {
 		return nil, fmt.Errorf("map of %d-byte keys and %d-byte values, not conntrack's", m.KeySize(), m.ValueSize())
 	}
+	key := -int16((m.KeySize() + 7) / 8 * 8)
+	value := key - 24
 	insns := asm.Instructions{asm.Mov.Imm(asm.R1, 0)}
-	for off := int16(value); off < 0; off += 8 {
+	for off := value; off < 0; off += 8 {
 		insns = append(insns, asm.StoreMem(asm.RFP, off, asm.R1, asm.DWord))
 	}
 	if random {
 		insns = append(insns,
 			asm.FnGetPrandomU32.Call(),
-			asm.StoreMem(asm.RFP, key+4, asm.R0, asm.Word),
+			asm.StoreMem(asm.RFP, key+addrs[0], asm.R0, asm.Word),
 			asm.FnGetPrandomU32.Call(),
-			asm.StoreMem(asm.RFP, key+24, asm.R0, asm.Word),
+			asm.StoreMem(asm.RFP, key+addrs[1], asm.R0, asm.Word),
 		)
 	}
 	insns = append(insns,
 		asm.LoadMapPtr(asm.R1, m.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, key),
-		asm.Mov.Reg(asm.R3, asm.RFP), asm.Add.Imm(asm.R3, value),
+		asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, int32(key)),
+		asm.Mov.Reg(asm.R3, asm.RFP), asm.Add.Imm(asm.R3, int32(value)),
 		asm.Mov.Imm(asm.R4, flags),
 		asm.FnMapUpdateElem.Call(),
 		asm.Return(),
@@ -177,7 +183,7 @@ func newCTWriteProgram(m *ebpf.Map, random bool, flags int32) (*ebpf.Program, er
 // quarter of its size, and the map is emptied between rounds (untimed): each round fills it
 // from empty to a quarter.
 func measureCTInsert(b *testing.B, ns *topo.Netns, d *datapath, fr []byte) {
-	m := d.objs.Conntrack
+	m := d.objs.Conntrack4
 	prog := ctWriteProgram(b, m, true, bpfNoExist)
 	require.NoError(b, d.forget())
 	round := int(m.MaxEntries() / 4)
@@ -207,7 +213,7 @@ func measureCTInsert(b *testing.B, ns *topo.Netns, d *datapath, fr []byte) {
 // measureCTRewrite measures what new-flow's runs write instead: the update of an entry that
 // exists (BPF_EXIST), in the same map.
 func measureCTRewrite(b *testing.B, ns *topo.Netns, d *datapath, fr []byte) {
-	m := d.objs.Conntrack
+	m := d.objs.Conntrack4
 	perRun := runOnOneEntry(b, ns, d, ctWriteProgram(b, m, false, bpfExist), fr, "the update succeeded")
 	n, err := drain(m)
 	require.NoError(b, err)
@@ -218,9 +224,9 @@ func measureCTRewrite(b *testing.B, ns *topo.Netns, d *datapath, fr []byte) {
 // measureCTLookup measures one lookup that finds its entry in d's conntrack map (the real map,
 // as in measureCTRewrite): all an established flow asks of conntrack.
 func measureCTLookup(b *testing.B, ns *topo.Netns, d *datapath, fr []byte) {
-	m := d.objs.Conntrack
-	// The key is at fp-56 (52 bytes, and 4 of padding), zeroed; the program returns 0 on a hit.
-	const key = -56
+	m := d.objs.Conntrack4
+	// The key is at fp-24 (20 bytes, and 4 of padding), zeroed; the program returns 0 on a hit.
+	const key = -24
 	insns := asm.Instructions{asm.Mov.Imm(asm.R1, 0)}
 	for off := int16(key); off < 0; off += 8 {
 		insns = append(insns, asm.StoreMem(asm.RFP, off, asm.R1, asm.DWord))
@@ -246,8 +252,8 @@ func measureCTLookup(b *testing.B, ns *topo.Netns, d *datapath, fr []byte) {
 func runOnOneEntry(b *testing.B, ns *topo.Netns, d *datapath, prog *ebpf.Program, fr []byte, what string) time.Duration {
 	b.Helper()
 	require.NoError(b, d.forget())
-	var k bpf.PodwallCtKey
-	require.NoError(b, d.objs.Conntrack.Put(&k, &bpf.PodwallCtEntry{}))
+	var k bpf.PodwallCtKey4
+	require.NoError(b, d.objs.Conntrack4.Put(&k, &bpf.PodwallCtEntry{}))
 	b.Cleanup(func() { _ = d.forget() })
 	var (
 		ret    uint32
@@ -262,9 +268,9 @@ func runOnOneEntry(b *testing.B, ns *topo.Netns, d *datapath, prog *ebpf.Program
 	return perRun
 }
 
-// drain empties the conntrack map m and returns how many entries it held.
+// drain empties the IPv4 conntrack map m and returns how many entries it held.
 func drain(m *ebpf.Map) (int, error) {
-	keys := make([]bpf.PodwallCtKey, 4096)
+	keys := make([]bpf.PodwallCtKey4, 4096)
 	values := make([]bpf.PodwallCtEntry, len(keys))
 	var (
 		cursor ebpf.MapBatchCursor
@@ -280,7 +286,7 @@ func drain(m *ebpf.Map) (int, error) {
 			return total, fmt.Errorf("drain conntrack: %w", err)
 		}
 	}
-	var k bpf.PodwallCtKey
+	var k bpf.PodwallCtKey4
 	if err := m.NextKey(nil, &k); !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return total, fmt.Errorf("conntrack is not empty after draining (%v)", err)
 	}

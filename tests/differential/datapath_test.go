@@ -188,8 +188,12 @@ func (d *datapath) runXDP(frame []byte) (outcome, error) {
 	default:
 		return o, fmt.Errorf("from_world returned %d and counted %v", ret, counted)
 	}
-	var k bpf.PodwallCtKey
-	if err := d.objs.Conntrack.NextKey(nil, &k); !errors.Is(err, ebpf.ErrKeyNotExist) {
+	var k4 bpf.PodwallCtKey4
+	if err := d.objs.Conntrack4.NextKey(nil, &k4); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return o, fmt.Errorf("from_world wrote conntrack (%v)", err)
+	}
+	var k6 bpf.PodwallCtKey6
+	if err := d.objs.Conntrack6.NextKey(nil, &k6); !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return o, fmt.Errorf("from_world wrote conntrack (%v)", err)
 	}
 	o.event, err = d.event()
@@ -212,7 +216,10 @@ func countedBetween(before, after [bpf.NumReasons]uint64) []bpf.Reason {
 
 // forget empties conntrack and frags: what the program remembers of the packets it judged.
 func (d *datapath) forget() error {
-	if err := empty(d.objs.Conntrack, bpf.PodwallMapConntrack, new(bpf.PodwallCtKey)); err != nil {
+	if err := empty(d.objs.Conntrack4, bpf.PodwallMapConntrack4, new(bpf.PodwallCtKey4)); err != nil {
+		return err
+	}
+	if err := empty(d.objs.Conntrack6, bpf.PodwallMapConntrack6, new(bpf.PodwallCtKey6)); err != nil {
 		return err
 	}
 	return empty(d.objs.Frags, bpf.PodwallMapFrags, new(bpf.PodwallFragKey))

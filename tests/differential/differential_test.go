@@ -59,7 +59,8 @@ func TestDifferential(t *testing.T) {
 	enter(t, ns)
 	d := loadDatapath(t, func(s *bpf.PodwallSpecs) error {
 		// Small maps: they are emptied after every packet.
-		s.Conntrack.MaxEntries = 1024
+		s.Conntrack4.MaxEntries = 1024
+		s.Conntrack6.MaxEntries = 1024
 		s.Frags.MaxEntries = 1024
 		// Every drop and newly allowed flow sends its event: 2^32-1 a second makes the
 		// interval of the rate limit 0.

@@ -52,13 +52,13 @@ func TestEstablishedFlowsFollowTheEpoch(t *testing.T) {
 	// entry is the flow's conntrack entry: the only one.
 	entry := func() bpf.PodwallCtEntry {
 		var (
-			k bpf.PodwallCtKey
+			k bpf.PodwallCtKey4
 			e bpf.PodwallCtEntry
 			n int
 		)
-		it := d.objs.Conntrack.Iterate()
+		it := d.objs.Conntrack4.Iterate()
 		for ; it.Next(&k, &e); n++ {
-			require.Equal(t, compiler.AddrKey(server), k.Pod)
+			require.Equal(t, server.As4(), k.Pod)
 		}
 		require.NoError(t, it.Err())
 		require.Equal(t, 1, n, "conntrack entries")

@@ -111,7 +111,9 @@ func withConstants(m map[string]any) func(*loader.Config) {
 
 // withConntrackSize sizes the conntrack table, as --conntrack-size does.
 func withConntrackSize(n uint32) func(*loader.Config) {
-	return func(c *loader.Config) { c.MapSizes = map[string]uint32{bpf.PodwallMapConntrack: n} }
+	return func(c *loader.Config) {
+		c.MapSizes = map[string]uint32{bpf.PodwallMapConntrack4: n, bpf.PodwallMapConntrack6: n}
+	}
 }
 
 // policy is the annotations of a pod with a policy.

@@ -487,10 +487,10 @@ func TestAFloodBreaksNoOtherPodsFlows(t *testing.T) {
 		col, err := c.dp.CollectConntrack()
 		require.NoError(t, err)
 		t.Logf("%d datagrams of new flows sent; conntrack %d of %d live; %d inserts found no room",
-			sent, col.Live, col.Capacity, after[bpf.ReasonCTFull]-before[bpf.ReasonCTFull])
+			sent, col.Live4, col.Capacity4, after[bpf.ReasonCTFull]-before[bpf.ReasonCTFull])
 		require.Greater(t, sent, 4*size, "the flood went past the table's size")
 		require.Greater(t, after[bpf.ReasonCTFull], before[bpf.ReasonCTFull], "the table was full")
-		require.GreaterOrEqual(t, col.Live, uint32(size-16), "the table is full")
+		require.GreaterOrEqual(t, col.Live4, uint32(size-16), "the table is full")
 
 		for _, s := range streams {
 			require.NoError(t, s.echo(passWait), "an idle connection after the flood")

@@ -19,7 +19,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podwall/podwall/bpf"
-	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/loader"
 	"github.com/podwall/podwall/loader/loadertest"
 	"github.com/podwall/podwall/tests/topo"
@@ -258,9 +257,9 @@ func (c *cluster) endpoint(t *testing.T, p *pod) bpf.PodwallEndpoint {
 func (c *cluster) conntrack(t *testing.T, to *pod, s *stream) bpf.PodwallCtEntry {
 	t.Helper()
 	local, remote := addrPort(s.conn.LocalAddr()), addrPort(s.conn.RemoteAddr())
-	k := bpf.PodwallCtKey{
-		Pod:        compiler.AddrKey(remote.Addr()),
-		Remote:     compiler.AddrKey(local.Addr()),
+	k := bpf.CtFlow{
+		Pod:        remote.Addr().Unmap(),
+		Remote:     local.Addr().Unmap(),
 		PodPort:    netOrder(remote.Port()),
 		RemotePort: netOrder(local.Port()),
 		Proto:      unix.IPPROTO_UDP,
@@ -270,7 +269,8 @@ func (c *cluster) conntrack(t *testing.T, to *pod, s *stream) bpf.PodwallCtEntry
 		k.Proto = unix.IPPROTO_TCP
 	}
 	var e bpf.PodwallCtEntry
-	require.NoError(t, c.dp.Maps().Conntrack.Lookup(&k, &e), "look up conntrack entry of %s", s.name)
+	m := c.dp.Maps()
+	require.NoError(t, k.Table(m.Conntrack4, m.Conntrack6).Lookup(k.Key(), &e), "look up conntrack entry of %s", s.name)
 	return e
 }
 

@@ -15,7 +15,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/podwall/podwall/bpf"
-	"github.com/podwall/podwall/compiler"
 	"github.com/podwall/podwall/tests/proc"
 	"github.com/podwall/podwall/tests/topo"
 )
@@ -89,10 +88,10 @@ func TestExplainOnTheNode(t *testing.T) {
 	// Until its last delayed ACK has passed.
 	time.Sleep(300 * time.Millisecond)
 	established := conn.LocalAddr().Port()
-	key := bpf.PodwallCtKey{Pod: compiler.AddrKey(api.IPv4), Remote: compiler.AddrKey(web.IPv4),
+	tracked := bpf.CtFlow{Pod: api.IPv4, Remote: web.IPv4,
 		PodPort: netOrder(port), RemotePort: netOrder(established), Proto: 6, Ifindex: uint32(api.HostIfindex)}
 	var entry bpf.PodwallCtEntry
-	require.NoError(t, a.dp.Maps().Conntrack.Lookup(&key, &entry), "the connection's conntrack entry")
+	require.NoError(t, a.dp.Maps().Conntrack4.Lookup(tracked.Key(), &entry), "the connection's conntrack entry")
 	stats := explainedVerdicts(t, a)
 	var web0 bpf.PodwallEndpointEntry
 	require.NoError(t, a.dp.Maps().Endpoints.Lookup(uint32(web.HostIfindex), &web0))
@@ -134,7 +133,7 @@ func TestExplainOnTheNode(t *testing.T) {
 		})
 	}
 	var after bpf.PodwallCtEntry
-	require.NoError(t, a.dp.Maps().Conntrack.Lookup(&key, &after))
+	require.NoError(t, a.dp.Maps().Conntrack4.Lookup(tracked.Key(), &after))
 	require.Equal(t, entry, after, "the connection's conntrack entry is as it was")
 	require.Equal(t, stats, explainedVerdicts(t, a), "the node's counters are as they were")
 	require.NoError(t, conn.Echo(), "the connection still works")

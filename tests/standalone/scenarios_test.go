@@ -284,7 +284,7 @@ func TestConntrackIsCollectedAndReported(t *testing.T) {
 	client, server := c.addPod("client"), c.addPod("server")
 	c.write([]podSpec{{ns: "shop", name: "client", tp: client}, {ns: "shop", name: "server", tp: server}}, "shop")
 	a := c.startAgentUnready(defaults, func(lc *loader.Config, ac *agent.Config) {
-		lc.MapSizes = map[string]uint32{bpf.PodwallMapConntrack: size}
+		lc.MapSizes = map[string]uint32{bpf.PodwallMapConntrack4: size, bpf.PodwallMapConntrack6: size}
 		lc.Constants = map[string]any{"ct_timeout_udp_ns": uint64(2 * time.Second)}
 		ac.ConntrackGC = 200 * time.Millisecond
 	})
@@ -305,8 +305,8 @@ func TestConntrackIsCollectedAndReported(t *testing.T) {
 		}
 		return nil
 	}))
-	a.awaitMetric(t, size, "podwall_conntrack_capacity")
-	requireEventually(t, func() bool { return a.metric("podwall_conntrack_entries") >= 0.9*size }, "conntrack nearly full")
+	a.awaitMetric(t, size, "podwall_conntrack_capacity", "family", "ipv4")
+	requireEventually(t, func() bool { return a.metric("podwall_conntrack_entries", "family", "ipv4") >= 0.9*size }, "conntrack nearly full")
 	requireEventually(t, func() bool {
 		return a.logs.FilterField(zapString("kind", "conntrack-nearly-full")).FilterMessageSnippet("over 90% full").Len() == 1
 	}, "the nearly full table reported")
@@ -317,5 +317,5 @@ func TestConntrackIsCollectedAndReported(t *testing.T) {
 	requireEventually(t, func() bool {
 		return a.logs.FilterField(zapString("kind", "conntrack-nearly-full")).FilterMessage("resolved").Len() == 1
 	}, "the report resolved")
-	require.Less(t, a.metric("podwall_conntrack_entries"), 0.9*size)
+	require.Less(t, a.metric("podwall_conntrack_entries", "family", "ipv4"), 0.9*size)
 }
