@@ -65,7 +65,7 @@ type conntrackOptions struct {
 }
 
 func (c *conntrackOptions) addFlags(f *pflag.FlagSet) {
-	f.Uint32Var(&c.size, "conntrack-size", 262144, "flows each conntrack table holds, the IPv4 one and the IPv6 one (about 100 and 125 bytes a flow, preallocated); a restart with another size copies the pinned tables into ones of the new size, without a gap")
+	f.Uint32Var(&c.size, "conntrack-size", 262144, "flows each conntrack table holds, the IPv4 one and the IPv6 one (112 and 136 bytes a flow, preallocated); a restart with another size copies the pinned tables into ones of the new size, without a gap")
 	f.Uint32Var(&c.perPod, "conntrack-per-pod", 65536, "flows one pod may hold in conntrack: a pod that floods new flows fills its own share, not the table")
 	f.DurationVar(&c.gc, "conntrack-gc-interval", agent.DefaultConntrackGC, "how often expired conntrack entries are removed")
 	f.DurationVar(&c.synTimeout, "conntrack-syn-timeout", time.Minute, "how long a TCP connection the other side never answered keeps its entry")
