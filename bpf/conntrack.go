@@ -51,27 +51,10 @@ func CtFlowOf6(k PodwallCtKey6) CtFlow {
 // CtFlowOfLegacy is the flow of a key of the one conntrack map of earlier versions (struct
 // ct_key), which the loader moves into conntrack4 and conntrack6.
 func CtFlowOfLegacy(k PodwallCtKey) (CtFlow, error) {
-	pod, err := addrOf(k.Pod)
-	if err != nil {
-		return CtFlow{}, err
-	}
-	remote, err := addrOf(k.Remote)
-	if err != nil {
-		return CtFlow{}, err
-	}
-	if pod.Is4() != remote.Is4() {
-		return CtFlow{}, fmt.Errorf("flow of %s and %s: two families", pod, remote)
+	pod, remote := KeyAddr(k.Pod), KeyAddr(k.Remote)
+	if !pod.IsValid() || !remote.IsValid() || pod.Is4() != remote.Is4() {
+		return CtFlow{}, fmt.Errorf("flow of addresses of families %d and %d", k.Pod.Family, k.Remote.Family)
 	}
 	return CtFlow{Pod: pod, Remote: remote, PodPort: k.PodPort, RemotePort: k.RemotePort,
 		Proto: k.Proto, Ifindex: k.Ifindex}, nil
-}
-
-func addrOf(a PodwallIpAddr) (netip.Addr, error) {
-	switch PodwallFamily(a.Family) {
-	case PodwallFamilyFAM_V4:
-		return netip.AddrFrom4([4]byte(a.Addr[:4])), nil
-	case PodwallFamilyFAM_V6:
-		return netip.AddrFrom16(a.Addr), nil
-	}
-	return netip.Addr{}, fmt.Errorf("address of family %d", a.Family)
 }

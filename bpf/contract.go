@@ -1,6 +1,9 @@
 package bpf
 
-import "strconv"
+import (
+	"net/netip"
+	"strconv"
+)
 
 // Go names for the enums of podwall.h. bpf2go generates them with their C names and types;
 // these are shorter and typed as the fields and loops that use them. The values exist once,
@@ -17,6 +20,18 @@ const (
 	FamV4 = uint8(PodwallFamilyFAM_V4)
 	FamV6 = uint8(PodwallFamilyFAM_V6)
 )
+
+// KeyAddr is the address an ipcache, event or conntrack key holds; the zero Addr for a family
+// that is neither FamV4 nor FamV6.
+func KeyAddr(k PodwallIpAddr) netip.Addr {
+	switch k.Family {
+	case FamV4:
+		return netip.AddrFrom4([4]byte(k.Addr[:4]))
+	case FamV6:
+		return netip.AddrFrom16(k.Addr)
+	}
+	return netip.Addr{}
+}
 
 // Protocol classes: the second index of a policy's proto masks.
 const (

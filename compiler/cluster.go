@@ -340,7 +340,7 @@ func (cl *cluster) problems() []Problem {
 		}
 		for _, k := range claims {
 			out = append(out, Problem{Namespace: k.namespace, Name: k.name, Kind: ProblemAddressConflict,
-				Err: fmt.Errorf("%s is also %s's: %w", KeyAddr(a), owner, ErrAddressConflict)})
+				Err: fmt.Errorf("%s is also %s's: %w", bpf.KeyAddr(a), owner, ErrAddressConflict)})
 		}
 	}
 	return out

@@ -65,15 +65,3 @@ func AddrKey(a netip.Addr) bpf.PodwallIpAddr {
 	}
 	return k
 }
-
-// KeyAddr is the address an ipcache or conntrack key holds; the zero Addr for a family
-// that is neither FamV4 nor FamV6.
-func KeyAddr(k bpf.PodwallIpAddr) netip.Addr {
-	switch k.Family {
-	case bpf.FamV4:
-		return netip.AddrFrom4([4]byte(k.Addr[:4]))
-	case bpf.FamV6:
-		return netip.AddrFrom16(k.Addr)
-	}
-	return netip.Addr{}
-}

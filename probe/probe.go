@@ -99,7 +99,7 @@ func (n *Node) HostAddrs() ([]netip.Addr, error) {
 	it := n.maps[bpf.PodwallMapIpcache].Iterate()
 	for it.Next(&k, &id) {
 		if id == bpf.IDHost {
-			out = append(out, compiler.KeyAddr(k))
+			out = append(out, bpf.KeyAddr(k))
 		}
 	}
 	if err := it.Err(); err != nil {

@@ -245,7 +245,7 @@ func printIPCache(w *tabwriter.Writer, m *ebpf.Map) error {
 	rows := map[netip.Addr]uint32{}
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		rows[compiler.KeyAddr(k)] = v
+		rows[bpf.KeyAddr(k)] = v
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read map ipcache: %w", err)

@@ -249,7 +249,7 @@ func (n *namer) view(ev bpf.PodwallEvent, now time.Time) eventView {
 	if v.Proto, ok = protoNames[ev.Proto]; !ok {
 		v.Proto = fmt.Sprintf("proto-%d", ev.Proto)
 	}
-	src, dst := compiler.KeyAddr(ev.Src), compiler.KeyAddr(ev.Dst)
+	src, dst := bpf.KeyAddr(ev.Src), bpf.KeyAddr(ev.Dst)
 	v.src, v.dst = src, dst
 	v.Src, v.Dst = src.String(), dst.String()
 	v.SrcPod, v.DstPod = n.pods[src], n.pods[dst]

@@ -95,7 +95,7 @@ func policyRules(s *compiler.State, t Target, fam Family) (compiledPolicy, error
 func tagMembers(s *compiler.State, fam Family) map[string][]netip.Addr {
 	out := map[string][]netip.Addr{}
 	for k, id := range s.IPCache {
-		a := keyAddr(k)
+		a := bpf.KeyAddr(k)
 		if !fam.has(a) {
 			continue
 		}
@@ -107,13 +107,6 @@ func tagMembers(s *compiler.State, fam Family) map[string][]netip.Addr {
 		slices.SortFunc(addrs, netip.Addr.Compare)
 	}
 	return out
-}
-
-func keyAddr(k bpf.PodwallIpAddr) netip.Addr {
-	if k.Family == bpf.FamV4 {
-		return netip.AddrFrom4([4]byte(k.Addr[:4]))
-	}
-	return netip.AddrFrom16(k.Addr)
 }
 
 // ordered is the policy's rules in the order a first-match rule list must check them: deny
